@@ -1,0 +1,162 @@
+"""`webly` command line: one subcommand per stage, each a thin layer over library functions.
+
+Options come from the stage's dataclass defaults, then the `--config FILE` YAML section named after
+the stage, then flags (flags win). Every stage writes its resolved config (`STAGE.config.yaml`) and a
+summary (`STAGE.summary.json`) into its output folder, the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from webly import __version__
+from webly.config import (
+    add_config_args,
+    config_from_args,
+    load_yaml,
+    resolve_config,
+    save_config,
+    to_dict,
+)
+from webly.data.index import IndexConfig, index_dataset
+from webly.data.shards import ShardConfig, write_shards
+from webly.errors import WeblyError
+from webly.synth import SynthConfig, generate
+
+# stage name -> config dataclass: what `webly config show` prints and YAML sections may hold
+STAGE_CONFIGS: dict[str, type] = {"synth": SynthConfig, "index": IndexConfig, "shard": ShardConfig}
+
+
+def _write_run_files(run_dir: Path, stage: str, cfg: Any, summary: dict[str, Any]) -> None:
+    save_config(cfg, run_dir / f"{stage}.config.yaml", stage)
+    (run_dir / f"{stage}.summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def cmd_synth(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = config_from_args(SynthConfig, args, "synth")
+    out = Path(args.out)
+    t0 = time.time()
+    records = generate(out, cfg)
+    summary = {"root": str(out), **{s: len(r) for s, r in records.items()},
+               "seconds": round(time.time() - t0, 2)}
+    _write_run_files(out, "synth", cfg, summary)
+    return summary
+
+
+def cmd_index(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = config_from_args(IndexConfig, args, "index")
+    summary = index_dataset(args.root, args.output, cfg)
+    _write_run_files(Path(args.output).parent, "index", cfg, summary)
+    return summary
+
+
+def cmd_shard(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = config_from_args(ShardConfig, args, "shard")
+    def log(m):
+        return (print(m, file=sys.stderr))
+    summary = write_shards(args.manifest, args.output, cfg, log=log)
+    _write_run_files(Path(args.output), "shard", cfg, summary)
+    return summary
+
+
+def cmd_wordnet(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.wordnet import provision, synset_from_wnid
+
+    where = provision(allow_download=not args.offline)
+    out: dict[str, Any] = {"wordnet": where}
+    for wnid in args.wnid:
+        syn = synset_from_wnid(wnid)
+        out[wnid] = ", ".join(lemma.replace("_", " ") for lemma in syn.lemma_names())
+    return out
+
+
+def cmd_config_show(args: argparse.Namespace) -> dict[str, Any]:
+    file_cfg = load_yaml(args.config) if args.config else {}
+    unknown = set(file_cfg) - set(STAGE_CONFIGS)
+    if unknown:
+        raise WeblyError(f"{args.config}: unknown stage(s) {sorted(unknown)}; "
+                         f"valid: {sorted(STAGE_CONFIGS)}")
+    stages = args.stage or list(STAGE_CONFIGS)
+    resolved = {}
+    for s in stages:
+        if s not in STAGE_CONFIGS:
+            raise WeblyError(f"unknown stage {s!r}; valid: {sorted(STAGE_CONFIGS)}")
+        resolved[s] = to_dict(resolve_config(STAGE_CONFIGS[s], file_cfg.get(s), where=s))
+    print(yaml.safe_dump(resolved, sort_keys=False), end="")
+    return {}
+
+
+def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.demo import run_demo
+
+    return run_demo(Path(args.out), fresh=args.fresh)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="webly", description=__doc__.split("\n")[0],
+                                formatter_class=fmt)
+    p.add_argument("--version", action="version", version=f"webly {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    def stage(name: str, fn: Callable, help_: str, cfg: type | None = None) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_, formatter_class=fmt)
+        sp.set_defaults(fn=fn)
+        if cfg is not None:
+            sp.add_argument("--config", help="YAML file with a section per stage")
+            add_config_args(sp, cfg)
+        return sp
+
+    sp = stage("demo", cmd_demo, "the built-in demo: generated data through every stage")
+    sp.add_argument("--out", default="runs/demo", help="run directory")
+    sp.add_argument("--fresh", action="store_true", help="delete the run directory first")
+
+    sp = stage("synth", cmd_synth, "generate a small dataset in the WebVision layout", SynthConfig)
+    sp.add_argument("out", help="dataset folder to (re)create")
+
+    sp = stage("index", cmd_index, "read a dataset into a Parquet manifest", IndexConfig)
+    sp.add_argument("root", help="dataset root (WebVision layout or class folders)")
+    sp.add_argument("-o", "--output", required=True, help="manifest file to write (.parquet)")
+
+    sp = stage("shard", cmd_shard, "write WebDataset tar shards from a manifest", ShardConfig)
+    sp.add_argument("manifest")
+    sp.add_argument("-o", "--output", required=True, help="folder for the shards")
+
+    sp = stage("wordnet", cmd_wordnet, "make WordNet 3.0 usable by NLTK offline; look up wnids")
+    sp.add_argument("wnid", nargs="*", help="WordNet ids to print, e.g. n02432511")
+    sp.add_argument("--offline", action="store_true", help="never try nltk.download")
+
+    cp = sub.add_parser("config", help="show resolved stage configs", formatter_class=fmt)
+    csub = cp.add_subparsers(dest="config_command", required=True)
+    sp = csub.add_parser("show", help="print defaults <- --config file, as YAML", formatter_class=fmt)
+    sp.add_argument("stage", nargs="*", help=f"stages to show (default all: {', '.join(STAGE_CONFIGS)})")
+    sp.add_argument("--config", help="YAML file with a section per stage")
+    sp.set_defaults(fn=cmd_config_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.fn(args)
+    except WeblyError as e:
+        print(f"webly {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"webly {args.command}: interrupted", file=sys.stderr)
+        return 130
+    if result:
+        print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Map-style dataset over image files listed in a manifest (the shard-free path for small jobs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+
+from webly.data.images import decode_image
+from webly.data.manifest import Manifest
+
+
+class ImageFileDataset(torch.utils.data.Dataset):
+    """(image, label) for the rows of one split; label is -1 where the manifest has none.
+
+    Paths stay in one Arrow array (not 16M Python strings) and labels in a NumPy array, so worker
+    processes share them cheaply. Images are decoded with JPEG draft scaling to `min_short_side`.
+    """
+
+    def __init__(self, manifest: Manifest, split: str, transform: Callable | None = None,
+                 min_short_side: int | None = None) -> None:
+        table = manifest.read(["path", "label", "split"])
+        table = table.filter(pc.equal(table["split"], split))
+        self.root = manifest.root
+        self.paths = table["path"].combine_chunks()
+        self.labels = np.asarray(table["label"].fill_null(-1).to_numpy(), dtype=np.int64)
+        self.transform = transform
+        self.min_short_side = min_short_side
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        img = decode_image(self.root / self.paths[i].as_py(), min_short_side=self.min_short_side)
+        return (self.transform(img) if self.transform else img), int(self.labels[i])

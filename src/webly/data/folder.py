@@ -1,0 +1,93 @@
+"""Reader for ImageFolder-style datasets (`class_name/xxx.jpg`), with optional sidecar text.
+
+The sidecar is a JSONL file (one object per line) or a CSV file with a `path` column (relative to
+the root) and any of `title`, `description`, `tags` (a JSON list, or a string split on `|` / `,`).
+Class index = position of the class folder in sorted order, as torchvision's ImageFolder does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from webly.data.records import Record, clean_tags, clean_text
+from webly.errors import WeblyError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def _read_sidecar(path: Path, counts: Counter) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        raise WeblyError(f"sidecar text file not found: {path} (expected JSONL or CSV with a 'path' column)")
+    out: dict[str, dict[str, Any]] = {}
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        if path.suffix.lower() == ".csv":
+            rows: Iterator[tuple[int, Any]] = enumerate(csv.DictReader(f), 2)
+        else:
+            rows = ((n, line) for n, line in enumerate(f, 1) if line.strip())
+        for lineno, row in rows:
+            if isinstance(row, str):
+                try:
+                    row = json.loads(row)
+                except json.JSONDecodeError as e:
+                    raise WeblyError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not row.get("path"):
+                raise WeblyError(f"{path}:{lineno}: expected an object with a 'path' field")
+            tags = row.get("tags")
+            if isinstance(tags, str) and tags.startswith("["):
+                with contextlib.suppress(json.JSONDecodeError):
+                    tags = json.loads(tags)
+            if isinstance(tags, str) and "|" in tags:
+                tags = tags.split("|")
+            out[str(row["path"])] = {
+                "title": clean_text(row.get("title"), counts, "title"),
+                "description": clean_text(row.get("description"), counts, "description"),
+                "tags": clean_tags(tags, counts),
+            }
+    return out
+
+
+class FolderReader:
+    """`root/<class>/<image>` -> records of split `split`, labels from sorted class folders."""
+
+    def __init__(self, root: str | Path, *, sidecar: str | Path | None = None,
+                 split: str = "train") -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise WeblyError(f"dataset root not found: {self.root} (expected class folders)")
+        self.classes = sorted(d.name for d in os.scandir(self.root)
+                              if d.is_dir() and not d.name.startswith("."))
+        if not self.classes:
+            raise WeblyError(f"{self.root}: no class folders found (expected root/<class>/<image>)")
+        self.class_names = list(self.classes)
+        self.split = split
+        self.stats: Counter = Counter()
+        self.text = _read_sidecar(Path(sidecar), self.stats) if sidecar else {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def available_splits(self) -> list[str]:
+        return [self.split]
+
+    def iter_records(self, split: str) -> Iterator[Record]:
+        if split != self.split:
+            return
+        for label, cls in enumerate(self.classes):
+            for dirpath, dirnames, filenames in os.walk(self.root / cls):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    if os.path.splitext(name)[1].lower() not in IMAGE_EXTS:
+                        continue
+                    rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                    text = self.text.get(rel, {})
+                    yield Record(id=rel, path=rel, split=split, label=label,
+                                 title=text.get("title", ""), description=text.get("description", ""),
+                                 tags=list(text.get("tags", [])))

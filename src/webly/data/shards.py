@@ -1,0 +1,228 @@
+"""WebDataset tar shards: the storage format for multi-node training.
+
+Each shard `{split}-{NNNNNN}.tar` holds, per image, `KEY.jpg` (re-encoded with its shorter side at
+most `short_side`, which cuts decode cost at training time) and `KEY.json` (the manifest record plus
+`row`, the manifest row number). KEY is the 9-digit manifest row. `shards-{split}.json` lists the
+shards and their sizes. Shards are written by a process pool, each to a temp name renamed when
+complete; `node=i/n` makes this machine write every n-th shard only, so many machines share the job.
+
+Reading is an explicit pipeline: shard list -> seeded per-epoch shuffle -> this rank's part ->
+this DataLoader worker's part -> tar members -> sample shuffle buffer -> decode + transform.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+
+from webly.config import opt
+from webly.data.images import decode_image, resize_short_side
+from webly.data.manifest import Manifest
+from webly.errors import WeblyError
+from webly.progress import progress
+
+
+@dataclass
+class ShardConfig:
+    split: str = opt("train", "manifest split to write")
+    max_count: int = opt(1000, "images per shard")
+    short_side: int = opt(256, "re-encode so the shorter side is at most this (never upscaled)")
+    quality: int = opt(90, "JPEG quality of the re-encoded images")
+    workers: int = opt(1, "processes writing shards in parallel")
+    node: str = opt("0/1", "'i/n': this machine writes every n-th shard from the i-th")
+
+    def validate(self) -> None:
+        if self.max_count < 1 or self.short_side < 1 or not 1 <= self.quality <= 100:
+            raise WeblyError("shard: max_count and short_side must be positive, quality in 1..100")
+        try:
+            i, n = (int(x) for x in self.node.split("/"))
+            assert 0 <= i < n
+        except (ValueError, AssertionError):
+            raise WeblyError(f"shard.node must be 'i/n' with 0 <= i < n, got {self.node!r}") from None
+
+
+@dataclass
+class ShardJob:
+    index: int
+    path: Path
+    root: Path
+    rows: list[dict[str, Any]]
+    short_side: int
+    quality: int
+
+
+def _encode(job: ShardJob, rec: dict[str, Any]) -> bytes:
+    img = decode_image(job.root / rec["path"], min_short_side=job.short_side)
+    img = resize_short_side(img, job.short_side)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=job.quality)
+    return buf.getvalue()
+
+
+def _write_shard(job: ShardJob) -> tuple[int, int, Counter, list[str]]:
+    """Write one shard; returns (index, images written, bad counts by reason, first bad paths)."""
+    bad: Counter = Counter()
+    bad_paths: list[str] = []
+    tmp = job.path.with_name(f".{job.path.name}.tmp{os.getpid()}")
+    written = 0
+    with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0) as tar:
+        for rec in job.rows:
+            try:
+                data = _encode(job, rec)
+            except Exception as e:  # a bad web image is skipped and reported, never fatal
+                reason = type(e).__name__
+                bad[reason] += 1
+                bad_paths.append(f"{rec['path']}: {reason}: {e}")
+                continue
+            tar.write({"__key__": f"{rec['row']:09d}", "jpg": data,
+                       "json": json.dumps(rec, ensure_ascii=False).encode()})
+            written += 1
+    os.replace(tmp, job.path)
+    return job.index, written, bad, bad_paths
+
+
+def _jobs(manifest: Manifest, out: Path, split: str, max_count: int, short_side: int,
+          quality: int, node: int, nodes: int) -> Iterator[ShardJob]:
+    rows: list[dict[str, Any]] = []
+    index = row = 0
+    for batch in manifest.iter_batches():
+        for rec in batch.to_pylist():
+            if rec["split"] == split:
+                rows.append({"row": row, **rec})
+            row += 1
+            if len(rows) == max_count:
+                if index % nodes == node:
+                    yield ShardJob(index, out / f"{split}-{index:06d}.tar", manifest.root, rows,
+                                   short_side, quality)
+                rows, index = [], index + 1
+    if rows and index % nodes == node:
+        yield ShardJob(index, out / f"{split}-{index:06d}.tar", manifest.root, rows, short_side,
+                       quality)
+
+
+def write_shards(manifest_path: str | Path, out_dir: str | Path, cfg: ShardConfig | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write one split of a manifest as tar shards; returns a summary (counts, bad images)."""
+    cfg = cfg or ShardConfig()
+    cfg.validate()
+    manifest = Manifest(manifest_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    node_i, nodes = (int(x) for x in cfg.node.split("/"))
+    split, workers, short_side = cfg.split, cfg.workers, cfg.short_side
+    t0 = time.time()
+    shards, bad = [], Counter()
+    jobs = _jobs(manifest, out, split, cfg.max_count, short_side, cfg.quality, node_i, nodes)
+    with ProcessPoolExecutor(max(1, workers)) if workers > 1 else _Serial() as pool:
+        for index, n, b, paths in progress(pool.map(_write_shard, jobs), desc=f"shard {split}",
+                                           unit="shard"):
+            shards.append({"name": f"{split}-{index:06d}.tar", "count": n})
+            bad.update(b)
+            for p in paths:
+                log(f"skipped bad image {p}")
+    listing = out / (f"shards-{split}.json" if nodes == 1 else f"shards-{split}.node{node_i}of{nodes}.json")
+    summary = {"split": split, "shards": shards, "images": sum(s["count"] for s in shards),
+               "bad_images": dict(bad), "short_side": short_side, "seconds": round(time.time() - t0, 2)}
+    tmp = listing.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, listing)
+    return summary
+
+
+class _Serial:
+    """Stands in for a process pool when workers=1 (simpler tracebacks, no fork)."""
+
+    def map(self, fn: Callable, it: Iterable) -> Iterator:
+        return map(fn, it)
+
+    def __enter__(self) -> _Serial:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        pass
+
+
+# -- reading ---------------------------------------------------------------------------------------
+def shard_urls(shard_dir: str | Path, split: str = "train") -> list[str]:
+    urls = sorted(str(p) for p in Path(shard_dir).glob(f"{split}-*.tar"))
+    if not urls:
+        raise WeblyError(f"no shards {split}-*.tar in {shard_dir} (write them with `webly shard`)")
+    return urls
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed if initialised, else torchrun's env, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class ShardList(wds.pipeline.IterableDataset):
+    """This rank's shards for one epoch: a seeded shuffle shared by all ranks, then every
+    world-th shard from `rank`, so ranks read disjoint shards and together read all of them."""
+
+    def __init__(self, urls: list[str], *, seed: int = 0, shuffle: bool = True,
+                 rank: int | None = None, world_size: int | None = None) -> None:
+        self.urls, self.seed, self.shuffle, self.epoch = list(urls), seed, shuffle, 0
+        r, w = dist_info()
+        self.rank = r if rank is None else rank
+        self.world_size = w if world_size is None else world_size
+        if len(self.urls) < self.world_size:
+            raise WeblyError(f"{len(self.urls)} shards cannot feed {self.world_size} ranks: "
+                             "write more, smaller shards (webly shard --max-count)")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        urls = list(self.urls)
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(urls)
+        for url in urls[self.rank::self.world_size]:
+            yield {"url": url}
+
+
+def _decoder(transform: Callable | None, min_short_side: int | None) -> Callable:
+    def decode(sample: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        img = decode_image(sample["jpg"], min_short_side=min_short_side)
+        return (transform(img) if transform else img), json.loads(sample["json"])
+    return decode
+
+
+def shard_pipeline(urls: list[str], *, transform: Callable | None = None, seed: int = 0,
+                   shuffle_buffer: int = 1000, rank: int | None = None,
+                   world_size: int | None = None, min_short_side: int | None = None
+                   ) -> wds.DataPipeline:
+    """An IterableDataset of (image, record) for a DataLoader; call `.shard_list.set_epoch(e)`."""
+    shard_list = ShardList(urls, seed=seed, shuffle=shuffle_buffer > 0, rank=rank,
+                           world_size=world_size)
+    stages: list[Any] = [shard_list, wds.split_by_worker,
+                         wds.tarfile_to_samples(handler=wds.warn_and_continue)]
+    if shuffle_buffer > 0:
+        stages.append(wds.shuffle(shuffle_buffer, rng=random.Random(seed)))
+    stages.append(wds.map(_decoder(transform, min_short_side), handler=wds.warn_and_continue))
+    pipe = wds.DataPipeline(*stages)
+    pipe.shard_list = shard_list
+    return pipe
+
+
+def read_shard_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The JSON records of one shard, in order (for checks and tools; no image decoding)."""
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if member.name.endswith(".json"):
+                yield json.loads(tar.extractfile(member).read())

@@ -1,0 +1,34 @@
+"""Line-oriented reading of dataset list files: streaming, never crashing on bad bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from webly.errors import WeblyError
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, stripped line) for each non-blank line; bad UTF-8 is replaced."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if line:
+                yield n, line
+
+
+def parse_label(token: str, path: Path, lineno: int, num_classes: int) -> int:
+    """A 0-based class index from a list file; one-line error naming file and line otherwise."""
+    try:
+        label = int(token)
+    except ValueError:
+        raise WeblyError(f"{path}:{lineno}: label {token!r} is not an integer") from None
+    if not 0 <= label < num_classes:
+        raise WeblyError(f"{path}:{lineno}: label {label} out of range [0, {num_classes})")
+    return label
+
+
+def require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise WeblyError(f"missing {path}: expected {what}")
+    return path
