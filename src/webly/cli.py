@@ -35,6 +35,10 @@ from webly.synth import SynthConfig, generate
 STAGE_CONFIGS: dict[str, type] = {"synth": SynthConfig, "index": IndexConfig, "shard": ShardConfig}
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def _write_run_files(run_dir: Path, stage: str, cfg: Any, summary: dict[str, Any]) -> None:
     save_config(cfg, run_dir / f"{stage}.config.yaml", stage)
     (run_dir / f"{stage}.summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -60,9 +64,7 @@ def cmd_index(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_shard(args: argparse.Namespace) -> dict[str, Any]:
     cfg = config_from_args(ShardConfig, args, "shard")
-    def log(m):
-        return (print(m, file=sys.stderr))
-    summary = write_shards(args.manifest, args.output, cfg, log=log)
+    summary = write_shards(args.manifest, args.output, cfg, log=_stderr)
     _write_run_files(Path(args.output), "shard", cfg, summary)
     return summary
 
@@ -102,7 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog="webly", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="webly", description="webly: noisy web images + text -> an image classifier.",
                                 formatter_class=fmt)
     p.add_argument("--version", action="version", version=f"webly {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="STAGE")

@@ -140,7 +140,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         tp, _ = _unwrap_optional(_field_types(cls)[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_ = f"{f.metadata.get('help', '')} (default: {default!r})".strip()
+        help_ = f"{f.metadata.get('help', '')} (default: {default!r})".strip().replace("%", "%%")
         flag = "--" + f.name.replace("_", "-")
         if tp is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,

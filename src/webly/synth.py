@@ -289,6 +289,7 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, list[Record]]:
 
     for split, per in (("val", cfg.val_per_class), ("test", cfg.test_per_class)):
         names, folder = [], f"{split}_images_256"
+        (out / folder).mkdir()
         for i in range(per * len(concepts)):
             c = concepts[i % len(concepts)]
             name = f"{split}{i + 1:06d}.jpg"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -137,12 +138,17 @@ def wordnet():
 def synset_from_wnid(wnid: str):
     """`n02432511` -> Synset('mule_deer.n.01'); WeblyError if WordNet 3.0 lacks it."""
     wn = wordnet()
-    if len(wnid) < 2 or wnid[0] not in "nvar" or not wnid[1:].isdigit():
+    if len(wnid) != 9 or wnid[0] not in "nvar" or not wnid[1:].isdigit():
         raise WeblyError(f"not a WordNet id: {wnid!r} (expected e.g. n02432511)")
-    try:
-        return wn.synset_from_pos_and_offset(wnid[0], int(wnid[1:]))
-    except Exception:
-        raise WeblyError(f"WordNet 3.0 has no synset {wnid}") from None
+    with warnings.catch_warnings():  # NLTK warns and returns None for unknown offsets
+        warnings.simplefilter("ignore")
+        try:
+            syn = wn.synset_from_pos_and_offset(wnid[0], int(wnid[1:]))
+        except Exception:
+            syn = None
+    if syn is None:
+        raise WeblyError(f"WordNet 3.0 has no synset {wnid}")
+    return syn
 
 
 def wnid_of(synset) -> str:

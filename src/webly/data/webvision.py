@@ -211,8 +211,12 @@ class WebVisionReader:
 
     def _eval_folder(self, split: str, first_name: str) -> str:
         """The folder holding val/test images: found once from the first listed name."""
-        for cand in VAL_DIRS if split == "val" else TEST_DIRS:
+        cands = VAL_DIRS if split == "val" else TEST_DIRS
+        for cand in cands:
             if (self.root / cand / first_name).exists():
+                return cand
+        for cand in cands[1:]:  # images not there (yet): the standard folder that exists
+            if (self.root / cand).is_dir():
                 return cand
         self.stats[f"{split}_images_not_found"] += 1
         return ""

@@ -1,0 +1,65 @@
+"""Decoding in one place: every web image mode comes out as 8-bit RGB; drafts stay big enough."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from webly.data.images import (
+    decode_image,
+    eval_transform,
+    normalize_batch,
+    resize_short_side,
+    train_transform,
+)
+
+
+def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("make,fmt", [
+    (lambda: Image.new("CMYK", (20, 10), (0, 255, 0, 0)), "JPEG"),
+    (lambda: Image.new("L", (20, 10), 128), "PNG"),
+    (lambda: Image.new("RGBA", (20, 10), (255, 0, 0, 0)), "PNG"),
+    (lambda: Image.new("P", (20, 10), 3), "GIF"),
+    (lambda: Image.fromarray(np.full((10, 20), 60000, np.uint16)), "PNG"),
+])
+def test_modes_become_rgb(make, fmt):
+    img = decode_image(_bytes(make(), fmt))
+    assert img.mode == "RGB" and img.size == (20, 10)
+
+
+def test_alpha_is_composited_on_white():
+    img = decode_image(_bytes(Image.new("RGBA", (4, 4), (255, 0, 0, 0)), "PNG"))
+    assert img.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_applied():
+    src = Image.new("RGB", (40, 20), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    img = decode_image(_bytes(src, "JPEG", exif=exif.tobytes()))
+    assert img.size == (20, 40)
+
+
+def test_draft_reduces_but_never_below_min_short_side():
+    data = _bytes(Image.new("RGB", (1000, 750), "blue"), "JPEG")
+    assert decode_image(data).size == (1000, 750)
+    small = decode_image(data, min_short_side=100)
+    assert min(small.size) >= 100 and small.size[0] <= 250
+    assert decode_image(data, min_short_side=500).size == (1000, 750)
+
+
+def test_transforms_give_uint8_and_batch_normalisation():
+    img = Image.new("RGB", (50, 40), (124, 116, 104))
+    t = train_transform(32)(img)
+    e = eval_transform(32)(img)
+    assert t.dtype == torch.uint8 and t.shape == (3, 32, 32) and e.shape == (3, 32, 32)
+    x = normalize_batch(torch.stack([e, e]))
+    assert x.dtype == torch.float32 and x.abs().max() < 0.02  # the colour is the ImageNet mean
+    assert resize_short_side(img, 20).size == (25, 20) and resize_short_side(img, 99).size == (50, 40)
