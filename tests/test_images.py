@@ -63,3 +63,35 @@ def test_transforms_give_uint8_and_batch_normalisation():
     x = normalize_batch(torch.stack([e, e]))
     assert x.dtype == torch.float32 and x.abs().max() < 0.02  # the colour is the ImageNet mean
     assert resize_short_side(img, 20).size == (25, 20) and resize_short_side(img, 99).size == (50, 40)
+
+
+@pytest.mark.parametrize("make,fmt", [
+    (lambda: Image.new("RGB", (20, 10), (10, 200, 30)), "JPEG"),
+    (lambda: Image.new("CMYK", (20, 10), (0, 255, 0, 0)), "JPEG"),
+    (lambda: Image.new("L", (20, 10), 128), "JPEG"),
+    (lambda: Image.new("RGBA", (20, 10), (255, 0, 0, 0)), "PNG"),
+    (lambda: Image.fromarray(np.full((10, 20), 60000, np.uint16)), "PNG"),
+])
+def test_decode_tensor_matches_pil_path(make, fmt):
+    from webly.data.images import decode_tensor
+
+    data = _bytes(make(), fmt)
+    x = decode_tensor(data)
+    ref = torch.from_numpy(np.asarray(decode_image(data))).permute(2, 0, 1)
+    assert x.dtype == torch.uint8 and x.shape == (3, 10, 20)
+    assert (x.int() - ref.int()).abs().max() <= 8  # libjpeg-turbo vs PIL rounding
+
+
+def test_decode_tensor_exif_draft_and_garbage(tmp_path):
+    from webly.data.images import decode_tensor
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert decode_tensor(_bytes(Image.new("RGB", (40, 20)), "JPEG", exif=exif.tobytes())).shape == (3, 40, 20)
+    big = _bytes(Image.new("RGB", (1000, 750), "blue"), "JPEG")
+    assert decode_tensor(big).shape == (3, 750, 1000)
+    assert decode_tensor(big, min_short_side=100).shape[1:] == (188, 250)
+    p = tmp_path / "x.jpg"
+    p.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(OSError):  # PIL's UnidentifiedImageError: a clear reason to log and skip
+        decode_tensor(p)

@@ -47,7 +47,7 @@ def test_loader_yields_same_records_and_decodable_images(shards, synth_manifest)
     assert img.dtype == torch.uint8 and img.shape == (3, 16, 16)
     # images were re-encoded with the shorter side at most 24
     raw = list(shard_pipeline(shard_urls(out), shuffle_buffer=0))
-    assert max(min(im.size) for im, _ in raw) <= 24
+    assert max(min(im.shape[-2:]) for im, _ in raw) <= 24
 
 
 def test_loader_in_dataloader_workers(shards):

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from webly.data.images import decode_image
+from webly.data.images import decode_tensor
 from webly.data.manifest import Manifest
 
 
@@ -16,7 +16,7 @@ class ImageFileDataset(torch.utils.data.Dataset):
     """(image, label) for the rows of one split; label is -1 where the manifest has none.
 
     Paths stay in one Arrow array (not 16M Python strings) and labels in a NumPy array, so worker
-    processes share them cheaply. Images are decoded with JPEG draft scaling to `min_short_side`.
+    processes share them cheaply. Images are decoded to uint8 tensors (`decode_tensor`), drafting big JPEGs to `min_short_side`.
     """
 
     def __init__(self, manifest: Manifest, split: str, transform: Callable | None = None,
@@ -33,5 +33,5 @@ class ImageFileDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        img = decode_image(self.root / self.paths[i].as_py(), min_short_side=self.min_short_side)
+        img = decode_tensor(self.root / self.paths[i].as_py(), min_short_side=self.min_short_side)
         return (self.transform(img) if self.transform else img), int(self.labels[i])

@@ -28,7 +28,7 @@ from typing import Any
 import webdataset as wds
 
 from webly.config import opt
-from webly.data.images import decode_image, resize_short_side
+from webly.data.images import decode_image, decode_tensor, resize_short_side
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
 from webly.progress import progress
@@ -198,7 +198,7 @@ class ShardList(wds.pipeline.IterableDataset):
 
 def _decoder(transform: Callable | None, min_short_side: int | None) -> Callable:
     def decode(sample: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        img = decode_image(sample["jpg"], min_short_side=min_short_side)
+        img = decode_tensor(sample["jpg"], min_short_side=min_short_side)
         return (transform(img) if transform else img), json.loads(sample["json"])
     return decode
 
