@@ -21,6 +21,11 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 echo "[setup] creating .venv and installing webly (first run only, a few minutes)" >&2
 [ -x .venv/bin/python ] || "$py" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[dev]"
+log=.venv/install.log
+if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[dev]"; } >"$log" 2>&1; then
+  tail -n 30 "$log" >&2
+  echo "[setup] pip install failed; full log in $log" >&2
+  exit 1
+fi
 echo "$want" > "$stamp"
+echo "[setup] done" >&2
