@@ -77,7 +77,7 @@ def test_decode_tensor_matches_pil_path(make, fmt):
 
     data = _bytes(make(), fmt)
     x = decode_tensor(data)
-    ref = torch.from_numpy(np.asarray(decode_image(data))).permute(2, 0, 1)
+    ref = torch.from_numpy(np.array(decode_image(data))).permute(2, 0, 1)
     assert x.dtype == torch.uint8 and x.shape == (3, 10, 20)
     assert (x.int() - ref.int()).abs().max() <= 8  # libjpeg-turbo vs PIL rounding
 

@@ -14,14 +14,23 @@ the training device (`normalize_batch`), not per image in the CPU workers.
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torchvision import transforms as T
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import functional as F
+
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec but still ships them; the
+# pinned version has them. If a later torchvision drops them, JPEGs take the PIL path below.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:  # pragma: no cover - depends on the torchvision build
+        decode_jpeg = None
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,12 +96,14 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 def decode_tensor(src: str | Path | bytes, min_short_side: int | None = None) -> torch.Tensor:
     """Decode to a uint8 RGB CHW tensor (see the module docstring for which decoder runs)."""
     data = src if isinstance(src, bytes) else Path(src).read_bytes()
-    if data[:2] == b"\xff\xd8":
+    if decode_jpeg is not None and data[:2] == b"\xff\xd8":
         size = _jpeg_size(data)
         if size and not (min_short_side and min_short_side / min(size) < 0.5):
             try:
-                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                   mode=ImageReadMode.RGB, apply_exif_orientation=True)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                       mode=ImageReadMode.RGB, apply_exif_orientation=True)
             except RuntimeError:
                 pass  # unusual or damaged JPEG: PIL decodes what it can, or raises a clear error
     return F.pil_to_tensor(decode_image(data, min_short_side))
