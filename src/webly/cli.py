@@ -29,10 +29,13 @@ from webly.config import (
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.shards import ShardConfig, write_shards
 from webly.errors import WeblyError
+from webly.semantics import WeighConfig
 from webly.synth import SynthConfig, generate
+from webly.tagging import TagConfig
 
 # stage name -> config dataclass: what `webly config show` prints and YAML sections may hold
-STAGE_CONFIGS: dict[str, type] = {"synth": SynthConfig, "index": IndexConfig, "shard": ShardConfig}
+STAGE_CONFIGS: dict[str, type] = {"synth": SynthConfig, "index": IndexConfig, "shard": ShardConfig,
+                                  "tag": TagConfig, "weigh": WeighConfig}
 
 
 def _stderr(message: str) -> None:
@@ -67,6 +70,48 @@ def cmd_shard(args: argparse.Namespace) -> dict[str, Any]:
     summary = write_shards(args.manifest, args.output, cfg, log=_stderr)
     _write_run_files(Path(args.output), "shard", cfg, summary)
     return summary
+
+
+def cmd_tag(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.tagging import merge, tag
+
+    cfg = config_from_args(TagConfig, args, "tag")
+    out = Path(args.output)
+    # `webly tag merge -o tags/` combines the parts of a sharded run
+    summary = merge(out, cfg) if args.manifest == "merge" else tag(args.manifest, out, cfg)
+    name = "tag" if not cfg.shard else f"tag.shard{cfg.shard.replace('/', 'of')}"
+    _write_run_files(out, name, cfg, summary)
+    return summary
+
+
+def cmd_weigh(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.semantics import weigh
+
+    cfg = config_from_args(WeighConfig, args, "weigh")
+    summary = weigh(args.manifest, args.tags, args.output, cfg)
+    _write_run_files(Path(args.output), "weigh", cfg, summary)
+    return summary
+
+
+def cmd_neighbours(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.data.manifest import Manifest
+    from webly.data.webvision import read_synsets
+    from webly.semantics import nearest, resolve_concept
+    from webly.wordnet import wnid_of
+
+    src = Path(args.concepts)
+    if src.suffix == ".parquet":
+        m = Manifest(src)
+        wnids, names = m.classes, m.class_names
+    else:
+        from webly.data.textio import require
+
+        wnids, names = read_synsets(require(src, "a manifest (.parquet) or a synsets.txt file"))
+    q = resolve_concept(args.query)
+    print(f"{args.query} -> {wnid_of(q)} {q.name()} ({args.measure})")
+    for rank, (wnid, name, s) in enumerate(nearest(args.query, wnids, names, args.measure, args.top_k), 1):
+        print(f"{rank:3d}  {s:.3f}  {wnid}  {name}")
+    return {}
 
 
 def cmd_wordnet(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,6 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp = stage("shard", cmd_shard, "write WebDataset tar shards from a manifest", ShardConfig)
     sp.add_argument("manifest")
     sp.add_argument("-o", "--output", required=True, help="folder for the shards")
+
+    sp = stage("tag", cmd_tag, "keywords from web text: the weakly-tagged set (WT-Set)", TagConfig)
+    sp.add_argument("manifest", help="manifest to tag, or the word 'merge' to combine the parts "
+                    "of a sharded run found in -o")
+    sp.add_argument("-o", "--output", required=True, help="tags folder")
+
+    sp = stage("weigh", cmd_weigh, "per-image label weights from WordNet similarity (LW-Set)",
+               WeighConfig)
+    sp.add_argument("manifest")
+    sp.add_argument("--tags", required=True, help="tags folder written by `webly tag`")
+    sp.add_argument("-o", "--output", required=True, help="weights folder")
+
+    sp = stage("neighbours", cmd_neighbours, "the dataset concepts most similar to a concept")
+    sp.add_argument("query", help="a wnid (n01568892), a synset (lion.n.01) or a noun ('yellow warbler')")
+    sp.add_argument("--concepts", required=True, help="manifest (.parquet) or synsets.txt")
+    sp.add_argument("--measure", default="wup", choices=["wup", "path", "lch"])
+    sp.add_argument("--top-k", type=int, default=10)
 
     sp = stage("wordnet", cmd_wordnet, "make WordNet 3.0 usable by NLTK offline; look up wnids")
     sp.add_argument("wnid", nargs="*", help="WordNet ids to print, e.g. n02432511")

@@ -1,0 +1,319 @@
+"""`webly tag`: the weakly-tagged set (WT-Set): keywords for every image from its web text.
+
+Pass 1 (parallel, resumable, splittable): the manifest is cut into tasks of `chunk_rows` rows
+(within its row groups); each task tags its rows and writes `parts/part-NNNNNN.parquet`, one row
+per image with its keyword list. A part that exists is complete (temp file + rename) and is not
+redone. `--shard i/n` does only tasks i, i+n, ... so n machines share the work.
+
+Merge (`webly tag merge`, or at the end of an unsharded run): document frequencies from all parts,
+then the vocabulary: drop keywords in more than `max_df` of images and the `drop_top` most common,
+drop those in fewer than `min_count`, keep the `max_vocab` most frequent. Pass 2 encodes each
+part against it into one CSR matrix. Memory is bounded by one task's rows, the distinct-keyword
+count and the output matrix: never a dense images x keywords array.
+
+Outputs in the tags folder (each written whole or not at all; `stats.json` last):
+    vocab.tsv            keyword, doc_frequency, synset (wnid when the keyword has one sense)
+    keywords.npz         scipy.sparse CSR uint8, images x keywords, row order = manifest order
+    stats.json           images, vocabulary size, keywords per image (mean/median/histogram),
+                         images with none, the recogniser used, text fields fixed
+    keyword_distribution.png, keywords_per_image.png
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from webly.config import opt
+from webly.data.manifest import Manifest
+from webly.errors import WeblyError
+from webly.progress import progress
+from webly.text import MAX_TAG_CHARS, KeywordRecogniser, text_segments
+
+TEXT_COLUMNS = ["title", "description", "tags", "query_text"]
+
+
+@dataclass
+class TagConfig:
+    max_df: float = opt(0.1, "drop keywords found in more than this fraction of images")
+    drop_top: int = opt(0, "also drop this many most common keywords")
+    min_count: int = opt(5, "drop keywords found in fewer images than this")
+    max_vocab: int = opt(35000, "keep at most this many keywords (most frequent first)")
+    use_query: bool = opt(True, "add the search query's text to each image's text")
+    chunk_rows: int = opt(16384, "rows per task (memory bound per worker)")
+    workers: int = opt(1, "processes tagging in parallel")
+    tagger: str = opt("auto", "auto | wordnet | perceptron (NLTK's, when its model is installed)")
+    shard: str = opt("", "'i/n': do only every n-th task from i, then run `webly tag merge`")
+
+    def validate(self) -> None:
+        if not 0 < self.max_df <= 1:
+            raise WeblyError("tag.max_df must be in (0, 1]")
+        if min(self.drop_top, self.min_count) < 0 or self.max_vocab < 1 or self.chunk_rows < 1:
+            raise WeblyError("tag: drop_top, min_count >= 0; max_vocab, chunk_rows >= 1")
+        if self.tagger not in ("auto", "wordnet", "perceptron"):
+            raise WeblyError("tag.tagger must be auto, wordnet or perceptron")
+        if self.shard:
+            parse_shard(self.shard)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+        assert 0 <= i < n
+        return i, n
+    except (ValueError, AssertionError):
+        raise WeblyError(f"shard must be 'i/n' with 0 <= i < n, got {text!r}") from None
+
+
+# -- pass 1 ----------------------------------------------------------------------------------------
+@dataclass
+class Task:
+    index: int
+    row_group: int
+    start: int  # within the row group
+    stop: int
+
+
+def plan_tasks(manifest: Manifest, chunk_rows: int) -> list[Task]:
+    tasks = []
+    meta = pq.ParquetFile(manifest.path).metadata
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        for start in range(0, n, chunk_rows):
+            tasks.append(Task(len(tasks), g, start, min(n, start + chunk_rows)))
+    return tasks
+
+
+_RECOGNISER: KeywordRecogniser | None = None
+
+
+def _recogniser(tagger: str) -> KeywordRecogniser:
+    global _RECOGNISER
+    if _RECOGNISER is None:
+        _RECOGNISER = KeywordRecogniser(tagger="perceptron" if tagger == "perceptron" else
+                                        ("auto" if tagger == "auto" else "none"))
+    return _RECOGNISER
+
+
+def _worker_init() -> None:
+    """Forked workers must not share NLTK's open WordNet files (synset data, sense counts, sense
+    index): a shared file offset makes concurrent seeks read each other's lines and silently
+    corrupts parts of speech. Drop the handles; NLTK reopens them lazily, per process."""
+    from webly.wordnet import wordnet
+
+    wn = wordnet()
+    wn._data_file_map = {}
+    wn._key_count_file = None
+    wn._key_synset_file = None
+
+
+def _tag_task(args: tuple[str, Task, Path, TagConfig]) -> tuple[int, dict[str, int]]:
+    manifest_path, task, parts, cfg = args
+    rec = _recogniser(cfg.tagger)
+    table = pq.ParquetFile(manifest_path).read_row_group(task.row_group, columns=TEXT_COLUMNS)
+    table = table.slice(task.start, task.stop - task.start)
+    counts: Counter = Counter()
+    keywords = []
+    for row in table.to_pylist():
+        text = [row["title"] or "", row["description"] or "", row["tags"] or [],
+                (row["query_text"] or "") if cfg.use_query else ""]
+        if sum(len(t) for t in text[:2]) > 2 * MAX_TAG_CHARS:
+            counts["text_truncated"] += 1
+        kws = rec.keywords(text_segments(*text))
+        counts["no_text"] += not any(text)
+        keywords.append(kws)
+    out = parts / f"part-{task.index:06d}.parquet"
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    pq.write_table(pa.table({"keywords": pa.array(keywords, pa.list_(pa.string()))}).replace_schema_metadata(
+        {"webly": json.dumps({"task": task.index, "rows": len(keywords), "recogniser": rec.name})}),
+        tmp, compression="zstd")
+    os.replace(tmp, out)
+    return task.index, dict(counts)
+
+
+def tag_parts(manifest_path: str | Path, out_dir: str | Path, cfg: TagConfig) -> dict[str, Any]:
+    """Pass 1: write every missing part this shard owns; return counts of what it did."""
+    manifest = Manifest(manifest_path)
+    parts = Path(out_dir) / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    shard_i, shards = parse_shard(cfg.shard) if cfg.shard else (0, 1)
+    tasks = plan_tasks(manifest, cfg.chunk_rows)
+    (parts / "plan.json").write_text(json.dumps({"tasks": len(tasks), "rows": len(manifest),
+                                                 "chunk_rows": cfg.chunk_rows}))
+    todo = [t for t in tasks if t.index % shards == shard_i
+            and not (parts / f"part-{t.index:06d}.parquet").is_file()]
+    rec = _recogniser(cfg.tagger)  # loaded before forking: workers inherit a warm WordNet
+    counts: Counter = Counter()
+    jobs = [(str(manifest.path), t, parts, cfg) for t in todo]
+    if cfg.workers > 1 and len(jobs) > 1:
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_worker_init) as pool:
+            for _, c in progress(pool.map(_tag_task, jobs), desc="tag", total=len(jobs), unit="part"):
+                counts.update(c)
+    else:
+        for job in progress(jobs, desc="tag", unit="part"):
+            counts.update(_tag_task(job)[1])
+    return {"tasks": len(tasks), "tagged_now": len(todo), "recogniser": rec.name, **counts}
+
+
+# -- merge + pass 2 --------------------------------------------------------------------------------
+def _part_files(out_dir: Path) -> list[Path]:
+    parts = out_dir / "parts"
+    plan_file = parts / "plan.json"
+    if not plan_file.is_file():
+        raise WeblyError(f"{parts}: no tagging plan; run `webly tag MANIFEST -o {out_dir}` first")
+    plan = json.loads(plan_file.read_text())
+    files = [parts / f"part-{i:06d}.parquet" for i in range(plan["tasks"])]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise WeblyError(f"{len(missing)} of {plan['tasks']} parts missing in {parts} "
+                         f"(first: {', '.join(missing[:3])}): run the remaining shards")
+    return files
+
+
+def select_vocab(df: Counter, images: int, cfg: TagConfig) -> list[tuple[str, int]]:
+    ranked = sorted(df.items(), key=lambda kv: (-kv[1], kv[0]))
+    ranked = ranked[cfg.drop_top:]
+    keep = [(k, n) for k, n in ranked if n <= cfg.max_df * images and n >= cfg.min_count]
+    return keep[: cfg.max_vocab]
+
+
+def _synset_of(keyword: str, wn) -> str:
+    lemma = keyword.replace(" ", "_")
+    for pos in ("n", "a"):
+        syns = wn.synsets(lemma, pos)
+        if syns:
+            if len(syns) == 1:
+                return f"{syns[0].pos().replace('s', 'a')}{syns[0].offset():08d}"
+            return ""
+    return ""
+
+
+def merge(out_dir: str | Path, cfg: TagConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Vocabulary from all parts, then the CSR matrix, stats and plots."""
+    from webly.wordnet import wordnet
+
+    out = Path(out_dir)
+    files = _part_files(out)
+    df: Counter = Counter()
+    images = 0
+    recogniser = ""
+    for f in progress(files, desc="count", unit="part"):
+        pf = pq.ParquetFile(f)
+        recogniser = json.loads(pf.schema_arrow.metadata[b"webly"])["recogniser"]
+        col = pf.read(columns=["keywords"]).column(0)
+        images += len(col)
+        flat = col.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        df.update(flat.tolist())
+    vocab = select_vocab(df, images, cfg)
+    index = {k: i for i, (k, _) in enumerate(vocab)}
+
+    indptr = [np.zeros(1, np.int64)]
+    indices = []
+    offset = 0
+    for f in progress(files, desc="encode", unit="part"):
+        for kws in pq.read_table(f).column(0).to_pylist():
+            ids = sorted({index[k] for k in kws if k in index})
+            indices.append(np.asarray(ids, np.int32))
+            offset += len(ids)
+            indptr.append(np.asarray([offset], np.int64))
+    ind = np.concatenate(indices) if indices else np.zeros(0, np.int32)
+    mat = sp.csr_matrix((np.ones(len(ind), np.uint8), ind, np.concatenate(indptr)),
+                        shape=(images, len(vocab)))
+    wn = wordnet()
+    _atomic_write(out / "vocab.tsv", "keyword\tdoc_frequency\tsynset\n" + "".join(
+        f"{k}\t{n}\t{_synset_of(k, wn)}\n" for k, n in vocab))
+    tmp = out / ".keywords.tmp.npz"
+    sp.save_npz(tmp, mat, compressed=True)
+    os.replace(tmp, out / "keywords.npz")
+    stats = keyword_stats(mat, df, images, cfg, recogniser)
+    stats.update(extra or {})
+    plot_keywords(df, vocab, mat, out)
+    _atomic_write(out / "stats.json", json.dumps(stats, indent=1) + "\n")
+    return stats
+
+
+def keyword_stats(mat: sp.csr_matrix, df: Counter, images: int, cfg: TagConfig,
+                  recogniser: str) -> dict[str, Any]:
+    per_image = np.diff(mat.indptr)
+    hist = np.bincount(np.minimum(per_image, 20), minlength=21)
+    return {
+        "images": images, "vocabulary": mat.shape[1], "distinct_keywords_before_filtering": len(df),
+        "keywords_per_image_mean": round(float(per_image.mean()), 3) if images else 0.0,
+        "keywords_per_image_median": float(np.median(per_image)) if images else 0.0,
+        "keywords_per_image_histogram": {("20+" if i == 20 else str(i)): int(c) for i, c in enumerate(hist)},
+        "images_without_keywords": int((per_image == 0).sum()),
+        "recogniser": recogniser,
+        "filters": {"max_df": cfg.max_df, "drop_top": cfg.drop_top, "min_count": cfg.min_count,
+                    "max_vocab": cfg.max_vocab},
+    }
+
+
+def plot_keywords(df: Counter, vocab: list[tuple[str, int]], mat: sp.csr_matrix, out: Path) -> None:
+    """The seed's "keyword distribution" chart (frequency by rank, log-log) and keywords/image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    freqs = np.array(sorted(df.values(), reverse=True), dtype=float)
+    kept = {k for k, _ in vocab}
+    kept_mask = np.array([k in kept for k, _ in sorted(df.items(), key=lambda kv: (-kv[1], kv[0]))])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if len(freqs):
+        ranks = np.arange(1, len(freqs) + 1)
+        ax.loglog(ranks, freqs, color="0.6", label="all keywords")
+        ax.loglog(ranks[kept_mask], freqs[kept_mask], ".", ms=2, color="C0", label="kept (vocabulary)")
+        ax.legend()
+    ax.set(xlabel="keyword rank", ylabel="images with the keyword", title="Keyword distribution")
+    fig.tight_layout()
+    fig.savefig(out / "keyword_distribution.png", dpi=120)
+    plt.close(fig)
+    per_image = np.diff(mat.indptr)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(per_image, bins=np.arange(0, max(int(per_image.max(initial=0)), 1) + 2) - 0.5, color="C1")
+    ax.set(xlabel="keywords per image (in vocabulary)", ylabel="images", title="Keywords per image")
+    fig.tight_layout()
+    fig.savefig(out / "keywords_per_image.png", dpi=120)
+    plt.close(fig)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def tag(manifest_path: str | Path, out_dir: str | Path, cfg: TagConfig) -> dict[str, Any]:
+    """`webly tag`: pass 1 for this shard; unsharded runs go on to merge."""
+    t0 = time.time()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "stats.json").unlink(missing_ok=True)  # outputs are stale until merged again
+    done = tag_parts(manifest_path, out_dir, cfg)
+    if cfg.shard:
+        return {"pass1": done, "seconds": round(time.time() - t0, 2),
+                "next": f"when all shards are done: webly tag merge {out_dir}"}
+    stats = merge(out_dir, cfg, {"text": {k: v for k, v in done.items() if k not in ("tasks", "tagged_now", "recogniser")}})
+    stats["seconds"] = round(time.time() - t0, 2)
+    return stats
+
+
+def load_tags(tags_dir: str | Path) -> tuple[sp.csr_matrix, list[str]]:
+    """(images x keywords CSR, vocabulary) of a finished `webly tag` run."""
+    d = Path(tags_dir)
+    if not (d / "stats.json").is_file():
+        raise WeblyError(f"{d}: no finished tag set (stats.json missing); run `webly tag` first")
+    vocab = [line.split("\t", 1)[0] for line in (d / "vocab.tsv").read_text().splitlines()[1:]]
+    return sp.load_npz(d / "keywords.npz").tocsr(), vocab

@@ -1,0 +1,157 @@
+"""Keywords from web text: cleaning, and recognising nouns and adjectives with NLTK + WordNet.
+
+Cleaning (`clean_text`): cap the length, unescape HTML entities, drop markup and URLs, split
+camelCase joins (tags only), fold accents to ASCII, lowercase, and keep runs of letters (with inner
+apostrophes and hyphens). Other scripts simply vanish; nothing raises. Cleaning is idempotent.
+
+Recognising (`KeywordRecogniser`): NLTK's averaged-perceptron tagger when its model is installed;
+otherwise, as on machines without NLTK's downloads, a WordNet recogniser: a word's lemma comes from
+WordNet's morphology (`morphy`), and its part of speech is the one whose senses were seen most in
+WordNet's sense-tagged corpus (`cntlist` counts via `index.sense`, plus 0.5 a sense so unseen
+senses still count), ties going noun > adjective > verb > adverb. Nouns and adjectives are kept;
+stop words and one-letter words are not. Multi-word WordNet nouns in the text ("mule deer",
+"big cat", "national park") become one keyword. Every word's answer is cached: a 16M-image corpus
+has a vocabulary of a few hundred thousand distinct words, so WordNet is asked once per word.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections.abc import Iterable
+
+from webly.wordnet import wordnet
+
+# The text cap (characters per field) for tagging: enough for any real description.
+MAX_TAG_CHARS = 10_000
+MAX_NGRAM = 4
+
+# NLTK's English stop word list (nltk_data corpora/stopwords/english), inlined: no download needed.
+STOP_WORDS = frozenset(["a", "about", "above", "after", "again", "against", "ain", "all", "am", "an", "and", "any", "are", "aren", "aren't", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "couldn", "couldn't", "d", "did", "didn", "didn't", "do", "does", "doesn", "doesn't", "doing", "don", "don't", "down", "during", "each", "few", "for", "from", "further", "had", "hadn", "hadn't", "has", "hasn", "hasn't", "have", "haven", "haven't", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "isn", "isn't", "it", "it's", "its", "itself", "just", "ll", "m", "ma", "me", "mightn", "mightn't", "more", "most", "mustn", "mustn't", "my", "myself", "needn", "needn't", "no", "nor", "not", "now", "o", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "re", "s", "same", "shan", "shan't", "she", "she's", "should", "should've", "shouldn", "shouldn't", "so", "some", "such", "t", "than", "that", "that'll", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "ve", "very", "was", "wasn", "wasn't", "we", "were", "weren", "weren't", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "won", "won't", "wouldn", "wouldn't", "y", "you", "you'd", "you'll", "you're", "you've", "your", "yours", "yourself", "yourselves"])
+
+_URL = re.compile(r"(?:https?://|ftp://|www\.)\S*", re.IGNORECASE)
+_MARKUP = re.compile(r"<[^<>]{0,1000}>")
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+_NOT_LETTERS = re.compile(r"[^a-z'\-]+")
+_WORD = re.compile(r"[a-z]+(?:['-][a-z]+)*")
+
+
+def clean_text(text: str, *, camel: bool = False, max_chars: int = MAX_TAG_CHARS) -> str:
+    """Web text -> lowercase words separated by single spaces (see the module docstring)."""
+    text = html.unescape(text[:max_chars])
+    text = _URL.sub(" ", _MARKUP.sub(" ", text))
+    if camel:
+        text = _CAMEL.sub(" ", text)
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    return " ".join(_WORD.findall(_NOT_LETTERS.sub(" ", text)))
+
+
+def text_segments(title: str, description: str, tags: Iterable[str], query_text: str = "") -> list[str]:
+    """The cleaned pieces of an image's text; n-grams never span two pieces (two tags, say)."""
+    segs = [clean_text(title), clean_text(description), clean_text(query_text)]
+    segs += [clean_text(t, camel=True, max_chars=200) for t in tags]
+    return [s for s in segs if s]
+
+
+POS_ORDER = ("n", "a", "v", "r")  # tie-break order
+KEEP_POS = ("n", "a")
+
+
+class WordNetPOS:
+    """Lemma and part of speech of a single word from WordNet alone (no caching here)."""
+
+    name = "wordnet-sense-frequency"
+
+    def __init__(self) -> None:
+        self.wn = wordnet()
+
+    def lookup(self, word: str) -> tuple[str, str] | None:
+        """(lemma, pos) of `word`, pos in n/a/v/r, or None if WordNet does not know it."""
+        best: tuple[float, int, str, str] | None = None
+        for rank, pos in enumerate(POS_ORDER):
+            for form in self.wn._morphy(word, pos):  # "saw" -> saw (v), see (v): each scored
+                score = 0.0
+                for syn in self.wn.synsets(form, pos):
+                    for lemma in syn.lemmas():
+                        if lemma.name().lower() == form:
+                            score += lemma.count() + 0.5
+                if score and (best is None or (score, -rank) > (best[0], -best[1])):
+                    best = (score, rank, form, pos)
+        return None if best is None else (best[2], best[3])
+
+
+class KeywordRecogniser:
+    """Cleaned text segments -> unique keywords (noun/adjective lemmas, multi-word nouns)."""
+
+    def __init__(self, *, cache: bool = True, tagger: str = "auto") -> None:
+        self.pos = WordNetPOS()
+        self.cache: dict[str, tuple[str, str] | None] | None = {} if cache else None
+        self.multiword = {name for name in self.pos.wn.all_lemma_names("n") if "_" in name}
+        self.multi_first = {name.split("_", 1)[0] for name in self.multiword}
+        self.perceptron = _perceptron_tagger() if tagger in ("auto", "perceptron") else None
+        if tagger == "perceptron" and self.perceptron is None:
+            from webly.errors import WeblyError
+
+            raise WeblyError("NLTK's averaged_perceptron_tagger_eng model is not installed")
+        self.name = "nltk-averaged-perceptron" if self.perceptron else WordNetPOS.name
+
+    def word(self, word: str) -> tuple[str, str] | None:
+        if self.cache is None:
+            return self._word(word)
+        hit = self.cache.get(word, False)
+        if hit is False:
+            hit = self.cache[word] = self._word(word)
+        return hit
+
+    def _word(self, word: str) -> tuple[str, str] | None:
+        if len(word) < 2 or word in STOP_WORDS:
+            return None
+        found = self.pos.lookup(word)
+        if found is None and word.endswith("'s"):
+            found = self.pos.lookup(word[:-2])
+        return found
+
+    def keywords(self, segments: Iterable[str]) -> list[str]:
+        out: dict[str, None] = {}  # ordered set
+        for seg in segments:
+            tokens = seg.split()
+            tags = self.perceptron(tokens) if self.perceptron else None
+            i = 0
+            while i < len(tokens):
+                j, lemma = self._multiword(tokens, i)
+                if j:
+                    out[lemma] = None
+                    i = j
+                    continue
+                found = self.word(tokens[i])
+                if found and (found[1] in KEEP_POS if tags is None else tags[i][:2] in ("NN", "JJ")):
+                    out[found[0].replace("_", " ")] = None
+                i += 1
+        return list(out)
+
+    def _multiword(self, tokens: list[str], i: int) -> tuple[int, str]:
+        """(end, lemma) of the longest multi-word WordNet noun starting at token i, or (0, "")."""
+        if tokens[i] not in self.multi_first:
+            return 0, ""
+        for j in range(min(len(tokens), i + MAX_NGRAM), i + 1, -1):
+            joined = "_".join(tokens[i:j])
+            if joined in self.multiword:
+                return j, joined.replace("_", " ")
+            last = self.word(tokens[j - 1])  # plural head: "big cats" -> big cat
+            if last and last[1] == "n":
+                joined = "_".join([*tokens[i:j - 1], last[0]])
+                if joined in self.multiword:
+                    return j, joined.replace("_", " ")
+        return 0, ""
+
+
+def _perceptron_tagger():
+    """NLTK's pos_tag if its model is installed (never downloads), else None."""
+    import nltk
+
+    try:
+        nltk.data.find("taggers/averaged_perceptron_tagger_eng/")
+    except LookupError:
+        return None
+    return nltk.pos_tag

@@ -1,0 +1,73 @@
+"""Cleaning and keyword recognition, on the seed's own example texts."""
+
+import pytest
+
+from webly.text import STOP_WORDS, KeywordRecogniser, clean_text, text_segments
+
+MULE_DEER_DESC = (
+    "We were hiking in the Kaibab National Forest south of Williams Arizona on the Sycamore Rim "
+    "Trail and saw this desiccated Mountain lion scat. The mountain lion diet in this area consists "
+    "largely of ungulates, more specifically Mule deer, Pronghorn and Elk. The fur passes through "
+    "their digestive track and creates very distinctive scat. Feces of wild Carnivores are referred "
+    "to as scat. Hunters and trackers get vital info from scat. Because this is so desiccated, we "
+    "were not in immediate danger. I've seen National Park Rangers diagnose the health of animals "
+    "from dung and scat.")
+CHEETAH_TAGS = ["district", "young pup", "cheetah", "africa", "savannah", "animal", "wildcat",
+                "big cat", "mammal", "mammalian", "predator", "beast of prey", "Carnivore"]
+
+
+@pytest.fixture(scope="module")
+def rec():
+    return KeywordRecogniser()
+
+
+def test_seed_mule_deer_text(rec):
+    kws = rec.keywords(text_segments("Scatology 101 - Mountain lion", MULE_DEER_DESC, [], "mule deer"))
+    for want in ("carnivore", "ranger", "mule deer", "mountain lion", "scat", "elk", "national park"):
+        assert want in kws
+    for verb_or_stop in ("were", "hiking", "hike", "saw", "see", "we", "this", "creates", "very"):
+        assert verb_or_stop not in kws
+    assert not set(kws) & STOP_WORDS
+
+
+def test_seed_cheetah_text(rec):
+    kws = rec.keywords(text_segments(
+        "cheetah africa savannah animal wildcat big cat mammal mammalian",
+        "The cheetah examines", CHEETAH_TAGS, "prey beast"))
+    for want in ("cheetah", "savannah", "predator", "big cat", "carnivore", "mammal", "africa"):
+        assert want in kws
+    assert "examines" not in kws and "the" not in kws
+
+
+def test_recogniser_is_recorded(rec):
+    assert rec.name == "wordnet-sense-frequency"  # no NLTK tagger model on this machine
+
+
+@pytest.mark.parametrize("raw,want", [
+    ("<b>Big&nbsp;cats</b> at http://x.com/a?b=1 and www.zoo.org!", "big cats at and"),
+    ("#LionKing café — 日本語 🐆", "lionking cafe"),
+    ("snow_leopard\x00\x07control", "snow leopard control"),
+    ("", ""),
+])
+def test_clean_text(raw, want):
+    assert clean_text(raw) == want
+    assert clean_text(clean_text(raw)) == clean_text(raw)  # idempotent
+
+
+def test_tags_split_camel_case_and_never_span(rec):
+    segs = text_segments("", "", ["mountainLion", "mule", "deer"])
+    assert segs == ["mountain lion", "mule", "deer"]
+    assert rec.keywords(segs) == ["mountain lion", "mule", "deer"]  # tags are separate pieces
+
+
+def test_long_and_odd_text_is_capped_not_fatal(rec):
+    huge = "cheetah " * 2_000_000
+    assert len(clean_text(huge)) <= 10_000
+    assert rec.keywords(text_segments(huge, "\x00\ud800?", ["🐆"], "")) == ["cheetah"]
+
+
+def test_cache_and_no_cache_agree():
+    text = text_segments("Scatology", MULE_DEER_DESC, CHEETAH_TAGS)
+    cached, plain = KeywordRecogniser(), KeywordRecogniser(cache=False)
+    assert cached.keywords(text) == plain.keywords(text)
+    assert len(cached.cache) > 20
