@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
@@ -213,25 +214,29 @@ def merge(out_dir: str | Path, cfg: TagConfig, extra: dict[str, Any] | None = No
     for f in progress(files, desc="count", unit="part"):
         pf = pq.ParquetFile(f)
         recogniser = json.loads(pf.schema_arrow.metadata[b"webly"])["recogniser"]
-        col = pf.read(columns=["keywords"]).column(0)
+        col = pf.read(columns=["keywords"]).column(0).combine_chunks()
         images += len(col)
-        flat = col.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        df.update(flat.tolist())
+        counts = pc.value_counts(col.flatten())  # keywords are unique within an image: df
+        df.update(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
+                           strict=True)))
     vocab = select_vocab(df, images, cfg)
-    index = {k: i for i, (k, _) in enumerate(vocab)}
+    vocab_arr = pa.array([k for k, _ in vocab], pa.string())
 
-    indptr = [np.zeros(1, np.int64)]
-    indices = []
-    offset = 0
+    # pass 2, vectorised per part: keyword strings -> vocabulary ids, rows -> CSR offsets
+    row_counts, indices = [], []
     for f in progress(files, desc="encode", unit="part"):
-        for kws in pq.read_table(f).column(0).to_pylist():
-            ids = sorted({index[k] for k in kws if k in index})
-            indices.append(np.asarray(ids, np.int32))
-            offset += len(ids)
-            indptr.append(np.asarray([offset], np.int64))
+        col = pq.read_table(f).column(0).combine_chunks()
+        lengths = pc.list_value_length(col).fill_null(0).to_numpy()
+        ids = pc.index_in(col.flatten(), value_set=vocab_arr).fill_null(-1).to_numpy()
+        keep = ids >= 0
+        rows = np.repeat(np.arange(len(col)), lengths)
+        row_counts.append(np.bincount(rows[keep], minlength=len(col)))
+        indices.append(ids[keep].astype(np.int32))
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(row_counts))]) if row_counts else np.zeros(1)
     ind = np.concatenate(indices) if indices else np.zeros(0, np.int32)
-    mat = sp.csr_matrix((np.ones(len(ind), np.uint8), ind, np.concatenate(indptr)),
+    mat = sp.csr_matrix((np.ones(len(ind), np.uint8), ind, indptr.astype(np.int64)),
                         shape=(images, len(vocab)))
+    mat.sort_indices()
     wn = wordnet()
     _atomic_write(out / "vocab.tsv", "keyword\tdoc_frequency\tsynset\n" + "".join(
         f"{k}\t{n}\t{_synset_of(k, wn)}\n" for k, n in vocab))

@@ -88,7 +88,10 @@ class KeywordRecogniser:
         self.pos = WordNetPOS()
         self.cache: dict[str, tuple[str, str] | None] | None = {} if cache else None
         self.multiword = {name for name in self.pos.wn.all_lemma_names("n") if "_" in name}
-        self.multi_first = {name.split("_", 1)[0] for name in self.multiword}
+        self.multi_len: dict[str, int] = {}  # first word -> longest multi-word noun it starts
+        for name in self.multiword:
+            first, n = name.split("_", 1)[0], name.count("_") + 1
+            self.multi_len[first] = max(n, self.multi_len.get(first, 0))
         self.perceptron = _perceptron_tagger() if tagger in ("auto", "perceptron") else None
         if tagger == "perceptron" and self.perceptron is None:
             from webly.errors import WeblyError
@@ -132,14 +135,13 @@ class KeywordRecogniser:
 
     def _multiword(self, tokens: list[str], i: int) -> tuple[int, str]:
         """(end, lemma) of the longest multi-word WordNet noun starting at token i, or (0, "")."""
-        if tokens[i] not in self.multi_first:
-            return 0, ""
-        for j in range(min(len(tokens), i + MAX_NGRAM), i + 1, -1):
+        longest = self.multi_len.get(tokens[i], 0)
+        for j in range(min(len(tokens), i + min(longest, MAX_NGRAM)), i + 1, -1):
             joined = "_".join(tokens[i:j])
             if joined in self.multiword:
                 return j, joined.replace("_", " ")
             last = self.word(tokens[j - 1])  # plural head: "big cats" -> big cat
-            if last and last[1] == "n":
+            if last and last[1] == "n" and last[0] != tokens[j - 1]:
                 joined = "_".join([*tokens[i:j - 1], last[0]])
                 if joined in self.multiword:
                     return j, joined.replace("_", " ")
