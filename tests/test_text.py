@@ -71,3 +71,18 @@ def test_cache_and_no_cache_agree():
     cached, plain = KeywordRecogniser(), KeywordRecogniser(cache=False)
     assert cached.keywords(text) == plain.keywords(text)
     assert len(cached.cache) > 20
+
+
+def test_perceptron_tagger_used_when_installed(monkeypatch):
+    import webly.text as text
+
+    def fake_pos_tag(tokens):  # stands in for nltk.pos_tag: calls 'lion' a verb, 'fast' an adjective
+        return [(t, {"lion": "VB", "fast": "JJ"}.get(t, "NN")) for t in tokens]
+
+    monkeypatch.setattr(text, "_perceptron_tagger", lambda: fake_pos_tag)
+    rec = text.KeywordRecogniser()
+    assert rec.name == "nltk-averaged-perceptron"
+    assert rec.keywords(["fast lion cheetah"]) == ["fast", "cheetah"]
+    monkeypatch.setattr(text, "_perceptron_tagger", lambda: None)
+    with pytest.raises(Exception, match="averaged_perceptron_tagger_eng"):
+        text.KeywordRecogniser(tagger="perceptron")
