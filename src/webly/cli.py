@@ -32,10 +32,12 @@ from webly.errors import WeblyError
 from webly.semantics import WeighConfig
 from webly.synth import SynthConfig, generate
 from webly.tagging import TagConfig
+from webly.train import TrainConfig
 
 # stage name -> config dataclass: what `webly config show` prints and YAML sections may hold
 STAGE_CONFIGS: dict[str, type] = {"synth": SynthConfig, "index": IndexConfig, "shard": ShardConfig,
-                                  "tag": TagConfig, "weigh": WeighConfig}
+                                  "tag": TagConfig, "weigh": WeighConfig, "pretrain": TrainConfig,
+                                  "finetune": TrainConfig}
 
 
 def _stderr(message: str) -> None:
@@ -112,6 +114,31 @@ def cmd_neighbours(args: argparse.Namespace) -> dict[str, Any]:
     for rank, (wnid, name, s) in enumerate(nearest(args.query, wnids, names, args.measure, args.top_k), 1):
         print(f"{rank:3d}  {s:.3f}  {wnid}  {name}")
     return {}
+
+
+def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.data.manifest import Manifest
+    from webly.train import train
+    from webly.trainsets import pretrain_data
+
+    cfg = config_from_args(TrainConfig, args, "pretrain")
+    source = args.tags if args.set == "wt" else args.weights
+    if not source:
+        raise WeblyError(f"--set {args.set} needs {'--tags' if args.set == 'wt' else '--weights'}")
+    data = pretrain_data(Manifest(args.manifest), args.set, source)
+    save_config(cfg, Path(args.output) / "pretrain.config.yaml", "pretrain")
+    return train(data, cfg, args.output, task=f"pretrain_{args.set}", resume=args.resume)
+
+
+def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.data.manifest import Manifest
+    from webly.train import train
+    from webly.trainsets import finetune_data
+
+    cfg = config_from_args(TrainConfig, args, "finetune")
+    data = finetune_data(Manifest(args.manifest))
+    save_config(cfg, Path(args.output) / "finetune.config.yaml", "finetune")
+    return train(data, cfg, args.output, task="finetune", resume=args.resume)
 
 
 def cmd_wordnet(args: argparse.Namespace) -> dict[str, Any]:
@@ -193,6 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--concepts", required=True, help="manifest (.parquet) or synsets.txt")
     sp.add_argument("--measure", default="wup", choices=["wup", "path", "lch"])
     sp.add_argument("--top-k", type=int, default=10)
+
+    sp = stage("pretrain", cmd_pretrain, "pretrain a backbone on the WT-Set or LW-Set", TrainConfig)
+    sp.add_argument("manifest")
+    sp.add_argument("--set", required=True, choices=["wt", "lw"], help="weakly-tagged or label-weighted set")
+    sp.add_argument("--tags", help="tags folder (--set wt)")
+    sp.add_argument("--weights", help="weights folder (--set lw)")
+    sp.add_argument("-o", "--output", required=True, help="run directory")
+    sp.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
+
+    sp = stage("finetune", cmd_finetune, "train on the target classes (from a pretrained checkpoint)",
+               TrainConfig)
+    sp.add_argument("manifest")
+    sp.add_argument("-o", "--output", required=True, help="run directory")
+    sp.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
 
     sp = stage("wordnet", cmd_wordnet, "make WordNet 3.0 usable by NLTK offline; look up wnids")
     sp.add_argument("wnid", nargs="*", help="WordNet ids to print, e.g. n02432511")

@@ -1,0 +1,75 @@
+"""Training checkpoints: atomic, loadable without unpickling code, pruned to the last K.
+
+A checkpoint is a dict of tensors and plain values saved with `torch.save` to a temp file and
+renamed into place, so `last.pt` is always a whole checkpoint; a failed write (disk full, read-only
+folder) leaves the previous one intact and raises a clear error. Loading uses
+`torch.load(weights_only=True)`: a checkpoint cannot run code.
+
+Keys: model, optimizer, scaler, ema (state dicts); epoch, step_in_epoch, global_step; rng (torch
+CPU, and CUDA when present); best (metric, epoch); config (the resolved TrainConfig); classes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from webly.errors import WeblyError
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WeblyError(f"could not write checkpoint {path} ({e.strerror or e}); "
+                         "the previous checkpoint is intact") from None
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise WeblyError(f"checkpoint not found: {p}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle that wants to run code, or a truncated file
+        raise WeblyError(f"{p}: not a loadable webly checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]})") from None
+
+
+def latest(run_dir: Path) -> Path | None:
+    last = run_dir / "ckpt" / "last.pt"
+    return last if last.is_file() else None
+
+
+def keep_last(run_dir: Path, k: int) -> None:
+    steps = sorted((run_dir / "ckpt").glob("step-*.pt"))
+    for old in steps[: max(0, len(steps) - k)]:
+        old.unlink(missing_ok=True)
+
+
+def save_training(state: dict[str, Any], run_dir: Path, keep: int, *, best: bool = False) -> Path:
+    """Write step-NNNNNNNN.pt, point last.pt at it (copy), keep the newest `keep`."""
+    ck = run_dir / "ckpt"
+    step_path = ck / f"step-{state['global_step']:08d}.pt"
+    save_atomic(state, step_path)
+    tmp = ck / f".last.pt.tmp{os.getpid()}"
+    try:
+        shutil.copyfile(step_path, tmp)
+        os.replace(tmp, ck / "last.pt")
+        if best:
+            shutil.copyfile(step_path, tmp)
+            os.replace(tmp, ck / "best.pt")
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WeblyError(f"could not update {ck}/last.pt ({e.strerror or e}); "
+                         "the previous checkpoint is intact") from None
+    keep_last(run_dir, keep)
+    return step_path

@@ -1,0 +1,68 @@
+"""Backbones from timm by name (never downloaded), and finetuning's weight transfer.
+
+`load_all_but_head` copies every weight of a pretrained webly checkpoint into a new model except
+its last linear layer, which stays freshly initialised for the target classes (the seed's
+finetuning). Any other missing, unexpected or mis-shaped key is an error naming the layers:
+nothing is silently skipped.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch import nn
+
+from webly.errors import WeblyError
+
+
+def create_backbone(name: str, num_classes: int, **kwargs) -> nn.Module:
+    """`timm.create_model(name, pretrained=False, num_classes=...)` with a helpful unknown-name error."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
+        raise WeblyError(f"unknown backbone {name!r}; close timm names: {', '.join(close) or 'none'}")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def head_prefix(model: nn.Module) -> str:
+    """State-dict prefix of the last linear layer ('fc', 'classifier', 'head', 'head.fc', ...)."""
+    name = getattr(model, "pretrained_cfg", {}).get("classifier")
+    if not name:
+        raise WeblyError(f"{type(model).__name__}: timm names no classifier layer to replace")
+    return name
+
+
+def uses_channels_last(backbone: str, setting: str = "auto") -> bool:
+    """channels_last helps ResNet/ResNeXt/EfficientNet; timm's published numbers show ResNeSt
+    training about 2.7x slower with it (its split-attention reshapes), so 'auto' skips ResNeSt."""
+    if setting in ("on", "off"):
+        return setting == "on"
+    return not backbone.startswith("resnest")
+
+
+@dataclass
+class TransferReport:
+    loaded: int
+    reinitialised: list[str]
+
+
+def load_all_but_head(model: nn.Module, state: dict[str, torch.Tensor]) -> TransferReport:
+    """Copy `state` into `model` except the classifier; error on any other mismatch."""
+    head = head_prefix(model)
+    is_head = lambda k: k == head or k.startswith(head + ".")  # noqa: E731
+    own = {k: v for k, v in model.state_dict().items() if not is_head(k)}
+    theirs = {k: v for k, v in state.items() if not is_head(k)}
+    missing = sorted(own.keys() - theirs.keys())
+    unexpected = sorted(theirs.keys() - own.keys())
+    shapes = sorted(k for k in own.keys() & theirs.keys() if own[k].shape != theirs[k].shape)
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", shapes)):
+            if keys:
+                parts.append(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})")
+        raise WeblyError("pretrained checkpoint does not fit this backbone (another backbone?); "
+                         + "; ".join(parts))
+    model.load_state_dict(theirs, strict=False)
+    return TransferReport(loaded=len(theirs), reinitialised=sorted(k for k in model.state_dict() if is_head(k)))

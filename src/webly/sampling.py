@@ -1,0 +1,101 @@
+"""Samplers: class-balanced (single- or multi-label) and plain shuffling, DDP-ready.
+
+A sampler draws one seeded stream of dataset positions per epoch, a function of (seed, epoch)
+only, and rank r of W takes positions r, r+W, r+2W, ...: ranks get disjoint parts of the same
+stream and together the whole of it. Samplers run in the main process, so DataLoader workers need
+nothing special. `start` lets a resumed run skip what the interrupted one already consumed.
+
+Class-balanced: draw a group (a class, or a keyword for the WT-Set), then a member uniformly. With
+`balance` b in [0, 1] a group is drawn with probability proportional to n_g ** (1 - b): b = 1 is
+uniform over groups (the seed's class-balanced sampling), b = 0 the natural frequencies.
+
+With WebDataset shards there are no indices to draw; `repeat_factors` gives each sample a repeat
+count (LVIS-style repeat-factor sampling) that, after the shuffle buffer, approximates the same
+balance in a stream (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from webly.errors import WeblyError
+
+
+def groups_from_labels(labels: np.ndarray, num_classes: int) -> sp.csc_matrix:
+    """samples x classes membership (CSC: each column lists a class's samples)."""
+    n = len(labels)
+    ok = labels >= 0
+    return sp.csc_matrix((np.ones(ok.sum(), np.uint8), (np.arange(n)[ok], labels[ok])),
+                         shape=(n, num_classes))
+
+
+def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch])
+
+
+class BalancedSampler(torch.utils.data.Sampler[int]):
+    """Class-balanced positions from a samples x groups membership matrix."""
+
+    def __init__(self, membership: sp.spmatrix, num_samples: int, *, balance: float = 1.0,
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        m = sp.csc_matrix(membership)
+        sizes = np.diff(m.indptr)
+        empty = int((sizes == 0).sum())
+        if empty == len(sizes):
+            raise WeblyError("balanced sampling: every class is empty (no images to draw)")
+        if empty:
+            warnings.warn(f"balanced sampling: {empty} of {len(sizes)} classes have no images "
+                          "and are never drawn", stacklevel=2)
+        if num_samples % world_size:
+            num_samples += world_size - num_samples % world_size  # equal shares for every rank
+        self.indptr, self.members = m.indptr, m.indices
+        p = np.where(sizes > 0, sizes.astype(np.float64) ** (1.0 - balance), 0.0)
+        self.p = p / p.sum()
+        self.sizes = sizes
+        self.num_samples, self.seed, self.rank, self.world_size = num_samples, seed, rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def stream(self, epoch: int) -> np.ndarray:
+        """The whole epoch's positions (all ranks)."""
+        rng = _epoch_rng(self.seed, epoch)
+        groups = rng.choice(len(self.p), size=self.num_samples, p=self.p)
+        offsets = (rng.random(self.num_samples) * self.sizes[groups]).astype(np.int64)
+        return self.members[self.indptr[groups] + offsets].astype(np.int64)
+
+    def __iter__(self) -> Iterator[int]:
+        mine = self.stream(self.epoch)[self.rank::self.world_size]
+        return iter(mine[self.start:].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples // self.world_size - self.start
+
+
+class ShuffleSampler(BalancedSampler):
+    """Plain sampling: a seeded permutation of all samples each epoch (no balancing)."""
+
+    def __init__(self, n: int, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(sp.csc_matrix(np.ones((n, 1), np.uint8)), n, seed=seed, rank=rank,
+                         world_size=world_size)
+        self.n = n
+
+    def stream(self, epoch: int) -> np.ndarray:
+        perm = _epoch_rng(self.seed, epoch).permutation(self.n)
+        pad = self.num_samples - self.n  # wrap around so every rank gets the same count
+        return np.concatenate([perm, perm[:pad]]) if pad else perm
+
+
+def repeat_factors(group_sizes: np.ndarray, membership: sp.spmatrix, balance: float = 1.0) -> np.ndarray:
+    """Per-sample repeat factor for streams: the max over its groups of (n_max / n_g) ** balance."""
+    sizes = np.maximum(np.asarray(group_sizes, np.float64), 1)
+    per_group = (sizes.max() / sizes) ** balance
+    m = sp.csr_matrix(membership).astype(np.float64)
+    f = m.multiply(per_group[None, :]).max(axis=1).toarray().ravel()
+    return np.maximum(f, 1.0)

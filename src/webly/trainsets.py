@@ -1,0 +1,134 @@
+"""What each training task learns from: image rows, sparse targets, and the groups to balance.
+
+- finetune:    the manifest's train labels (one target per image), balanced over classes;
+- pretrain wt: the WT-Set keyword rows (images without keywords are left out), balanced over
+               keywords (draw a keyword, then an image tagged with it);
+- pretrain lw: the LW-Set weight rows, balanced over the images' own classes.
+
+`TargetDataset` returns (uint8 image, target ids [T], target weights [T]) with T fixed per
+dataset (-1 padded), so batches collate without densifying anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import scipy.sparse as sp
+import torch
+
+from webly.data.images import decode_tensor
+from webly.data.manifest import Manifest
+from webly.errors import WeblyError
+from webly.sampling import groups_from_labels
+
+
+@dataclass
+class TrainData:
+    manifest: Manifest
+    rows: np.ndarray  # manifest rows used for training
+    targets: sp.csr_matrix  # len(rows) x num_classes, weights
+    membership: sp.csc_matrix  # len(rows) x groups, for balanced sampling
+    num_classes: int
+    class_names: list[str]
+    val_rows: np.ndarray
+    val_labels: np.ndarray  # -1 where unusable (e.g. WT pretraining: no keyword labels)
+
+
+def _split_rows(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray]:
+    t = manifest.read(["split", "label"])
+    rows = np.flatnonzero(pc.equal(t["split"], split).to_numpy(zero_copy_only=False))
+    labels = np.asarray(pc.fill_null(t["label"], -1).to_numpy(), np.int64)[rows]
+    return rows, labels
+
+
+def finetune_data(manifest: Manifest, labels_override: np.ndarray | None = None) -> TrainData:
+    rows, labels = _split_rows(manifest, "train")
+    if labels_override is not None:
+        labels = labels_override[rows]
+    keep = labels >= 0
+    rows, labels = rows[keep], labels[keep]
+    if not len(rows):
+        raise WeblyError(f"{manifest.path}: no labelled training images")
+    C = manifest.num_classes
+    targets = sp.csr_matrix((np.ones(len(rows), np.float32), (np.arange(len(rows)), labels)), shape=(len(rows), C))
+    val_rows, val_labels = _split_rows(manifest, "val")
+    return TrainData(manifest, rows, targets, groups_from_labels(labels, C), C, manifest.classes,
+                     val_rows, val_labels)
+
+
+def pretrain_data(manifest: Manifest, kind: str, source: str | Path) -> TrainData:
+    rows, labels = _split_rows(manifest, "train")
+    val_rows, val_labels = _split_rows(manifest, "val")
+    if kind == "wt":
+        from webly.tagging import load_tags
+
+        kw, vocab = load_tags(source)
+        _check_rows(kw, manifest, source)
+        targets = kw[rows].astype(np.float32).tocsr()
+        has = np.diff(targets.indptr) > 0
+        rows, targets = rows[has], targets[has]
+        if not len(rows):
+            raise WeblyError(f"{source}: no training image has a keyword in the vocabulary")
+        membership = sp.csc_matrix(targets.astype(np.uint8))
+        return TrainData(manifest, rows, targets, membership, len(vocab), vocab, val_rows,
+                         np.full(len(val_rows), -1))
+    if kind == "lw":
+        path = Path(source) / "label_weights.npz"
+        if not path.is_file():
+            raise WeblyError(f"{source}: no label_weights.npz; run `webly weigh` first")
+        w = sp.load_npz(path).tocsr()
+        _check_rows(w, manifest, source)
+        keep = labels >= 0
+        rows, labels = rows[keep], labels[keep]
+        return TrainData(manifest, rows, w[rows].astype(np.float32).tocsr(),
+                         groups_from_labels(labels, manifest.num_classes), manifest.num_classes,
+                         manifest.classes, val_rows, val_labels)
+    raise WeblyError(f"pretraining set must be wt or lw, not {kind!r}")
+
+
+def _check_rows(mat: sp.spmatrix, manifest: Manifest, source) -> None:
+    if mat.shape[0] != len(manifest):
+        raise WeblyError(f"{source} has {mat.shape[0]} rows but {manifest.path} has {len(manifest)}")
+
+
+def padded_targets(targets: sp.csr_matrix, max_targets: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR rows -> (ids, weights) arrays [N, T], -1/0 padded; T = min(max row length, max_targets).
+    Rows longer than T keep their T largest weights."""
+    lengths = np.diff(targets.indptr)
+    T = max(1, min(int(lengths.max(initial=1)), max_targets))
+    ids = np.full((targets.shape[0], T), -1, np.int64)
+    ws = np.zeros((targets.shape[0], T), np.float32)
+    for i in range(targets.shape[0]):
+        lo, hi = targets.indptr[i], targets.indptr[i + 1]
+        cols, vals = targets.indices[lo:hi], targets.data[lo:hi]
+        if hi - lo > T:
+            top = np.argsort(-vals, kind="stable")[:T]
+            cols, vals = cols[top], vals[top]
+        ids[i, : len(cols)] = cols
+        ws[i, : len(vals)] = vals
+    return ids, ws
+
+
+class TargetDataset(torch.utils.data.Dataset):
+    """Item (position, seed) -> (uint8 image, ids, weights); the seed fixes the augmentation, so
+    a sample looks the same whichever worker loads it and after a resume."""
+
+    def __init__(self, manifest: Manifest, rows: np.ndarray, ids: np.ndarray, ws: np.ndarray,
+                 transform, min_short_side: int | None = None) -> None:
+        paths = manifest.read(["path"]).column(0).combine_chunks()
+        self.paths = paths.take(rows)
+        self.root, self.ids, self.ws = manifest.root, ids, ws
+        self.transform, self.min_short_side = transform, min_short_side
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        pos, seed = item if isinstance(item, tuple) else (item, None)
+        if seed is not None:
+            torch.manual_seed(seed)
+        img = decode_tensor(self.root / self.paths[pos].as_py(), self.min_short_side)
+        return self.transform(img), torch.from_numpy(self.ids[pos]), torch.from_numpy(self.ws[pos])

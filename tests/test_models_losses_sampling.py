@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from webly.errors import WeblyError
+from webly.losses import cross_entropy, dense_targets, multilabel_bce, weighted_softmax_ce
+from webly.models import create_backbone, head_prefix, load_all_but_head, uses_channels_last
+from webly.sampling import BalancedSampler, ShuffleSampler, groups_from_labels, repeat_factors
+from webly.train import per_rank_batch
+
+
+def test_unknown_backbone_lists_close_names():
+    with pytest.raises(WeblyError, match="unknown backbone 'resnest101'.*resnest101e"):
+        create_backbone("resnest101", 10)
+
+
+def test_finetune_transfer_keeps_all_but_last_layer():
+    torch.manual_seed(0)
+    pre = create_backbone("test_resnet", 50)
+    new = create_backbone("test_resnet", 7)
+    report = load_all_but_head(new, pre.state_dict())
+    head = head_prefix(new)
+    assert head == "fc" and report.reinitialised == ["fc.bias", "fc.weight"]
+    for k, v in new.state_dict().items():
+        if k.startswith("fc."):
+            assert v.shape[0] == 7
+        else:
+            assert torch.equal(v, pre.state_dict()[k]), k
+
+
+def test_transfer_from_another_backbone_names_layers():
+    with pytest.raises(WeblyError, match="another backbone.*missing: .*unexpected: "):
+        load_all_but_head(create_backbone("test_resnet", 5), create_backbone("test_efficientnet", 5).state_dict())
+
+
+def test_channels_last_default_skips_resnest():
+    assert uses_channels_last("resnext101_32x8d") and uses_channels_last("efficientnet_b4")
+    assert not uses_channels_last("resnest101e") and uses_channels_last("resnest101e", "on")
+
+
+def test_losses():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    idx = torch.tensor([[0, 2], [1, -1]])
+    w = torch.tensor([[1.0, 0.5], [1.0, 0.0]])
+    logp = torch.log_softmax(logits, 1)
+    want = (-(logp[0, 0] + 0.5 * logp[0, 2]) - logp[1, 1]) / 2
+    assert weighted_softmax_ce(logits, idx, w).item() == pytest.approx(want.item())
+    want_n = (-(logp[0, 0] + 0.5 * logp[0, 2]) / 1.5 - logp[1, 1]) / 2
+    assert weighted_softmax_ce(logits, idx, w, normalise=True).item() == pytest.approx(want_n.item())
+    assert dense_targets(idx, w, 3).tolist() == [[1, 0, 0.5], [0, 1, 0]]
+    assert multilabel_bce(logits, idx, w).item() > 0
+    assert cross_entropy(logits, idx, w).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).item())
+
+
+def test_balanced_sampler_is_uniform_over_classes():
+    from scipy.stats import chisquare
+
+    labels = np.repeat(np.arange(5), [1000, 300, 100, 30, 10])  # long tail
+    s = BalancedSampler(groups_from_labels(labels, 5), 20000, seed=1)
+    drawn = labels[list(s)]
+    counts = np.bincount(drawn, minlength=5)
+    assert chisquare(counts).pvalue > 0.001  # consistent with uniform
+    natural = BalancedSampler(groups_from_labels(labels, 5), 20000, balance=0.0, seed=1)
+    share = np.bincount(labels[list(natural)], minlength=5) / 20000
+    assert share[0] == pytest.approx(1000 / 1440, abs=0.02)
+
+
+def test_ranks_draw_disjoint_parts_of_one_stream():
+    labels = np.arange(100) % 7
+    m = groups_from_labels(labels, 7)
+    full = BalancedSampler(m, 600, seed=3).stream(2)
+    parts = []
+    for r in range(3):
+        s = BalancedSampler(m, 600, seed=3, rank=r, world_size=3)
+        s.set_epoch(2)
+        parts.append(list(s))
+    assert [len(p) for p in parts] == [200, 200, 200]
+    interleaved = np.empty(600, np.int64)
+    for r in range(3):
+        interleaved[r::3] = parts[r]
+    assert np.array_equal(interleaved, full)  # disjoint positions of the same seeded stream
+    s = BalancedSampler(m, 600, seed=3)
+    s.set_epoch(2, start=450)
+    assert list(s) == full[450:].tolist()  # resume skips what was consumed
+    assert not np.array_equal(BalancedSampler(m, 600, seed=3).stream(3), full)
+
+
+def test_multilabel_balanced_and_shuffle():
+    kw = sp.csr_matrix(np.array([[1, 0, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0]], np.uint8))
+    s = BalancedSampler(sp.csc_matrix(kw), 3000, seed=0)
+    drawn = np.asarray(list(s))
+    assert (drawn == 2).mean() > 0.3  # the only image with keyword 1: drawn for a third
+    sh = ShuffleSampler(10, seed=0, world_size=3)
+    assert len(sh) == 4 and sorted(sh.stream(0)[:10].tolist()) == list(range(10))
+    f = repeat_factors(np.asarray(kw.sum(0)).ravel(), kw)
+    assert f.tolist() == [4.0, 1.0, 4.0, 1.0]
+
+
+def test_empty_classes():
+    labels = np.array([0, 0, 2])
+    with pytest.warns(UserWarning, match="1 of 3 classes have no images"):
+        s = BalancedSampler(groups_from_labels(labels, 3), 10)
+    assert 1 not in labels[list(s)]
+    with pytest.raises(WeblyError, match="every class is empty"):
+        BalancedSampler(groups_from_labels(np.array([-1, -1]), 2), 10)
+
+
+def test_batch_must_divide_over_ranks():
+    assert per_rank_batch(256, 8) == 32
+    with pytest.raises(WeblyError, match="does not divide over 3 ranks"):
+        per_rank_batch(256, 3)

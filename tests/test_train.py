@@ -1,0 +1,199 @@
+"""The training engine on CPU with timm's tiny test models and generated data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from webly import checkpoints
+from webly.cli import main
+from webly.data.index import IndexConfig, index_dataset
+from webly.data.manifest import Manifest
+from webly.errors import WeblyError
+from webly.synth import SynthConfig, generate
+from webly.tagging import TagConfig, tag
+from webly.train import TrainConfig, train
+from webly.trainsets import finetune_data
+
+TINY = ["--img-size", "32", "--batch-size", "16", "--accum-steps", "1", "--workers", "0",
+        "--log-every", "1", "--tensorboard", "--lr", "0.05", "--weight-decay", "0"]
+
+
+@pytest.fixture(scope="module")
+def data6(tmp_path_factory) -> Path:
+    """6 concepts (two WordNet families), 30-60 noisy training images each, 10 clean val each."""
+    d = tmp_path_factory.mktemp("train")
+    generate(d / "wv", SynthConfig(families=2, per_family=3, max_per_class=60, min_per_class=30,
+                                   val_per_class=10, test_per_class=2, image_width=32,
+                                   image_height=32, label_noise=0.1, seed=0))
+    index_dataset(d / "wv", d / "manifest.parquet", IndexConfig())
+    tag(d / "manifest.parquet", d / "tags", TagConfig(min_count=2, max_df=0.5))
+    return d
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
+
+
+def test_wt_pretrain_then_finetune_learns(data6, capsys):
+    m = str(data6 / "manifest.parquet")
+    assert main(["pretrain", m, "--set", "wt", "--tags", str(data6 / "tags"), "-o", str(data6 / "wt"),
+                 "--backbone", "test_resnet", "--epochs", "3", *TINY]) == 0
+    wt = _losses(data6 / "wt")
+    assert np.mean(wt[-5:]) < np.mean(wt[:5])
+    assert main(["finetune", m, "-o", str(data6 / "ft"), "--pretrained", str(data6 / "wt/ckpt/last.pt"),
+                 "--backbone", "test_resnet", "--epochs", "4", "--schedule", "cosine", *TINY]) == 0
+    summary = json.loads((data6 / "ft/train.summary.json").read_text())
+    assert summary["val_top1"] > 2 / 6  # chance is 1/6
+    assert summary["transfer"]["reinitialised"] == ["fc.bias", "fc.weight"]
+    ft = _losses(data6 / "ft")
+    assert np.mean(ft[-5:]) < np.mean(ft[:5])
+    for f in ("model.safetensors", "model.json", "training_curves.png", "metrics.jsonl", "ckpt/best.pt"):
+        assert (data6 / "ft" / f).is_file(), f
+    assert list((data6 / "ft/tb").iterdir())
+    meta = json.loads((data6 / "ft/model.json").read_text())
+    assert meta["num_classes"] == 6 and meta["backbone"] == "test_resnet"
+
+
+def test_large_resolution_stage_continues_lr(data6, tmp_path):
+    m = str(data6 / "manifest.parquet")
+    base = ["--backbone", "test_resnet", "--img-size", "32", "--batch-size", "16", "--accum-steps", "1",
+            "--workers", "0", "--no-tensorboard", "--epochs", "2", "--schedule", "step", "--step-epochs", "1"]
+    assert main(["finetune", m, "-o", str(tmp_path / "a"), *base]) == 0
+    last_lr = checkpoints.load(tmp_path / "a/ckpt/last.pt")["last_lr"]
+    assert last_lr == pytest.approx(0.001)  # 0.01 decayed once
+    assert main(["finetune", m, "-o", str(tmp_path / "b"), "--continue-from", str(tmp_path / "a/ckpt/last.pt"),
+                 *base[:2], "--img-size", "48", *base[4:-6], "--epochs", "1", "--schedule", "constant"]) == 0
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    assert lrs and all(lr == pytest.approx(0.001) for lr in lrs)
+
+
+def test_gradient_accumulation_equals_big_batch(data6, tmp_path):
+    data = finetune_data(Manifest(data6 / "manifest.parquet"))
+    common = dict(backbone="test_vit", img_size=32, workers=0, sampler="shuffle", max_steps=1,
+                  epochs=1, lr=0.1, schedule="constant", tensorboard=False, seed=5)
+    train(data, TrainConfig(batch_size=8, accum_steps=4, **common), tmp_path / "accum", task="finetune")
+    train(data, TrainConfig(batch_size=32, accum_steps=1, **common), tmp_path / "big", task="finetune")
+    a, b = load_file(tmp_path / "accum/model.safetensors"), load_file(tmp_path / "big/model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    from webly.models import create_backbone
+
+    torch.manual_seed(5)  # train() seeds before building: this is both runs' initial model
+    init = create_backbone("test_vit", 6).state_dict()
+    assert any((init[k] - a[k]).abs().max() > 1e-4 for k in a)  # the step did change weights
+
+
+def _cmd(m: str, run: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "webly.cli", "finetune", m, "-o", str(run), "--backbone", "test_resnet",
+            "--img-size", "32", "--batch-size", "8", "--accum-steps", "2", "--workers", "0",
+            "--no-tensorboard", "--epochs", "2", "--ckpt-every-steps", "1", "--keep-last", "2",
+            "--samples-per-epoch", "160", *extra]
+
+
+def test_sigkill_then_resume_gives_identical_weights(data6, tmp_path):
+    m = str(data6 / "manifest.parquet")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cmd(m, tmp_path / "full", []), check=True, env=env, capture_output=True)
+    killed = 0
+    for wait_steps in (3, 12, 17):  # mid-epoch, mid-epoch of epoch 2, around validation
+        proc = subprocess.Popen(_cmd(m, tmp_path / "cut", ["--resume"]), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            steps = [int(p.stem[5:]) for p in (tmp_path / "cut/ckpt").glob("step-*.pt")] if (tmp_path / "cut/ckpt").is_dir() else []
+            if steps and max(steps) >= wait_steps:
+                proc.send_signal(signal.SIGKILL)
+                killed += 1
+                break
+            time.sleep(0.05)
+        proc.wait()
+    subprocess.run(_cmd(m, tmp_path / "cut", ["--resume"]), check=True, env=env, capture_output=True)
+    assert killed >= 2
+    a = load_file(tmp_path / "full/model.safetensors")
+    b = load_file(tmp_path / "cut/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data6, tmp_path, monkeypatch):
+    import webly.train as tr
+
+    calls = {"n": 0}
+    real = tr.loss_fn
+
+    def poisoned(cfg, task):
+        f = real(cfg, task)
+
+        def g(logits, i, w):
+            calls["n"] += 1
+            return f(logits, i, w) * (float("nan") if calls["n"] == 4 else 1.0)
+        return g
+
+    monkeypatch.setattr(tr, "loss_fn", poisoned)
+    data = finetune_data(Manifest(data6 / "manifest.parquet"))
+    cfg = TrainConfig(backbone="test_resnet", img_size=32, batch_size=8, accum_steps=1, workers=0,
+                      ckpt_every_steps=2, tensorboard=False)
+    with pytest.raises(WeblyError, match=r"loss is nan at step 3 .*last good checkpoint is .*last.pt"):
+        train(data, cfg, tmp_path, task="finetune")
+    assert checkpoints.load(tmp_path / "ckpt/last.pt")["global_step"] == 2
+
+
+def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    good = {"global_step": 1, "x": torch.ones(3)}
+    checkpoints.save_training(good, tmp_path, keep=3)
+
+    def full(obj, f, *a, **k):
+        Path(f).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(WeblyError, match="No space left on device.*previous checkpoint is intact"):
+        checkpoints.save_training({"global_step": 2, "x": torch.zeros(3)}, tmp_path, keep=3)
+    monkeypatch.undo()
+    assert checkpoints.load(tmp_path / "ckpt/last.pt")["global_step"] == 1
+    assert not list((tmp_path / "ckpt").glob(".*tmp*"))
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(WeblyError, match="not a loadable webly checkpoint"):
+        checkpoints.load(tmp_path / "evil.pt")
+
+
+def test_bad_train_config(data6):
+    data = finetune_data(Manifest(data6 / "manifest.parquet"))
+    with pytest.raises(WeblyError, match="holds no optimizer step"):
+        train(data, TrainConfig(backbone="test_resnet", batch_size=256, accum_steps=8), "/tmp/never",
+              task="finetune")
+    with pytest.raises(WeblyError, match="schedule must be"):
+        TrainConfig(schedule="linear").validate()
+
+
+def test_ddp_two_processes_match_single_process(data6, tmp_path):
+    m = str(data6 / "manifest.parquet")
+    args = ["finetune", m, "--backbone", "test_vit", "--img-size", "32", "--batch-size", "16",
+            "--accum-steps", "2", "--workers", "0", "--no-tensorboard", "--epochs", "1",
+            "--log-every", "1", "--sampler", "shuffle", "--seed", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--master-port", "29533", "-m", "webly.cli"]
+    r = subprocess.run([*torchrun, *args, "-o", str(tmp_path / "ddp")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    subprocess.run([sys.executable, "-m", "webly.cli", *args, "-o", str(tmp_path / "one")], env=env,
+                   check=True, capture_output=True)
+    ddp, one = _losses(tmp_path / "ddp"), _losses(tmp_path / "one")
+    assert json.loads((tmp_path / "ddp/train.summary.json").read_text())["world_size"] == 2
+    assert len(ddp) == len(one) > 3
+    assert np.allclose(ddp, one, rtol=1e-3, atol=1e-4)
