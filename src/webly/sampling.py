@@ -79,17 +79,19 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
 
 
 class ShuffleSampler(BalancedSampler):
-    """Plain sampling: a seeded permutation of all samples each epoch (no balancing)."""
+    """Plain sampling: seeded permutations of all samples (no balancing), as many as it takes to
+    fill `num_samples` (default: one pass over the n samples)."""
 
-    def __init__(self, n: int, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        super().__init__(sp.csc_matrix(np.ones((n, 1), np.uint8)), n, seed=seed, rank=rank,
-                         world_size=world_size)
+    def __init__(self, n: int, num_samples: int | None = None, *, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        super().__init__(sp.csc_matrix(np.ones((n, 1), np.uint8)), num_samples or n, seed=seed,
+                         rank=rank, world_size=world_size)
         self.n = n
 
     def stream(self, epoch: int) -> np.ndarray:
-        perm = _epoch_rng(self.seed, epoch).permutation(self.n)
-        pad = self.num_samples - self.n  # wrap around so every rank gets the same count
-        return np.concatenate([perm, perm[:pad]]) if pad else perm
+        rng = _epoch_rng(self.seed, epoch)
+        reps = -(-self.num_samples // self.n)  # wrap around: equal counts for every rank
+        return np.concatenate([rng.permutation(self.n) for _ in range(reps)])[: self.num_samples]
 
 
 def repeat_factors(group_sizes: np.ndarray, membership: sp.spmatrix, balance: float = 1.0) -> np.ndarray:

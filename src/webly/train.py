@@ -259,7 +259,8 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
         sampler = BalancedSampler(data.membership, n_samples, balance=cfg.balance, seed=cfg.seed,
                                   rank=d.rank, world_size=d.world_size)
     else:
-        sampler = ShuffleSampler(len(data.rows), seed=cfg.seed, rank=d.rank, world_size=d.world_size)
+        sampler = ShuffleSampler(len(data.rows), n_samples, seed=cfg.seed, rank=d.rank,
+                                 world_size=d.world_size)
     criterion = loss_fn(cfg, task)
     run.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(run, d.is_primary, cfg.tensorboard)
@@ -321,6 +322,8 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
             if cfg.max_steps and step >= cfg.max_steps:
                 done = True
                 break
+        if not done and micro < micro_left:  # a sampler must fill its epoch; never spin on empty ones
+            raise WeblyError(f"epoch {epoch} ended after {micro} of {micro_left} micro-steps")
         epoch_finished = step_in_epoch == steps_per_epoch
         if epoch_finished:
             epoch, step_in_epoch = epoch + 1, 0
@@ -374,7 +377,8 @@ class MetricsLog:
             self.file.flush()
 
     def step(self, step: int, epoch: int, loss: float, lr: float, img_s: float) -> None:
-        self._write({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "img_s": round(img_s, 1)})
+        self._write({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "img_s": round(img_s, 1),
+                     "t": round(time.time(), 3)})
         if self.tb:
             for k, v in (("train/loss", loss), ("train/lr", lr), ("train/img_s", img_s)):
                 self.tb.add_scalar(k, v, step)

@@ -1,0 +1,24 @@
+"""Every shipped recipe resolves against the stage configs (no unknown keys, right types)."""
+
+from pathlib import Path
+
+import pytest
+
+from webly.cli import STAGE_CONFIGS
+from webly.config import load_yaml, resolve_config
+
+RECIPES = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_resolves(path):
+    for stage, section in load_yaml(path).items():
+        assert stage in STAGE_CONFIGS, f"{path}: unknown stage {stage}"
+        resolve_config(STAGE_CONFIGS[stage], section, where=f"{path.name}:{stage}")
+
+
+def test_seed_settings_in_webvision_recipes():
+    cfg = load_yaml(Path(__file__).parent.parent / "configs/webvision2/resnest101_wt.yaml")
+    ft = cfg["finetune"]
+    assert (ft["lr"], ft["step_epochs"], ft["gamma"], ft["batch_size"], ft["accum_steps"]) == (0.01, 90, 0.1, 256, 8)
+    assert ft["sampler"] == "balanced" and cfg["tag"]["max_vocab"] == 35000
