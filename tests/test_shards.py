@@ -102,3 +102,16 @@ def test_bad_image_is_skipped_and_counted(synth_small, synth_manifest, tmp_path,
         assert summary["images"] == len(records["train"]) - 1
     finally:
         victim.write_bytes(saved)
+
+
+def test_repeat_factor_stage_balances_a_stream():
+    from webly.data.shards import _repeater
+
+    samples = [{"json": json.dumps({"row": i, "label": int(i < 10)})} for i in range(100)]
+    factor = {0: 1.0, 1: 9.0}  # label 1 is 10 of 100 samples: repeat 9x to match label 0
+    out = list(_repeater(lambda r: factor[r["label"]], seed=0)(samples))
+    labels = [json.loads(s["json"])["label"] for s in out]
+    assert labels.count(1) == 90 and labels.count(0) == 90
+    frac = list(_repeater(lambda r: 0.5, seed=1)(samples * 20))
+    assert abs(len(frac) - 1000) < 100  # fractional factors repeat on average
+    assert list(_repeater(lambda r: 0.0, seed=0)(samples)) == []  # factor 0 drops

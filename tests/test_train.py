@@ -197,3 +197,15 @@ def test_ddp_two_processes_match_single_process(data6, tmp_path):
     assert json.loads((tmp_path / "ddp/train.summary.json").read_text())["world_size"] == 2
     assert len(ddp) == len(one) > 3
     assert np.allclose(ddp, one, rtol=1e-3, atol=1e-4)
+
+
+def test_shard_fed_balanced_training(data6, tmp_path):
+    from webly.data.shards import ShardConfig, write_shards
+
+    m = data6 / "manifest.parquet"
+    write_shards(m, tmp_path / "shards", ShardConfig(max_count=40, short_side=32), log=lambda _: None)
+    assert main(["finetune", str(m), "-o", str(tmp_path / "run"), "--shards", str(tmp_path / "shards"),
+                 "--backbone", "test_resnet", "--epochs", "3", "--samples-per-epoch", "320",
+                 "--schedule", "cosine", *TINY]) == 0
+    s = json.loads((tmp_path / "run/train.summary.json").read_text())
+    assert s["steps"] == 3 * 320 // 16 and s["val_top1"] > 2 / 6

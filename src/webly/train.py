@@ -63,6 +63,7 @@ class TrainConfig:
     step_epochs: int = opt(90, "step schedule: decay every this many epochs")
     gamma: float = opt(0.1, "step schedule: decay factor")
     warmup_epochs: float = opt(0.0, "linear warmup (cosine and step)")
+    shards: str | None = opt(None, "read training images from `webly shard` tar shards in this folder")
     sampler: str = opt("balanced", "balanced (class/keyword-balanced) | shuffle (natural)")
     balance: float = opt(1.0, "balanced sampler: 1 uniform over classes, 0 natural frequencies")
     loss: str = opt("auto", "auto | ce | softmax_sum (WT/LW) | bce (WT comparison)")
@@ -255,6 +256,7 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
 
     ids, ws = padded_targets(data.targets, cfg.max_targets)
     dataset = TargetDataset(data.manifest, data.rows, ids, ws, TrainTransform(cfg.img_size))
+    stream = shard_stream(data, cfg, ids, ws, d) if cfg.shards else None
     if cfg.sampler == "balanced":
         sampler = BalancedSampler(data.membership, n_samples, balance=cfg.balance, seed=cfg.seed,
                                   rank=d.rank, world_size=d.world_size)
@@ -281,10 +283,13 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
     done = False
     while epoch < cfg.epochs and not done:
         sampler.set_epoch(epoch, start=step_in_epoch * cfg.accum_steps * per_rank)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=per_rank, sampler=SeededSampler(sampler, cfg.seed), drop_last=True,
-            num_workers=cfg.workers, pin_memory=d.device.type == "cuda",
-            persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+        common = dict(batch_size=per_rank, drop_last=True, num_workers=cfg.workers,
+                      pin_memory=d.device.type == "cuda", prefetch_factor=4 if cfg.workers else None)
+        if stream is not None:  # shards: the epoch's stream, passed over as often as it takes
+            loader = stream_batches(stream, epoch, common)
+        else:
+            loader = torch.utils.data.DataLoader(dataset, sampler=SeededSampler(sampler, cfg.seed),
+                                                 **common)
         micro_left = (steps_per_epoch - step_in_epoch) * cfg.accum_steps
         t0, seen, micro = time.time(), 0, 0
         for x, ti, tw in progress(loader, desc=f"epoch {epoch}", total=micro_left, unit="batch"):
@@ -343,6 +348,50 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
         plot_curves(run)
         (run / "train.summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def shard_stream(data: TrainData, cfg: TrainConfig, ids: np.ndarray, ws: np.ndarray, d: Dist):
+    """Shards -> (image, ids, weights), class-balanced by repeat factors when sampler=balanced.
+    Samples whose manifest row is not a training row of this task (no keywords, say) are dropped.
+    Resuming a shard-fed run restarts the interrupted epoch's stream (not bit-exact)."""
+    import webdataset as wds
+
+    from webly.data.shards import shard_pipeline, shard_urls
+    from webly.sampling import repeat_factors
+
+    rows = data.rows
+    factors = (repeat_factors(np.diff(data.membership.indptr), data.membership, cfg.balance)
+               if cfg.sampler == "balanced" else np.ones(len(rows)))
+
+    def position(rec: dict[str, Any]) -> int:
+        p = int(np.searchsorted(rows, rec["row"]))
+        return p if p < len(rows) and rows[p] == rec["row"] else -1
+
+    def factor(rec: dict[str, Any]) -> float:
+        p = position(rec)
+        return float(factors[p]) if p >= 0 else 0.0
+
+    def to_targets(sample):
+        img, rec = sample
+        p = position(rec)
+        return img, torch.from_numpy(ids[p]), torch.from_numpy(ws[p])
+
+    pipe = shard_pipeline(shard_urls(cfg.shards, "train"), transform=TrainTransform(cfg.img_size),
+                          seed=cfg.seed, rank=d.rank, world_size=d.world_size, repeat=factor)
+    pipe.append(wds.map(to_targets))
+    return pipe
+
+
+def stream_batches(pipe, epoch: int, loader_kwargs: dict[str, Any]):
+    """Batches from a shard stream for one epoch; the caller stops after its micro-steps."""
+    for rep in range(1_000_000):
+        pipe.shard_list.set_epoch(epoch * 1_000_000 + rep)
+        got = False
+        for batch in torch.utils.data.DataLoader(pipe, **loader_kwargs):
+            got = True
+            yield batch
+        if not got:
+            raise WeblyError("the shard stream yields no training samples (wrong --shards folder?)")
 
 
 def export(model: nn.Module, run: Path, cfg: TrainConfig, data: TrainData, task: str) -> None:

@@ -203,15 +203,30 @@ def _decoder(transform: Callable | None, min_short_side: int | None) -> Callable
     return decode
 
 
+def _repeater(factor: Callable[[dict[str, Any]], float], seed: int) -> Callable:
+    """Stream stage: emit each sample floor(r) times, once more with probability r - floor(r),
+    r = factor(record); r = 0 drops it. Repeat-factor sampling, the streaming form of balancing."""
+    def repeat(src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        rng = random.Random(seed)
+        for sample in src:
+            r = factor(json.loads(sample["json"]))
+            for _ in range(int(r) + (rng.random() < r - int(r))):
+                yield sample
+    return repeat
+
+
 def shard_pipeline(urls: list[str], *, transform: Callable | None = None, seed: int = 0,
                    shuffle_buffer: int = 1000, rank: int | None = None,
-                   world_size: int | None = None, min_short_side: int | None = None
-                   ) -> wds.DataPipeline:
-    """An IterableDataset of (image, record) for a DataLoader; call `.shard_list.set_epoch(e)`."""
+                   world_size: int | None = None, min_short_side: int | None = None,
+                   repeat: Callable[[dict[str, Any]], float] | None = None) -> wds.DataPipeline:
+    """An IterableDataset of (image, record) for a DataLoader; call `.shard_list.set_epoch(e)`.
+    `repeat(record)` -> repeat factor, for class-balanced streams (see webly.sampling)."""
     shard_list = ShardList(urls, seed=seed, shuffle=shuffle_buffer > 0, rank=rank,
                            world_size=world_size)
     stages: list[Any] = [shard_list, wds.split_by_worker,
                          wds.tarfile_to_samples(handler=wds.warn_and_continue)]
+    if repeat is not None:
+        stages.append(_repeater(repeat, seed))
     if shuffle_buffer > 0:
         stages.append(wds.shuffle(shuffle_buffer, rng=random.Random(seed)))
     stages.append(wds.map(_decoder(transform, min_short_side), handler=wds.warn_and_continue))
