@@ -209,3 +209,15 @@ def test_shard_fed_balanced_training(data6, tmp_path):
                  "--schedule", "cosine", *TINY]) == 0
     s = json.loads((tmp_path / "run/train.summary.json").read_text())
     assert s["steps"] == 3 * 320 // 16 and s["val_top1"] > 2 / 6
+
+
+def test_ema_weights_are_exported(data6, tmp_path):
+    data = finetune_data(Manifest(data6 / "manifest.parquet"))
+    cfg = TrainConfig(backbone="test_resnet", img_size=32, batch_size=16, accum_steps=1, workers=0,
+                      epochs=1, ema=0.5, tensorboard=False, max_steps=4)
+    train(data, cfg, tmp_path, task="finetune")
+    ck = checkpoints.load(tmp_path / "ckpt/last.pt")
+    exported = load_file(tmp_path / "model.safetensors")
+    ema = {k.removeprefix("module."): v for k, v in ck["ema"].items() if k.startswith("module.")}
+    assert all(torch.equal(exported[k], ema[k]) for k in exported)
+    assert any(not torch.equal(exported[k], ck["model"][k]) for k in exported if k in ck["model"])
