@@ -29,6 +29,7 @@ from webly.config import (
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.shards import ShardConfig, write_shards
 from webly.errors import WeblyError
+from webly.predict import PredictConfig
 from webly.semantics import WeighConfig
 from webly.synth import SynthConfig, generate
 from webly.tagging import TagConfig
@@ -37,7 +38,7 @@ from webly.train import TrainConfig
 # stage name -> config dataclass: what `webly config show` prints and YAML sections may hold
 STAGE_CONFIGS: dict[str, type] = {"synth": SynthConfig, "index": IndexConfig, "shard": ShardConfig,
                                   "tag": TagConfig, "weigh": WeighConfig, "pretrain": TrainConfig,
-                                  "finetune": TrainConfig}
+                                  "finetune": TrainConfig, "predict": PredictConfig}
 
 
 def _stderr(message: str) -> None:
@@ -141,6 +142,28 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     return train(data, cfg, args.output, task="finetune", resume=args.resume)
 
 
+def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.predict import predict
+
+    cfg = config_from_args(PredictConfig, args, "predict")
+    summary = predict(args.model, args.manifest, args.output, cfg)
+    if summary:
+        _write_run_files(Path(args.output), "predict", cfg, summary)
+    return summary
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.evaluate import evaluate
+
+    return evaluate(args.preds, args.manifest, args.output, args.labels)
+
+
+def cmd_submit(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.evaluate import submit
+
+    return submit(args.preds, args.output)
+
+
 def cmd_wordnet(args: argparse.Namespace) -> dict[str, Any]:
     from webly.wordnet import provision, synset_from_wnid
 
@@ -234,6 +257,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("manifest")
     sp.add_argument("-o", "--output", required=True, help="run directory")
     sp.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
+
+    sp = stage("predict", cmd_predict, "batched inference over a manifest split", PredictConfig)
+    sp.add_argument("model", help="run directory with model.safetensors + model.json")
+    sp.add_argument("manifest")
+    sp.add_argument("-o", "--output", required=True, help="predictions folder")
+
+    sp = stage("evaluate", cmd_evaluate, "top-1/top-5, plain and class-balanced, per class")
+    sp.add_argument("preds", help="predictions folder")
+    sp.add_argument("--manifest", required=True, help="manifest (class names; labels of the split)")
+    sp.add_argument("--labels", help="'name label' file instead of the manifest's labels")
+    sp.add_argument("-o", "--output", help="where metrics.json and plots go (default: PREDS)")
+
+    sp = stage("submit", cmd_submit, "write the WebVision submission file from test predictions")
+    sp.add_argument("preds", help="predictions folder (test split, top-5)")
+    sp.add_argument("-o", "--output", required=True, help="submission file to write")
 
     sp = stage("wordnet", cmd_wordnet, "make WordNet 3.0 usable by NLTK offline; look up wnids")
     sp.add_argument("wnid", nargs="*", help="WordNet ids to print, e.g. n02432511")

@@ -1,0 +1,142 @@
+"""`webly evaluate` and `webly submit`: accuracy as WebVision measures it, and its file format.
+
+Metrics: top-1 and top-5 accuracy, plain (over images) and class-balanced (accuracy per class,
+averaged over the classes present: the WebVision challenge metric); a per-class table; the
+confusion pairs most often mistaken. Images marked skipped by `webly predict` count as wrong.
+
+Submission (`webly submit`): one line per test image, in the order of the manifest (which is the
+order of `test_filelist.txt`): the image name, then its 5 most confident 0-based class ids.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from webly.data.manifest import Manifest
+from webly.errors import WeblyError
+from webly.predict import Predictions, load_predictions
+
+
+def read_labels(path: str | Path) -> dict[str, int]:
+    """`name label` lines (e.g. WebVision's val_filelist.txt or a truth file)."""
+    from webly.data.textio import iter_lines, require
+
+    out: dict[str, int] = {}
+    for lineno, line in iter_lines(require(Path(path), "lines 'name label'")):
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise WeblyError(f"{path}:{lineno}: expected 'name label', got {line[:80]!r}")
+        out[parts[0]] = int(parts[1])
+    return out
+
+
+def align(preds: Predictions, labels: dict[str, int]) -> np.ndarray:
+    """Labels in prediction order; error listing ids missing on either side or duplicated."""
+    dup = [i for i, n in Counter(preds.ids).items() if n > 1]
+    missing = [i for i in labels if i not in set(preds.ids)]
+    extra = [i for i in preds.ids if i not in labels]
+    for what, ids in (("duplicated in the predictions", dup), ("without a prediction", missing),
+                      ("predicted but not labelled", extra)):
+        if ids:
+            raise WeblyError(f"{len(ids)} image ids {what}, first: {', '.join(ids[:5])}")
+    return np.asarray([labels[i] for i in preds.ids], np.int64)
+
+
+def metrics(top_i: np.ndarray, ok: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, Any]:
+    hit1 = (top_i[:, 0] == y) & ok
+    hit5 = (top_i[:, :5] == y[:, None]).any(1) & ok
+    n = np.bincount(y, minlength=num_classes)
+    c1 = np.bincount(y, weights=hit1, minlength=num_classes)
+    c5 = np.bincount(y, weights=hit5, minlength=num_classes)
+    present = n > 0
+    return {"images": int(len(y)), "top1": float(hit1.mean()), "top5": float(hit5.mean()),
+            "balanced_top1": float((c1[present] / n[present]).mean()),
+            "balanced_top5": float((c5[present] / n[present]).mean()),
+            "per_class": {"n": n, "top1": np.where(present, c1 / np.maximum(n, 1), np.nan),
+                          "top5": np.where(present, c5 / np.maximum(n, 1), np.nan)}}
+
+
+def evaluate(preds_dir: str | Path, manifest_path: str | Path, out_dir: str | Path | None = None,
+             labels_file: str | Path | None = None) -> dict[str, Any]:
+    preds = load_predictions(preds_dir)
+    manifest = Manifest(manifest_path)
+    if labels_file:
+        labels = read_labels(labels_file)
+    else:
+        t = manifest.read(["id", "label", "split"]).to_pylist()
+        labels = {r["id"]: r["label"] for r in t if r["split"] == preds.info["split"] and r["label"] is not None}
+        if not labels:
+            raise WeblyError(f"{manifest_path} has no labels for split {preds.info['split']!r}; pass --labels")
+    y = align(preds, labels)
+    C = manifest.num_classes
+    ok = np.asarray([s == "ok" for s in preds.status])
+    m = metrics(preds.top_i, ok, y, C)
+    per = m.pop("per_class")
+    confusions = Counter(zip(y[~(preds.top_i[:, 0] == y)].tolist(),
+                             preds.top_i[~(preds.top_i[:, 0] == y), 0].tolist(), strict=True))
+    names = manifest.class_names
+    m["most_confused"] = [{"true": names[a], "predicted": names[b], "count": c}
+                          for (a, b), c in confusions.most_common(10)]
+    m["skipped_images"] = int((~ok).sum())
+    out = Path(out_dir or preds_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_freq = _train_frequency(manifest)
+    with open(out / "per_class.tsv", "w") as f:
+        f.write("class\twnid\tname\tval_images\ttrain_images\ttop1\ttop5\n")
+        for c in range(C):
+            f.write(f"{c}\t{manifest.classes[c]}\t{names[c]}\t{per['n'][c]}\t{train_freq[c]}\t"
+                    f"{per['top1'][c]:.4f}\t{per['top5'][c]:.4f}\n")
+    (out / "metrics.json").write_text(json.dumps(m, indent=1) + "\n")
+    _plot(per, train_freq, out)
+    return m
+
+
+def _train_frequency(manifest: Manifest) -> np.ndarray:
+    t = manifest.read(["label", "split"]).to_pylist()
+    labels = [r["label"] for r in t if r["split"] == "train" and r["label"] is not None]
+    return np.bincount(np.asarray(labels, np.int64), minlength=manifest.num_classes)
+
+
+def _plot(per: dict[str, np.ndarray], train_freq: np.ndarray, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = per["top1"]
+    present = ~np.isnan(acc)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.bar(np.arange(present.sum()), np.sort(acc[present])[::-1], width=1.0, color="C0")
+    a.set(xlabel="class (sorted)", ylabel="top-1 accuracy", title="Per-class accuracy", ylim=(0, 1))
+    b.scatter(train_freq[present], acc[present], s=12)
+    if (train_freq[present] > 0).all():
+        b.set_xscale("log")
+    b.set(xlabel="training images of the class", ylabel="top-1 accuracy",
+          title="Accuracy vs class frequency", ylim=(-0.02, 1.02))
+    fig.tight_layout()
+    fig.savefig(out / "per_class_accuracy.png", dpi=110)
+    plt.close(fig)
+
+
+def submit(preds_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
+    """Write the WebVision submission file from test-split predictions (top-5 needed)."""
+    preds = load_predictions(preds_dir)
+    if preds.info["split"] != "test":
+        raise WeblyError(f"{preds_dir} holds {preds.info['split']!r} predictions; submit needs test")
+    if preds.top_i.shape[1] < 5:
+        raise WeblyError(f"{preds_dir} keeps top-{preds.top_i.shape[1]}; predict with --top-k 5 or more")
+    dup = [i for i, n in Counter(preds.ids).items() if n > 1]
+    if dup:
+        raise WeblyError(f"{len(dup)} image ids duplicated in the predictions, first: {', '.join(dup[:5])}")
+    order = np.argsort(preds.rows, kind="stable")  # manifest order = test_filelist order
+    lines = [f"{preds.ids[i]} {' '.join(str(c) for c in preds.top_i[i, :5])}\n" for i in order]
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(lines))
+    return {"submission": str(out), "images": len(lines),
+            "skipped_images_submitted_with_their_fallback": sum(s != "ok" for s in preds.status)}

@@ -1,0 +1,110 @@
+"""predict -> evaluate -> submit, with exact metric checks on hand-made predictions."""
+
+import json
+
+import numpy as np
+import pytest
+
+from webly.cli import main
+from webly.data.manifest import write_manifest
+from webly.data.records import Record
+from webly.errors import WeblyError
+from webly.evaluate import evaluate, metrics, submit
+from webly.predict import PredictConfig, load_predictions, predict, write_predictions
+
+
+def _manifest(tmp_path, split="val", labels=(0, 0, 0, 1)):
+    recs = [Record(id=f"{split}{i:06d}.jpg", path=f"x/{i}.jpg", split=split, label=(lab if split != "test" else None))
+            for i, lab in enumerate(labels)]
+    recs += [Record(id="t.jpg", path="t.jpg", split="train", label=c) for c in (0, 0, 0, 1, 2)]
+    m = tmp_path / "m.parquet"
+    write_manifest(m, recs, {"root": str(tmp_path), "classes": ["n1", "n2", "n3"],
+                             "class_names": ["a", "b", "c"]})
+    return m
+
+
+def _preds(tmp_path, ids, top, split="val", status=None):
+    top = np.asarray(top, np.int32)
+    write_predictions(tmp_path, {"row": np.arange(len(ids)), "ids": ids,
+                                 "status": status or ["ok"] * len(ids), "top_i": top,
+                                 "top_p": np.full(top.shape, 0.2, np.float16), "probs": None},
+                      {"classes": ["n1", "n2", "n3"], "num_classes": 3, "split": split, "dense": False})
+    return tmp_path
+
+
+def test_plain_and_class_balanced_accuracy(tmp_path):
+    m = _manifest(tmp_path)
+    ids = [f"val{i:06d}.jpg" for i in range(4)]
+    p = _preds(tmp_path / "p", ids, [[0, 1, 2, 0, 0], [0, 1, 2, 0, 0], [1, 0, 2, 0, 0], [0, 2, 1, 0, 0]])
+    r = evaluate(p, m)
+    assert r["top1"] == pytest.approx(0.5)  # 2 of 4 images
+    assert r["balanced_top1"] == pytest.approx((2 / 3 + 0) / 2)  # class a: 2/3, class b: 0
+    assert r["top5"] == 1.0 and r["most_confused"][0]["count"] == 1
+    assert (p / "per_class.tsv").read_text().splitlines()[1].startswith("0\tn1\ta\t3\t3\t0.6667")
+    assert (p / "per_class_accuracy.png").stat().st_size > 1000
+
+
+def test_skipped_images_count_as_wrong():
+    top = np.array([[0, 1], [1, 0]])
+    m = metrics(top, np.array([True, False]), np.array([0, 1]), 2)
+    assert m["top1"] == 0.5 and m["top5"] == 0.5
+
+
+def test_missing_or_duplicate_ids_are_listed(tmp_path):
+    m = _manifest(tmp_path)
+    p = _preds(tmp_path / "p", ["val000000.jpg", "val000000.jpg", "val000001.jpg"], [[0] * 5] * 3)
+    with pytest.raises(WeblyError, match="1 image ids duplicated in the predictions, first: val000000.jpg"):
+        evaluate(p, m)
+    p = _preds(tmp_path / "q", ["val000000.jpg", "val000001.jpg"], [[0] * 5] * 2)
+    with pytest.raises(WeblyError, match="2 image ids without a prediction, first: val000002.jpg, val000003.jpg"):
+        evaluate(p, m)
+
+
+def test_submission_matches_webvision_format(tmp_path):
+    ids = ["test000001.jpg", "test000002.jpg"]
+    p = _preds(tmp_path / "p", ids, [[4, 3, 2, 1, 0], [0, 1, 2, 3, 4]], split="test")
+    assert main(["submit", str(p), "-o", str(tmp_path / "sub.txt")]) == 0
+    assert (tmp_path / "sub.txt").read_text() == "test000001.jpg 4 3 2 1 0\ntest000002.jpg 0 1 2 3 4\n"
+    val = _preds(tmp_path / "v", ids, [[0] * 5] * 2, split="val")
+    with pytest.raises(WeblyError, match="submit needs test"):
+        submit(val, tmp_path / "x.txt")
+
+
+@pytest.fixture(scope="module")
+def trained(synth_small, synth_manifest, tmp_path_factory):
+    from webly.data.manifest import Manifest
+    from webly.train import TrainConfig, train
+    from webly.trainsets import finetune_data
+
+    run = tmp_path_factory.mktemp("run")
+    train(finetune_data(Manifest(synth_manifest)), TrainConfig(
+        backbone="test_resnet", img_size=32, batch_size=16, accum_steps=1, workers=0, epochs=1,
+        tensorboard=False), run, task="finetune")
+    return run
+
+
+@pytest.mark.parametrize("tta", ["center", "multiscale"])
+def test_predict_writes_topk_and_probs(trained, synth_manifest, synth_small, tmp_path, tta):
+    root, records = synth_small
+    bad = root / records["test"][1].path
+    saved = bad.read_bytes()
+    bad.write_bytes(b"broken")
+    try:
+        s = predict(trained, synth_manifest, tmp_path, PredictConfig(split="test", tta=tta, workers=0))
+    finally:
+        bad.write_bytes(saved)
+    p = load_predictions(tmp_path)
+    assert s["images"] == len(records["test"]) == len(p.ids) and s["skipped_images"] == 1
+    assert p.ids == [r.id for r in records["test"]] and p.status[1].startswith("skipped: ")
+    assert p.top_i.shape == (len(p.ids), 5) and p.probs.shape == (len(p.ids), 12)
+    assert np.allclose(p.probs.astype(np.float32).sum(1), 1, atol=0.01)
+    assert (np.argsort(-p.probs, axis=1)[:, 0] == p.top_i[:, 0]).mean() > 0.9  # float16 ties aside
+    assert main(["evaluate", str(tmp_path), "--manifest", str(synth_manifest), "--labels",
+                 str(root / "truth/test_labels.txt")]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["images"] == len(p.ids)
+
+
+def test_predict_class_count_mismatch(trained, tmp_path):
+    m = _manifest(tmp_path)  # 3 classes; the model predicts 12
+    with pytest.raises(WeblyError, match="predicts 12 classes but .* has 3"):
+        predict(trained, m, tmp_path / "p", PredictConfig(split="val", workers=0))
