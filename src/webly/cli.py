@@ -30,6 +30,7 @@ from webly.data.index import IndexConfig, index_dataset
 from webly.data.shards import ShardConfig, write_shards
 from webly.errors import WeblyError
 from webly.predict import PredictConfig
+from webly.pseudolabel import PseudoLabelConfig
 from webly.semantics import WeighConfig
 from webly.synth import SynthConfig, generate
 from webly.tagging import TagConfig
@@ -38,7 +39,8 @@ from webly.train import TrainConfig
 # stage name -> config dataclass: what `webly config show` prints and YAML sections may hold
 STAGE_CONFIGS: dict[str, type] = {"synth": SynthConfig, "index": IndexConfig, "shard": ShardConfig,
                                   "tag": TagConfig, "weigh": WeighConfig, "pretrain": TrainConfig,
-                                  "finetune": TrainConfig, "predict": PredictConfig}
+                                  "finetune": TrainConfig, "predict": PredictConfig,
+                                  "pseudo-label": PseudoLabelConfig}
 
 
 def _stderr(message: str) -> None:
@@ -137,7 +139,13 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from webly.trainsets import finetune_data
 
     cfg = config_from_args(TrainConfig, args, "finetune")
-    data = finetune_data(Manifest(args.manifest))
+    manifest = Manifest(args.manifest)
+    labels = None
+    if args.labels:
+        from webly.pseudolabel import load_labels
+
+        labels = load_labels(args.labels, len(manifest))
+    data = finetune_data(manifest, labels)
     save_config(cfg, Path(args.output) / "finetune.config.yaml", "finetune")
     return train(data, cfg, args.output, task="finetune", resume=args.resume)
 
@@ -156,6 +164,30 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from webly.evaluate import evaluate
 
     return evaluate(args.preds, args.manifest, args.output, args.labels)
+
+
+def cmd_ensemble(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.ensemble import ensemble
+
+    weights = [float(x) for x in args.weights.split(",")] if args.weights else None
+    fit_labels = None
+    if args.fit:
+        from webly.evaluate import read_labels
+
+        if not args.fit_labels:
+            raise WeblyError("--fit needs --fit-labels (a 'name label' file, e.g. info/val_filelist.txt)")
+        fit_labels = read_labels(args.fit_labels)
+    return ensemble(args.preds, args.output, weights, args.fit.split(",") if args.fit else None,
+                    fit_labels)
+
+
+def cmd_pseudo_label(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.pseudolabel import pseudo_label
+
+    cfg = config_from_args(PseudoLabelConfig, args, "pseudo-label")
+    summary = pseudo_label(args.manifest, args.preds, args.output, cfg)
+    _write_run_files(Path(args.output), "pseudo-label", cfg, summary)
+    return summary
 
 
 def cmd_submit(args: argparse.Namespace) -> dict[str, Any]:
@@ -255,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = stage("finetune", cmd_finetune, "train on the target classes (from a pretrained checkpoint)",
                TrainConfig)
     sp.add_argument("manifest")
+    sp.add_argument("--labels", help="labels.parquet from `webly pseudo-label` instead of the manifest's")
     sp.add_argument("-o", "--output", required=True, help="run directory")
     sp.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
 
@@ -268,6 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--manifest", required=True, help="manifest (class names; labels of the split)")
     sp.add_argument("--labels", help="'name label' file instead of the manifest's labels")
     sp.add_argument("-o", "--output", help="where metrics.json and plots go (default: PREDS)")
+
+    sp = stage("ensemble", cmd_ensemble, "average several models' predictions (weights optional or fitted)")
+    sp.add_argument("preds", nargs="+", help="predictions folders of the same images")
+    sp.add_argument("-o", "--output", required=True, help="predictions folder for the ensemble")
+    sp.add_argument("--weights", help="comma-separated weights, one per model")
+    sp.add_argument("--fit", help="comma-separated validation predictions folders (same models, same order)")
+    sp.add_argument("--fit-labels", help="'name label' file for --fit")
+
+    sp = stage("pseudo-label", cmd_pseudo_label, "relabel confident training images (labels.parquet)",
+               PseudoLabelConfig)
+    sp.add_argument("manifest")
+    sp.add_argument("preds", help="predictions on the train split (one model or an ensemble)")
+    sp.add_argument("-o", "--output", required=True, help="folder for labels.parquet and the report")
 
     sp = stage("submit", cmd_submit, "write the WebVision submission file from test predictions")
     sp.add_argument("preds", help="predictions folder (test split, top-5)")
