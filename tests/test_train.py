@@ -140,7 +140,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data6, tmp_path, monkeypa
     data = finetune_data(Manifest(data6 / "manifest.parquet"))
     cfg = TrainConfig(backbone="test_resnet", img_size=32, batch_size=8, accum_steps=1, workers=0,
                       ckpt_every_steps=2, tensorboard=False)
-    with pytest.raises(WeblyError, match=r"loss is nan at step 3 .*last good checkpoint is .*last.pt"):
+    with pytest.raises(WeblyError, match=r"loss is not finite at step 3 .*last good checkpoint is .*last.pt"):
         train(data, cfg, tmp_path, task="finetune")
     assert checkpoints.load(tmp_path / "ckpt/last.pt")["global_step"] == 2
 

@@ -190,6 +190,13 @@ def cmd_pseudo_label(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.pipeline import run
+
+    return run(args.recipe, args.output, start=args.start, until=args.until, dry_run=args.dry_run,
+               log=_stderr)
+
+
 def cmd_submit(args: argparse.Namespace) -> dict[str, Any]:
     from webly.evaluate import submit
 
@@ -314,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("manifest")
     sp.add_argument("preds", help="predictions on the train split (one model or an ensemble)")
     sp.add_argument("-o", "--output", required=True, help="folder for labels.parquet and the report")
+
+    sp = stage("run", cmd_run, "run a recipe's steps in order, skipping finished ones, resuming the rest")
+    sp.add_argument("recipe", help="recipe YAML (see webly.pipeline)")
+    sp.add_argument("-o", "--output", help="run directory (default: the recipe's run_dir)")
+    sp.add_argument("--from", dest="start", help="(re)run from this step on")
+    sp.add_argument("--until", help="stop after this step")
+    sp.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
 
     sp = stage("submit", cmd_submit, "write the WebVision submission file from test predictions")
     sp.add_argument("preds", help="predictions folder (test split, top-5)")

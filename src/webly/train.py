@@ -279,7 +279,7 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
                 "last_lr": last_lr, "rng": rng, "config": {"task": task, **asdict(cfg)},
                 "classes": list(data.class_names), "num_classes": data.num_classes}
 
-    t_start, lr, metrics = time.time(), base_lr, {}
+    t_start, lr, metrics, last_loss = time.time(), base_lr, {}, float("nan")
     done = False
     while epoch < cfg.epochs and not done:
         sampler.set_epoch(epoch, start=step_in_epoch * cfg.accum_steps * per_rank)
@@ -292,6 +292,7 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
                                                  **common)
         micro_left = (steps_per_epoch - step_in_epoch) * cfg.accum_steps
         t0, seen, micro = time.time(), 0, 0
+        nonfinite = torch.zeros((), dtype=torch.bool, device=d.device)
         for x, ti, tw in progress(loader, desc=f"epoch {epoch}", total=micro_left, unit="batch"):
             if micro == micro_left:
                 break
@@ -304,17 +305,20 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
             sync = net.no_sync() if d.enabled and not last_micro else contextlib.nullcontext()
             with sync, torch.autocast(d.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 loss = criterion(net(x), ti, tw)
-            if not torch.isfinite(loss):
-                raise WeblyError(f"loss is {loss.item()} at step {step} (epoch {epoch}); stopped. "
-                                 f"The last good checkpoint is {checkpoints.latest(run) or 'none (none written yet)'}")
+            nonfinite = ~torch.isfinite(loss.detach()) | nonfinite  # no host sync per micro-step
             scaler.scale(loss / cfg.accum_steps).backward()
             micro += 1
             seen += x.shape[0] * d.world_size
             if not last_micro:
                 continue
+            bad, last_loss = torch.stack([nonfinite.float(), loss.detach().float()]).tolist()  # one sync a step
+            if bad:
+                raise WeblyError(f"loss is not finite at step {step} (epoch {epoch}); stopped. The last "
+                                 f"good checkpoint is {checkpoints.latest(run) or 'none (none written yet)'}")
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            nonfinite.zero_()
             if ema is not None:
                 ema.update_parameters(model)
             step += 1
@@ -336,7 +340,7 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
         is_best = bool(metrics) and metrics["val_top1"] > best["val_top1"]
         if is_best:
             best = {"val_top1": metrics["val_top1"], "epoch": epoch - 1}
-        log.epoch(epoch, {"train_loss": loss.item(), "lr": lr, **metrics})
+        log.epoch(epoch, {"train_loss": last_loss, "lr": lr, **metrics})
         if d.is_primary:
             checkpoints.save_training(state(lr), run, cfg.keep_last, best=is_best)
     summary = {"task": task, "epochs_done": epoch, "steps": step, "final_lr": lr, **metrics,
