@@ -31,15 +31,50 @@ def test_console_script_entry_point():
     assert "mule deer" in json.loads(r.stdout)["n02432511"]
 
 
-def test_demo_runs_data_stages_and_is_resumable(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
-    first = json.loads(capsys.readouterr().out.split("\n", 1)[1])
-    assert first["index"]["records"]["train"] == first["synth"]["train"]
-    assert first["shard"]["images"] == first["synth"]["train"]
-    assert main(["demo", "--out", str(out)]) == 0  # second run reuses every output
-    second = json.loads(capsys.readouterr().out.split("\n", 1)[1])
-    assert "index" not in second and "shard" not in second
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("demo") / "run"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["demo", "--out", str(out)]) == 0
+    return out, json.loads(buf.getvalue().split("\n", 1)[1])
+
+
+def test_demo_runs_every_stage_and_reports(demo_run):
+    out, result = demo_run
+    models = [r["model"] for r in result["ablation"]]
+    assert models == ["no pretraining", "LW-Set pretraining", "WT-Set pretraining",
+                      "WT-Set + pseudo-labels", "+ ensemble of the above"]
+    assert all(r["top1"] > 0.3 for r in result["ablation"])  # chance is 1/24
+    assert result["pseudo_labels"]["relabelled"] >= 1
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "Ablation" in page and (out / "report.md").is_file()
+    assert (out / "submission/predictions.txt").read_text().count("\n") == 240
+    t0 = __import__("time").time()
+    assert main(["demo", "--out", str(out)]) == 0  # every step is reused
+    assert __import__("time").time() - t0 < 20
+
+
+def test_report_renders_in_chromium(demo_run, tmp_path):
+    shot = _screenshot(demo_run[0] / "report.html", tmp_path / "shot.png")
+    assert shot.stat().st_size > 20_000
+
+
+def _screenshot(page, png):
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed (CI installs Debian's chromium; .ci/run)")
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", f"--user-data-dir={png.parent / 'chrome'}",
+                    f"--screenshot={png}", "--window-size=1100,2400", page.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    return png
 
 
 def test_parser_builds():

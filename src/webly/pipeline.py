@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -203,8 +204,14 @@ def plan(steps: list[Step], run_dir: Path) -> list[tuple[Step, str]]:
     return out
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *, start: str | None = None,
-        until: str | None = None, dry_run: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+        until: str | None = None, dry_run: bool = False, log: Callable[[str], None] | None = None
+        ) -> dict[str, Any]:
+    log = log or _stderr
     recipe, steps = load_recipe(recipe_path)
     root = Path(run_dir or recipe.get("run_dir") or "runs/recipe")
     ids = [s.id for s in steps]
