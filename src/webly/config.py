@@ -162,6 +162,17 @@ def save_config(cfg: Any, path: str | Path, stage: str) -> Path:
     return p
 
 
+def parse_part(text: str, name: str) -> tuple[int, int]:
+    """'i/n' (this machine's part i of n, 0 <= i < n) -> (i, n); how work is split over machines."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+        if 0 <= i < n:
+            return i, n
+    except ValueError:
+        pass
+    raise WeblyError(f"{name} must be 'i/n' with 0 <= i < n, got {text!r}")
+
+
 def opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
     """A dataclass field with help text for the CLI."""
     if isinstance(default, (list, dict)):

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from webly.config import opt
+from webly.config import opt, parse_part
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
 from webly.progress import progress
@@ -66,16 +66,7 @@ class TagConfig:
         if self.tagger not in ("auto", "wordnet", "perceptron"):
             raise WeblyError("tag.tagger must be auto, wordnet or perceptron")
         if self.shard:
-            parse_shard(self.shard)
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-        assert 0 <= i < n
-        return i, n
-    except (ValueError, AssertionError):
-        raise WeblyError(f"shard must be 'i/n' with 0 <= i < n, got {text!r}") from None
+            parse_part(self.shard, "tag.shard")
 
 
 # -- pass 1 ----------------------------------------------------------------------------------------
@@ -149,7 +140,7 @@ def tag_parts(manifest_path: str | Path, out_dir: str | Path, cfg: TagConfig) ->
     manifest = Manifest(manifest_path)
     parts = Path(out_dir) / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    shard_i, shards = parse_shard(cfg.shard) if cfg.shard else (0, 1)
+    shard_i, shards = parse_part(cfg.shard, "tag.shard") if cfg.shard else (0, 1)
     tasks = plan_tasks(manifest, cfg.chunk_rows)
     (parts / "plan.json").write_text(json.dumps({"tasks": len(tasks), "rows": len(manifest),
                                                  "chunk_rows": cfg.chunk_rows}))

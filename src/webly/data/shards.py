@@ -27,7 +27,7 @@ from typing import Any
 
 import webdataset as wds
 
-from webly.config import opt
+from webly.config import opt, parse_part
 from webly.data.images import decode_image, decode_tensor, resize_short_side
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
@@ -46,11 +46,7 @@ class ShardConfig:
     def validate(self) -> None:
         if self.max_count < 1 or self.short_side < 1 or not 1 <= self.quality <= 100:
             raise WeblyError("shard: max_count and short_side must be positive, quality in 1..100")
-        try:
-            i, n = (int(x) for x in self.node.split("/"))
-            assert 0 <= i < n
-        except (ValueError, AssertionError):
-            raise WeblyError(f"shard.node must be 'i/n' with 0 <= i < n, got {self.node!r}") from None
+        parse_part(self.node, "shard.node")
 
 
 @dataclass
@@ -120,7 +116,7 @@ def write_shards(manifest_path: str | Path, out_dir: str | Path, cfg: ShardConfi
     manifest = Manifest(manifest_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    node_i, nodes = (int(x) for x in cfg.node.split("/"))
+    node_i, nodes = parse_part(cfg.node, "shard.node")
     split, workers, short_side = cfg.split, cfg.workers, cfg.short_side
     t0 = time.time()
     shards, bad = [], Counter()
