@@ -218,26 +218,16 @@ def keyword_support(vocab: list[str], concepts: list, cfg: WeighConfig) -> sp.cs
                                                     np.zeros(1, np.float32))[0, 0])
                 if a >= cfg.support_min and a > best.get((k, c), 0.0):
                     best[(k, c)] = a
+    position = {w: i for i, w in enumerate(vocab)}
     for c, syn in enumerate(concepts):  # a lemma of the concept itself always supports it fully
         for name in (syn.lemma_names() if syn is not None else []):
-            k = _position(vocab).get(name.replace("_", " ").lower())
+            k = position.get(name.replace("_", " ").lower())
             if k is not None:
                 best[(k, c)] = 1.0
     if not best:
         return sp.csr_matrix((len(vocab), len(concepts)), dtype=np.float32)
     (rows, cols), vals = zip(*best.keys(), strict=True), list(best.values())
     return sp.csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(len(vocab), len(concepts)))
-
-
-_POSITIONS: dict[int, dict[str, int]] = {}
-
-
-def _position(vocab: list[str]) -> dict[str, int]:
-    key = id(vocab)
-    if key not in _POSITIONS:
-        _POSITIONS.clear()
-        _POSITIONS[key] = {w: i for i, w in enumerate(vocab)}
-    return _POSITIONS[key]
 
 
 # -- per-image weights -----------------------------------------------------------------------------
