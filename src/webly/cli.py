@@ -356,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"webly {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:  # under torchrun: leave the process group cleanly (NCCL warns otherwise)
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     if result:
         print(json.dumps(result, indent=1))
     return 0
