@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from webly.cli import STAGE_CONFIGS, build_parser, main
+from webly.cli import STAGE_CONFIG_PATHS, build_parser, main
 
 
 def test_help_lists_every_stage(capsys):
@@ -21,7 +21,7 @@ def test_each_stage_help_shows_defaults(stage, capsys):
         main([stage, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    if stage in STAGE_CONFIGS:
+    if stage in STAGE_CONFIG_PATHS:
         assert "(default:" in out
 
 

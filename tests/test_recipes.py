@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from webly.cli import STAGE_CONFIGS
+from webly.cli import stage_configs
 from webly.config import load_yaml, resolve_config
+
+STAGE_CONFIGS = stage_configs()
 
 RECIPES = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
 

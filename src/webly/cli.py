@@ -8,6 +8,7 @@ summary (`STAGE.summary.json`) into its output folder, the run directory.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -26,21 +27,26 @@ from webly.config import (
     save_config,
     to_dict,
 )
-from webly.data.index import IndexConfig, index_dataset
-from webly.data.shards import ShardConfig, write_shards
 from webly.errors import WeblyError
-from webly.predict import PredictConfig
-from webly.pseudolabel import PseudoLabelConfig
-from webly.semantics import WeighConfig
-from webly.synth import SynthConfig, generate
-from webly.tagging import TagConfig
-from webly.train import TrainConfig
 
-# stage name -> config dataclass: what `webly config show` prints and YAML sections may hold
-STAGE_CONFIGS: dict[str, type] = {"synth": SynthConfig, "index": IndexConfig, "shard": ShardConfig,
-                                  "tag": TagConfig, "weigh": WeighConfig, "pretrain": TrainConfig,
-                                  "finetune": TrainConfig, "predict": PredictConfig,
-                                  "pseudo-label": PseudoLabelConfig}
+# stage name -> "module:ConfigClass": what `webly config show` prints and YAML sections may hold.
+# Imported only when needed, so `webly --help` and text-only stages never import torch.
+STAGE_CONFIG_PATHS: dict[str, str] = {
+    "synth": "webly.synth:SynthConfig", "index": "webly.data.index:IndexConfig",
+    "shard": "webly.data.shards:ShardConfig", "tag": "webly.tagging:TagConfig",
+    "weigh": "webly.semantics:WeighConfig", "pretrain": "webly.train:TrainConfig",
+    "finetune": "webly.train:TrainConfig", "predict": "webly.predict:PredictConfig",
+    "pseudo-label": "webly.pseudolabel:PseudoLabelConfig",
+}
+
+
+def stage_config(name: str) -> type:
+    module, cls = STAGE_CONFIG_PATHS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def stage_configs() -> dict[str, type]:
+    return {name: stage_config(name) for name in STAGE_CONFIG_PATHS}
 
 
 def _stderr(message: str) -> None:
@@ -53,7 +59,9 @@ def _write_run_files(run_dir: Path, stage: str, cfg: Any, summary: dict[str, Any
 
 
 def cmd_synth(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = config_from_args(SynthConfig, args, "synth")
+    from webly.synth import generate
+
+    cfg = config_from_args(stage_config("synth"), args, "synth")
     out = Path(args.out)
     t0 = time.time()
     records = generate(out, cfg)
@@ -64,14 +72,18 @@ def cmd_synth(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_index(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = config_from_args(IndexConfig, args, "index")
+    from webly.data.index import index_dataset
+
+    cfg = config_from_args(stage_config("index"), args, "index")
     summary = index_dataset(args.root, args.output, cfg)
     _write_run_files(Path(args.output).parent, "index", cfg, summary)
     return summary
 
 
 def cmd_shard(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = config_from_args(ShardConfig, args, "shard")
+    from webly.data.shards import write_shards
+
+    cfg = config_from_args(stage_config("shard"), args, "shard")
     summary = write_shards(args.manifest, args.output, cfg, log=_stderr)
     _write_run_files(Path(args.output), "shard", cfg, summary)
     return summary
@@ -80,7 +92,7 @@ def cmd_shard(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_tag(args: argparse.Namespace) -> dict[str, Any]:
     from webly.tagging import merge, tag
 
-    cfg = config_from_args(TagConfig, args, "tag")
+    cfg = config_from_args(stage_config("tag"), args, "tag")
     out = Path(args.output)
     # `webly tag merge -o tags/` combines the parts of a sharded run
     summary = merge(out, cfg) if args.manifest == "merge" else tag(args.manifest, out, cfg)
@@ -92,7 +104,7 @@ def cmd_tag(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_weigh(args: argparse.Namespace) -> dict[str, Any]:
     from webly.semantics import weigh
 
-    cfg = config_from_args(WeighConfig, args, "weigh")
+    cfg = config_from_args(stage_config("weigh"), args, "weigh")
     summary = weigh(args.manifest, args.tags, args.output, cfg)
     _write_run_files(Path(args.output), "weigh", cfg, summary)
     return summary
@@ -124,7 +136,7 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     from webly.train import train
     from webly.trainsets import pretrain_data
 
-    cfg = config_from_args(TrainConfig, args, "pretrain")
+    cfg = config_from_args(stage_config("pretrain"), args, "pretrain")
     source = args.tags if args.set == "wt" else args.weights
     if not source:
         raise WeblyError(f"--set {args.set} needs {'--tags' if args.set == 'wt' else '--weights'}")
@@ -138,7 +150,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from webly.train import train
     from webly.trainsets import finetune_data
 
-    cfg = config_from_args(TrainConfig, args, "finetune")
+    cfg = config_from_args(stage_config("finetune"), args, "finetune")
     manifest = Manifest(args.manifest)
     labels = None
     if args.labels:
@@ -153,7 +165,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from webly.predict import predict
 
-    cfg = config_from_args(PredictConfig, args, "predict")
+    cfg = config_from_args(stage_config("predict"), args, "predict")
     summary = predict(args.model, args.manifest, args.output, cfg)
     if summary:
         _write_run_files(Path(args.output), "predict", cfg, summary)
@@ -184,7 +196,7 @@ def cmd_ensemble(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_pseudo_label(args: argparse.Namespace) -> dict[str, Any]:
     from webly.pseudolabel import pseudo_label
 
-    cfg = config_from_args(PseudoLabelConfig, args, "pseudo-label")
+    cfg = config_from_args(stage_config("pseudo-label"), args, "pseudo-label")
     summary = pseudo_label(args.manifest, args.preds, args.output, cfg)
     _write_run_files(Path(args.output), "pseudo-label", cfg, summary)
     return summary
@@ -216,16 +228,16 @@ def cmd_wordnet(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_config_show(args: argparse.Namespace) -> dict[str, Any]:
     file_cfg = load_yaml(args.config) if args.config else {}
-    unknown = set(file_cfg) - set(STAGE_CONFIGS)
+    unknown = set(file_cfg) - set(STAGE_CONFIG_PATHS)
     if unknown:
         raise WeblyError(f"{args.config}: unknown stage(s) {sorted(unknown)}; "
-                         f"valid: {sorted(STAGE_CONFIGS)}")
-    stages = args.stage or list(STAGE_CONFIGS)
+                         f"valid: {sorted(STAGE_CONFIG_PATHS)}")
+    stages = args.stage or list(STAGE_CONFIG_PATHS)
     resolved = {}
     for s in stages:
-        if s not in STAGE_CONFIGS:
-            raise WeblyError(f"unknown stage {s!r}; valid: {sorted(STAGE_CONFIGS)}")
-        resolved[s] = to_dict(resolve_config(STAGE_CONFIGS[s], file_cfg.get(s), where=s))
+        if s not in STAGE_CONFIG_PATHS:
+            raise WeblyError(f"unknown stage {s!r}; valid: {sorted(STAGE_CONFIG_PATHS)}")
+        resolved[s] = to_dict(resolve_config(stage_config(s), file_cfg.get(s), where=s))
     print(yaml.safe_dump(resolved, sort_keys=False), end="")
     return {}
 
@@ -236,43 +248,45 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     return run_demo(Path(args.out), fresh=args.fresh)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the `selected` stage's options are built (its config module imported)."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="webly", description="webly: noisy web images + text -> an image classifier.",
                                 formatter_class=fmt)
     p.add_argument("--version", action="version", version=f"webly {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="STAGE")
 
-    def stage(name: str, fn: Callable, help_: str, cfg: type | None = None) -> argparse.ArgumentParser:
+    def stage(name: str, fn: Callable, help_: str, cfg: str | None = None) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_, formatter_class=fmt)
         sp.set_defaults(fn=fn)
         if cfg is not None:
             sp.add_argument("--config", help="YAML file with a section per stage")
-            add_config_args(sp, cfg)
+            if name == selected:
+                add_config_args(sp, stage_config(cfg))
         return sp
 
     sp = stage("demo", cmd_demo, "the built-in demo: generated data through every stage")
     sp.add_argument("--out", default="runs/demo", help="run directory")
     sp.add_argument("--fresh", action="store_true", help="delete the run directory first")
 
-    sp = stage("synth", cmd_synth, "generate a small dataset in the WebVision layout", SynthConfig)
+    sp = stage("synth", cmd_synth, "generate a small dataset in the WebVision layout", "synth")
     sp.add_argument("out", help="dataset folder to (re)create")
 
-    sp = stage("index", cmd_index, "read a dataset into a Parquet manifest", IndexConfig)
+    sp = stage("index", cmd_index, "read a dataset into a Parquet manifest", "index")
     sp.add_argument("root", help="dataset root (WebVision layout or class folders)")
     sp.add_argument("-o", "--output", required=True, help="manifest file to write (.parquet)")
 
-    sp = stage("shard", cmd_shard, "write WebDataset tar shards from a manifest", ShardConfig)
+    sp = stage("shard", cmd_shard, "write WebDataset tar shards from a manifest", "shard")
     sp.add_argument("manifest")
     sp.add_argument("-o", "--output", required=True, help="folder for the shards")
 
-    sp = stage("tag", cmd_tag, "keywords from web text: the weakly-tagged set (WT-Set)", TagConfig)
+    sp = stage("tag", cmd_tag, "keywords from web text: the weakly-tagged set (WT-Set)", "tag")
     sp.add_argument("manifest", help="manifest to tag, or the word 'merge' to combine the parts "
                     "of a sharded run found in -o")
     sp.add_argument("-o", "--output", required=True, help="tags folder")
 
     sp = stage("weigh", cmd_weigh, "per-image label weights from WordNet similarity (LW-Set)",
-               WeighConfig)
+               "weigh")
     sp.add_argument("manifest")
     sp.add_argument("--tags", required=True, help="tags folder written by `webly tag`")
     sp.add_argument("-o", "--output", required=True, help="weights folder")
@@ -283,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--measure", default="wup", choices=["wup", "path", "lch"])
     sp.add_argument("--top-k", type=int, default=10)
 
-    sp = stage("pretrain", cmd_pretrain, "pretrain a backbone on the WT-Set or LW-Set", TrainConfig)
+    sp = stage("pretrain", cmd_pretrain, "pretrain a backbone on the WT-Set or LW-Set", "pretrain")
     sp.add_argument("manifest")
     sp.add_argument("--set", required=True, choices=["wt", "lw"], help="weakly-tagged or label-weighted set")
     sp.add_argument("--tags", help="tags folder (--set wt)")
@@ -292,13 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
 
     sp = stage("finetune", cmd_finetune, "train on the target classes (from a pretrained checkpoint)",
-               TrainConfig)
+               "finetune")
     sp.add_argument("manifest")
     sp.add_argument("--labels", help="labels.parquet from `webly pseudo-label` instead of the manifest's")
     sp.add_argument("-o", "--output", required=True, help="run directory")
     sp.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
 
-    sp = stage("predict", cmd_predict, "batched inference over a manifest split", PredictConfig)
+    sp = stage("predict", cmd_predict, "batched inference over a manifest split", "predict")
     sp.add_argument("model", help="run directory with model.safetensors + model.json")
     sp.add_argument("manifest")
     sp.add_argument("-o", "--output", required=True, help="predictions folder")
@@ -317,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fit-labels", help="'name label' file for --fit")
 
     sp = stage("pseudo-label", cmd_pseudo_label, "relabel confident training images (labels.parquet)",
-               PseudoLabelConfig)
+               "pseudo-label")
     sp.add_argument("manifest")
     sp.add_argument("preds", help="predictions on the train split (one model or an ensemble)")
     sp.add_argument("-o", "--output", required=True, help="folder for labels.parquet and the report")
@@ -340,14 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("config", help="show resolved stage configs", formatter_class=fmt)
     csub = cp.add_subparsers(dest="config_command", required=True)
     sp = csub.add_parser("show", help="print defaults <- --config file, as YAML", formatter_class=fmt)
-    sp.add_argument("stage", nargs="*", help=f"stages to show (default all: {', '.join(STAGE_CONFIGS)})")
+    sp.add_argument("stage", nargs="*", help=f"stages to show (default all: {', '.join(STAGE_CONFIG_PATHS)})")
     sp.add_argument("--config", help="YAML file with a section per stage")
     sp.set_defaults(fn=cmd_config_show)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(selected).parse_args(argv)
     try:
         result = args.fn(args)
     except WeblyError as e:
