@@ -111,7 +111,7 @@ def main() -> None:
         secs, peak = run_tag(manifest, work / "tags", args.workers)
         secs1, _ = run_tag(manifest, work / "tags1", 1)
         print(f"\n{n} generated metadata records\n")
-        print("| pipeline | docs/s | vs naive | peak RSS |\n|---|---:|---:|---:|")
+        print("| pipeline | docs/s | vs naive | peak memory (Pss) |\n|---|---:|---:|---:|")
         print(f"| naive: no cache, 1 process (first {args.naive_sample} docs) | {naive:.0f} | 1.0x | |")
         print(f"| webly tag --workers 1 (end to end) | {n / secs1:.0f} | {n / secs1 / naive:.1f}x | |")
         print(f"| webly tag --workers {args.workers} (end to end) | {n / secs:.0f} | "
