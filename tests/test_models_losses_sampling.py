@@ -113,3 +113,12 @@ def test_batch_must_divide_over_ranks():
     assert per_rank_batch(256, 8) == 32
     with pytest.raises(WeblyError, match="does not divide over 3 ranks"):
         per_rank_batch(256, 3)
+
+
+def test_padded_targets_keep_largest_weights():
+    from webly.trainsets import padded_targets
+
+    t = sp.csr_matrix(np.array([[0.2, 0.9, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], np.float32))
+    ids, ws = padded_targets(t, max_targets=2)
+    assert ids.tolist() == [[1, 2], [-1, -1], [1, -1]]
+    assert ws.tolist() == [pytest.approx([0.9, 0.5]), [0, 0], [1.0, 0]]

@@ -26,6 +26,7 @@ from webly.config import (
     resolve_config,
     save_config,
     to_dict,
+    write_text_atomic,
 )
 from webly.errors import WeblyError
 
@@ -55,7 +56,7 @@ def _stderr(message: str) -> None:
 
 def _write_run_files(run_dir: Path, stage: str, cfg: Any, summary: dict[str, Any]) -> None:
     save_config(cfg, run_dir / f"{stage}.config.yaml", stage)
-    (run_dir / f"{stage}.summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(run_dir / f"{stage}.summary.json", json.dumps(summary, indent=1) + "\n")
 
 
 def cmd_synth(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
@@ -38,7 +39,8 @@ def read_labels(path: str | Path) -> dict[str, int]:
 def align(preds: Predictions, labels: dict[str, int]) -> np.ndarray:
     """Labels in prediction order; error listing ids missing on either side or duplicated."""
     dup = [i for i, n in Counter(preds.ids).items() if n > 1]
-    missing = [i for i in labels if i not in set(preds.ids)]
+    predicted = set(preds.ids)
+    missing = [i for i in labels if i not in predicted]
     extra = [i for i in preds.ids if i not in labels]
     for what, ids in (("duplicated in the predictions", dup), ("without a prediction", missing),
                       ("predicted but not labelled", extra)):
@@ -68,8 +70,9 @@ def evaluate(preds_dir: str | Path, manifest_path: str | Path, out_dir: str | Pa
     if labels_file:
         labels = read_labels(labels_file)
     else:
-        t = manifest.read(["id", "label", "split"]).to_pylist()
-        labels = {r["id"]: r["label"] for r in t if r["split"] == preds.info["split"] and r["label"] is not None}
+        t = manifest.read(["id", "label", "split"])
+        t = t.filter(pc.and_(pc.equal(t["split"], preds.info["split"]), pc.is_valid(t["label"])))
+        labels = dict(zip(t["id"].to_pylist(), t["label"].to_pylist(), strict=True))
         if not labels:
             raise WeblyError(f"{manifest_path} has no labels for split {preds.info['split']!r}; pass --labels")
     y = align(preds, labels)
@@ -97,9 +100,9 @@ def evaluate(preds_dir: str | Path, manifest_path: str | Path, out_dir: str | Pa
 
 
 def _train_frequency(manifest: Manifest) -> np.ndarray:
-    t = manifest.read(["label", "split"]).to_pylist()
-    labels = [r["label"] for r in t if r["split"] == "train" and r["label"] is not None]
-    return np.bincount(np.asarray(labels, np.int64), minlength=manifest.num_classes)
+    t = manifest.read(["label", "split"])
+    labels = t.filter(pc.and_(pc.equal(t["split"], "train"), pc.is_valid(t["label"])))["label"]
+    return np.bincount(labels.to_numpy().astype(np.int64), minlength=manifest.num_classes)
 
 
 def _plot(per: dict[str, np.ndarray], train_freq: np.ndarray, out: Path) -> None:

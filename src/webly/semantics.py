@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from webly.config import opt
+from webly.config import opt, write_text_atomic
 from webly.errors import WeblyError
 from webly.wordnet import synset_from_wnid, wnid_of, wordnet
 
@@ -303,7 +303,7 @@ def weigh(manifest_path: str | Path, tags_dir: str | Path, out_dir: str | Path,
         for j, s in zip(nb_idx[c], nb_sim[c], strict=True):
             if j >= 0:
                 lines.append(f"{manifest.classes[c]}\t{names[c]}\t{manifest.classes[j]}\t{names[j]}\t{s:.4f}\n")
-    _atomic_text(out / "neighbours.tsv", "".join(lines))
+    write_text_atomic(out / "neighbours.tsv", "".join(lines))
     tmp = out / ".label_weights.tmp.npz"
     sp.save_npz(tmp, mat.astype(np.float32), compressed=True)
     os.replace(tmp, out / "label_weights.npz")
@@ -313,14 +313,8 @@ def weigh(manifest_path: str | Path, tags_dir: str | Path, out_dir: str | Path,
                   "similarity_seconds": round(t_sim, 2), "seconds": round(time.time() - t0, 2)})
     import json
 
-    _atomic_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
+    write_text_atomic(out / "stats.json", json.dumps(stats, indent=1) + "\n")
     return stats
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def resolve_concept(query: str):

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from webly.config import opt, parse_part
+from webly.config import opt, parse_part, write_text_atomic
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
 from webly.progress import progress
@@ -94,8 +94,7 @@ _RECOGNISER: KeywordRecogniser | None = None
 def _recogniser(tagger: str) -> KeywordRecogniser:
     global _RECOGNISER
     if _RECOGNISER is None:
-        _RECOGNISER = KeywordRecogniser(tagger="perceptron" if tagger == "perceptron" else
-                                        ("auto" if tagger == "auto" else "none"))
+        _RECOGNISER = KeywordRecogniser(tagger=tagger)
     return _RECOGNISER
 
 
@@ -229,7 +228,7 @@ def merge(out_dir: str | Path, cfg: TagConfig, extra: dict[str, Any] | None = No
                         shape=(images, len(vocab)))
     mat.sort_indices()
     wn = wordnet()
-    _atomic_write(out / "vocab.tsv", "keyword\tdoc_frequency\tsynset\n" + "".join(
+    write_text_atomic(out / "vocab.tsv", "keyword\tdoc_frequency\tsynset\n" + "".join(
         f"{k}\t{n}\t{_synset_of(k, wn)}\n" for k, n in vocab))
     tmp = out / ".keywords.tmp.npz"
     sp.save_npz(tmp, mat, compressed=True)
@@ -237,7 +236,7 @@ def merge(out_dir: str | Path, cfg: TagConfig, extra: dict[str, Any] | None = No
     stats = keyword_stats(mat, df, images, cfg, recogniser)
     stats.update(extra or {})
     plot_keywords(df, vocab, mat, out)
-    _atomic_write(out / "stats.json", json.dumps(stats, indent=1) + "\n")
+    write_text_atomic(out / "stats.json", json.dumps(stats, indent=1) + "\n")
     return stats
 
 
@@ -284,12 +283,6 @@ def plot_keywords(df: Counter, vocab: list[tuple[str, int]], mat: sp.csr_matrix,
     fig.tight_layout()
     fig.savefig(out / "keywords_per_image.png", dpi=120)
     plt.close(fig)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def tag(manifest_path: str | Path, out_dir: str | Path, cfg: TagConfig) -> dict[str, Any]:

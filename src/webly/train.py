@@ -235,7 +235,7 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
            if cfg.ema else None)
     base_lr = cfg.lr
     if cfg.continue_from and cfg.schedule == "constant":
-        base_lr = checkpoints.load(cfg.continue_from).get("last_lr") or cfg.lr
+        base_lr = transfer.get("lr") or cfg.lr  # where the continued run left off
     epoch, step_in_epoch, step, best = 0, 0, 0, {"val_top1": -1.0, "epoch": -1}
     if resume and checkpoints.latest(run):
         ck = checkpoints.load(checkpoints.latest(run))

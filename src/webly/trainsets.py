@@ -99,16 +99,15 @@ def padded_targets(targets: sp.csr_matrix, max_targets: int) -> tuple[np.ndarray
     Rows longer than T keep their T largest weights."""
     lengths = np.diff(targets.indptr)
     T = max(1, min(int(lengths.max(initial=1)), max_targets))
-    ids = np.full((targets.shape[0], T), -1, np.int64)
-    ws = np.zeros((targets.shape[0], T), np.float32)
-    for i in range(targets.shape[0]):
-        lo, hi = targets.indptr[i], targets.indptr[i + 1]
-        cols, vals = targets.indices[lo:hi], targets.data[lo:hi]
-        if hi - lo > T:
-            top = np.argsort(-vals, kind="stable")[:T]
-            cols, vals = cols[top], vals[top]
-        ids[i, : len(cols)] = cols
-        ws[i, : len(vals)] = vals
+    n = targets.shape[0]
+    rows = np.repeat(np.arange(n), lengths)
+    order = np.lexsort((-targets.data, rows))  # within each row: largest weight first (stable)
+    pos = np.arange(len(order)) - np.repeat(targets.indptr[:-1], lengths)  # rank within its row
+    keep = pos < T
+    ids = np.full((n, T), -1, np.int64)
+    ws = np.zeros((n, T), np.float32)
+    ids[rows[keep], pos[keep]] = targets.indices[order][keep]
+    ws[rows[keep], pos[keep]] = targets.data[order][keep]
     return ids, ws
 
 
