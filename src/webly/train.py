@@ -166,7 +166,8 @@ class SeededSampler(torch.utils.data.Sampler):
         return len(self.sampler)
 
 
-def build_model(cfg: TrainConfig, num_classes: int, d: Dist) -> tuple[nn.Module, dict[str, Any]]:
+def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_format
+                ) -> tuple[nn.Module, dict[str, Any]]:
     model = create_backbone(cfg.backbone, num_classes, drop_rate=cfg.drop_rate)
     report: dict[str, Any] = {}
     if cfg.pretrained:
@@ -183,7 +184,6 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist) -> tuple[nn.Module,
         report = {"continued_from": cfg.continue_from, "lr": state.get("last_lr")}
     if cfg.sync_bn and d.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    fmt = torch.channels_last if uses_channels_last(cfg.backbone, cfg.channels_last) else torch.contiguous_format
     return model.to(d.device, memory_format=fmt), report
 
 
@@ -226,8 +226,8 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
         raise WeblyError(f"an epoch of {n_samples} samples holds no optimizer step of "
                          f"{cfg.batch_size} x {cfg.accum_steps}: lower batch_size/accum_steps or "
                          "raise samples_per_epoch")
-    model, transfer = build_model(cfg, data.num_classes, d)
     fmt = torch.channels_last if uses_channels_last(cfg.backbone, cfg.channels_last) else torch.contiguous_format
+    model, transfer = build_model(cfg, data.num_classes, d, fmt)
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
     dtype = autocast_dtype(cfg, d.device)
     scaler = torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16)
