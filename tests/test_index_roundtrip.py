@@ -59,3 +59,20 @@ def test_index_cli_writes_config_and_summary(synth_small, tmp_path):
     assert main(["index", str(synth_small[0]), "-o", str(out), "--splits", "train,val"]) == 0
     assert (tmp_path / "run/index.config.yaml").is_file()
     assert len(Manifest(out)) == len(synth_small[1]["train"]) + len(synth_small[1]["val"])
+
+
+def test_wrongly_returned_images_have_text_about_what_they_show(tmp_path):
+    """Search-engine noise: the query's name is in the text, the picture's colour is the truth's."""
+    from webly.synth import colour_word, pick_concepts
+
+    cfg = SynthConfig(families=2, per_family=3, max_per_class=6, min_per_class=6, label_noise=1.0,
+                      off_topic=0.0, text_missing=0.0, images=False, seed=5)
+    recs = generate(tmp_path / "d", cfg)["train"]
+    concepts = pick_concepts(cfg)
+    truth = dict(line.split() for line in (tmp_path / "d/truth/train_true_labels.txt").read_text().splitlines())
+    for r in recs:
+        shown, query = concepts[int(truth[r.path])], concepts[r.label]
+        text = f"{r.title} {r.description} {' '.join(r.tags)}".lower()
+        assert shown is not query and any(lem.lower() in text for lem in query.lemmas[:2])
+        if colour_word(shown.hue) != colour_word(query.hue):
+            assert colour_word(query.hue) not in text.split()

@@ -62,6 +62,18 @@ def test_vocab_filters(tmp_path):
     assert load_tags(tmp_path / "t2")[1] == ["photo", "cheetah"]  # 'lion' ties 'photo'; sorted
 
 
+def test_max_df_counts_only_images_with_text(tmp_path):
+    """Val/test images carry no text; they must not dilute document frequencies."""
+    recs = [Record(id=str(i), path=f"{i}.jpg", split="train", label=0,
+                   title="lion" + (" cheetah" if i < 6 else "")) for i in range(10)]
+    recs += [Record(id=f"v{i}", path=f"v{i}.jpg", split="val", label=0) for i in range(30)]
+    m = tmp_path / "m.parquet"
+    write_manifest(m, recs, {"root": str(tmp_path), "classes": ["n02129165"]})
+    stats = tag(m, tmp_path / "t", TagConfig(max_df=0.5, min_count=1, use_query=False))
+    assert load_tags(tmp_path / "t")[1] == []  # lion in 10/10, cheetah in 6/10 texts: both > 0.5
+    assert stats["images"] == 40 and stats["images_with_text_keywords"] == 10
+
+
 def test_sharded_run_then_merge_equals_single_run(tagged, synth_manifest, tmp_path):
     out, _ = tagged
     cfg = TagConfig(min_count=2, max_df=0.3, chunk_rows=50)

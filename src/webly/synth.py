@@ -5,9 +5,12 @@ It carries the structure the method exploits, reproducibly from a seed:
   warblers, terriers, cars, citrus fruit, big cats, deer), with WebVision-style wnids and indices;
 - images are drawn procedurally: a subtree has one shape, its concepts differ in colour and
   texture, so WordNet siblings look alike and semantic label weighting has something to find;
-- web text from the concept's lemmas, its hypernyms, colour/texture attributes and unrelated
-  filler, with text noise (the concept word missing, wholly off-topic text) and label noise (a set
-  fraction of training images shows another concept, most often a sibling);
+- web text from the concept's lemmas, its hypernyms, colour/texture attributes and Zipfian
+  boilerplate, with text noise (the concept word missing, wholly off-topic text) and label noise (a
+  set fraction of training images shows another concept, most often a sibling); as with a real
+  search engine, a wrongly returned image's text matched the query's name, while the words that
+  describe the picture (colour, texture, kind of thing, sometimes its own name) are about what it
+  shows: the text carries evidence the label does not;
 - a long-tailed number of training images per concept; clean, balanced val and test splits.
 
 The true concept of every image is written to `truth/` (never read by training code), so
@@ -188,29 +191,47 @@ def draw_concept(c: Concept, rng: random.Random, w: int, h: int) -> Image.Image:
 
 
 # -- text ------------------------------------------------------------------------------------------
-def make_text(c: Concept, rng: random.Random, cfg: SynthConfig, source: str) -> dict:
-    """Title/description/tags as a web page or Flickr upload might describe concept `c`."""
+FILLER_WEIGHTS = [1 / (r + 1) ** 1.2 for r in range(len(FILLER))]  # web boilerplate is Zipfian
+
+
+def _filler(rng: random.Random, k: int = 1) -> list[str]:
+    return rng.choices(FILLER, weights=FILLER_WEIGHTS, k=k)
+
+
+def make_text(shown: Concept, rng: random.Random, cfg: SynthConfig, source: str,
+              query: Concept | None = None) -> dict:
+    """Title/description/tags as a web page or Flickr upload might describe its picture.
+
+    `query` is the concept the search engine returned the image for, `shown` what the picture
+    shows. As on the web, a wrongly returned image still matched the query's words, while the
+    words that describe the picture itself (colour, texture, kind of thing, sometimes its own
+    name) are about what it shows. Boilerplate words follow a Zipf law, so dropping the most
+    common keywords removes most of them.
+    """
+    query = query or shown
     if rng.random() < cfg.off_topic:
         title = rng.choice(OFF_TOPIC).rstrip(".")
         desc = " ".join(rng.sample(OFF_TOPIC, 2))
-        tags = rng.sample(FILLER, 3)
+        tags = _filler(rng, 3)
     else:
         named = rng.random() >= cfg.text_missing
-        name = rng.choice(c.lemmas[:2]) if named else rng.choice(c.hypernyms)
-        colour, place = colour_word(c.hue), rng.choice(PLACES)
-        texture = {"solid": "plain", "stripes": "striped", "dots": "spotted"}[c.texture]
+        name = rng.choice(query.lemmas[:2]) if named else rng.choice(shown.hypernyms)
+        colour, place = colour_word(shown.hue), rng.choice(PLACES)
+        texture = {"solid": "plain", "stripes": "striped", "dots": "spotted"}[shown.texture]
         title = rng.choice([f"{colour} {name}", f"{name} in the {place}", f"my {name}",
-                            f"{name} {rng.choice(FILLER)}", f"{rng.choice(FILLER)} {name} {place}"])
+                            f"{name} {_filler(rng)[0]}", f"{_filler(rng)[0]} {name} {place}"])
         sentences = [f"A {texture} {colour} {name} seen near the {place}.",
-                     f"This {rng.choice(c.hypernyms)} was photographed on a {rng.choice(FILLER)} trip.",
-                     f"{rng.choice(FILLER).capitalize()} {rng.choice(FILLER)} of a {name}.",
+                     f"This {rng.choice(shown.hypernyms)} was photographed on a {_filler(rng)[0]} trip.",
+                     f"{_filler(rng)[0].capitalize()} {_filler(rng)[0]} of a {name}.",
                      f"We visited the {place} last {rng.choice(['summer', 'spring', 'winter'])}."]
+        if shown is not query and rng.random() < 0.5:
+            sentences.append(f"It is really a {rng.choice(shown.lemmas[:2])}.")
         desc = " ".join(rng.sample(sentences, rng.randint(1, 3)))
-        tags = [name, rng.choice(c.hypernyms), colour] + rng.sample(FILLER, rng.randint(1, 4))
+        tags = [name, rng.choice(shown.hypernyms), colour] + _filler(rng, rng.randint(1, 4))
         rng.shuffle(tags)
     item = {"title": title, "description": desc}
     if source == "flickr":
-        item["tags"] = tags
+        item["tags"] = list(dict.fromkeys(tags))
     return item
 
 
@@ -265,9 +286,8 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, list[Record]]:
             items = []
             for k in range(n):
                 true = _noisy_concept(c, concepts, cfg, rng)
-                # web text usually describes the query; sometimes what the picture really shows
-                about = concepts[true] if true != c.index and rng.random() < 0.5 else c
-                item = {"id": f"{source[0]}{c.index:03d}{k:05d}", **make_text(about, rng, cfg, source)}
+                item = {"id": f"{source[0]}{c.index:03d}{k:05d}",
+                        **make_text(concepts[true], rng, cfg, source, query=c)}
                 item.update({"site": "www.example.com", "page_url": f"http://www.example.com/{c.index}/{k}"}
                             if source == "google" else {"url": f"http://flickr.example/{c.index}/{k}"})
                 items.append(item)

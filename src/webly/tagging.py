@@ -6,7 +6,8 @@ per image with its keyword list. A part that exists is complete (temp file + ren
 redone. `--shard i/n` does only tasks i, i+n, ... so n machines share the work.
 
 Merge (`webly tag merge`, or at the end of an unsharded run): document frequencies from all parts,
-then the vocabulary: drop keywords in more than `max_df` of images and the `drop_top` most common,
+then the vocabulary: drop keywords in more than `max_df` of the images that have any keyword (val/test
+images without text do not dilute it) and the `drop_top` most common,
 drop those in fewer than `min_count`, keep the `max_vocab` most frequent. Pass 2 encodes each
 part against it into one CSR matrix. Memory is bounded by one task's rows, the distinct-keyword
 count and the output matrix: never a dense images x keywords array.
@@ -174,10 +175,10 @@ def _part_files(out_dir: Path) -> list[Path]:
     return files
 
 
-def select_vocab(df: Counter, images: int, cfg: TagConfig) -> list[tuple[str, int]]:
+def select_vocab(df: Counter, documents: int, cfg: TagConfig) -> list[tuple[str, int]]:
     ranked = sorted(df.items(), key=lambda kv: (-kv[1], kv[0]))
     ranked = ranked[cfg.drop_top:]
-    keep = [(k, n) for k, n in ranked if n <= cfg.max_df * images and n >= cfg.min_count]
+    keep = [(k, n) for k, n in ranked if n <= cfg.max_df * documents and n >= cfg.min_count]
     return keep[: cfg.max_vocab]
 
 
@@ -199,17 +200,18 @@ def merge(out_dir: str | Path, cfg: TagConfig, extra: dict[str, Any] | None = No
     out = Path(out_dir)
     files = _part_files(out)
     df: Counter = Counter()
-    images = 0
+    images = documents = 0  # max_df is a fraction of the images that have keywords at all
     recogniser = ""
     for f in progress(files, desc="count", unit="part"):
         pf = pq.ParquetFile(f)
         recogniser = json.loads(pf.schema_arrow.metadata[b"webly"])["recogniser"]
         col = pf.read(columns=["keywords"]).column(0).combine_chunks()
         images += len(col)
+        documents += pc.sum(pc.greater(pc.list_value_length(col), 0)).as_py() or 0
         counts = pc.value_counts(col.flatten())  # keywords are unique within an image: df
         df.update(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
                            strict=True)))
-    vocab = select_vocab(df, images, cfg)
+    vocab = select_vocab(df, documents, cfg)
     vocab_arr = pa.array([k for k, _ in vocab], pa.string())
 
     # pass 2, vectorised per part: keyword strings -> vocabulary ids, rows -> CSR offsets
@@ -233,19 +235,20 @@ def merge(out_dir: str | Path, cfg: TagConfig, extra: dict[str, Any] | None = No
     tmp = out / ".keywords.tmp.npz"
     sp.save_npz(tmp, mat, compressed=True)
     os.replace(tmp, out / "keywords.npz")
-    stats = keyword_stats(mat, df, images, cfg, recogniser)
+    stats = keyword_stats(mat, df, images, documents, cfg, recogniser)
     stats.update(extra or {})
     plot_keywords(df, vocab, mat, out)
     write_text_atomic(out / "stats.json", json.dumps(stats, indent=1) + "\n")
     return stats
 
 
-def keyword_stats(mat: sp.csr_matrix, df: Counter, images: int, cfg: TagConfig,
+def keyword_stats(mat: sp.csr_matrix, df: Counter, images: int, documents: int, cfg: TagConfig,
                   recogniser: str) -> dict[str, Any]:
     per_image = np.diff(mat.indptr)
     hist = np.bincount(np.minimum(per_image, 20), minlength=21)
     return {
-        "images": images, "vocabulary": mat.shape[1], "distinct_keywords_before_filtering": len(df),
+        "images": images, "images_with_text_keywords": documents, "vocabulary": mat.shape[1],
+        "distinct_keywords_before_filtering": len(df),
         "keywords_per_image_mean": round(float(per_image.mean()), 3) if images else 0.0,
         "keywords_per_image_median": float(np.median(per_image)) if images else 0.0,
         "keywords_per_image_histogram": {("20+" if i == 20 else str(i)): int(c) for i, c in enumerate(hist)},
