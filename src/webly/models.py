@@ -18,10 +18,47 @@ from torch import nn
 from webly.errors import WeblyError
 
 
+class CifarResNet9(nn.Module):
+    """A narrow ResNet-9 (Page's DAWNBench design) for 32x32 inputs, which timm's ImageNet
+    backbones downsample to nothing: full resolution stem, three 2x poolings, two residual
+    blocks, global max pooling. About 25M multiply-adds an image at width 16."""
+
+    def __init__(self, num_classes: int, width: int = 16, drop_rate: float = 0.0) -> None:
+        super().__init__()
+
+        def cbr(i: int, o: int, pool: bool = False) -> nn.Sequential:
+            layers = [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+            return nn.Sequential(*layers, *([nn.MaxPool2d(2)] if pool else []))
+
+        c = width
+        self.stem = nn.Sequential(cbr(3, c), cbr(c, 2 * c, pool=True))
+        self.res1 = nn.Sequential(cbr(2 * c, 2 * c), cbr(2 * c, 2 * c))
+        self.mid = nn.Sequential(cbr(2 * c, 4 * c, pool=True), cbr(4 * c, 8 * c, pool=True))
+        self.res2 = nn.Sequential(cbr(8 * c, 8 * c), cbr(8 * c, 8 * c))
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(8 * c, num_classes)
+        self.pretrained_cfg = {"classifier": "fc"}  # what timm models carry; head_prefix reads it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.res1(x)
+        x = self.mid(x)
+        x = x + self.res2(x)
+        return self.fc(self.drop(torch.amax(x, dim=(2, 3))))
+
+
+# webly's own backbones, by name, beside timm's
+LOCAL_BACKBONES = {"cifar_resnet9": lambda n, **kw: CifarResNet9(n, 16, **kw),
+                   "cifar_resnet9_w24": lambda n, **kw: CifarResNet9(n, 24, **kw)}
+
+
 def create_backbone(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """`timm.create_model(name, pretrained=False, num_classes=...)` with a helpful unknown-name error."""
+    """`timm.create_model(name, pretrained=False, num_classes=...)` with a helpful unknown-name
+    error; webly's few small-image backbones (`LOCAL_BACKBONES`) by the same call."""
+    if name in LOCAL_BACKBONES:
+        return LOCAL_BACKBONES[name](num_classes, **kwargs)
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
+        close = difflib.get_close_matches(name, [*timm.list_models(), *LOCAL_BACKBONES], n=5, cutoff=0.5)
         raise WeblyError(f"unknown backbone {name!r}; close timm names: {', '.join(close) or 'none'}")
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
 
