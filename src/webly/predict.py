@@ -115,7 +115,7 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
     model = model.to(d.device, memory_format=fmt)
     dtype = torch.bfloat16 if d.device.type == "cuda" else None
     paths = table["path"].take(pa.array(mine)).to_pylist()
-    loader = torch.utils.data.DataLoader(_Images(manifest.root, paths, EvalTransform(size)),
+    loader = torch.utils.data.DataLoader(_Images(manifest.root, paths, EvalTransform(size, meta.get("crop_pct", 0.875))),
                                          batch_size=cfg.batch_size, num_workers=cfg.workers)
     C, k = meta["num_classes"], min(cfg.top_k, meta["num_classes"])
     dense = cfg.dense_max >= C

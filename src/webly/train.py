@@ -52,6 +52,8 @@ class TrainConfig:
     pretrained: str | None = opt(None, "webly checkpoint to finetune from: all weights but the last layer")
     continue_from: str | None = opt(None, "checkpoint to continue from with all weights (large-resolution stage)")
     img_size: int = opt(224, "training crop size")
+    crop_scale: float = opt(0.08, "smallest area fraction of the random-resized crop (0.08: ImageNet's; larger for 32x32 images)")
+    crop_pct: float = opt(0.875, "evaluation centre crop: resize to img_size/crop_pct, crop img_size (1.0: whole image)")
     epochs: int = opt(180, "epochs (the seed decays lr every 90)")
     samples_per_epoch: int = opt(0, "samples drawn per epoch (0: the number of training images)")
     batch_size: int = opt(256, "global batch per micro-step, split over ranks (the seed's 256)")
@@ -95,6 +97,7 @@ class TrainConfig:
             (self.channels_last in ("auto", "on", "off"), "channels_last must be auto, on or off"),
             (min(self.img_size, self.epochs, self.batch_size, self.accum_steps) >= 1,
              "img_size, epochs, batch_size and accum_steps must be positive"),
+            (0 < self.crop_scale <= 1 and 0 < self.crop_pct <= 1, "crop_scale and crop_pct must be in (0, 1]"),
             (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0, "lr > 0, 0 <= momentum < 1"),
             (0 <= self.balance <= 1 and 0 <= self.ema < 1, "balance in [0, 1], ema in [0, 1)"),
             (min(self.samples_per_epoch, self.max_steps, self.ckpt_every_steps, self.workers) >= 0,
@@ -195,7 +198,7 @@ def evaluate(model: nn.Module, data: TrainData, cfg: TrainConfig, d: Dist, fmt) 
         return {}
     rows, labels = data.val_rows[ok][d.rank::d.world_size], data.val_labels[ok][d.rank::d.world_size]
     ids = labels[:, None]
-    ds = TargetDataset(data.manifest, rows, ids, np.ones_like(ids, np.float32), EvalTransform(cfg.img_size))
+    ds = TargetDataset(data.manifest, rows, ids, np.ones_like(ids, np.float32), EvalTransform(cfg.img_size, cfg.crop_pct))
     loader = torch.utils.data.DataLoader(ds, batch_size=max(1, cfg.batch_size // d.world_size),
                                          num_workers=cfg.workers)
     model.eval()
@@ -255,7 +258,7 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
         net = nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
 
     ids, ws = padded_targets(data.targets, cfg.max_targets)
-    dataset = TargetDataset(data.manifest, data.rows, ids, ws, TrainTransform(cfg.img_size))
+    dataset = TargetDataset(data.manifest, data.rows, ids, ws, TrainTransform(cfg.img_size, (cfg.crop_scale, 1.0)))
     stream = shard_stream(data, cfg, ids, ws, d) if cfg.shards else None
     if cfg.sampler == "balanced":
         sampler = BalancedSampler(data.membership, n_samples, balance=cfg.balance, seed=cfg.seed,
@@ -380,7 +383,7 @@ def shard_stream(data: TrainData, cfg: TrainConfig, ids: np.ndarray, ws: np.ndar
         p = position(rec)
         return img, torch.from_numpy(ids[p]), torch.from_numpy(ws[p])
 
-    pipe = shard_pipeline(shard_urls(cfg.shards, "train"), transform=TrainTransform(cfg.img_size),
+    pipe = shard_pipeline(shard_urls(cfg.shards, "train"), transform=TrainTransform(cfg.img_size, (cfg.crop_scale, 1.0)),
                           seed=cfg.seed, rank=d.rank, world_size=d.world_size, repeat=factor)
     pipe.append(wds.map(to_targets))
     return pipe
@@ -406,7 +409,7 @@ def export(model: nn.Module, run: Path, cfg: TrainConfig, data: TrainData, task:
     save_file(state, str(run / "model.safetensors"))
     (run / "model.json").write_text(json.dumps({
         "backbone": cfg.backbone, "task": task, "num_classes": data.num_classes,
-        "classes": list(data.class_names), "img_size": cfg.img_size, "mean": IMAGENET_MEAN,
+        "classes": list(data.class_names), "img_size": cfg.img_size, "crop_pct": cfg.crop_pct, "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD, "channels_last": uses_channels_last(cfg.backbone, cfg.channels_last),
         "classifier": head_prefix(model)}, indent=1))
 
