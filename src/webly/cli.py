@@ -106,7 +106,7 @@ def cmd_weigh(args: argparse.Namespace) -> dict[str, Any]:
     from webly.semantics import weigh
 
     cfg = config_from_args(stage_config("weigh"), args, "weigh")
-    summary = weigh(args.manifest, args.tags, args.output, cfg)
+    summary = weigh(args.manifest, args.tags, args.output, cfg, args.labels)
     _write_run_files(Path(args.output), "weigh", cfg, summary)
     return summary
 
@@ -289,7 +289,8 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     sp = stage("weigh", cmd_weigh, "per-image label weights from WordNet similarity (LW-Set)",
                "weigh")
     sp.add_argument("manifest")
-    sp.add_argument("--tags", required=True, help="tags folder written by `webly tag`")
+    sp.add_argument("--tags", help="tags folder written by `webly tag` (none: no keyword support)")
+    sp.add_argument("--labels", help="pseudo-labels (`webly pseudo-label` output) instead of the manifest's")
     sp.add_argument("-o", "--output", required=True, help="weights folder")
 
     sp = stage("neighbours", cmd_neighbours, "the dataset concepts most similar to a concept")

@@ -96,7 +96,8 @@ def _specs() -> dict[str, StageSpec]:
                            output="manifest.parquet"),
         "shard": StageSpec(ShardConfig, ("manifest",), lambda i, c, o, r: write_shards(i["manifest"], o, c, log=lambda _: None)),
         "tag": StageSpec(TagConfig, ("manifest",), lambda i, c, o, r: tag(i["manifest"], o, c)),
-        "weigh": StageSpec(WeighConfig, ("manifest", "tags"), lambda i, c, o, r: weigh(i["manifest"], i["tags"], o, c)),
+        "weigh": StageSpec(WeighConfig, ("manifest",), lambda i, c, o, r: weigh(i["manifest"], i.get("tags"), o, c, i.get("labels")),
+                           optional=("tags", "labels")),
         "pretrain": StageSpec(TrainConfig, ("manifest",), pretrain, optional=("tags", "weights"), extra=("set",)),
         "finetune": StageSpec(TrainConfig, ("manifest",), finetune, optional=("labels",)),
         "predict": StageSpec(PredictConfig, ("model", "manifest"), lambda i, c, o, r: predict(i["model"], i["manifest"], o, c)),
@@ -123,9 +124,9 @@ class Step:
 
 def load_recipe(path: str | Path) -> tuple[dict[str, Any], list[Step]]:
     recipe = load_yaml(path) if not isinstance(path, dict) else path
-    unknown = set(recipe) - {"run_dir", "steps", "description"}
+    unknown = set(recipe) - {"run_dir", "steps", "description", "defaults"}  # defaults: YAML anchors
     if unknown:
-        raise WeblyError(f"recipe: unknown key(s) {sorted(unknown)}; valid: description, run_dir, steps")
+        raise WeblyError(f"recipe: unknown key(s) {sorted(unknown)}; valid: defaults, description, run_dir, steps")
     if not isinstance(recipe.get("steps"), list) or not recipe["steps"]:
         raise WeblyError("recipe: 'steps' must be a non-empty list")
     return recipe, validate([dict(s) for s in recipe["steps"]])

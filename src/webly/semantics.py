@@ -273,9 +273,13 @@ def label_weights(labels: np.ndarray, keywords: sp.csr_matrix, support: sp.csr_m
     }
 
 
-def weigh(manifest_path: str | Path, tags_dir: str | Path, out_dir: str | Path,
-          cfg: WeighConfig) -> dict[str, Any]:
-    """`webly weigh`: similarity, neighbours, support and the per-image weight matrix."""
+def weigh(manifest_path: str | Path, tags_dir: str | Path | None, out_dir: str | Path,
+          cfg: WeighConfig, labels_path: str | Path | None = None) -> dict[str, Any]:
+    """`webly weigh`: similarity, neighbours, support and the per-image weight matrix.
+
+    Without a WT-Set (`tags_dir` None: data with no text, e.g. CIFAR-10N) no keyword supports a
+    neighbour, so every neighbour gets `absent` x its similarity. `labels_path` (a
+    `webly pseudo-label` output) replaces the manifest's labels, so pseudo-labels can be weighed."""
     import pyarrow.compute as pc
 
     from webly.data.manifest import Manifest
@@ -283,7 +287,10 @@ def weigh(manifest_path: str | Path, tags_dir: str | Path, out_dir: str | Path,
 
     t0 = time.time()
     manifest = Manifest(manifest_path)
-    keywords, vocab = load_tags(tags_dir)
+    if tags_dir is None:
+        keywords, vocab = sp.csr_matrix((len(manifest), 0), dtype=np.uint8), []
+    else:
+        keywords, vocab = load_tags(tags_dir)
     if keywords.shape[0] != len(manifest):
         raise WeblyError(f"{tags_dir} has {keywords.shape[0]} rows but {manifest_path} has "
                          f"{len(manifest)}: tag this manifest first")
@@ -292,7 +299,12 @@ def weigh(manifest_path: str | Path, tags_dir: str | Path, out_dir: str | Path,
     nb_idx, nb_sim = neighbours(sim, cfg.top_k, cfg.min_similarity)
     t_sim = time.time() - t0
     support = keyword_support(vocab, synsets, cfg)
-    labels = np.asarray(pc.fill_null(manifest.read(["label"]).column(0), -1).to_numpy(), np.int64)
+    if labels_path is not None:
+        from webly.pseudolabel import load_labels
+
+        labels = load_labels(labels_path, len(manifest))
+    else:
+        labels = np.asarray(pc.fill_null(manifest.read(["label"]).column(0), -1).to_numpy(), np.int64)
     mat, stats = label_weights(labels, keywords, support, nb_idx, nb_sim, cfg)
 
     out = Path(out_dir)
