@@ -90,7 +90,8 @@ def test_predict_writes_topk_and_probs(trained, synth_manifest, synth_small, tmp
     saved = bad.read_bytes()
     bad.write_bytes(b"broken")
     try:
-        s = predict(trained, synth_manifest, tmp_path, PredictConfig(split="test", tta=tta, workers=0))
+        s = predict(trained, synth_manifest, tmp_path, PredictConfig(split="test", tta=tta, workers=0,
+                                                                     max_bad_fraction=0.5))
     finally:
         bad.write_bytes(saved)
     p = load_predictions(tmp_path)

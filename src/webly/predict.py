@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from webly.config import opt
-from webly.data.images import EvalTransform, decode_tensor, normalize_batch
+from webly.data.images import EvalTransform, normalize_batch, try_decode
 from webly.data.manifest import Manifest
 from webly.distributed import init_distributed
 from webly.errors import WeblyError
@@ -43,6 +45,7 @@ class PredictConfig:
     batch_size: int = opt(128, "images per batch per process")
     top_k: int = opt(5, "top classes kept per image")
     dense_max: int = opt(1000, "also write all probabilities (probs.npy) up to this many classes")
+    max_bad_fraction: float = opt(0.01, "error (after writing the predictions) when more images than this fraction cannot be decoded")
     img_size: int = opt(0, "input size (0: the model's training size)")
     workers: int = opt(4, "DataLoader workers")
     device: str = opt("auto", "auto | cpu | cuda")
@@ -50,6 +53,8 @@ class PredictConfig:
     def validate(self) -> None:
         if self.tta not in ("center", "flip", "multiscale"):
             raise WeblyError("predict.tta must be center, flip or multiscale")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise WeblyError("predict.max_bad_fraction must be within [0, 1]")
         if min(self.batch_size, self.top_k) < 1 or min(self.img_size, self.workers, self.dense_max) < 0:
             raise WeblyError("predict: batch_size and top_k >= 1; img_size, workers, dense_max >= 0")
 
@@ -78,11 +83,11 @@ class _Images(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        try:
-            return self.transform(decode_tensor(self.root / self.paths[i])), i, ""
-        except Exception as e:  # marked in the output, never dropped
+        img, reason = try_decode(self.root / self.paths[i])
+        if img is None:  # marked in the output, never dropped
             size = self.transform.size
-            return torch.zeros(3, size, size, dtype=torch.uint8), i, f"{type(e).__name__}: {e}"[:200]
+            return torch.zeros(3, size, size, dtype=torch.uint8), i, reason
+        return self.transform(img), i, ""
 
 
 def _views(x: torch.Tensor, tta: str, size: int) -> list[torch.Tensor]:
@@ -137,6 +142,8 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
             probs[idx.numpy()] = p.numpy().astype(np.float16)
         for j, e in zip(idx.tolist(), err, strict=True):
             status[j] = f"skipped: {e}" if e else "ok"
+            if e:
+                print(f"webly: skipped bad image {paths[j]}: {e}", file=sys.stderr)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     part = {"row": mine, "ids": table["id"].take(pa.array(mine)).to_pylist(), "status": status,
@@ -150,8 +157,14 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
     info = {"classes": meta["classes"], "num_classes": C, "model": str(model_path), "tta": cfg.tta,
             "split": cfg.split, "img_size": size, "dense": dense}
     write_predictions(out, part, info)
-    skipped = sum(s != "ok" for s in part["status"])
-    return {"images": len(part["row"]), "skipped_images": skipped, **{k: v for k, v in info.items() if k != "classes"}}
+    reasons = Counter(s.removeprefix("skipped: ") for s in part["status"] if s != "ok")
+    skipped = sum(reasons.values())
+    if skipped > cfg.max_bad_fraction * len(part["row"]):
+        raise WeblyError(f"{skipped} of {len(part['row'])} images could not be decoded (more than "
+                         f"max_bad_fraction {cfg.max_bad_fraction}): {dict(sorted(reasons.items()))}; "
+                         f"predictions written to {out} with them marked skipped")
+    return {"images": len(part["row"]), "skipped_images": skipped, "bad_images": dict(sorted(reasons.items())),
+            **{k: v for k, v in info.items() if k != "classes"}}
 
 
 def _merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:

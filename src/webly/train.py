@@ -43,7 +43,7 @@ from webly.errors import WeblyError
 from webly.models import create_backbone, head_prefix, load_all_but_head, uses_channels_last
 from webly.progress import progress
 from webly.sampling import BalancedSampler, ShuffleSampler
-from webly.trainsets import TargetDataset, TrainData, padded_targets
+from webly.trainsets import BadImages, TargetDataset, TrainData, padded_targets
 
 
 @dataclass
@@ -83,6 +83,7 @@ class TrainConfig:
     ckpt_every_steps: int = opt(0, "also checkpoint every this many optimizer steps (0: epochs only)")
     keep_last: int = opt(3, "step checkpoints kept")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: no limit)")
+    max_bad_fraction: float = opt(0.01, "stop when more than this fraction of the images cannot be decoded")
     log_every: int = opt(10, "optimizer steps between metric lines")
     device: str = opt("auto", "auto | cpu | cuda")
     dist_timeout_s: int = opt(600, "a dead rank fails the job after this many seconds")
@@ -98,6 +99,7 @@ class TrainConfig:
             (min(self.img_size, self.epochs, self.batch_size, self.accum_steps) >= 1,
              "img_size, epochs, batch_size and accum_steps must be positive"),
             (0 < self.crop_scale <= 1 and 0 < self.crop_pct <= 1, "crop_scale and crop_pct must be in (0, 1]"),
+            (0 <= self.max_bad_fraction <= 1, "max_bad_fraction must be within [0, 1]"),
             (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0, "lr > 0, 0 <= momentum < 1"),
             (0 <= self.balance <= 1 and 0 <= self.ema < 1, "balance in [0, 1], ema in [0, 1)"),
             (min(self.samples_per_epoch, self.max_steps, self.ckpt_every_steps, self.workers) >= 0,
@@ -198,15 +200,17 @@ def evaluate(model: nn.Module, data: TrainData, cfg: TrainConfig, d: Dist, fmt) 
         return {}
     rows, labels = data.val_rows[ok][d.rank::d.world_size], data.val_labels[ok][d.rank::d.world_size]
     ids = labels[:, None]
-    ds = TargetDataset(data.manifest, rows, ids, np.ones_like(ids, np.float32), EvalTransform(cfg.img_size, cfg.crop_pct))
+    ds = TargetDataset(data.manifest, rows, ids, np.ones_like(ids, np.float32),
+                       EvalTransform(cfg.img_size, cfg.crop_pct), substitute=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=max(1, cfg.batch_size // d.world_size),
                                          num_workers=cfg.workers)
     model.eval()
     counts = torch.zeros(3, dtype=torch.float64, device=d.device)
-    for x, i, _ in loader:
+    for x, i, _, bad_pos, _ in loader:  # bad validation images are left out of the counts
         x = normalize_batch(x.to(d.device)).contiguous(memory_format=fmt)
-        top5 = model(x).float().topk(min(5, data.num_classes), dim=1).indices.cpu()
-        i = i[:, :1]
+        good = bad_pos < 0
+        top5 = model(x).float().topk(min(5, data.num_classes), dim=1).indices.cpu()[good]
+        i = i[good][:, :1]
         counts += torch.tensor([(top5[:, :1] == i).sum(), (top5 == i).any(1).sum(), len(i)],
                                dtype=torch.float64, device=d.device)
     model.train()
@@ -240,6 +244,7 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
     if cfg.continue_from and cfg.schedule == "constant":
         base_lr = transfer.get("lr") or cfg.lr  # where the continued run left off
     epoch, step_in_epoch, step, best = 0, 0, 0, {"val_top1": -1.0, "epoch": -1}
+    bad_seen: dict[str, str] = {}
     if resume and checkpoints.latest(run):
         ck = checkpoints.load(checkpoints.latest(run))
         model.load_state_dict(ck["model"])
@@ -248,6 +253,7 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
         if ema is not None and ck.get("ema"):
             ema.load_state_dict(ck["ema"])
         epoch, step_in_epoch, step, best = ck["epoch"], ck["step_in_epoch"], ck["global_step"], ck["best"]
+        bad_seen = ck.get("bad_images", {})
         torch.set_rng_state(ck["rng"]["torch"])
         if d.device.type == "cuda" and "cuda" in ck["rng"]:
             torch.cuda.set_rng_state(ck["rng"]["cuda"], d.device)
@@ -259,6 +265,8 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
 
     ids, ws = padded_targets(data.targets, cfg.max_targets)
     dataset = TargetDataset(data.manifest, data.rows, ids, ws, TrainTransform(cfg.img_size, (cfg.crop_scale, 1.0)))
+    run.mkdir(parents=True, exist_ok=True)
+    bad_images = BadImages(len(data.rows), cfg.max_bad_fraction, run / "bad_images.tsv" if d.is_primary else None, bad_seen)
     stream = shard_stream(data, cfg, ids, ws, d) if cfg.shards else None
     if cfg.sampler == "balanced":
         sampler = BalancedSampler(data.membership, n_samples, balance=cfg.balance, seed=cfg.seed,
@@ -267,7 +275,6 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
         sampler = ShuffleSampler(len(data.rows), n_samples, seed=cfg.seed, rank=d.rank,
                                  world_size=d.world_size)
     criterion = loss_fn(cfg, task)
-    run.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(run, d.is_primary, cfg.tensorboard)
     if d.is_primary:
         (run / "train.config.json").write_text(json.dumps({"task": task, **asdict(cfg)}, indent=1))
@@ -280,6 +287,7 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
                 "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else {},
                 "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": step, "best": best,
                 "last_lr": last_lr, "rng": rng, "config": {"task": task, **asdict(cfg)},
+                "bad_images": bad_images.seen,
                 "classes": list(data.class_names), "num_classes": data.num_classes}
 
     t_start, lr, metrics, last_loss = time.time(), base_lr, {}, float("nan")
@@ -296,9 +304,11 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
         micro_left = (steps_per_epoch - step_in_epoch) * cfg.accum_steps
         t0, seen, micro = time.time(), 0, 0
         nonfinite = torch.zeros((), dtype=torch.bool, device=d.device)
-        for x, ti, tw in progress(loader, desc=f"epoch {epoch}", total=micro_left, unit="batch"):
+        for x, ti, tw, bad_pos, reasons in progress(loader, desc=f"epoch {epoch}", total=micro_left, unit="batch"):
             if micro == micro_left:
                 break
+            if bool((bad_pos >= 0).any()):
+                bad_images.add_batch(dataset, bad_pos, reasons)
             x = normalize_batch(x.to(d.device, non_blocking=True)).contiguous(memory_format=fmt)
             ti, tw = ti.to(d.device, non_blocking=True), tw.to(d.device, non_blocking=True)
             last_micro = (micro + 1) % cfg.accum_steps == 0
@@ -347,7 +357,8 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
         if d.is_primary:
             checkpoints.save_training(state(lr), run, cfg.keep_last, best=is_best)
     summary = {"task": task, "epochs_done": epoch, "steps": step, "final_lr": lr, **metrics,
-               "best": best, "seconds": round(time.time() - t_start, 1), "world_size": d.world_size,
+               "best": best, "bad_images": bad_images.counts(),
+               "seconds": round(time.time() - t_start, 1), "world_size": d.world_size,
                **({"transfer": transfer} if transfer else {})}
     if d.is_primary:
         export(ema.module if ema else model, run, cfg, data, task)
@@ -381,7 +392,7 @@ def shard_stream(data: TrainData, cfg: TrainConfig, ids: np.ndarray, ws: np.ndar
     def to_targets(sample):
         img, rec = sample
         p = position(rec)
-        return img, torch.from_numpy(ids[p]), torch.from_numpy(ws[p])
+        return img, torch.from_numpy(ids[p]), torch.from_numpy(ws[p]), -1, ""  # shards hold good images only
 
     pipe = shard_pipeline(shard_urls(cfg.shards, "train"), transform=TrainTransform(cfg.img_size, (cfg.crop_scale, 1.0)),
                           seed=cfg.seed, rank=d.rank, world_size=d.world_size, repeat=factor)

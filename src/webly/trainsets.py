@@ -5,12 +5,16 @@
                keywords (draw a keyword, then an image tagged with it);
 - pretrain lw: the LW-Set weight rows, balanced over the images' own classes.
 
-`TargetDataset` returns (uint8 image, target ids [T], target weights [T]) with T fixed per
-dataset (-1 padded), so batches collate without densifying anything.
+`TargetDataset` returns (uint8 image, target ids [T], target weights [T], bad position, reason)
+with T fixed per dataset (-1 padded), so batches collate without densifying anything. A file that
+cannot be decoded is replaced by the next good one (training) or by a blank flagged image
+(evaluation), and reported through the last two fields; `BadImages` logs each once, counts them by
+reason and stops the run when more than `max_bad_fraction` of the images are bad.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +23,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 import torch
 
-from webly.data.images import decode_tensor
+from webly.data.images import try_decode
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
 from webly.sampling import groups_from_labels
@@ -112,18 +116,27 @@ def padded_targets(targets: sp.csr_matrix, max_targets: int) -> tuple[np.ndarray
 
 
 class TargetDataset(torch.utils.data.Dataset):
-    """Item (position, seed) -> (uint8 image, ids, weights); the seed fixes the augmentation, so
-    a sample looks the same whichever worker loads it and after a resume."""
+    """Item (position, seed) -> (uint8 image, ids, weights, bad position, reason); the seed fixes
+    the augmentation, so a sample looks the same whichever worker loads it and after a resume.
+
+    A bad file at `pos` is replaced by the next good position (`substitute`, training: the batch
+    keeps its size and its targets stay those of the image shown) or by a blank image
+    (evaluation: the caller masks it out); either way (pos, reason) comes back to be counted."""
+
+    SUBSTITUTE_TRIES = 16
 
     def __init__(self, manifest: Manifest, rows: np.ndarray, ids: np.ndarray, ws: np.ndarray,
-                 transform, min_short_side: int | None = None) -> None:
+                 transform, min_short_side: int | None = None, substitute: bool = True) -> None:
         paths = manifest.read(["path"]).column(0).combine_chunks()
         self.paths = paths.take(rows)
         self.root, self.ids, self.ws = manifest.root, ids, ws
-        self.transform, self.min_short_side = transform, min_short_side
+        self.transform, self.min_short_side, self.substitute = transform, min_short_side, substitute
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def path(self, pos: int) -> str:
+        return self.paths[pos].as_py()
 
     def __getitem__(self, item: int | tuple[int, int]):
         pos, seed = item if isinstance(item, tuple) else (item, None)
@@ -131,5 +144,50 @@ class TargetDataset(torch.utils.data.Dataset):
             # CPU generator only: torch.manual_seed would also queue CUDA/XPU seeding and format
             # a stack trace each call (about 1 ms a sample)
             torch.default_generator.manual_seed(seed)
-        img = decode_tensor(self.root / self.paths[pos].as_py(), self.min_short_side)
-        return self.transform(img), torch.from_numpy(self.ids[pos]), torch.from_numpy(self.ws[pos])
+        img, reason = try_decode(self.root / self.path(pos), self.min_short_side)
+        bad, shown = (-1, pos) if img is not None else (pos, pos)
+        if img is None and self.substitute:
+            for k in range(1, min(self.SUBSTITUTE_TRIES, len(self)) + 1):
+                shown = (pos + k) % len(self)
+                img, _ = try_decode(self.root / self.path(shown), self.min_short_side)
+                if img is not None:
+                    break
+        if img is None:
+            size = getattr(self.transform, "size", 32)
+            return (torch.zeros(3, size, size, dtype=torch.uint8), torch.from_numpy(self.ids[pos]),
+                    torch.from_numpy(self.ws[pos]), bad, reason)
+        return (self.transform(img), torch.from_numpy(self.ids[shown]), torch.from_numpy(self.ws[shown]),
+                bad, reason)
+
+
+class BadImages:
+    """The bad files a stage met: logged once each (stderr and RUN/bad_images.tsv), counted by
+    reason, and bounded: more than `max_fraction` of `total` images bad is an error."""
+
+    def __init__(self, total: int, max_fraction: float, log_file: Path | None = None,
+                 seen: dict[str, str] | None = None) -> None:
+        self.total, self.max_fraction, self.log_file = total, max_fraction, log_file
+        self.seen: dict[str, str] = dict(seen or {})
+
+    def add(self, path: str, reason: str) -> None:
+        if path in self.seen:
+            return
+        self.seen[path] = reason
+        print(f"webly: skipped bad image {path}: {reason}", file=sys.stderr)
+        if self.log_file is not None:
+            with open(self.log_file, "a", encoding="utf-8") as f:
+                f.write(f"{path}\t{reason}\n")
+        if len(self.seen) > self.max_fraction * self.total:
+            raise WeblyError(f"{len(self.seen)} bad images of {self.total} (more than max_bad_fraction "
+                             f"{self.max_fraction}): {self.counts()}; first: {next(iter(self.seen))}")
+
+    def add_batch(self, dataset: TargetDataset, bad_pos: torch.Tensor, reasons: list[str]) -> None:
+        for p, r in zip(bad_pos.tolist(), reasons, strict=True):
+            if p >= 0:
+                self.add(dataset.path(p), r)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.seen.values():
+            out[r] = out.get(r, 0) + 1
+        return dict(sorted(out.items()))

@@ -98,6 +98,8 @@ def decode_tensor(src: str | Path | bytes, min_short_side: int | None = None) ->
     data = src if isinstance(src, bytes) else Path(src).read_bytes()
     if decode_jpeg is not None and data[:2] == b"\xff\xd8":
         size = _jpeg_size(data)
+        if size and size[0] * size[1] > 2 * Image.MAX_IMAGE_PIXELS:  # PIL's own limit, before libjpeg
+            raise Image.DecompressionBombError(f"{size[0]}x{size[1]} pixels: a decompression bomb?")
         if size and not (min_short_side and min_short_side / min(size) < 0.5):
             try:
                 with warnings.catch_warnings():
@@ -107,6 +109,32 @@ def decode_tensor(src: str | Path | bytes, min_short_side: int | None = None) ->
             except RuntimeError:
                 pass  # unusual or damaged JPEG: PIL decodes what it can, or raises a clear error
     return F.pil_to_tensor(decode_image(data, min_short_side))
+
+
+def bad_image_reason(e: BaseException) -> str:
+    """A short, countable reason an image could not be used (the summary counts these)."""
+    msg = str(e)
+    if isinstance(e, FileNotFoundError):
+        return "missing file"
+    if isinstance(e, Image.DecompressionBombError):
+        return "too many pixels"
+    if "truncated" in msg.lower() or "premature end" in msg.lower():
+        return "truncated"
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "not an image"
+    return type(e).__name__
+
+
+def try_decode(path: Path, min_short_side: int | None = None) -> tuple[torch.Tensor | None, str]:
+    """`decode_tensor`, or (None, reason) for a file that cannot be used: web data is dirty, and
+    one bad file must not stop a stage (callers count, log and bound these)."""
+    try:
+        data = path.read_bytes()
+        if not data:
+            return None, "empty file"
+        return decode_tensor(data, min_short_side), ""
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image, reported
+        return None, bad_image_reason(e)
 
 
 def resize_uint8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

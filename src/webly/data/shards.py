@@ -28,7 +28,7 @@ from typing import Any
 import webdataset as wds
 
 from webly.config import opt, parse_part
-from webly.data.images import decode_image, decode_tensor, resize_short_side
+from webly.data.images import bad_image_reason, decode_image, decode_tensor, resize_short_side
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
 from webly.progress import progress
@@ -42,10 +42,13 @@ class ShardConfig:
     quality: int = opt(90, "JPEG quality of the re-encoded images")
     workers: int = opt(1, "processes writing shards in parallel")
     node: str = opt("0/1", "'i/n': this machine writes every n-th shard from the i-th")
+    max_bad_fraction: float = opt(0.01, "error (after writing) when more images than this fraction cannot be decoded")
 
     def validate(self) -> None:
         if self.max_count < 1 or self.short_side < 1 or not 1 <= self.quality <= 100:
             raise WeblyError("shard: max_count and short_side must be positive, quality in 1..100")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise WeblyError("shard.max_bad_fraction must be within [0, 1]")
         parse_part(self.node, "shard.node")
 
 
@@ -78,7 +81,7 @@ def _write_shard(job: ShardJob) -> tuple[int, int, Counter, list[str]]:
             try:
                 data = _encode(job, rec)
             except Exception as e:  # a bad web image is skipped and reported, never fatal
-                reason = type(e).__name__
+                reason = bad_image_reason(e)
                 bad[reason] += 1
                 bad_paths.append(f"{rec['path']}: {reason}: {e}")
                 continue
@@ -134,6 +137,10 @@ def write_shards(manifest_path: str | Path, out_dir: str | Path, cfg: ShardConfi
     tmp = listing.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=1))
     os.replace(tmp, listing)
+    n_bad = sum(bad.values())
+    if n_bad > cfg.max_bad_fraction * (summary["images"] + n_bad):
+        raise WeblyError(f"{n_bad} of {summary['images'] + n_bad} images could not be decoded (more than "
+                         f"max_bad_fraction {cfg.max_bad_fraction}): {dict(bad)}; see {listing}")
     return summary
 
 
