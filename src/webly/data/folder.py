@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from webly.data.paths import RootGuard
 from webly.data.records import Record, clean_tags, clean_text
 from webly.errors import WeblyError
 
@@ -59,6 +60,7 @@ class FolderReader:
     def __init__(self, root: str | Path, *, sidecar: str | Path | None = None,
                  split: str = "train") -> None:
         self.root = Path(root)
+        self.guard = RootGuard(self.root)
         if not self.root.is_dir():
             raise WeblyError(f"dataset root not found: {self.root} (expected class folders)")
         self.classes = sorted(d.name for d in os.scandir(self.root)
@@ -87,6 +89,7 @@ class FolderReader:
                     if os.path.splitext(name)[1].lower() not in IMAGE_EXTS:
                         continue
                     rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                    self.guard.check(rel, f"{self.root / rel}")
                     text = self.text.get(rel, {})
                     yield Record(id=rel, path=rel, split=split, label=label,
                                  title=text.get("title", ""), description=text.get("description", ""),

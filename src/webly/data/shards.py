@@ -30,6 +30,7 @@ import webdataset as wds
 from webly.config import opt, parse_part
 from webly.data.images import bad_image_reason, decode_image, decode_tensor, resize_short_side
 from webly.data.manifest import Manifest
+from webly.data.paths import check_relative
 from webly.errors import WeblyError
 from webly.progress import progress
 
@@ -206,6 +207,12 @@ def _decoder(transform: Callable | None, min_short_side: int | None) -> Callable
     return decode
 
 
+def _checked_key(sample: dict[str, Any]) -> dict[str, Any]:
+    """A shard member named '../x' or '/x' is an error (webly's own shards use row numbers)."""
+    check_relative(sample["__key__"], f"{sample.get('__url__', 'shard')}: member")
+    return sample
+
+
 def _repeater(factor: Callable[[dict[str, Any]], float], seed: int) -> Callable:
     """Stream stage: emit each sample floor(r) times, once more with probability r - floor(r),
     r = factor(record); r = 0 drops it. Repeat-factor sampling, the streaming form of balancing."""
@@ -227,7 +234,7 @@ def shard_pipeline(urls: list[str], *, transform: Callable | None = None, seed: 
     shard_list = ShardList(urls, seed=seed, shuffle=shuffle_buffer > 0, rank=rank,
                            world_size=world_size)
     stages: list[Any] = [shard_list, wds.split_by_worker,
-                         wds.tarfile_to_samples(handler=wds.warn_and_continue)]
+                         wds.tarfile_to_samples(handler=wds.warn_and_continue), wds.map(_checked_key)]
     if repeat is not None:
         stages.append(_repeater(repeat, seed))
     if shuffle_buffer > 0:
@@ -242,5 +249,6 @@ def read_shard_records(path: str | Path) -> Iterator[dict[str, Any]]:
     """The JSON records of one shard, in order (for checks and tools; no image decoding)."""
     with tarfile.open(path) as tar:
         for member in tar:
+            check_relative(member.name, f"{path}: member")
             if member.name.endswith(".json"):
                 yield json.loads(tar.extractfile(member).read())

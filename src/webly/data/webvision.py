@@ -24,6 +24,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
+from webly.data.paths import RootGuard
 from webly.data.records import Record, Source, clean_text, text_from_meta
 from webly.data.textio import iter_lines, parse_label, require
 from webly.errors import WeblyError
@@ -74,6 +75,7 @@ class WebVisionReader:
     def __init__(self, root: str | Path, *, train_list: str = "all", skip_bad: bool = False,
                  meta_cache: int = 8) -> None:
         self.root = Path(root)
+        self.guard = RootGuard(self.root)
         if not self.root.is_dir():
             raise WeblyError(f"dataset root not found: {self.root} (expected a folder with info/)")
         self.info = require(self.root / "info", "the WebVision info/ folder of list files")
@@ -144,7 +146,7 @@ class WebVisionReader:
         parts = line.rsplit(None, 1)
         if len(parts) != 2:
             raise WeblyError(f"{path}:{lineno}: expected 'relative/path label', got {line[:80]!r}")
-        return parts[0], parse_label(parts[1], path, lineno, self.num_classes)
+        return self.guard.check(parts[0], f"{path}:{lineno}"), parse_label(parts[1], path, lineno, self.num_classes)
 
     def _bad(self, msg: str) -> object:
         if not self.skip_bad:
@@ -155,6 +157,8 @@ class WebVisionReader:
         json_rel, _, row_s = line.rpartition(" ")
         if not row_s.isdigit() or int(row_s) < 1:
             return self._bad(f"{mlist}:{lineno}: expected 'file.json row' with a 1-based row")
+        beside = (self.root / json_rel).is_file()
+        self.guard.check(json_rel if beside else f"meta/{json_rel}", f"{mlist}:{lineno}")
         items = self._load_meta(json_rel, mlist, lineno)
         if items is _BAD:
             return _BAD
@@ -205,7 +209,7 @@ class WebVisionReader:
                 label = parse_label(parts[1], flist, lineno, self.num_classes)
             if folder is None:
                 folder = self._eval_folder(split, name)
-            path = f"{folder}/{name}" if folder else name
+            path = self.guard.check(f"{folder}/{name}" if folder else name, f"{flist}:{lineno}")
             yield Record(id=name, path=path, split=split, label=label,
                          title="", description="", tags=[])
 
