@@ -143,7 +143,7 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
         raise WeblyError(f"--set {args.set} needs {'--tags' if args.set == 'wt' else '--weights'}")
     data = pretrain_data(Manifest(args.manifest), args.set, source)
     save_config(cfg, Path(args.output) / "pretrain.config.yaml", "pretrain")
-    return train(data, cfg, args.output, task=f"pretrain_{args.set}", resume=args.resume)
+    return train(data, cfg, args.output, task=f"pretrain_{args.set}", resume=args.resume, force=args.force)
 
 
 def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
@@ -160,7 +160,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         labels = load_labels(args.labels, len(manifest))
     data = finetune_data(manifest, labels)
     save_config(cfg, Path(args.output) / "finetune.config.yaml", "finetune")
-    return train(data, cfg, args.output, task="finetune", resume=args.resume)
+    return train(data, cfg, args.output, task="finetune", resume=args.resume, force=args.force)
 
 
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
@@ -306,6 +306,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--weights", help="weights folder (--set lw)")
     sp.add_argument("-o", "--output", required=True, help="run directory")
     sp.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
+    sp.add_argument("--force", action="store_true", help="resume even if the checkpoint's config is incompatible")
 
     sp = stage("finetune", cmd_finetune, "train on the target classes (from a pretrained checkpoint)",
                "finetune")
@@ -313,6 +314,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--labels", help="labels.parquet from `webly pseudo-label` instead of the manifest's")
     sp.add_argument("-o", "--output", required=True, help="run directory")
     sp.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
+    sp.add_argument("--force", action="store_true", help="resume even if the checkpoint's config is incompatible")
 
     sp = stage("predict", cmd_predict, "batched inference over a manifest split", "predict")
     sp.add_argument("model", help="run directory with model.safetensors + model.json")

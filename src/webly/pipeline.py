@@ -15,14 +15,16 @@ manifest file for `index`, the folder otherwise; a training run's checkpoint whe
 expected). The whole recipe is validated before anything runs: unknown stages, options or
 references are errors naming the step and what is valid. A finished step records its hash (stage,
 options, and the hashes of the steps it reads) in RUN/<id>/step.json; a rerun skips steps whose
-hash is unchanged, reruns those whose inputs or options changed, and resumes an interrupted
-training step from its last checkpoint. Ctrl-C leaves the run resumable.
+hash is unchanged, reruns those whose inputs or options changed (clearing the step's folder first),
+and resumes an interrupted training step from its last checkpoint when it was started with the
+same hash (RUN/<id>/step.started); otherwise it starts over. Ctrl-C leaves the run resumable.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from webly.config import load_yaml, resolve_config
+from webly.config import load_yaml, resolve_config, write_text_atomic
 from webly.errors import WeblyError
 
 
@@ -198,7 +200,9 @@ def plan(steps: list[Step], run_dir: Path) -> list[tuple[Step, str]]:
         if rec.is_file():
             status = "done" if json.loads(rec.read_text()).get("hash") == step.hash else "rerun"
         elif (run_dir / step.id / "ckpt" / "last.pt").is_file():
-            status = "resume"
+            started = run_dir / step.id / "step.started"
+            # resume only what was started with these very options; else start it over
+            status = "resume" if started.is_file() and started.read_text().strip() == step.hash else "rerun"
         else:
             status = "run"
         out.append((step, status))
@@ -240,12 +244,15 @@ def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *, st
         options = {key: _resolve(v, key, outputs) for key, v in step.options.items()}
         cfg = resolve_config(spec.config, options, where=step.id) if spec.config else None
         out = root / step.id
+        if status != "resume" and out.exists():  # outputs of other options: never mixed in
+            shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "step.json").unlink(missing_ok=True)
+        write_text_atomic(out / "step.started", step.hash + "\n")
         t0 = time.time()
         summary = spec.run(inputs, cfg, out, status == "resume")
         summaries[step.id] = summary
-        (out / "step.json").write_text(json.dumps({"id": step.id, "stage": step.stage, "hash": step.hash,
-                                                   "seconds": round(time.time() - t0, 2),
-                                                   "summary": summary}, indent=1, default=str) + "\n")
+        write_text_atomic(out / "step.json", json.dumps(
+            {"id": step.id, "stage": step.stage, "hash": step.hash, "seconds": round(time.time() - t0, 2),
+             "summary": summary}, indent=1, default=str) + "\n")
     return {"run_dir": str(root), "steps": len(steps), "ran": list(summaries)}

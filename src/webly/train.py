@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -218,8 +219,28 @@ def evaluate(model: nn.Module, data: TrainData, cfg: TrainConfig, d: Dist, fmt) 
     return {"val_top1": float(counts[0] / counts[2]), "val_top5": float(counts[1] / counts[2])}
 
 
+# Options a resumed run must share with its checkpoint: they fix the model, the sample stream and
+# the step count. Others (epochs, lr, workers, logging...) may change, with a warning.
+RESUME_MUST_MATCH = ("task", "backbone", "img_size", "batch_size", "accum_steps", "samples_per_epoch",
+                     "sampler", "balance", "seed", "max_targets", "shards", "loss", "ema")
+
+
+def check_resume_config(saved: dict[str, Any], now: dict[str, Any], num_classes: int,
+                        saved_classes: int, force: bool) -> list[str]:
+    """Differences between a checkpoint's config and this run's: an error for incompatible ones
+    (unless `force`), returned as warnings otherwise."""
+    diffs = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
+    if saved_classes != num_classes:
+        raise WeblyError(f"cannot resume: the checkpoint has {saved_classes} classes, this data {num_classes}")
+    bad = {k: v for k, v in diffs.items() if k in RESUME_MUST_MATCH}
+    if bad and not force:
+        raise WeblyError("cannot resume from a checkpoint made with another config: " + "; ".join(
+            f"{k} {a!r} -> {b!r}" for k, (a, b) in bad.items()) + " (use --force to resume anyway)")
+    return [f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items()]
+
+
 def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
-          resume: bool = False) -> dict[str, Any]:
+          resume: bool = False, force: bool = False) -> dict[str, Any]:
     """Train and return a summary; outputs in `run_dir` (see docs/training.md)."""
     cfg.validate()
     run = Path(run_dir)
@@ -247,6 +268,10 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
     bad_seen: dict[str, str] = {}
     if resume and checkpoints.latest(run):
         ck = checkpoints.load(checkpoints.latest(run))
+        for w in check_resume_config(ck.get("config", {}), {"task": task, **asdict(cfg)}, data.num_classes,
+                                     ck.get("num_classes", data.num_classes), force):
+            if d.is_primary:
+                print(f"webly: resuming with a changed option: {w}", file=sys.stderr)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scaler.load_state_dict(ck["scaler"])
