@@ -8,6 +8,7 @@ summary (`STAGE.summary.json`) into its output folder, the run directory.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import sys
@@ -372,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         result = args.fn(args)
     except WeblyError as e:
         print(f"webly {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, read-only or vanished output: say so in one line
+        if e.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+            raise
+        print(f"webly {args.command}: error: {e.strerror}: {e.filename or ''} (outputs written before "
+              "this are intact; free space or fix the folder, then rerun or --resume)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"webly {args.command}: interrupted", file=sys.stderr)

@@ -230,15 +230,19 @@ def merge(out_dir: str | Path, cfg: TagConfig, extra: dict[str, Any] | None = No
                         shape=(images, len(vocab)))
     mat.sort_indices()
     wn = wordnet()
-    write_text_atomic(out / "vocab.tsv", "keyword\tdoc_frequency\tsynset\n" + "".join(
+    # every output is written in full beside its final name first, then renamed, stats.json last:
+    # a failure (disk full, kill) leaves the previous tag set whole, never a mix of two
+    write_text_atomic(out / ".vocab.tsv.new", "keyword\tdoc_frequency\tsynset\n" + "".join(
         f"{k}\t{n}\t{_synset_of(k, wn)}\n" for k, n in vocab))
-    tmp = out / ".keywords.tmp.npz"
-    sp.save_npz(tmp, mat, compressed=True)
-    os.replace(tmp, out / "keywords.npz")
+    sp.save_npz(out / ".keywords.new.npz", mat, compressed=True)
     stats = keyword_stats(mat, df, images, documents, cfg, recogniser)
     stats.update(extra or {})
+    write_text_atomic(out / ".stats.json.new", json.dumps(stats, indent=1) + "\n")
     plot_keywords(df, vocab, mat, out)
-    write_text_atomic(out / "stats.json", json.dumps(stats, indent=1) + "\n")
+    (out / "stats.json").unlink(missing_ok=True)  # from here until the end the set reads as unfinished
+    os.replace(out / ".vocab.tsv.new", out / "vocab.tsv")
+    os.replace(out / ".keywords.new.npz", out / "keywords.npz")
+    os.replace(out / ".stats.json.new", out / "stats.json")
     return stats
 
 
@@ -308,4 +312,8 @@ def load_tags(tags_dir: str | Path) -> tuple[sp.csr_matrix, list[str]]:
     if not (d / "stats.json").is_file():
         raise WeblyError(f"{d}: no finished tag set (stats.json missing); run `webly tag` first")
     vocab = [line.split("\t", 1)[0] for line in (d / "vocab.tsv").read_text().splitlines()[1:]]
-    return sp.load_npz(d / "keywords.npz").tocsr(), vocab
+    mat = sp.load_npz(d / "keywords.npz").tocsr()
+    if mat.shape[1] != len(vocab):
+        raise WeblyError(f"{d}: keywords.npz has {mat.shape[1]} keyword columns but vocab.tsv "
+                         f"{len(vocab)} keywords (a mixed tag set): rerun `webly tag merge`")
+    return mat, vocab
