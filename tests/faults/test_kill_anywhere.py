@@ -1,0 +1,83 @@
+"""Fault class 1, kill anywhere: `webly run` over synth -> index -> tag -> weigh -> pretrain ->
+finetune -> predict -> evaluate, SIGKILLed at seeded random moments (inside tagging, weighing,
+training steps, checkpoint writes, validation, prediction), then rerun: every output equals an
+uninterrupted run's, bit for bit."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import yaml
+from safetensors.torch import load_file
+
+from webly.data.manifest import Manifest
+from webly.predict import load_predictions
+
+TRAIN = dict(backbone="test_resnet", img_size=32, batch_size=8, accum_steps=1, lr=0.05, workers=0,
+             ckpt_every_steps=1, keep_last=2, tensorboard=False, log_every=1)
+RECIPE = {"steps": [
+    {"id": "data", "stage": "synth", "families": 2, "per_family": 2, "max_per_class": 24,
+     "min_per_class": 12, "val_per_class": 4, "test_per_class": 1, "image_width": 32, "image_height": 32},
+    {"id": "manifest", "stage": "index", "root": "@data"},
+    {"id": "tags", "stage": "tag", "manifest": "@manifest", "min_count": 2, "max_df": 0.5, "chunk_rows": 8,
+     "workers": 1},
+    {"id": "weights", "stage": "weigh", "manifest": "@manifest", "tags": "@tags"},
+    {"id": "lw", "stage": "pretrain", "set": "lw", "manifest": "@manifest", "weights": "@weights", "epochs": 1, **TRAIN},
+    {"id": "ft", "stage": "finetune", "manifest": "@manifest", "pretrained": "@lw", "epochs": 2, **TRAIN},
+    {"id": "val", "stage": "predict", "model": "@ft", "manifest": "@manifest", "split": "val", "workers": 0},
+    {"id": "score", "stage": "evaluate", "preds": "@val", "manifest": "@manifest"},
+]}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WEBLY_PROGRESS": "0"}
+
+
+def _run(recipe, out, kill_after: float | None = None) -> str | None:
+    """Run to the end (None), or SIGKILL after `kill_after` s: the step it was in ("" if done)."""
+    cmd = [sys.executable, "-m", "webly.cli", "run", str(recipe), "-o", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if kill_after is None:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.decode()[-3000:]
+        return None
+    try:
+        proc.wait(timeout=kill_after)
+        return ""  # finished before the kill
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate()
+        steps = [ln.split("] ", 1)[1].split(" ", 1)[0] for ln in err.decode().splitlines() if ln.startswith("[")]
+        return steps[-1] if steps else "start"
+
+
+def test_killed_anywhere_then_rerun_equals_uninterrupted(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    t0 = time.time()
+    _run(recipe, tmp_path / "ref")
+    full = time.time() - t0
+    rng = random.Random(7)
+    killed_in = []
+    for _ in range(6):  # each attempt dies somewhere in the first `full` seconds of what is left
+        step = _run(recipe, tmp_path / "cut", kill_after=rng.uniform(1.0, full))
+        if step:
+            killed_in.append(step)
+    _run(recipe, tmp_path / "cut")
+    print("killed in:", killed_in)
+    assert len(killed_in) >= 3 and len(set(killed_in)) >= 2
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    assert Manifest(ref / "manifest/manifest.parquet").read().equals(Manifest(cut / "manifest/manifest.parquet").read())
+    assert (sp.load_npz(ref / "tags/keywords.npz") != sp.load_npz(cut / "tags/keywords.npz")).nnz == 0
+    assert (ref / "tags/vocab.tsv").read_text() == (cut / "tags/vocab.tsv").read_text()
+    assert (sp.load_npz(ref / "weights/label_weights.npz") != sp.load_npz(cut / "weights/label_weights.npz")).nnz == 0
+    for run in ("lw", "ft"):
+        a, b = load_file(ref / run / "model.safetensors"), load_file(cut / run / "model.safetensors")
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), run  # bit for bit
+    pa, pb = load_predictions(ref / "val"), load_predictions(cut / "val")
+    assert pa.ids == pb.ids and np.array_equal(pa.top_i, pb.top_i) and np.array_equal(pa.probs, pb.probs)
+    ma, mb = (json.loads((d / "score/metrics.json").read_text()) for d in (ref, cut))
+    assert ma["top1"] == mb["top1"]
