@@ -36,39 +36,55 @@ RECIPE = {"steps": [
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WEBLY_PROGRESS": "0"}
 
 
-def _run(recipe, out, kill_after: float | None = None) -> str | None:
-    """Run to the end (None), or SIGKILL after `kill_after` s: the step it was in ("" if done)."""
+def _run(recipe, out) -> None:
     cmd = [sys.executable, "-m", "webly.cli", "run", str(recipe), "-o", str(out)]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if kill_after is None:
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err.decode()[-3000:]
-        return None
-    try:
-        proc.wait(timeout=kill_after)
-        return ""  # finished before the kill
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate()
-        steps = [ln.split("] ", 1)[1].split(" ", 1)[0] for ln in err.decode().splitlines() if ln.startswith("[")]
-        return steps[-1] if steps else "start"
+    r = subprocess.run(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+
+
+def _kill_when(recipe, out, ready, delay: float, timeout: float = 300) -> bool:
+    """Start the recipe; SIGKILL it `delay` s after `ready()` holds; False if it ended first."""
+    cmd = [sys.executable, "-m", "webly.cli", "run", str(recipe), "-o", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if ready():
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.01)
+    proc.wait()
+    return False
+
+
+def _started(out, step):
+    return lambda: (out / step / "step.started").is_file() and not (out / step / "step.json").is_file()
+
+
+def _ckpts(out, step, n):
+    return lambda: len(list((out / step / "ckpt").glob("step-*.pt"))) >= n if (out / step / "ckpt").is_dir() else False
 
 
 def test_killed_anywhere_then_rerun_equals_uninterrupted(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
-    t0 = time.time()
     _run(recipe, tmp_path / "ref")
-    full = time.time() - t0
     rng = random.Random(7)
     killed_in = []
-    for _ in range(6):  # each attempt dies somewhere in the first `full` seconds of what is left
-        step = _run(recipe, tmp_path / "cut", kill_after=rng.uniform(1.0, full))
-        if step:
+    cut = tmp_path / "cut"
+    # in pipeline order, each after a seeded random delay into the step: index, tagging, weighing,
+    # pretraining, finetuning around its checkpoint writes (twice: the second hits the resumed
+    # run) and validation, prediction
+    targets = [("manifest", _started(cut, "manifest")), ("tags", _started(cut, "tags")),
+               ("weights", _started(cut, "weights")), ("lw", _ckpts(cut, "lw", 1)),
+               ("ft", _ckpts(cut, "ft", 1)), ("ft", _ckpts(cut, "ft", 2)), ("val", _started(cut, "val"))]
+    for step, ready in targets:
+        if _kill_when(recipe, cut, ready, rng.uniform(0.0, 0.3)):
             killed_in.append(step)
     _run(recipe, tmp_path / "cut")
     print("killed in:", killed_in)
-    assert len(killed_in) >= 3 and len(set(killed_in)) >= 2
+    assert {"tags", "lw", "ft"} <= set(killed_in)
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     assert Manifest(ref / "manifest/manifest.parquet").read().equals(Manifest(cut / "manifest/manifest.parquet").read())
     assert (sp.load_npz(ref / "tags/keywords.npz") != sp.load_npz(cut / "tags/keywords.npz")).nnz == 0
