@@ -37,7 +37,7 @@ def bare_loop(data, args) -> float:
                                          prefetch_factor=4 if args.workers else None)
     seen, t0, step = 0, None, 0
     while step < args.steps:
-        for x, i, _ in loader:
+        for x, i, *_ in loader:
             x = normalize_batch(x)
             loss = torch.nn.functional.cross_entropy(model(x), i[:, 0])
             loss.backward()
