@@ -21,7 +21,7 @@ from webly.errors import WeblyError
 class CifarResNet9(nn.Module):
     """A narrow ResNet-9 (Page's DAWNBench design) for 32x32 inputs, which timm's ImageNet
     backbones downsample to nothing: full resolution stem, three 2x poolings, two residual
-    blocks, global max pooling. About 25M multiply-adds an image at width 16."""
+    blocks, global max pooling. 24M multiply-adds an image at width 16 (torch's FlopCounterMode)."""
 
     def __init__(self, num_classes: int, width: int = 16, drop_rate: float = 0.0) -> None:
         super().__init__()

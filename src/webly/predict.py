@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from webly.config import opt
-from webly.data.images import EvalTransform, normalize_batch, try_decode
+from webly.data.images import BadImages, EvalTransform, normalize_batch, try_decode
 from webly.data.manifest import Manifest
 from webly.distributed import init_distributed
 from webly.errors import WeblyError
@@ -128,6 +126,7 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
     top_i = np.zeros((len(mine), k), np.int32)
     top_p = np.zeros((len(mine), k), np.float16)
     status = [""] * len(mine)
+    bad = BadImages(len(rows), cfg.max_bad_fraction)
     for x, idx, err in progress(loader, desc=f"predict {cfg.split}", unit="batch"):
         x = normalize_batch(x.to(d.device)).contiguous(memory_format=fmt)
         p = torch.zeros(x.shape[0], C, device=d.device)
@@ -143,7 +142,7 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
         for j, e in zip(idx.tolist(), err, strict=True):
             status[j] = f"skipped: {e}" if e else "ok"
             if e:
-                print(f"webly: skipped bad image {paths[j]}: {e}", file=sys.stderr)
+                bad.add(paths[j], e, check=False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     part = {"row": mine, "ids": table["id"].take(pa.array(mine)).to_pylist(), "status": status,
@@ -157,13 +156,11 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
     info = {"classes": meta["classes"], "num_classes": C, "model": str(model_path), "tta": cfg.tta,
             "split": cfg.split, "img_size": size, "dense": dense}
     write_predictions(out, part, info)
-    reasons = Counter(s.removeprefix("skipped: ") for s in part["status"] if s != "ok")
-    skipped = sum(reasons.values())
-    if skipped > cfg.max_bad_fraction * len(part["row"]):
-        raise WeblyError(f"{skipped} of {len(part['row'])} images could not be decoded (more than "
-                         f"max_bad_fraction {cfg.max_bad_fraction}): {dict(sorted(reasons.items()))}; "
-                         f"predictions written to {out} with them marked skipped")
-    return {"images": len(part["row"]), "skipped_images": skipped, "bad_images": dict(sorted(reasons.items())),
+    if d.enabled:  # every rank's bad files, as the gathered rows mark them
+        bad.seen = {str(i): s.removeprefix("skipped: ") for i, s in zip(part["ids"], part["status"], strict=True)
+                    if s != "ok"}
+    bad.check(f"; predictions written to {out} with them marked skipped")
+    return {"images": len(part["row"]), "skipped_images": len(bad.seen), "bad_images": bad.counts(),
             **{k: v for k, v in info.items() if k != "classes"}}
 
 

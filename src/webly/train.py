@@ -35,6 +35,7 @@ from webly.config import opt
 from webly.data.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    BadImages,
     EvalTransform,
     TrainTransform,
     normalize_batch,
@@ -44,7 +45,7 @@ from webly.errors import WeblyError
 from webly.models import create_backbone, head_prefix, load_all_but_head, uses_channels_last
 from webly.progress import progress
 from webly.sampling import BalancedSampler, ShuffleSampler
-from webly.trainsets import BadImages, TargetDataset, TrainData, padded_targets
+from webly.trainsets import TargetDataset, TrainData, padded_targets
 
 
 @dataclass
@@ -333,7 +334,9 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
             if micro == micro_left:
                 break
             if bool((bad_pos >= 0).any()):
-                bad_images.add_batch(dataset, bad_pos, reasons)
+                for p, r in zip(bad_pos.tolist(), reasons, strict=True):
+                    if p >= 0:
+                        bad_images.add(dataset.path(p), r)
             x = normalize_batch(x.to(d.device, non_blocking=True)).contiguous(memory_format=fmt)
             ti, tw = ti.to(d.device, non_blocking=True), tw.to(d.device, non_blocking=True)
             last_micro = (micro + 1) % cfg.accum_steps == 0

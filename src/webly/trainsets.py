@@ -14,7 +14,6 @@ reason and stops the run when more than `max_bad_fraction` of the images are bad
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,36 +157,3 @@ class TargetDataset(torch.utils.data.Dataset):
                     torch.from_numpy(self.ws[pos]), bad, reason)
         return (self.transform(img), torch.from_numpy(self.ids[shown]), torch.from_numpy(self.ws[shown]),
                 bad, reason)
-
-
-class BadImages:
-    """The bad files a stage met: logged once each (stderr and RUN/bad_images.tsv), counted by
-    reason, and bounded: more than `max_fraction` of `total` images bad is an error."""
-
-    def __init__(self, total: int, max_fraction: float, log_file: Path | None = None,
-                 seen: dict[str, str] | None = None) -> None:
-        self.total, self.max_fraction, self.log_file = total, max_fraction, log_file
-        self.seen: dict[str, str] = dict(seen or {})
-
-    def add(self, path: str, reason: str) -> None:
-        if path in self.seen:
-            return
-        self.seen[path] = reason
-        print(f"webly: skipped bad image {path}: {reason}", file=sys.stderr)
-        if self.log_file is not None:
-            with open(self.log_file, "a", encoding="utf-8") as f:
-                f.write(f"{path}\t{reason}\n")
-        if len(self.seen) > self.max_fraction * self.total:
-            raise WeblyError(f"{len(self.seen)} bad images of {self.total} (more than max_bad_fraction "
-                             f"{self.max_fraction}): {self.counts()}; first: {next(iter(self.seen))}")
-
-    def add_batch(self, dataset: TargetDataset, bad_pos: torch.Tensor, reasons: list[str]) -> None:
-        for p, r in zip(bad_pos.tolist(), reasons, strict=True):
-            if p >= 0:
-                self.add(dataset.path(p), r)
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.seen.values():
-            out[r] = out.get(r, 0) + 1
-        return dict(sorted(out.items()))

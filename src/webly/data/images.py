@@ -14,7 +14,9 @@ the training device (`normalize_batch`), not per image in the CPU workers.
 from __future__ import annotations
 
 import io
+import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,8 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
+
+from webly.errors import WeblyError
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec but still ships them; the
 # pinned version has them. If a later torchvision drops them, JPEGs take the PIL path below.
@@ -135,6 +139,41 @@ def try_decode(path: Path, min_short_side: int | None = None) -> tuple[torch.Ten
         return decode_tensor(data, min_short_side), ""
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image, reported
         return None, bad_image_reason(e)
+
+
+def log_bad_image(path: str, reason: str) -> None:
+    print(f"webly: skipped bad image {path}: {reason}", file=sys.stderr)
+
+
+class BadImages:
+    """The bad files a stage met: logged once each (stderr and `log_file`), counted by reason, and
+    bounded: more than `max_fraction` of `total` images bad is an error, raised as soon as it is
+    certain (`add`) or when the caller is ready (`check`)."""
+
+    def __init__(self, total: int, max_fraction: float, log_file: Path | None = None,
+                 seen: dict[str, str] | None = None) -> None:
+        self.total, self.max_fraction, self.log_file = total, max_fraction, log_file
+        self.seen: dict[str, str] = dict(seen or {})
+
+    def add(self, path: str, reason: str, check: bool = True) -> None:
+        if path in self.seen:
+            return
+        self.seen[path] = reason
+        log_bad_image(path, reason)
+        if self.log_file is not None:
+            with open(self.log_file, "a", encoding="utf-8") as f:
+                f.write(f"{path}\t{reason}\n")
+        if check:
+            self.check()
+
+    def check(self, note: str = "") -> None:
+        if len(self.seen) > self.max_fraction * self.total:
+            raise WeblyError(f"{len(self.seen)} of {self.total} images could not be decoded (more than "
+                             f"max_bad_fraction {self.max_fraction}): {self.counts()}; first: "
+                             f"{next(iter(self.seen))}{note}")
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(self.seen.values()).items()))
 
 
 def resize_uint8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
