@@ -24,7 +24,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
-from webly.data.paths import RootGuard
+from webly.data.paths import RootGuard, check_relative
 from webly.data.records import Record, Source, clean_text, text_from_meta
 from webly.data.textio import iter_lines, parse_label, require
 from webly.errors import WeblyError
@@ -157,8 +157,6 @@ class WebVisionReader:
         json_rel, _, row_s = line.rpartition(" ")
         if not row_s.isdigit() or int(row_s) < 1:
             return self._bad(f"{mlist}:{lineno}: expected 'file.json row' with a 1-based row")
-        beside = (self.root / json_rel).is_file()
-        self.guard.check(json_rel if beside else f"meta/{json_rel}", f"{mlist}:{lineno}")
         items = self._load_meta(json_rel, mlist, lineno)
         if items is _BAD:
             return _BAD
@@ -176,7 +174,9 @@ class WebVisionReader:
         if json_rel in self._meta:
             self._meta.move_to_end(json_rel)
             return self._meta[json_rel]
-        path = self._meta_path(json_rel)
+        check_relative(json_rel, f"{mlist}:{lineno}")  # before it is joined to the root
+        path = self._meta_path(json_rel)  # checked once per file read, not once per row
+        self.guard.check(path.relative_to(self.root).as_posix(), f"{mlist}:{lineno}")
         try:
             raw = path.read_bytes()
         except OSError:
