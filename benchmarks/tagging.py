@@ -5,6 +5,10 @@ naive: the same recogniser with no word cache, one process, one document at a ti
 webly: `webly tag` end to end (pass 1 with --workers processes, merge, encode, stats, plots).
 Peak memory: the whole process tree of `webly tag` on --rss-records records, sampled from /proc
 (sum of Pss: shared pages of forked workers counted once).
+Mojibake repair (ftfy): cleaner docs/s with and without it on the generated text (nearly all
+ASCII, where ftfy is skipped), on the same text with an accented word in every document (ftfy
+runs on each), and on that text turned to mojibake; and how many documents clean to the words of
+the originals with and without it.
 
     .venv/bin/python benchmarks/tagging.py --records 100000 --rss-records 1000000
 """
@@ -24,7 +28,10 @@ from pathlib import Path
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
 from webly.synth import SynthConfig, generate
-from webly.text import KeywordRecogniser, text_segments
+from webly.text import KeywordRecogniser, clean_text, text_segments
+
+ACCENTED = ["café", "crème brûlée", "naïve", "Zürich", "jalapeño", "São Paulo", "façade",
+            "smörgåsbord", "don’t", "“quoted”", "résumé", "Kraków", "piñata", "déjà vu"]
 
 
 def make_manifest(work: Path, n: int) -> Path:
@@ -44,6 +51,30 @@ def naive_rate(manifest: Path, sample: int) -> float:
     for r in docs:
         rec.keywords(text_segments(r.title, r.description, r.tags, r.query_text))
     return len(docs) / (time.perf_counter() - t0)
+
+
+def mojibake(s: str) -> str:
+    """UTF-8 read as Windows-1252 (Latin-1 for the bytes it lacks): the web's usual mojibake."""
+    return "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in s.encode("utf-8"))
+
+
+def cleaner_rates(manifest: Path, sample: int) -> list[tuple[str, float, float, int, int]]:
+    """(text, docs/s with ftfy, docs/s without, docs cleaned right with, without) per variant."""
+    docs = [f"{r.title} {r.description}" for _, r in
+            zip(range(sample), Manifest(manifest).iter_records(), strict=False)]
+    accented = [f"{d} {ACCENTED[i % len(ACCENTED)]}" for i, d in enumerate(docs)]
+    variants = [("generated text", docs, docs), ("+ an accented word each", accented, accented),
+                ("the same as mojibake", [mojibake(d) for d in accented], accented)]
+    out = []
+    for name, texts, truth in variants:
+        rates, right = [], []
+        for fix in (True, False):
+            t0 = time.perf_counter()
+            cleaned = [clean_text(t, fix_mojibake=fix) for t in texts]
+            rates.append(len(texts) / (time.perf_counter() - t0))
+            right.append(sum(c == clean_text(t) for c, t in zip(cleaned, truth, strict=True)))
+        out.append((name, rates[0], rates[1], right[0], right[1]))
+    return out
 
 
 def tree_rss_kb(pid: int) -> int:
@@ -116,6 +147,13 @@ def main() -> None:
         print(f"| webly tag --workers 1 (end to end) | {n / secs1:.0f} | {n / secs1 / naive:.1f}x | |")
         print(f"| webly tag --workers {args.workers} (end to end) | {n / secs:.0f} | "
               f"{n / secs / naive:.1f}x | {peak} MB |")
+        print(f"\nText cleaner with and without mojibake repair (ftfy), first {args.naive_sample} docs\n")
+        print("| text | docs/s with ftfy | without | ftfy adds | cleaned right with | without |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, with_, without, ok, ok_without in cleaner_rates(manifest, args.naive_sample):
+            print(f"| {name} | {with_:.0f} | {without:.0f} | {1e6 / with_ - 1e6 / without:.0f} µs/doc | "
+                  f"{ok} | {ok_without} |")
+        print(f"(webly tag end to end, 1 worker: {1e6 * secs1 / n:.0f} µs/doc)")
         if args.rss_records:
             big = make_manifest(work, args.rss_records)
             nb = len(Manifest(big))

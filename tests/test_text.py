@@ -86,3 +86,31 @@ def test_perceptron_tagger_used_when_installed(monkeypatch):
     monkeypatch.setattr(text, "_perceptron_tagger", lambda: None)
     with pytest.raises(Exception, match="averaged_perceptron_tagger_eng"):
         text.KeywordRecogniser(tagger="perceptron")
+
+
+# Web text in many languages, with typographic punctuation: what UTF-8 mojibake is made from.
+ACCENTED = ["café au lait", "crème brûlée", "naïve", "Zürich Hauptbahnhof", "señor jalapeño",
+            "São Paulo", "Ærø façade", "smörgåsbord", "don’t", "“quoted” – dash", "résumé",
+            "Dvořák", "Kraków", "piñata", "déjà vu", "El Niño", "Ångström", "coöperate"]
+
+
+def mojibake(s: str, codec: str) -> str:
+    """UTF-8 bytes read as Latin-1 or Windows-1252 (bytes cp1252 lacks read as Latin-1)."""
+    out = []
+    for b in s.encode("utf-8"):
+        try:
+            out.append(bytes([b]).decode(codec))
+        except UnicodeDecodeError:
+            out.append(chr(b))
+    return "".join(out)
+
+
+@pytest.mark.parametrize("codec", ["latin-1", "cp1252"])
+def test_mojibake_is_repaired_before_tagging(codec):
+    broken = [mojibake(s, codec) for s in ACCENTED]
+    assert all(b != s for b, s in zip(broken, ACCENTED, strict=True))
+    assert [clean_text(b) for b in broken] == [clean_text(s) for s in ACCENTED]
+    # without the repair most of them turn into junk words ("cafÃ©" -> "cafa")
+    junk = sum(clean_text(b, fix_mojibake=False) != clean_text(s) for b, s in zip(broken, ACCENTED, strict=True))
+    assert junk >= len(ACCENTED) - 2
+    assert clean_text("cafÃ© latte") == "cafe latte" and clean_text("donâ€™t stop") == "don't stop"

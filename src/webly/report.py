@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,17 @@ from webly.data.manifest import Manifest
 ROWS = [("no pretraining", "score_scratch"), ("LW-Set pretraining", "score_lw"),
         ("WT-Set pretraining", "score_wt"), ("WT-Set + pseudo-labels", "score_wt_pl"),
         ("+ ensemble of the above", "score_ens")]
+
+
+def _text(value: str, limit: int = 300) -> str:
+    """Web text for the page: capped, control characters and lone surrogates shown as U+FFFD (HTML
+    forbids the one, UTF-8 cannot hold the other), escaped, and bidi-isolated so a stray
+    right-to-left mark cannot reorder the rest of the row."""
+    if len(value) > limit:
+        value = value[:limit] + "…"
+    value = "".join("\ufffd" if unicodedata.category(c) in ("Cc", "Cs") and c not in "\t\n" else c
+                    for c in value)
+    return f"<bdi>{html.escape(value)}</bdi>"
 
 
 def _img(path: Path) -> str:
@@ -72,6 +84,14 @@ def examples(run: Path, n: int = 6) -> list[dict[str, Any]]:
     return out
 
 
+def example_rows(ex: list[dict[str, Any]]) -> str:
+    """The examples table's rows: image, label, web text, keywords, label weights."""
+    return "".join(
+        f"<tr><td>{_img(e['path'])}</td><td>{_text(e['label'])}</td><td>{_text(e['title'])}"
+        f"<br><small>{_text(e['tags'])}</small></td><td>{_text(e['keywords'])}</td>"
+        f"<td>{_text(e['weights'])}</td></tr>" for e in ex)
+
+
 def write_report(run: str | Path) -> dict[str, Any]:
     run = Path(run)
     rows = ablation(run)
@@ -85,10 +105,7 @@ def write_report(run: str | Path) -> dict[str, Any]:
     table = "".join(f"<tr><td>{html.escape(r['model'])}</td>" + "".join(
         f"<td>{100 * r[k]:.1f}</td>" for k in ("top1", "top5", "balanced_top1", "balanced_top5")) + "</tr>"
         for r in rows)
-    ex_rows = "".join(
-        f"<tr><td>{_img(e['path'])}</td><td>{html.escape(e['label'])}</td><td>{html.escape(e['title'])}"
-        f"<br><small>{html.escape(e['tags'])}</small></td><td>{html.escape(e['keywords'])}</td>"
-        f"<td>{html.escape(e['weights'])}</td></tr>" for e in ex)
+    ex_rows = example_rows(ex)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>webly demo report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}img{{max-width:100%}}td img{{width:64px}}</style>

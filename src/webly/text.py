@@ -1,8 +1,11 @@
 """Keywords from web text: cleaning, and recognising nouns and adjectives with NLTK + WordNet.
 
-Cleaning (`clean_text`): cap the length, unescape HTML entities, drop markup and URLs, split
-camelCase joins (tags only), fold accents to ASCII, lowercase, and keep runs of letters (with inner
-apostrophes and hyphens). Other scripts simply vanish; nothing raises. Cleaning is idempotent.
+Cleaning (`clean_text`): cap the length, repair mojibake (UTF-8 read as Latin-1 or cp1252:
+"cafÃ©" -> "café", "donâ€™t" -> "don't") with ftfy, unescape HTML entities, drop markup and URLs,
+split camelCase joins (tags only), fold accents to ASCII, lowercase, and keep runs of letters (with
+inner apostrophes and hyphens). Other scripts simply vanish; nothing raises. Cleaning is idempotent.
+ftfy runs only where a cheap pattern finds what mojibake looks like, so clean text, accented or
+not, pays almost nothing for it.
 
 Recognising (`KeywordRecogniser`): NLTK's averaged-perceptron tagger when its model is installed;
 otherwise, as on machines without NLTK's downloads, a WordNet recogniser: a word's lemma comes from
@@ -21,6 +24,8 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+import ftfy
+
 from webly.wordnet import wordnet
 
 # The text cap (characters per field) for tagging: enough for any real description.
@@ -35,11 +40,26 @@ _MARKUP = re.compile(r"<[^<>]{0,1000}>")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _NOT_LETTERS = re.compile(r"[^a-z'\-]+")
 _WORD = re.compile(r"[a-z]+(?:['-][a-z]+)*")
+# HTML is unescaped by html.unescape below, once: ftfy must not unescape it a second time.
+_FTFY = ftfy.TextFixerConfig(unescape_html=False, explain=False)
+# UTF-8 read as Latin-1 or Windows-1252 always shows a lead byte (U+00C2-U+00F4) followed by what
+# a continuation byte (0x80-0xBF) reads as there; real accented text ("café", "Zürich") almost
+# never does. ftfy (tens of microseconds a document) runs only where this cheap test fires.
+_MOJIBAKE = re.compile("[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e"
+                       "\u0192\u02c6\u02dc\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030"
+                       "\u2039\u203a\u20ac\u2122]")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})  # don’t -> don't
 
 
-def clean_text(text: str, *, camel: bool = False, max_chars: int = MAX_TAG_CHARS) -> str:
+def clean_text(text: str, *, camel: bool = False, max_chars: int = MAX_TAG_CHARS,
+               fix_mojibake: bool = True) -> str:
     """Web text -> lowercase words separated by single spaces (see the module docstring)."""
-    text = html.unescape(text[:max_chars])
+    text = text[:max_chars]
+    if not text.isascii():
+        if fix_mojibake and _MOJIBAKE.search(text):
+            text = ftfy.fix_text(text, _FTFY)
+        text = text.translate(_APOSTROPHES)
+    text = html.unescape(text)
     text = _URL.sub(" ", _MARKUP.sub(" ", text))
     if camel:
         text = _CAMEL.sub(" ", text)

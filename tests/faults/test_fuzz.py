@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from webly.config import resolve_config
 from webly.data.paths import check_relative
-from webly.data.records import clean_tags, text_from_meta
-from webly.data.records import clean_text as clean_field
+from webly.data.records import clean_field, clean_tags, text_from_meta
 from webly.data.textio import parse_label
 from webly.data.webvision import WebVisionReader
 from webly.errors import WeblyError

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from webly.data.paths import RootGuard
-from webly.data.records import Record, clean_tags, clean_text
+from webly.data.records import Record, clean_field, clean_tags, has_surrogates
 from webly.errors import WeblyError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -47,8 +47,8 @@ def _read_sidecar(path: Path, counts: Counter) -> dict[str, dict[str, Any]]:
             if isinstance(tags, str) and "|" in tags:
                 tags = tags.split("|")
             out[str(row["path"])] = {
-                "title": clean_text(row.get("title"), counts, "title"),
-                "description": clean_text(row.get("description"), counts, "description"),
+                "title": clean_field(row.get("title"), counts, "title"),
+                "description": clean_field(row.get("description"), counts, "description"),
                 "tags": clean_tags(tags, counts),
             }
     return out
@@ -63,10 +63,13 @@ class FolderReader:
         self.guard = RootGuard(self.root)
         if not self.root.is_dir():
             raise WeblyError(f"dataset root not found: {self.root} (expected class folders)")
-        self.classes = sorted(d.name for d in os.scandir(self.root)
-                              if d.is_dir() and not d.name.startswith("."))
-        if not self.classes:
+        self._dirs = sorted(d.name for d in os.scandir(self.root)
+                            if d.is_dir() and not d.name.startswith("."))
+        if not self._dirs:
             raise WeblyError(f"{self.root}: no class folders found (expected root/<class>/<image>)")
+        # a folder name that is not UTF-8 arrives with lone surrogates (surrogateescape): shown
+        # with U+FFFD; its images are skipped and counted below, as Parquet cannot store the path
+        self.classes = [clean_field(c) for c in self._dirs]
         self.class_names = list(self.classes)
         self.split = split
         self.stats: Counter = Counter()
@@ -82,13 +85,16 @@ class FolderReader:
     def iter_records(self, split: str) -> Iterator[Record]:
         if split != self.split:
             return
-        for label, cls in enumerate(self.classes):
+        for label, cls in enumerate(self._dirs):
             for dirpath, dirnames, filenames in os.walk(self.root / cls):
                 dirnames.sort()
                 for name in sorted(filenames):
                     if os.path.splitext(name)[1].lower() not in IMAGE_EXTS:
                         continue
                     rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                    if has_surrogates(rel):
+                        self.stats["skipped_path_not_utf8"] += 1
+                        continue
                     self.guard.check(rel, f"{self.root / rel}")
                     text = self.text.get(rel, {})
                     yield Record(id=rel, path=rel, split=split, label=label,

@@ -6,6 +6,7 @@ normalise messy web metadata here once, counting what they had to fix, so later 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
@@ -26,6 +27,14 @@ class Source(str, Enum):
 SPLITS = ("train", "val", "test")
 # Longest text kept per field: web descriptions run to megabytes and nothing downstream needs that.
 MAX_TEXT_CHARS = 20_000
+# Lone surrogates are the only code points UTF-8 cannot encode; JSON's "\udcff" escapes and
+# undecodable file names (surrogateescape) produce them, and Parquet, HTML and every later stage
+# would fail on them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogates(value: str) -> bool:
+    return not value.isascii() and _SURROGATE.search(value) is not None
 
 
 @dataclass
@@ -44,9 +53,10 @@ class Record:
     tags: list[str] = field(default_factory=list)
 
 
-def clean_text(value: Any, counts: Counter | None = None, name: str = "text",
-               max_chars: int = MAX_TEXT_CHARS) -> str:
-    """Any JSON value -> a string: null -> "", numbers -> str, over-long -> truncated (counted)."""
+def clean_field(value: Any, counts: Counter | None = None, name: str = "text",
+                max_chars: int = MAX_TEXT_CHARS) -> str:
+    """Any JSON value -> valid text: null -> "", numbers -> str, NUL -> space, lone surrogates ->
+    U+FFFD, over-long -> truncated; each fix counted under `name` so the index summary shows it."""
     if value is None:
         return ""
     if isinstance(value, bytes):
@@ -56,7 +66,13 @@ def clean_text(value: Any, counts: Counter | None = None, name: str = "text",
             counts[f"{name}_not_string"] += 1
         value = str(value) if not isinstance(value, (list, dict)) else " ".join(map(str, value))
     if "\x00" in value:
+        if counts is not None:
+            counts[f"{name}_nul_replaced"] += 1
         value = value.replace("\x00", " ")
+    if has_surrogates(value):
+        if counts is not None:
+            counts[f"{name}_surrogates_replaced"] += 1
+        value = _SURROGATE.sub("\ufffd", value)
     if len(value) > max_chars:
         if counts is not None:
             counts[f"{name}_truncated"] += 1
@@ -72,12 +88,12 @@ def clean_tags(value: Any, counts: Counter | None = None) -> list[str]:
         if counts is not None:
             counts["tags_as_string"] += 1
         parts = value.split(",") if "," in value else value.split()
-        return [t.strip() for t in parts if t.strip()]
+        return [clean_field(t.strip(), counts, "tag", 200) for t in parts if t.strip()]
     if isinstance(value, (list, tuple)):
-        return [clean_text(t, counts, "tag", 200) for t in value if t is not None and str(t).strip()]
+        return [clean_field(t, counts, "tag", 200) for t in value if t is not None and str(t).strip()]
     if counts is not None:
         counts["tags_not_list"] += 1
-    return [clean_text(value, None, "tag", 200)]
+    return [clean_field(value, counts, "tag", 200)]
 
 
 def text_from_meta(item: Any, counts: Counter) -> tuple[str, str, list[str]]:
@@ -85,6 +101,6 @@ def text_from_meta(item: Any, counts: Counter) -> tuple[str, str, list[str]]:
     if not isinstance(item, dict):
         counts["meta_item_not_dict"] += 1
         return "", "", []
-    return (clean_text(item.get("title"), counts, "title"),
-            clean_text(item.get("description"), counts, "description"),
+    return (clean_field(item.get("title"), counts, "title"),
+            clean_field(item.get("description"), counts, "description"),
             clean_tags(item.get("tags"), counts))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from webly.data.paths import RootGuard, check_relative
-from webly.data.records import Record, Source, clean_text, text_from_meta
+from webly.data.records import Record, Source, text_from_meta
 from webly.data.textio import iter_lines, parse_label, require
 from webly.errors import WeblyError
 
@@ -228,4 +228,4 @@ class WebVisionReader:
 
 _BAD = object()
 
-__all__ = ["WebVisionReader", "read_synsets", "read_queries", "query_of", "clean_text"]
+__all__ = ["WebVisionReader", "read_synsets", "read_queries", "query_of"]
