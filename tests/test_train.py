@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -98,28 +97,36 @@ def _cmd(m: str, run: Path, extra: list[str]) -> list[str]:
             "--samples-per-epoch", "160", *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_identical_weights(data6, tmp_path):
     m = str(data6 / "manifest.parquet")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_cmd(m, tmp_path / "full", []), check=True, env=env, capture_output=True)
-    killed = 0
-    for wait_steps in (3, 12, 17):  # mid-epoch, mid-epoch of epoch 2, around validation
-        proc = subprocess.Popen(_cmd(m, tmp_path / "cut", ["--resume"]), env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            steps = [int(p.stem[5:]) for p in (tmp_path / "cut/ckpt").glob("step-*.pt")] if (tmp_path / "cut/ckpt").is_dir() else []
-            if steps and max(steps) >= wait_steps:
-                proc.send_signal(signal.SIGKILL)
-                killed += 1
-                break
-            time.sleep(0.05)
-        proc.wait()
+    # 10 steps an epoch, a checkpoint after each and at each epoch's end; each attempt counts from
+    # its own start: step 3 (epoch 1), step 11 (mid-epoch 2), right after the final checkpoint
+    for fault in ("train.ckpt:3", "train.ckpt:9", "train.ckpt:10"):
+        r = subprocess.run(_cmd(m, tmp_path / "cut", ["--resume"]), env={**env, "WEBLY_FAULT": fault},
+                           capture_output=True)
+        assert r.returncode == -signal.SIGKILL, (fault, r.stderr.decode()[-2000:])
+    assert not (tmp_path / "cut/model.safetensors").exists()
     subprocess.run(_cmd(m, tmp_path / "cut", ["--resume"]), check=True, env=env, capture_output=True)
-    assert killed >= 2
     a = load_file(tmp_path / "full/model.safetensors")
     b = load_file(tmp_path / "cut/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+
+
+def test_epoch_numbers_are_one_based_also_when_max_steps_cuts_an_epoch(data6, tmp_path):
+    data = finetune_data(Manifest(data6 / "manifest.parquet"))
+    cfg = TrainConfig(backbone="test_resnet", img_size=32, batch_size=16, accum_steps=1, workers=0,
+                      epochs=3, samples_per_epoch=80, max_steps=7, log_every=1, tensorboard=False)
+    summary = train(data, cfg, tmp_path, task="finetune")  # 5 steps an epoch: stops in epoch 2
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if "step" in r] == [1, 1, 1, 1, 1, 2, 2]
+    ends = [r for r in lines if "epoch_end" in r]
+    assert [r["epoch_end"] for r in ends] == [1, 2]
+    best = max(ends, key=lambda r: r["val_top1"])  # the first of equals, as training keeps it
+    assert summary["best"] == {"val_top1": best["val_top1"], "epoch": best["epoch_end"]}
+    assert summary["epochs_done"] == 1 and summary["steps"] == 7
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data6, tmp_path, monkeypatch):
@@ -180,6 +187,7 @@ def test_bad_train_config(data6):
         TrainConfig(schedule="linear").validate()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_single_process(data6, tmp_path):
     m = str(data6 / "manifest.parquet")
     args = ["finetune", m, "--backbone", "test_vit", "--img-size", "32", "--batch-size", "16",

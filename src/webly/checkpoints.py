@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from webly import faults
 from webly.errors import WeblyError
 
 
@@ -72,4 +73,5 @@ def save_training(state: dict[str, Any], run_dir: Path, keep: int, *, best: bool
         raise WeblyError(f"could not update {ck}/last.pt ({e.strerror or e}); "
                          "the previous checkpoint is intact") from None
     keep_last(run_dir, keep)
+    faults.point("train.ckpt")
     return step_path

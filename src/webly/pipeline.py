@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from webly import faults
 from webly.config import load_yaml, resolve_config, write_text_atomic
 from webly.errors import WeblyError
 
@@ -249,6 +250,8 @@ def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *, st
         out.mkdir(parents=True, exist_ok=True)
         (out / "step.json").unlink(missing_ok=True)
         write_text_atomic(out / "step.started", step.hash + "\n")
+        faults.set_scope(step.id)
+        faults.point("step.start")
         t0 = time.time()
         summary = spec.run(inputs, cfg, out, status == "resume")
         summaries[step.id] = summary

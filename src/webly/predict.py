@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
+from webly import faults
 from webly.config import opt
 from webly.data.images import BadImages, EvalTransform, normalize_batch, try_decode
 from webly.data.manifest import Manifest
@@ -143,6 +144,7 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
             status[j] = f"skipped: {e}" if e else "ok"
             if e:
                 bad.add(paths[j], e, check=False)
+        faults.point("predict.batch")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     part = {"row": mine, "ids": table["id"].take(pa.array(mine)).to_pylist(), "status": status,

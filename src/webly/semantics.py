@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from webly import faults
 from webly.config import opt, write_text_atomic
 from webly.errors import WeblyError
 from webly.wordnet import synset_from_wnid, wnid_of, wordnet
@@ -316,6 +317,7 @@ def weigh(manifest_path: str | Path, tags_dir: str | Path | None, out_dir: str |
             if j >= 0:
                 lines.append(f"{manifest.classes[c]}\t{names[c]}\t{manifest.classes[j]}\t{names[j]}\t{s:.4f}\n")
     write_text_atomic(out / "neighbours.tsv", "".join(lines))
+    faults.point("weigh.write")  # one output written, the others not yet
     tmp = out / ".label_weights.tmp.npz"
     sp.save_npz(tmp, mat.astype(np.float32), compressed=True)
     os.replace(tmp, out / "label_weights.npz")

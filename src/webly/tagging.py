@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from webly import faults
 from webly.config import opt, parse_part, write_text_atomic
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
@@ -154,9 +155,11 @@ def tag_parts(manifest_path: str | Path, out_dir: str | Path, cfg: TagConfig) ->
         with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_worker_init) as pool:
             for _, c in progress(pool.map(_tag_task, jobs), desc="tag", total=len(jobs), unit="part"):
                 counts.update(c)
+                faults.point("tag.part")
     else:
         for job in progress(jobs, desc="tag", unit="part"):
             counts.update(_tag_task(job)[1])
+            faults.point("tag.part")
     return {"tasks": len(tasks), "tagged_now": len(todo), "recogniser": rec.name, **counts}
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from webly import checkpoints, losses
+from webly import checkpoints, faults, losses
 from webly.config import opt
 from webly.data.images import (
     IMAGENET_MEAN,
@@ -265,7 +265,9 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
     base_lr = cfg.lr
     if cfg.continue_from and cfg.schedule == "constant":
         base_lr = transfer.get("lr") or cfg.lr  # where the continued run left off
-    epoch, step_in_epoch, step, best = 0, 0, 0, {"val_top1": -1.0, "epoch": -1}
+    # `epoch` counts finished epochs; every epoch *number* webly writes or prints is 1-based (the
+    # epoch a step belongs to; an epoch cut short by max_steps keeps its number); best epoch 0: none
+    epoch, step_in_epoch, step, best = 0, 0, 0, {"val_top1": -1.0, "epoch": 0}
     bad_seen: dict[str, str] = {}
     if resume and checkpoints.latest(run):
         ck = checkpoints.load(checkpoints.latest(run))
@@ -330,7 +332,8 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
         micro_left = (steps_per_epoch - step_in_epoch) * cfg.accum_steps
         t0, seen, micro = time.time(), 0, 0
         nonfinite = torch.zeros((), dtype=torch.bool, device=d.device)
-        for x, ti, tw, bad_pos, reasons in progress(loader, desc=f"epoch {epoch}", total=micro_left, unit="batch"):
+        for x, ti, tw, bad_pos, reasons in progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                                                             total=micro_left, unit="batch"):
             if micro == micro_left:
                 break
             if bool((bad_pos >= 0).any()):
@@ -364,9 +367,10 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
                 ema.update_parameters(model)
             step += 1
             step_in_epoch += 1
+            faults.point("train.step")
             if step % cfg.log_every == 0:  # every rank reaches this: the mean over ranks is logged
                 mean_loss = all_reduce_sum(loss.detach().float().clone(), d).item() / d.world_size
-                log.step(step, epoch, mean_loss, lr, seen / (time.time() - t0))
+                log.step(step, epoch + 1, mean_loss, lr, seen / (time.time() - t0))
             if cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0 and d.is_primary:
                 checkpoints.save_training(state(lr), run, cfg.keep_last)
             if cfg.max_steps and step >= cfg.max_steps:
@@ -374,14 +378,14 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
                 break
         if not done and micro < micro_left:  # a sampler must fill its epoch; never spin on empty ones
             raise WeblyError(f"epoch {epoch} ended after {micro} of {micro_left} micro-steps")
-        epoch_finished = step_in_epoch == steps_per_epoch
-        if epoch_finished:
+        number = epoch + 1  # the epoch just run, finished or cut short by max_steps
+        if step_in_epoch == steps_per_epoch:
             epoch, step_in_epoch = epoch + 1, 0
         metrics = evaluate(ema.module if ema else model, data, cfg, d, fmt)
         is_best = bool(metrics) and metrics["val_top1"] > best["val_top1"]
         if is_best:
-            best = {"val_top1": metrics["val_top1"], "epoch": epoch - 1}
-        log.epoch(epoch, {"train_loss": last_loss, "lr": lr, **metrics})
+            best = {"val_top1": metrics["val_top1"], "epoch": number}
+        log.epoch(number, {"train_loss": last_loss, "lr": lr, **metrics})
         if d.is_primary:
             checkpoints.save_training(state(lr), run, cfg.keep_last, best=is_best)
     summary = {"task": task, "epochs_done": epoch, "steps": step, "final_lr": lr, **metrics,

@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from webly import faults
 from webly.data.records import Record
 from webly.errors import WeblyError
 
@@ -79,6 +80,7 @@ class ManifestWriter:
     def close(self) -> None:
         self._flush()
         self._writer.close()
+        faults.point("manifest.close")  # every row written, the final name not yet taken
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
