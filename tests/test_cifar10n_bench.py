@@ -77,6 +77,7 @@ def bench_run(tmp_path_factory):
     return bench, root, out
 
 
+@pytest.mark.slow
 def test_every_stage_ran_and_scored(bench_run):
     bench, root, out = bench_run
     res = bench.collect(out, root, "test", 0.0)
@@ -90,6 +91,7 @@ def test_every_stage_ran_and_scored(bench_run):
     assert "| 6 |" in bench.to_markdown(res)
 
 
+@pytest.mark.slow
 def test_training_never_opened_the_clean_labels(bench_run):
     _, root, _ = bench_run
     assert GUARD["opened"] == []
@@ -101,6 +103,7 @@ def test_training_never_opened_the_clean_labels(bench_run):
         GUARD["on"] = False
 
 
+@pytest.mark.slow
 def test_recipe_reads_the_data_through_the_webvision_reader(bench_run):
     _, root, out = bench_run
     summary = json.loads((out / "manifest/step.json").read_text())["summary"]

@@ -247,7 +247,7 @@ def cmd_config_show(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from webly.demo import run_demo
 
-    return run_demo(Path(args.out), fresh=args.fresh)
+    return run_demo(Path(args.out), fresh=args.fresh, seed=args.seed)
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
@@ -269,6 +269,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
 
     sp = stage("demo", cmd_demo, "the built-in demo: generated data through every stage")
     sp.add_argument("--out", default="runs/demo", help="run directory")
+    sp.add_argument("--seed", type=int, default=0, help="the generated world's seed (the README's table: 0, 1, 2)")
     sp.add_argument("--fresh", action="store_true", help="delete the run directory first")
 
     sp = stage("synth", cmd_synth, "generate a small dataset in the WebVision layout", "synth")

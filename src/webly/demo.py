@@ -18,10 +18,10 @@ TRAIN = dict(backbone="test_resnet", img_size=32, batch_size=32, accum_steps=1, 
              weight_decay=0.0, schedule="cosine", workers=2, log_every=5)
 
 
-def demo_recipe() -> dict[str, Any]:
+def demo_recipe(seed: int = 0) -> dict[str, Any]:
     m = "@manifest"
     steps: list[dict[str, Any]] = [
-        {"id": "data", "stage": "synth", "seed": 0, "val_per_class": 30},  # 720 val images: SE ~1.6 pts
+        {"id": "data", "stage": "synth", "seed": seed, "val_per_class": 30},  # 720 val images: SE ~1.6 pts
         {"id": "manifest", "stage": "index", "root": "@data"},
         {"id": "tags", "stage": "tag", "manifest": m, "min_count": 3, "max_df": 0.3, "workers": 2},
         {"id": "weights", "stage": "weigh", "manifest": m, "tags": "@tags"},
@@ -54,14 +54,14 @@ def demo_recipe() -> dict[str, Any]:
     return {"description": "webly's built-in demo", "steps": steps}
 
 
-def run_demo(out: Path, *, fresh: bool = False) -> dict[str, Any]:
+def run_demo(out: Path, *, fresh: bool = False, seed: int = 0) -> dict[str, Any]:
     from webly.pipeline import run
     from webly.report import write_report
 
     if fresh and out.exists():
         shutil.rmtree(out)
     t0 = time.time()
-    run(demo_recipe(), out)
+    run(demo_recipe(seed), out)
     result = write_report(out)
     result["seconds"] = round(time.time() - t0, 1)
     print(f"demo report: {Path(result['report']).resolve()}")
