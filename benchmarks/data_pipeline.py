@@ -27,7 +27,7 @@ from webly.data.images import IMAGENET_MEAN, IMAGENET_STD, normalize_batch, trai
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
 from webly.data.shards import ShardConfig, shard_pipeline, shard_urls, write_shards
-from webly.synth import SynthConfig, generate
+from webly.demo.synth import SynthConfig, generate
 
 
 def make_data(work: Path, n: int, width: int, height: int) -> tuple[Path, Path]:

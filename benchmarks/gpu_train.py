@@ -16,7 +16,7 @@ import time
 import torch
 
 from webly.data.images import normalize_batch
-from webly.models import create_backbone
+from webly.training.models import create_backbone
 
 MODELS = {"resnest101e": 256, "resnest200e": 320, "resnext101_32x8d": 224, "efficientnet_b4": 320}
 

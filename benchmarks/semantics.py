@@ -13,8 +13,8 @@ import argparse
 import random
 import time
 
-from webly.semantics import WeighConfig, concept_similarity, keyword_support, neighbours
-from webly.wordnet import wordnet
+from webly.labels.weighing import WeighConfig, concept_similarity, keyword_support, neighbours
+from webly.labels.wordnet import wordnet
 
 
 def main() -> None:

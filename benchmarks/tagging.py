@@ -27,8 +27,8 @@ from pathlib import Path
 
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
-from webly.synth import SynthConfig, generate
-from webly.text import KeywordRecogniser, clean_text, text_segments
+from webly.demo.synth import SynthConfig, generate
+from webly.labels.text import KeywordRecogniser, clean_text, text_segments
 
 ACCENTED = ["café", "crème brûlée", "naïve", "Zürich", "jalapeño", "São Paulo", "façade",
             "smörgåsbord", "don’t", "“quoted”", "résumé", "Kraków", "piñata", "déjà vu"]

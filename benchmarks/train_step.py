@@ -20,10 +20,10 @@ import torch
 from webly.data.images import TrainTransform, normalize_batch
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
-from webly.models import create_backbone
-from webly.synth import SynthConfig, generate
-from webly.train import TrainConfig, train
-from webly.trainsets import TargetDataset, finetune_data, padded_targets
+from webly.demo.synth import SynthConfig, generate
+from webly.training.engine import TrainConfig, train
+from webly.training.models import create_backbone
+from webly.training.trainsets import TargetDataset, finetune_data, padded_targets
 
 
 def bare_loop(data, args) -> float:
@@ -90,7 +90,7 @@ def main() -> None:
           f"{args.workers} workers, fp32, {args.steps - args.warmup} timed steps, best of {args.repeats}")
     print("| loop | images/s |\n|---|---:|")
     print(f"| bare PyTorch loop | {b:.1f} |")
-    print(f"| webly.train | {w:.1f} |")
+    print(f"| webly.training.engine | {w:.1f} |")
     print(f"overhead: {100 * (1 - w / b):.1f}%")
 
 

@@ -37,7 +37,7 @@ def test_bad_values_are_one_line_errors(layer, msg):
 
 
 def test_validate_rejects_negative_sizes():
-    from webly.synth import SynthConfig
+    from webly.demo.synth import SynthConfig
 
     with pytest.raises(WeblyError, match="min_per_class"):
         resolve_config(SynthConfig, {"min_per_class": -1})

@@ -5,12 +5,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from webly.cli import main
+from webly.data.labels import load_labels
 from webly.data.manifest import Manifest, write_manifest
+from webly.data.predictions import load_predictions, write_predictions
 from webly.data.records import Record
-from webly.ensemble import ensemble, fit_weights
 from webly.errors import WeblyError
-from webly.predict import load_predictions, write_predictions
-from webly.pseudolabel import PseudoLabelConfig, load_labels, pseudo_label
+from webly.inference.ensemble import ensemble, fit_weights
+from webly.inference.pseudolabel import PseudoLabelConfig, pseudo_label
 
 
 def _write(d, ids, probs, split="val", rows=None):
@@ -78,7 +79,7 @@ def test_pseudo_labels_threshold_fraction_and_drop(tmp_path):
 
 
 def test_finetune_reads_pseudo_labels(synth_manifest, tmp_path):
-    from webly.trainsets import finetune_data
+    from webly.training.trainsets import finetune_data
 
     man = Manifest(synth_manifest)
     labels = np.full(len(man), -1)

@@ -7,7 +7,7 @@ import pytest
 from webly.cli import main
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
-from webly.synth import SynthConfig, generate
+from webly.demo.synth import SynthConfig, generate
 
 
 def _assert_same(manifest_path, records):
@@ -63,7 +63,7 @@ def test_index_cli_writes_config_and_summary(synth_small, tmp_path):
 
 def test_wrongly_returned_images_have_text_about_what_they_show(tmp_path):
     """Search-engine noise: the query's name is in the text, the picture's colour is the truth's."""
-    from webly.synth import colour_word, pick_concepts
+    from webly.demo.synth import colour_word, pick_concepts
 
     cfg = SynthConfig(families=2, per_family=3, max_per_class=6, min_per_class=6, label_noise=1.0,
                       off_topic=0.0, text_missing=0.0, images=False, seed=5)

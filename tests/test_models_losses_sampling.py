@@ -4,10 +4,20 @@ import scipy.sparse as sp
 import torch
 
 from webly.errors import WeblyError
-from webly.losses import cross_entropy, dense_targets, multilabel_bce, weighted_softmax_ce
-from webly.models import create_backbone, head_prefix, load_all_but_head, uses_channels_last
-from webly.sampling import BalancedSampler, ShuffleSampler, groups_from_labels, repeat_factors
-from webly.train import per_rank_batch
+from webly.training.engine import per_rank_batch
+from webly.training.losses import cross_entropy, dense_targets, multilabel_bce, weighted_softmax_ce
+from webly.training.models import (
+    create_backbone,
+    head_prefix,
+    load_all_but_head,
+    uses_channels_last,
+)
+from webly.training.sampling import (
+    BalancedSampler,
+    ShuffleSampler,
+    groups_from_labels,
+    repeat_factors,
+)
 
 
 def test_unknown_backbone_lists_close_names():
@@ -116,7 +126,7 @@ def test_batch_must_divide_over_ranks():
 
 
 def test_padded_targets_keep_largest_weights():
-    from webly.trainsets import padded_targets
+    from webly.training.trainsets import padded_targets
 
     t = sp.csr_matrix(np.array([[0.2, 0.9, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], np.float32))
     ids, ws = padded_targets(t, max_targets=2)

@@ -53,7 +53,7 @@ def test_whole_recipe_validated_before_anything_runs(tmp_path, mutate, msg):
 
 
 def test_interrupted_step_resumes(tmp_path, monkeypatch):
-    import webly.train as train_mod
+    import webly.training.engine as train_mod
 
     real = train_mod.checkpoints.save_training
     calls = {"n": 0}

@@ -7,10 +7,11 @@ import pytest
 
 from webly.cli import main
 from webly.data.manifest import write_manifest
+from webly.data.predictions import load_predictions, write_predictions
 from webly.data.records import Record
 from webly.errors import WeblyError
-from webly.evaluate import evaluate, metrics, submit
-from webly.predict import PredictConfig, load_predictions, predict, write_predictions
+from webly.inference.evaluate import evaluate, metrics, submit
+from webly.inference.predict import PredictConfig, predict
 
 
 def _manifest(tmp_path, split="val", labels=(0, 0, 0, 1)):
@@ -73,8 +74,8 @@ def test_submission_matches_webvision_format(tmp_path):
 @pytest.fixture(scope="module")
 def trained(synth_small, synth_manifest, tmp_path_factory):
     from webly.data.manifest import Manifest
-    from webly.train import TrainConfig, train
-    from webly.trainsets import finetune_data
+    from webly.training.engine import TrainConfig, train
+    from webly.training.trainsets import finetune_data
 
     run = tmp_path_factory.mktemp("run")
     train(finetune_data(Manifest(synth_manifest)), TrainConfig(

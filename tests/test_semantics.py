@@ -7,7 +7,8 @@ import pytest
 
 from webly.cli import main
 from webly.errors import WeblyError
-from webly.semantics import (
+from webly.labels.tagging import TagConfig, load_tags, tag
+from webly.labels.weighing import (
     WeighConfig,
     concept_similarity,
     concept_synsets,
@@ -17,8 +18,7 @@ from webly.semantics import (
     neighbours,
     weigh,
 )
-from webly.tagging import TagConfig, load_tags, tag
-from webly.wordnet import wordnet
+from webly.labels.wordnet import wordnet
 
 YELLOW = "n01568892"
 
@@ -107,7 +107,7 @@ def test_siblings_weigh_more_than_unrelated(weighed, synth_manifest, synth_small
     import scipy.sparse as sp
 
     from webly.data.manifest import Manifest
-    from webly.synth import SynthConfig, pick_concepts
+    from webly.demo.synth import SynthConfig, pick_concepts
 
     d, stats = weighed
     w = sp.load_npz(d / "weights/label_weights.npz").toarray()

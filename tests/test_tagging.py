@@ -10,7 +10,7 @@ from webly.cli import main
 from webly.data.manifest import Manifest, write_manifest
 from webly.data.records import Record
 from webly.errors import WeblyError
-from webly.tagging import TagConfig, load_tags, merge, tag, tag_parts
+from webly.labels.tagging import TagConfig, load_tags, merge, tag, tag_parts
 
 
 @pytest.fixture(scope="module")

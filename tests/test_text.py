@@ -2,7 +2,7 @@
 
 import pytest
 
-from webly.text import STOP_WORDS, KeywordRecogniser, clean_text, text_segments
+from webly.labels.text import STOP_WORDS, KeywordRecogniser, clean_text, text_segments
 
 MULE_DEER_DESC = (
     "We were hiking in the Kaibab National Forest south of Williams Arizona on the Sycamore Rim "
@@ -74,7 +74,7 @@ def test_cache_and_no_cache_agree():
 
 
 def test_perceptron_tagger_used_when_installed(monkeypatch):
-    import webly.text as text
+    import webly.labels.text as text
 
     def fake_pos_tag(tokens):  # stands in for nltk.pos_tag: calls 'lion' a verb, 'fast' an adjective
         return [(t, {"lion": "VB", "fast": "JJ"}.get(t, "NN")) for t in tokens]

@@ -12,15 +12,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from webly import checkpoints
 from webly.cli import main
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
+from webly.demo.synth import SynthConfig, generate
 from webly.errors import WeblyError
-from webly.synth import SynthConfig, generate
-from webly.tagging import TagConfig, tag
-from webly.train import TrainConfig, train
-from webly.trainsets import finetune_data
+from webly.labels.tagging import TagConfig, tag
+from webly.training import checkpoints
+from webly.training.engine import TrainConfig, train
+from webly.training.trainsets import finetune_data
 
 TINY = ["--img-size", "32", "--batch-size", "16", "--accum-steps", "1", "--workers", "0",
         "--log-every", "1", "--tensorboard", "--lr", "0.05", "--weight-decay", "0"]
@@ -83,7 +83,7 @@ def test_gradient_accumulation_equals_big_batch(data6, tmp_path):
     train(data, TrainConfig(batch_size=32, accum_steps=1, **common), tmp_path / "big", task="finetune")
     a, b = load_file(tmp_path / "accum/model.safetensors"), load_file(tmp_path / "big/model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
-    from webly.models import create_backbone
+    from webly.training.models import create_backbone
 
     torch.manual_seed(5)  # train() seeds before building: this is both runs' initial model
     init = create_backbone("test_vit", 6).state_dict()
@@ -130,7 +130,7 @@ def test_epoch_numbers_are_one_based_also_when_max_steps_cuts_an_epoch(data6, tm
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data6, tmp_path, monkeypatch):
-    import webly.train as tr
+    import webly.training.engine as tr
 
     calls = {"n": 0}
     real = tr.loss_fn

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from webly import wordnet as wnmod
 from webly.errors import WeblyError
+from webly.labels import wordnet as wnmod
 
 
 def test_lexnames_has_the_45_standard_files():

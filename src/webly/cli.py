@@ -27,18 +27,18 @@ from webly.config import (
     resolve_config,
     save_config,
     to_dict,
-    write_text_atomic,
 )
 from webly.errors import WeblyError
+from webly.files import write_atomic
 
 # stage name -> "module:ConfigClass": what `webly config show` prints and YAML sections may hold.
 # Imported only when needed, so `webly --help` and text-only stages never import torch.
 STAGE_CONFIG_PATHS: dict[str, str] = {
-    "synth": "webly.synth:SynthConfig", "index": "webly.data.index:IndexConfig",
-    "shard": "webly.data.shards:ShardConfig", "tag": "webly.tagging:TagConfig",
-    "weigh": "webly.semantics:WeighConfig", "pretrain": "webly.train:TrainConfig",
-    "finetune": "webly.train:TrainConfig", "predict": "webly.predict:PredictConfig",
-    "pseudo-label": "webly.pseudolabel:PseudoLabelConfig",
+    "synth": "webly.demo.synth:SynthConfig", "index": "webly.data.index:IndexConfig",
+    "shard": "webly.data.shards:ShardConfig", "tag": "webly.labels.tagging:TagConfig",
+    "weigh": "webly.labels.weighing:WeighConfig", "pretrain": "webly.training.engine:TrainConfig",
+    "finetune": "webly.training.engine:TrainConfig", "predict": "webly.inference.predict:PredictConfig",
+    "pseudo-label": "webly.inference.pseudolabel:PseudoLabelConfig",
 }
 
 
@@ -57,11 +57,11 @@ def _stderr(message: str) -> None:
 
 def _write_run_files(run_dir: Path, stage: str, cfg: Any, summary: dict[str, Any]) -> None:
     save_config(cfg, run_dir / f"{stage}.config.yaml", stage)
-    write_text_atomic(run_dir / f"{stage}.summary.json", json.dumps(summary, indent=1) + "\n")
+    write_atomic(run_dir / f"{stage}.summary.json", json.dumps(summary, indent=1) + "\n")
 
 
 def cmd_synth(args: argparse.Namespace) -> dict[str, Any]:
-    from webly.synth import generate
+    from webly.demo.synth import generate
 
     cfg = config_from_args(stage_config("synth"), args, "synth")
     out = Path(args.out)
@@ -92,7 +92,7 @@ def cmd_shard(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_tag(args: argparse.Namespace) -> dict[str, Any]:
-    from webly.tagging import merge, tag
+    from webly.labels.tagging import merge, tag
 
     cfg = config_from_args(stage_config("tag"), args, "tag")
     out = Path(args.output)
@@ -104,7 +104,7 @@ def cmd_tag(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_weigh(args: argparse.Namespace) -> dict[str, Any]:
-    from webly.semantics import weigh
+    from webly.labels.weighing import weigh
 
     cfg = config_from_args(stage_config("weigh"), args, "weigh")
     summary = weigh(args.manifest, args.tags, args.output, cfg, args.labels)
@@ -115,8 +115,8 @@ def cmd_weigh(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_neighbours(args: argparse.Namespace) -> dict[str, Any]:
     from webly.data.manifest import Manifest
     from webly.data.webvision import read_synsets
-    from webly.semantics import nearest, resolve_concept
-    from webly.wordnet import wnid_of
+    from webly.labels.weighing import nearest, resolve_concept
+    from webly.labels.wordnet import wnid_of
 
     src = Path(args.concepts)
     if src.suffix == ".parquet":
@@ -135,8 +135,8 @@ def cmd_neighbours(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     from webly.data.manifest import Manifest
-    from webly.train import train
-    from webly.trainsets import pretrain_data
+    from webly.training.engine import train
+    from webly.training.trainsets import pretrain_data
 
     cfg = config_from_args(stage_config("pretrain"), args, "pretrain")
     source = args.tags if args.set == "wt" else args.weights
@@ -149,14 +149,14 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from webly.data.manifest import Manifest
-    from webly.train import train
-    from webly.trainsets import finetune_data
+    from webly.training.engine import train
+    from webly.training.trainsets import finetune_data
 
     cfg = config_from_args(stage_config("finetune"), args, "finetune")
     manifest = Manifest(args.manifest)
     labels = None
     if args.labels:
-        from webly.pseudolabel import load_labels
+        from webly.data.labels import load_labels
 
         labels = load_labels(args.labels, len(manifest))
     data = finetune_data(manifest, labels)
@@ -165,7 +165,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
-    from webly.predict import predict
+    from webly.inference.predict import predict
 
     cfg = config_from_args(stage_config("predict"), args, "predict")
     summary = predict(args.model, args.manifest, args.output, cfg)
@@ -175,18 +175,18 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from webly.evaluate import evaluate
+    from webly.inference.evaluate import evaluate
 
     return evaluate(args.preds, args.manifest, args.output, args.labels)
 
 
 def cmd_ensemble(args: argparse.Namespace) -> dict[str, Any]:
-    from webly.ensemble import ensemble
+    from webly.inference.ensemble import ensemble
 
     weights = [float(x) for x in args.weights.split(",")] if args.weights else None
     fit_labels = None
     if args.fit:
-        from webly.evaluate import read_labels
+        from webly.data.labels import read_name_labels as read_labels
 
         if not args.fit_labels:
             raise WeblyError("--fit needs --fit-labels (a 'name label' file, e.g. info/val_filelist.txt)")
@@ -196,7 +196,7 @@ def cmd_ensemble(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> dict[str, Any]:
-    from webly.pseudolabel import pseudo_label
+    from webly.inference.pseudolabel import pseudo_label
 
     cfg = config_from_args(stage_config("pseudo-label"), args, "pseudo-label")
     summary = pseudo_label(args.manifest, args.preds, args.output, cfg)
@@ -212,13 +212,13 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_submit(args: argparse.Namespace) -> dict[str, Any]:
-    from webly.evaluate import submit
+    from webly.inference.evaluate import submit
 
     return submit(args.preds, args.output)
 
 
 def cmd_wordnet(args: argparse.Namespace) -> dict[str, Any]:
-    from webly.wordnet import provision, synset_from_wnid
+    from webly.labels.wordnet import provision, synset_from_wnid
 
     where = provision(allow_download=not args.offline)
     out: dict[str, Any] = {"wordnet": where}
@@ -245,7 +245,7 @@ def cmd_config_show(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from webly.demo import run_demo
+    from webly.demo.recipe import run_demo
 
     return run_demo(Path(args.out), fresh=args.fresh, seed=args.seed)
 

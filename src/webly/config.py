@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import os
 import types
 import typing
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from webly.errors import WeblyError
+from webly.files import write_atomic
 
 C = TypeVar("C")
 
@@ -155,19 +155,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write via a temp file and rename: a reader never sees half a file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, p)
-    return p
-
-
 def save_config(cfg: Any, path: str | Path, stage: str) -> Path:
     """Write the resolved config as `{stage: {...}}` YAML (re-loadable with `--config`)."""
-    return write_text_atomic(path, yaml.safe_dump({stage: to_dict(cfg)}, sort_keys=False))
+    return write_atomic(path, yaml.safe_dump({stage: to_dict(cfg)}, sort_keys=False))
 
 
 def parse_part(text: str, name: str) -> tuple[int, int]:

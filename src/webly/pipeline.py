@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from webly import faults
-from webly.config import load_yaml, resolve_config, write_text_atomic
+from webly.config import load_yaml, resolve_config
 from webly.errors import WeblyError
+from webly.files import write_atomic
 
 
 @dataclass
@@ -49,15 +50,16 @@ class StageSpec:
 
 def _specs() -> dict[str, StageSpec]:
     from webly.data.index import IndexConfig, index_dataset
+    from webly.data.labels import load_labels
     from webly.data.manifest import Manifest
     from webly.data.shards import ShardConfig, write_shards
-    from webly.predict import PredictConfig, predict
-    from webly.pseudolabel import PseudoLabelConfig, load_labels, pseudo_label
-    from webly.semantics import WeighConfig, weigh
-    from webly.synth import SynthConfig, generate
-    from webly.tagging import TagConfig, tag
-    from webly.train import TrainConfig, train
-    from webly.trainsets import finetune_data, pretrain_data
+    from webly.demo.synth import SynthConfig, generate
+    from webly.inference.predict import PredictConfig, predict
+    from webly.inference.pseudolabel import PseudoLabelConfig, pseudo_label
+    from webly.labels.tagging import TagConfig, tag
+    from webly.labels.weighing import WeighConfig, weigh
+    from webly.training.engine import TrainConfig, train
+    from webly.training.trainsets import finetune_data, pretrain_data
 
     def synth(i, cfg, out, _):
         recs = generate(out, cfg)
@@ -76,20 +78,20 @@ def _specs() -> dict[str, StageSpec]:
                      task=f"pretrain_{i['set']}", resume=resume)
 
     def ensemble_(i, cfg, out, _):
-        from webly.ensemble import ensemble
-        from webly.evaluate import read_labels
+        from webly.data.labels import read_name_labels as read_labels
+        from webly.inference.ensemble import ensemble
 
         fit = i.get("fit")
         return ensemble(i["preds"], out, i.get("weights"), fit,
                         read_labels(i["fit_labels"]) if fit else None)
 
     def evaluate_(i, cfg, out, _):
-        from webly.evaluate import evaluate
+        from webly.inference.evaluate import evaluate
 
         return evaluate(i["preds"], i["manifest"], out, i.get("labels"))
 
     def submit_(i, cfg, out, _):
-        from webly.evaluate import submit
+        from webly.inference.evaluate import submit
 
         return submit(i["preds"], out / "predictions.txt")
 
@@ -249,13 +251,13 @@ def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *, st
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "step.json").unlink(missing_ok=True)
-        write_text_atomic(out / "step.started", step.hash + "\n")
+        write_atomic(out / "step.started", step.hash + "\n")
         faults.set_scope(step.id)
         faults.point("step.start")
         t0 = time.time()
         summary = spec.run(inputs, cfg, out, status == "resume")
         summaries[step.id] = summary
-        write_text_atomic(out / "step.json", json.dumps(
+        write_atomic(out / "step.json", json.dumps(
             {"id": step.id, "stage": step.stage, "hash": step.hash, "seconds": round(time.time() - t0, 2),
              "summary": summary}, indent=1, default=str) + "\n")
     return {"run_dir": str(root), "steps": len(steps), "ran": list(summaries)}

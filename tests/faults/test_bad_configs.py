@@ -8,11 +8,11 @@ import pytest
 from webly.cli import main
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
+from webly.demo.synth import SynthConfig, generate
 from webly.errors import WeblyError
 from webly.pipeline import run
-from webly.synth import SynthConfig, generate
-from webly.train import TrainConfig, train
-from webly.trainsets import finetune_data
+from webly.training.engine import TrainConfig, train
+from webly.training.trainsets import finetune_data
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from webly.data.index import IndexConfig, index_dataset
-from webly.synth import SynthConfig, generate
+from webly.demo.synth import SynthConfig, generate
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WEBLY_PROGRESS": "0"}
 

@@ -7,11 +7,12 @@ from dirty import write_dirty
 from PIL import Image
 
 from webly.data.manifest import Manifest, write_manifest
+from webly.data.predictions import load_predictions
 from webly.data.records import Record
 from webly.errors import WeblyError
-from webly.predict import PredictConfig, load_predictions, predict
-from webly.train import TrainConfig, train
-from webly.trainsets import finetune_data
+from webly.inference.predict import PredictConfig, predict
+from webly.training.engine import TrainConfig, train
+from webly.training.trainsets import finetune_data
 
 CLASSES = ["n02129165", "n02129604"]  # lion, tiger
 BAD = {"truncated": 5, "empty file": 1, "too many pixels": 1, "missing file": 1, "not an image": 1}

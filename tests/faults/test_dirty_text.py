@@ -21,10 +21,10 @@ from webly.cli import main
 from webly.data.folder import FolderReader
 from webly.data.manifest import Manifest
 from webly.data.records import MAX_TEXT_CHARS, text_from_meta
-from webly.report import _text, example_rows, examples
-from webly.semantics import WeighConfig, keyword_support
-from webly.text import KeywordRecogniser, text_segments
-from webly.wordnet import wordnet
+from webly.demo.report import _text, example_rows, examples
+from webly.labels.text import KeywordRecogniser, text_segments
+from webly.labels.weighing import WeighConfig, keyword_support
+from webly.labels.wordnet import wordnet
 
 MB = "x" * 1_000_000
 NASTY = ["\udcff", "\ud83d", "a\udc80b", "\x00", "nul\x00in", "\x07\x1b[31mred\x1b[0m", "\u202eevil\u202c",

@@ -8,7 +8,7 @@ import pytest
 
 from webly.cli import main
 from webly.data.index import IndexConfig, index_dataset
-from webly.synth import SynthConfig, generate
+from webly.demo.synth import SynthConfig, generate
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def _snapshot(folder):
 
 
 @pytest.mark.parametrize("code,where", [(errno.ENOSPC, "scipy.sparse.save_npz"), (errno.EROFS, "os.replace"),
-                                        (errno.ENOSPC, "webly.tagging.write_text_atomic")])
+                                        (errno.ENOSPC, "webly.labels.tagging.write_atomic")])
 def test_tag_write_fails_cleanly_and_keeps_the_previous_tags(manifest, tmp_path, monkeypatch, capsys, code, where):
     out = tmp_path / "tags"
     assert main(["tag", str(manifest), "-o", str(out), "--min-count", "1", "--workers", "1"]) == 0

@@ -17,10 +17,10 @@ from webly.data.records import clean_field, clean_tags, text_from_meta
 from webly.data.textio import parse_label
 from webly.data.webvision import WebVisionReader
 from webly.errors import WeblyError
-from webly.semantics import WeighConfig
-from webly.tagging import TagConfig
-from webly.text import KeywordRecogniser, clean_text, text_segments
-from webly.train import TrainConfig
+from webly.labels.tagging import TagConfig
+from webly.labels.text import KeywordRecogniser, clean_text, text_segments
+from webly.labels.weighing import WeighConfig
+from webly.training.engine import TrainConfig
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from webly.data.manifest import Manifest
-from webly.predict import load_predictions
+from webly.data.predictions import load_predictions
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,6 @@ exists is complete; read back in batches so 16M rows never become 16M Python obj
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -34,6 +33,7 @@ import pyarrow.parquet as pq
 from webly import faults
 from webly.data.records import Record
 from webly.errors import WeblyError
+from webly.files import AtomicTarget
 
 VERSION = 1
 SCHEMA = pa.schema([
@@ -51,7 +51,8 @@ class ManifestWriter:
     def __init__(self, path: str | Path, meta: dict[str, Any], chunk_size: int = 65536) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self._target = AtomicTarget(self.path)  # the file appears whole, or not at all
+        self.tmp = self._target.tmp
         schema = SCHEMA.with_metadata({"webly": json.dumps({"version": VERSION, **meta})})
         self._writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
         self._schema = schema
@@ -81,11 +82,11 @@ class ManifestWriter:
         self._flush()
         self._writer.close()
         faults.point("manifest.close")  # every row written, the final name not yet taken
-        os.replace(self.tmp, self.path)
+        self._target.commit()
 
     def abort(self) -> None:
         self._writer.close()
-        self.tmp.unlink(missing_ok=True)
+        self._target.discard()
 
     def __enter__(self) -> ManifestWriter:
         return self

@@ -32,6 +32,7 @@ from webly.data.images import bad_image_reason, decode_image, decode_tensor, res
 from webly.data.manifest import Manifest
 from webly.data.paths import check_relative
 from webly.errors import WeblyError
+from webly.files import atomic_path, write_atomic
 from webly.progress import progress
 
 
@@ -75,9 +76,8 @@ def _write_shard(job: ShardJob) -> tuple[int, int, Counter, list[str]]:
     """Write one shard; returns (index, images written, bad counts by reason, first bad paths)."""
     bad: Counter = Counter()
     bad_paths: list[str] = []
-    tmp = job.path.with_name(f".{job.path.name}.tmp{os.getpid()}")
     written = 0
-    with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0) as tar:
+    with atomic_path(job.path) as tmp, open(tmp, "wb") as f, wds.TarWriter(f, mtime=0) as tar:
         for rec in job.rows:
             try:
                 data = _encode(job, rec)
@@ -89,7 +89,6 @@ def _write_shard(job: ShardJob) -> tuple[int, int, Counter, list[str]]:
             tar.write({"__key__": f"{rec['row']:09d}", "jpg": data,
                        "json": json.dumps(rec, ensure_ascii=False).encode()})
             written += 1
-    os.replace(tmp, job.path)
     return job.index, written, bad, bad_paths
 
 
@@ -135,9 +134,7 @@ def write_shards(manifest_path: str | Path, out_dir: str | Path, cfg: ShardConfi
     listing = out / (f"shards-{split}.json" if nodes == 1 else f"shards-{split}.node{node_i}of{nodes}.json")
     summary = {"split": split, "shards": shards, "images": sum(s["count"] for s in shards),
                "bad_images": dict(bad), "short_side": short_side, "seconds": round(time.time() - t0, 2)}
-    tmp = listing.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, listing)
+    write_atomic(listing, json.dumps(summary, indent=1))
     n_bad = sum(bad.values())
     if n_bad > cfg.max_bad_fraction * (summary["images"] + n_bad):
         raise WeblyError(f"{n_bad} of {summary['images'] + n_bad} images could not be decoded (more than "
@@ -230,7 +227,7 @@ def shard_pipeline(urls: list[str], *, transform: Callable | None = None, seed: 
                    world_size: int | None = None, min_short_side: int | None = None,
                    repeat: Callable[[dict[str, Any]], float] | None = None) -> wds.DataPipeline:
     """An IterableDataset of (image, record) for a DataLoader; call `.shard_list.set_epoch(e)`.
-    `repeat(record)` -> repeat factor, for class-balanced streams (see webly.sampling)."""
+    `repeat(record)` -> repeat factor, for class-balanced streams (see webly.training.sampling)."""
     shard_list = ShardList(urls, seed=seed, shuffle=shuffle_buffer > 0, rank=rank,
                            world_size=world_size)
     stages: list[Any] = [shard_list, wds.split_by_worker,

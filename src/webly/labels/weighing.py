@@ -33,7 +33,6 @@ Rows without a label (test images) are empty. Row order = manifest order.
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from collections import defaultdict
@@ -45,9 +44,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from webly import faults
-from webly.config import opt, write_text_atomic
+from webly.config import opt
 from webly.errors import WeblyError
-from webly.wordnet import synset_from_wnid, wnid_of, wordnet
+from webly.files import atomic_path, write_atomic
+from webly.labels.wordnet import synset_from_wnid, wnid_of, wordnet
 
 LCH_MAX_DEPTH = 20  # WordNet 3.0 noun taxonomy depth + 1
 
@@ -284,7 +284,7 @@ def weigh(manifest_path: str | Path, tags_dir: str | Path | None, out_dir: str |
     import pyarrow.compute as pc
 
     from webly.data.manifest import Manifest
-    from webly.tagging import load_tags
+    from webly.labels.tagging import load_tags
 
     t0 = time.time()
     manifest = Manifest(manifest_path)
@@ -301,7 +301,7 @@ def weigh(manifest_path: str | Path, tags_dir: str | Path | None, out_dir: str |
     t_sim = time.time() - t0
     support = keyword_support(vocab, synsets, cfg)
     if labels_path is not None:
-        from webly.pseudolabel import load_labels
+        from webly.data.labels import load_labels
 
         labels = load_labels(labels_path, len(manifest))
     else:
@@ -316,18 +316,17 @@ def weigh(manifest_path: str | Path, tags_dir: str | Path | None, out_dir: str |
         for j, s in zip(nb_idx[c], nb_sim[c], strict=True):
             if j >= 0:
                 lines.append(f"{manifest.classes[c]}\t{names[c]}\t{manifest.classes[j]}\t{names[j]}\t{s:.4f}\n")
-    write_text_atomic(out / "neighbours.tsv", "".join(lines))
+    write_atomic(out / "neighbours.tsv", "".join(lines))
     faults.point("weigh.write")  # one output written, the others not yet
-    tmp = out / ".label_weights.tmp.npz"
-    sp.save_npz(tmp, mat.astype(np.float32), compressed=True)
-    os.replace(tmp, out / "label_weights.npz")
+    with atomic_path(out / "label_weights.npz") as tmp:
+        sp.save_npz(tmp, mat.astype(np.float32), compressed=True)
     stats.update({"concepts": len(synsets), "unknown_concepts": unknown, "measure": cfg.measure,
                   "neighbours_per_concept": round(float((nb_idx >= 0).sum(1).mean()), 3) if len(synsets) else 0,
                   "keywords_supporting_some_concept": int((support.getnnz(axis=1) > 0).sum()),
                   "similarity_seconds": round(t_sim, 2), "seconds": round(time.time() - t0, 2)})
     import json
 
-    write_text_atomic(out / "stats.json", json.dumps(stats, indent=1) + "\n")
+    write_atomic(out / "stats.json", json.dumps(stats, indent=1) + "\n")
     return stats
 
 

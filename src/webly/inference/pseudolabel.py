@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from webly.config import opt
+from webly.data.labels import write_labels
 from webly.data.manifest import Manifest
+from webly.data.predictions import load_predictions
 from webly.errors import WeblyError
-from webly.predict import load_predictions
+from webly.files import write_atomic
 
 
 @dataclass
@@ -69,10 +69,8 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     new = np.where(relabel, pred, np.where(drop, -1, original))
     source = np.where(relabel, "pseudo", np.where(drop, "dropped", "original"))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"row": preds.rows, "id": preds.ids, "label": new, "original_label": original,
-                             "source": source.tolist(), "confidence": conf.astype(np.float32)}),
-                   out / "labels.parquet")
+    write_labels(out, {"row": preds.rows, "id": preds.ids, "label": new, "original_label": original,
+                       "source": source.tolist(), "confidence": conf.astype(np.float32)})
     C, names = manifest.num_classes, manifest.class_names
     n = np.bincount(original[ok], minlength=C)
     changed = np.bincount(original[relabel], minlength=C)
@@ -85,25 +83,10 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
               "most_changed": [{"class": names[c], "relabelled_away": int(changed[c]),
                                 "to": dict(Counter(names[p] for p in pred[relabel & (original == c)]).most_common(3))}
                                for c in most if changed[c]]}
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     # suspects: the given label's probability is low while another class's is high
     suspects = np.flatnonzero(disagree)
     suspects = suspects[np.argsort(-conf[suspects], kind="stable")][: cfg.suspects]
-    with open(out / "suspects.tsv", "w") as f:
-        f.write("id\tgiven_label\tpredicted\tconfidence\n")
-        for i in suspects:
-            f.write(f"{preds.ids[i]}\t{names[original[i]]}\t{names[pred[i]]}\t{conf[i]:.3f}\n")
+    write_atomic(out / "suspects.tsv", "id\tgiven_label\tpredicted\tconfidence\n" + "".join(
+        f"{preds.ids[i]}\t{names[original[i]]}\t{names[pred[i]]}\t{conf[i]:.3f}\n" for i in suspects))
     return {k: v for k, v in report.items() if k not in ("per_class",)}
-
-
-def load_labels(path: str | Path, num_rows: int) -> np.ndarray:
-    """A pseudo-label file -> labels indexed by manifest row (-1 where absent or dropped)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "labels.parquet"
-    if not p.is_file():
-        raise WeblyError(f"labels file not found: {p} (make it with `webly pseudo-label`)")
-    t = pq.read_table(p, columns=["row", "label"])
-    out = np.full(num_rows, -1, np.int64)
-    out[t["row"].to_numpy()] = t["label"].to_numpy()
-    return out

@@ -55,8 +55,8 @@ def demo_recipe(seed: int = 0) -> dict[str, Any]:
 
 
 def run_demo(out: Path, *, fresh: bool = False, seed: int = 0) -> dict[str, Any]:
+    from webly.demo.report import write_report
     from webly.pipeline import run
-    from webly.report import write_report
 
     if fresh and out.exists():
         shutil.rmtree(out)

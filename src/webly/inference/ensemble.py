@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 
+from webly.data.predictions import Predictions, load_predictions, write_predictions
 from webly.errors import WeblyError
-from webly.predict import Predictions, load_predictions, write_predictions
 
 
 def _probs(p: Predictions) -> np.ndarray:
@@ -57,7 +57,7 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
     preds = [load_predictions(d) for d in pred_dirs]
     _check_same(preds, pred_dirs)
     if fit_dirs:
-        from webly.evaluate import align
+        from webly.inference.evaluate import align
 
         if len(fit_dirs) != len(pred_dirs):
             raise WeblyError("--fit needs one validation predictions folder per model, in the same order")

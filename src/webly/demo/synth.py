@@ -33,8 +33,8 @@ from PIL import Image, ImageDraw
 from webly.config import opt
 from webly.data.records import Record
 from webly.errors import WeblyError
+from webly.labels.wordnet import wnid_of, wordnet
 from webly.progress import progress
-from webly.wordnet import wnid_of, wordnet
 
 # (subtree root, shape drawn for all its concepts, preferred concepts in order)
 FAMILIES = [

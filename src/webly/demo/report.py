@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from webly.data.manifest import Manifest
+from webly.files import write_atomic
 
 ROWS = [("no pretraining", "score_scratch"), ("LW-Set pretraining", "score_lw"),
         ("WT-Set pretraining", "score_wt"), ("WT-Set + pseudo-labels", "score_wt_pl"),
@@ -120,7 +121,7 @@ true concept; wrong training labels {pl['wrong_labels_before']} → {pl['wrong_l
 <h2>Examples: web text, keywords (WT-Set), label weights (LW-Set)</h2>
 <table><tr><th>image</th><th>label</th><th>title / tags</th><th>keywords</th><th>label weights</th></tr>{ex_rows}</table>
 """ + "".join(f"<h2>{html.escape(t)}</h2>{_img(p)}" for t, p in figs if p.is_file()) + "</body></html>"
-    (run / "report.html").write_text(page, encoding="utf-8")
+    write_atomic(run / "report.html", page)
     md = ["# webly demo report", "", "| model | top-1 | top-5 | balanced top-1 | balanced top-5 |",
           "|---|---:|---:|---:|---:|"]
     md += [f"| {r['model']} | " + " | ".join(f"{100 * r[k]:.1f}" for k in ("top1", "top5", "balanced_top1", "balanced_top5")) + " |"
@@ -128,5 +129,5 @@ true concept; wrong training labels {pl['wrong_labels_before']} → {pl['wrong_l
     md += ["", f"Pseudo-labels: {pl['relabelled']} changed, {pl['relabelled_correctly']} correct; wrong "
            f"training labels {pl['wrong_labels_before']} → {pl['wrong_labels_after']} of {pl['train_images']}.", ""]
     md += [f"![{t}]({p.relative_to(run)})" for t, p in figs if p.is_file()]
-    (run / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    write_atomic(run / "report.md", "\n".join(md) + "\n")
     return {"report": str(run / "report.html"), "ablation": rows, "pseudo_labels": pl}

@@ -11,7 +11,6 @@ CPU, and CUDA when present); best (metric, epoch); config (the resolved TrainCon
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,14 @@ import torch
 
 from webly import faults
 from webly.errors import WeblyError
+from webly.files import atomic_path
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise WeblyError(f"could not write checkpoint {path} ({e.strerror or e}); "
                          "the previous checkpoint is intact") from None
 
@@ -61,15 +58,11 @@ def save_training(state: dict[str, Any], run_dir: Path, keep: int, *, best: bool
     ck = run_dir / "ckpt"
     step_path = ck / f"step-{state['global_step']:08d}.pt"
     save_atomic(state, step_path)
-    tmp = ck / f".last.pt.tmp{os.getpid()}"
     try:
-        shutil.copyfile(step_path, tmp)
-        os.replace(tmp, ck / "last.pt")
-        if best:
-            shutil.copyfile(step_path, tmp)
-            os.replace(tmp, ck / "best.pt")
+        for name in ("last.pt", "best.pt") if best else ("last.pt",):
+            with atomic_path(ck / name) as tmp:
+                shutil.copyfile(step_path, tmp)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise WeblyError(f"could not update {ck}/last.pt ({e.strerror or e}); "
                          "the previous checkpoint is intact") from None
     keep_last(run_dir, keep)

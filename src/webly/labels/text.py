@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 import ftfy
 
-from webly.wordnet import wordnet
+from webly.labels.wordnet import wordnet
 
 # The text cap (characters per field) for tagging: enough for any real description.
 MAX_TAG_CHARS = 10_000

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from webly import checkpoints, faults, losses
+from webly import faults
 from webly.config import opt
 from webly.data.images import (
     IMAGENET_MEAN,
@@ -40,12 +40,19 @@ from webly.data.images import (
     TrainTransform,
     normalize_batch,
 )
-from webly.distributed import Dist, all_reduce_sum, init_distributed
 from webly.errors import WeblyError
-from webly.models import create_backbone, head_prefix, load_all_but_head, uses_channels_last
+from webly.files import atomic_path, write_atomic
 from webly.progress import progress
-from webly.sampling import BalancedSampler, ShuffleSampler
-from webly.trainsets import TargetDataset, TrainData, padded_targets
+from webly.training import checkpoints, losses
+from webly.training.distributed import Dist, all_reduce_sum, init_distributed
+from webly.training.models import (
+    create_backbone,
+    head_prefix,
+    load_all_but_head,
+    uses_channels_last,
+)
+from webly.training.sampling import BalancedSampler, ShuffleSampler
+from webly.training.trainsets import TargetDataset, TrainData, padded_targets
 
 
 @dataclass
@@ -305,7 +312,7 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
     criterion = loss_fn(cfg, task)
     log = MetricsLog(run, d.is_primary, cfg.tensorboard)
     if d.is_primary:
-        (run / "train.config.json").write_text(json.dumps({"task": task, **asdict(cfg)}, indent=1))
+        write_atomic(run / "train.config.json", json.dumps({"task": task, **asdict(cfg)}, indent=1))
 
     def state(last_lr: float) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state()}
@@ -396,7 +403,7 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
         export(ema.module if ema else model, run, cfg, data, task)
         log.close()
         plot_curves(run)
-        (run / "train.summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        write_atomic(run / "train.summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -407,7 +414,7 @@ def shard_stream(data: TrainData, cfg: TrainConfig, ids: np.ndarray, ws: np.ndar
     import webdataset as wds
 
     from webly.data.shards import shard_pipeline, shard_urls
-    from webly.sampling import repeat_factors
+    from webly.training.sampling import repeat_factors
 
     rows = data.rows
     factors = (repeat_factors(np.diff(data.membership.indptr), data.membership, cfg.balance)
@@ -449,8 +456,9 @@ def export(model: nn.Module, run: Path, cfg: TrainConfig, data: TrainData, task:
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(run / "model.safetensors"))
-    (run / "model.json").write_text(json.dumps({
+    with atomic_path(run / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_atomic(run / "model.json", json.dumps({
         "backbone": cfg.backbone, "task": task, "num_classes": data.num_classes,
         "classes": list(data.class_names), "img_size": cfg.img_size, "crop_pct": cfg.crop_pct, "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD, "channels_last": uses_channels_last(cfg.backbone, cfg.channels_last),
@@ -513,7 +521,8 @@ def plot_curves(run: Path) -> None:
         b.legend()
     b.set(xlabel="epoch", ylabel="validation accuracy", title="Validation")
     fig.tight_layout()
-    fig.savefig(run / "training_curves.png", dpi=110)
+    with atomic_path(run / "training_curves.png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 

@@ -15,7 +15,6 @@ Under torchrun each rank predicts every world-th image and rank 0 gathers the pa
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
@@ -31,10 +29,11 @@ from webly import faults
 from webly.config import opt
 from webly.data.images import BadImages, EvalTransform, normalize_batch, try_decode
 from webly.data.manifest import Manifest
-from webly.distributed import init_distributed
+from webly.data.predictions import write_predictions
 from webly.errors import WeblyError
-from webly.models import create_backbone
 from webly.progress import progress
+from webly.training.distributed import init_distributed
+from webly.training.models import create_backbone
 
 
 @dataclass
@@ -172,47 +171,3 @@ def _merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {"row": cat("row"), "ids": cat("ids").tolist(), "status": cat("status").tolist(),
             "top_i": cat("top_i"), "top_p": cat("top_p"),
             "probs": cat("probs") if parts[0]["probs"] is not None else None}
-
-
-def write_predictions(out: Path, part: dict[str, Any], info: dict[str, Any]) -> None:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    k = part["top_i"].shape[1]
-    table = pa.table({
-        "row": pa.array(part["row"], pa.int64()), "id": pa.array(part["ids"], pa.string()),
-        "status": pa.array(part["status"], pa.string()),
-        "topk_idx": pa.FixedSizeListArray.from_arrays(pa.array(part["top_i"].ravel(), pa.int32()), k),
-        "topk_prob": pa.FixedSizeListArray.from_arrays(pa.array(part["top_p"].ravel(), pa.float16()), k),
-    }).replace_schema_metadata({"webly": json.dumps(info)})
-    tmp = out / ".predictions.parquet.tmp"
-    pq.write_table(table, tmp)
-    if part["probs"] is not None:
-        np.save(out / ".probs.tmp.npy", part["probs"])
-        os.replace(out / ".probs.tmp.npy", out / "probs.npy")
-    os.replace(tmp, out / "predictions.parquet")
-
-
-@dataclass
-class Predictions:
-    ids: list[str]
-    rows: np.ndarray
-    status: list[str]
-    top_i: np.ndarray
-    top_p: np.ndarray
-    probs: np.ndarray | None
-    info: dict[str, Any]
-
-
-def load_predictions(preds_dir: str | Path) -> Predictions:
-    d = Path(preds_dir)
-    f = d / "predictions.parquet"
-    if not f.is_file():
-        raise WeblyError(f"{d}: no predictions.parquet (make it with `webly predict`)")
-    t = pq.read_table(f)
-    info = json.loads(t.schema.metadata[b"webly"])
-    k = t.schema.field("topk_idx").type.list_size
-    probs = np.load(d / "probs.npy") if info.get("dense") and (d / "probs.npy").is_file() else None
-    return Predictions(t["id"].to_pylist(), t["row"].to_numpy(), t["status"].to_pylist(),
-                       t["topk_idx"].combine_chunks().flatten().to_numpy().reshape(-1, k),
-                       t["topk_prob"].combine_chunks().flatten().to_numpy().astype(np.float32).reshape(-1, k),
-                       probs, info)

@@ -39,11 +39,12 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from webly import faults
-from webly.config import opt, parse_part, write_text_atomic
+from webly.config import opt, parse_part
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
+from webly.files import atomic_path, write_atomic
+from webly.labels.text import MAX_TAG_CHARS, KeywordRecogniser, text_segments
 from webly.progress import progress
-from webly.text import MAX_TAG_CHARS, KeywordRecogniser, text_segments
 
 TEXT_COLUMNS = ["title", "description", "tags", "query_text"]
 
@@ -104,7 +105,7 @@ def _worker_init() -> None:
     """Forked workers must not share NLTK's open WordNet files (synset data, sense counts, sense
     index): a shared file offset makes concurrent seeks read each other's lines and silently
     corrupts parts of speech. Drop the handles; NLTK reopens them lazily, per process."""
-    from webly.wordnet import wordnet
+    from webly.labels.wordnet import wordnet
 
     wn = wordnet()
     wn._data_file_map = {}
@@ -128,11 +129,10 @@ def _tag_task(args: tuple[str, Task, Path, TagConfig]) -> tuple[int, dict[str, i
         counts["no_text"] += not any(text)
         keywords.append(kws)
     out = parts / f"part-{task.index:06d}.parquet"
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    pq.write_table(pa.table({"keywords": pa.array(keywords, pa.list_(pa.string()))}).replace_schema_metadata(
-        {"webly": json.dumps({"task": task.index, "rows": len(keywords), "recogniser": rec.name})}),
-        tmp, compression="zstd")
-    os.replace(tmp, out)
+    table = pa.table({"keywords": pa.array(keywords, pa.list_(pa.string()))}).replace_schema_metadata(
+        {"webly": json.dumps({"task": task.index, "rows": len(keywords), "recogniser": rec.name})})
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return task.index, dict(counts)
 
 
@@ -143,7 +143,7 @@ def tag_parts(manifest_path: str | Path, out_dir: str | Path, cfg: TagConfig) ->
     parts.mkdir(parents=True, exist_ok=True)
     shard_i, shards = parse_part(cfg.shard, "tag.shard") if cfg.shard else (0, 1)
     tasks = plan_tasks(manifest, cfg.chunk_rows)
-    (parts / "plan.json").write_text(json.dumps({"tasks": len(tasks), "rows": len(manifest),
+    write_atomic(parts / "plan.json", json.dumps({"tasks": len(tasks), "rows": len(manifest),
                                                  "chunk_rows": cfg.chunk_rows}))
     todo = [t for t in tasks if t.index % shards == shard_i
             and not (parts / f"part-{t.index:06d}.parquet").is_file()]
@@ -198,7 +198,7 @@ def _synset_of(keyword: str, wn) -> str:
 
 def merge(out_dir: str | Path, cfg: TagConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Vocabulary from all parts, then the CSR matrix, stats and plots."""
-    from webly.wordnet import wordnet
+    from webly.labels.wordnet import wordnet
 
     out = Path(out_dir)
     files = _part_files(out)
@@ -235,17 +235,18 @@ def merge(out_dir: str | Path, cfg: TagConfig, extra: dict[str, Any] | None = No
     wn = wordnet()
     # every output is written in full beside its final name first, then renamed, stats.json last:
     # a failure (disk full, kill) leaves the previous tag set whole, never a mix of two
-    write_text_atomic(out / ".vocab.tsv.new", "keyword\tdoc_frequency\tsynset\n" + "".join(
+    write_atomic(out / ".vocab.new.tsv", "keyword\tdoc_frequency\tsynset\n" + "".join(
         f"{k}\t{n}\t{_synset_of(k, wn)}\n" for k, n in vocab))
-    sp.save_npz(out / ".keywords.new.npz", mat, compressed=True)
+    with atomic_path(out / ".keywords.new.npz") as tmp:
+        sp.save_npz(tmp, mat, compressed=True)
     stats = keyword_stats(mat, df, images, documents, cfg, recogniser)
     stats.update(extra or {})
-    write_text_atomic(out / ".stats.json.new", json.dumps(stats, indent=1) + "\n")
+    write_atomic(out / ".stats.new.json", json.dumps(stats, indent=1) + "\n")
     plot_keywords(df, vocab, mat, out)
     (out / "stats.json").unlink(missing_ok=True)  # from here until the end the set reads as unfinished
-    os.replace(out / ".vocab.tsv.new", out / "vocab.tsv")
+    os.replace(out / ".vocab.new.tsv", out / "vocab.tsv")
     os.replace(out / ".keywords.new.npz", out / "keywords.npz")
-    os.replace(out / ".stats.json.new", out / "stats.json")
+    os.replace(out / ".stats.new.json", out / "stats.json")
     return stats
 
 
@@ -284,14 +285,16 @@ def plot_keywords(df: Counter, vocab: list[tuple[str, int]], mat: sp.csr_matrix,
         ax.legend()
     ax.set(xlabel="keyword rank", ylabel="images with the keyword", title="Keyword distribution")
     fig.tight_layout()
-    fig.savefig(out / "keyword_distribution.png", dpi=120)
+    with atomic_path(out / "keyword_distribution.png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     per_image = np.diff(mat.indptr)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(per_image, bins=np.arange(0, max(int(per_image.max(initial=0)), 1) + 2) - 0.5, color="C1")
     ax.set(xlabel="keywords per image (in vocabulary)", ylabel="images", title="Keywords per image")
     fig.tight_layout()
-    fig.savefig(out / "keywords_per_image.png", dpi=120)
+    with atomic_path(out / "keywords_per_image.png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 

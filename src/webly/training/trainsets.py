@@ -25,7 +25,7 @@ import torch
 from webly.data.images import try_decode
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
-from webly.sampling import groups_from_labels
+from webly.training.sampling import groups_from_labels
 
 
 @dataclass
@@ -66,7 +66,7 @@ def pretrain_data(manifest: Manifest, kind: str, source: str | Path) -> TrainDat
     rows, labels = _split_rows(manifest, "train")
     val_rows, val_labels = _split_rows(manifest, "val")
     if kind == "wt":
-        from webly.tagging import load_tags
+        from webly.labels.tagging import load_tags
 
         kw, vocab = load_tags(source)
         _check_rows(kw, manifest, source)

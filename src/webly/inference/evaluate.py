@@ -18,22 +18,11 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
+from webly.data.labels import read_name_labels
 from webly.data.manifest import Manifest
+from webly.data.predictions import Predictions, load_predictions
 from webly.errors import WeblyError
-from webly.predict import Predictions, load_predictions
-
-
-def read_labels(path: str | Path) -> dict[str, int]:
-    """`name label` lines (e.g. WebVision's val_filelist.txt or a truth file)."""
-    from webly.data.textio import iter_lines, require
-
-    out: dict[str, int] = {}
-    for lineno, line in iter_lines(require(Path(path), "lines 'name label'")):
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise WeblyError(f"{path}:{lineno}: expected 'name label', got {line[:80]!r}")
-        out[parts[0]] = int(parts[1])
-    return out
+from webly.files import atomic_path, write_atomic
 
 
 def align(preds: Predictions, labels: dict[str, int]) -> np.ndarray:
@@ -68,7 +57,7 @@ def evaluate(preds_dir: str | Path, manifest_path: str | Path, out_dir: str | Pa
     preds = load_predictions(preds_dir)
     manifest = Manifest(manifest_path)
     if labels_file:
-        labels = read_labels(labels_file)
+        labels = read_name_labels(labels_file)
     else:
         t = manifest.read(["id", "label", "split"])
         t = t.filter(pc.and_(pc.equal(t["split"], preds.info["split"]), pc.is_valid(t["label"])))
@@ -87,14 +76,11 @@ def evaluate(preds_dir: str | Path, manifest_path: str | Path, out_dir: str | Pa
                           for (a, b), c in confusions.most_common(10)]
     m["skipped_images"] = int((~ok).sum())
     out = Path(out_dir or preds_dir)
-    out.mkdir(parents=True, exist_ok=True)
     train_freq = _train_frequency(manifest)
-    with open(out / "per_class.tsv", "w") as f:
-        f.write("class\twnid\tname\tval_images\ttrain_images\ttop1\ttop5\n")
-        for c in range(C):
-            f.write(f"{c}\t{manifest.classes[c]}\t{names[c]}\t{per['n'][c]}\t{train_freq[c]}\t"
-                    f"{per['top1'][c]:.4f}\t{per['top5'][c]:.4f}\n")
-    (out / "metrics.json").write_text(json.dumps(m, indent=1) + "\n")
+    write_atomic(out / "per_class.tsv", "class\twnid\tname\tval_images\ttrain_images\ttop1\ttop5\n" + "".join(
+        f"{c}\t{manifest.classes[c]}\t{names[c]}\t{per['n'][c]}\t{train_freq[c]}\t"
+        f"{per['top1'][c]:.4f}\t{per['top5'][c]:.4f}\n" for c in range(C)))
+    write_atomic(out / "metrics.json", json.dumps(m, indent=1) + "\n")
     _plot(per, train_freq, out)
     return m
 
@@ -122,7 +108,8 @@ def _plot(per: dict[str, np.ndarray], train_freq: np.ndarray, out: Path) -> None
     b.set(xlabel="training images of the class", ylabel="top-1 accuracy",
           title="Accuracy vs class frequency", ylim=(-0.02, 1.02))
     fig.tight_layout()
-    fig.savefig(out / "per_class_accuracy.png", dpi=110)
+    with atomic_path(out / "per_class_accuracy.png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -138,8 +125,6 @@ def submit(preds_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
         raise WeblyError(f"{len(dup)} image ids duplicated in the predictions, first: {', '.join(dup[:5])}")
     order = np.argsort(preds.rows, kind="stable")  # manifest order = test_filelist order
     lines = [f"{preds.ids[i]} {' '.join(str(c) for c in preds.top_i[i, :5])}\n" for i in order]
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(lines))
+    out = write_atomic(out_file, "".join(lines))
     return {"submission": str(out), "images": len(lines),
             "skipped_images_submitted_with_their_fallback": sum(s != "ok" for s in preds.status)}
