@@ -1,10 +1,12 @@
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
-from webly.cli import STAGE_CONFIG_PATHS, build_parser, main
+from webly.cli import build_parser, main
+from webly.stages import BY_NAME, STAGES
 
 
 def test_help_lists_every_stage(capsys):
@@ -21,7 +23,7 @@ def test_each_stage_help_shows_defaults(stage, capsys):
         main([stage, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    if stage in STAGE_CONFIG_PATHS:
+    if stage in BY_NAME:
         assert "(default:" in out
 
 
@@ -86,5 +88,19 @@ def _screenshot(page, png):
     return png
 
 
-def test_parser_builds():
-    assert build_parser().prog == "webly"
+def test_every_stage_is_a_subcommand_with_its_inputs_and_options():
+    parser = build_parser("predict")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert [st.name for st in STAGES] == [n for n in sub.choices if n in BY_NAME]
+    assert set(sub.choices) - set(BY_NAME) == {"demo", "run", "neighbours", "wordnet", "config"}
+    for st in STAGES:
+        dests = {a.dest for a in sub.choices[st.name]._actions}
+        assert {i.name for i in st.inputs} | {"output", "config"} <= dests, st.name
+    predict = {a.dest for a in sub.choices["predict"]._actions}
+    assert {"batch_size", "tta", "top_k"} <= predict  # the selected stage's config flags
+
+
+def test_renamed_flag_still_works_with_a_warning(capsys):
+    args = build_parser("ensemble").parse_args(["ensemble", "a", "b", "-o", "e", "--weights", "2,1"])
+    assert args.model_weights == "2,1"
+    assert "--weights is now --model-weights" in capsys.readouterr().err

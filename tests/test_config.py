@@ -67,6 +67,6 @@ def test_flags_win_over_file_and_config_is_saved(tmp_path):
     f.write_text("synth:\n  seed: 9\n  families: 1\n  per_family: 2\n  max_per_class: 3\n"
                  "  min_per_class: 2\n  val_per_class: 1\n  test_per_class: 1\n  images: false\n")
     out = tmp_path / "data"
-    assert main(["synth", str(out), "--config", str(f), "--seed", "4"]) == 0
+    assert main(["synth", "-o", str(out), "--config", str(f), "--seed", "4"]) == 0
     saved = yaml.safe_load((out / "synth.config.yaml").read_text())["synth"]
     assert saved["seed"] == 4 and saved["families"] == 1 and saved["images"] is False

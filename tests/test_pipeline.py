@@ -41,7 +41,7 @@ def test_runs_then_skips_then_reruns_what_changed(tmp_path):
     (lambda s: s[2].update(min_cnt=1), "unknown option 'min_cnt' \\(did you mean 'min_count'\\?\\)"),
     (lambda s: s[1].update(root="@nothing"), "refers to @nothing, not an earlier step"),
     (lambda s: s.append({"id": "tags", "stage": "tag", "manifest": "@manifest"}), "duplicate id 'tags'"),
-    (lambda s: s[5].update(top_k=3), "stage evaluate takes no option"),
+    (lambda s: s[5].update(top_k=3), "evaluate: unknown option .top_k.; valid: most_confused"),
     (lambda s: s[3].pop("manifest"), "stage finetune needs manifest"),
 ])
 def test_whole_recipe_validated_before_anything_runs(tmp_path, mutate, msg):
@@ -90,3 +90,14 @@ def test_until_from_and_dry_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "tags (tag): done" in err and "ft (finetune): run" in err
     assert not (tmp_path / "ft").exists()
+
+
+def test_renamed_recipe_key_still_works_with_a_warning(capsys):
+    steps = pipeline.validate([{"id": "m", "stage": "index", "root": "data"},
+                      {"id": "w", "stage": "weigh", "manifest": "@m"},
+                      {"id": "lw", "stage": "pretrain", "set": "lw", "manifest": "@m", "weights": "@w"},
+                      {"id": "e", "stage": "ensemble", "preds": ["a", "b"], "weights": [2, 1]}])
+    assert steps[2].inputs["label_weights"] == "@w" and "weights" not in steps[2].inputs
+    assert steps[3].options["model_weights"] == [2, 1]
+    err = capsys.readouterr().err
+    assert "'weights' is now 'label_weights'" in err and "'weights' is now 'model_weights'" in err

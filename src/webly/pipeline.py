@@ -36,83 +36,7 @@ from webly import faults
 from webly.config import load_yaml, resolve_config
 from webly.errors import WeblyError
 from webly.files import write_atomic
-
-
-@dataclass
-class StageSpec:
-    config: type | None  # options resolved into this dataclass
-    inputs: tuple[str, ...]  # path-valued keys (may be @references)
-    run: Callable[[dict[str, Any], Any, Path, bool], dict[str, Any]]
-    output: str = ""  # file inside the step folder that @id means ("" = the folder)
-    optional: tuple[str, ...] = ()
-    extra: tuple[str, ...] = ()  # plain (non-config, non-path) keys
-
-
-def _specs() -> dict[str, StageSpec]:
-    from webly.data.index import IndexConfig, index_dataset
-    from webly.data.labels import load_labels
-    from webly.data.manifest import Manifest
-    from webly.data.shards import ShardConfig, write_shards
-    from webly.demo.synth import SynthConfig, generate
-    from webly.inference.predict import PredictConfig, predict
-    from webly.inference.pseudolabel import PseudoLabelConfig, pseudo_label
-    from webly.labels.tagging import TagConfig, tag
-    from webly.labels.weighing import WeighConfig, weigh
-    from webly.training.engine import TrainConfig, train
-    from webly.training.trainsets import finetune_data, pretrain_data
-
-    def synth(i, cfg, out, _):
-        recs = generate(out, cfg)
-        return {s: len(r) for s, r in recs.items()}
-
-    def finetune(i, cfg, out, resume):
-        m = Manifest(i["manifest"])
-        labels = load_labels(i["labels"], len(m)) if i.get("labels") else None
-        return train(finetune_data(m, labels), cfg, out, task="finetune", resume=resume)
-
-    def pretrain(i, cfg, out, resume):
-        src = i.get("tags") if i["set"] == "wt" else i.get("weights")
-        if not src:
-            raise WeblyError(f"pretrain --set {i['set']} needs {'tags' if i['set'] == 'wt' else 'weights'}")
-        return train(pretrain_data(Manifest(i["manifest"]), i["set"], src), cfg, out,
-                     task=f"pretrain_{i['set']}", resume=resume)
-
-    def ensemble_(i, cfg, out, _):
-        from webly.data.labels import read_name_labels as read_labels
-        from webly.inference.ensemble import ensemble
-
-        fit = i.get("fit")
-        return ensemble(i["preds"], out, i.get("weights"), fit,
-                        read_labels(i["fit_labels"]) if fit else None)
-
-    def evaluate_(i, cfg, out, _):
-        from webly.inference.evaluate import evaluate
-
-        return evaluate(i["preds"], i["manifest"], out, i.get("labels"))
-
-    def submit_(i, cfg, out, _):
-        from webly.inference.evaluate import submit
-
-        return submit(i["preds"], out / "predictions.txt")
-
-    return {
-        "synth": StageSpec(SynthConfig, (), synth),
-        "index": StageSpec(IndexConfig, ("root",), lambda i, c, o, r: index_dataset(i["root"], o / "manifest.parquet", c),
-                           output="manifest.parquet"),
-        "shard": StageSpec(ShardConfig, ("manifest",), lambda i, c, o, r: write_shards(i["manifest"], o, c, log=lambda _: None)),
-        "tag": StageSpec(TagConfig, ("manifest",), lambda i, c, o, r: tag(i["manifest"], o, c)),
-        "weigh": StageSpec(WeighConfig, ("manifest",), lambda i, c, o, r: weigh(i["manifest"], i.get("tags"), o, c, i.get("labels")),
-                           optional=("tags", "labels")),
-        "pretrain": StageSpec(TrainConfig, ("manifest",), pretrain, optional=("tags", "weights"), extra=("set",)),
-        "finetune": StageSpec(TrainConfig, ("manifest",), finetune, optional=("labels",)),
-        "predict": StageSpec(PredictConfig, ("model", "manifest"), lambda i, c, o, r: predict(i["model"], i["manifest"], o, c)),
-        "evaluate": StageSpec(None, ("preds", "manifest"), evaluate_, optional=("labels",)),
-        "ensemble": StageSpec(None, ("preds",), ensemble_, optional=("fit", "fit_labels"), extra=("weights",)),
-        "pseudo-label": StageSpec(PseudoLabelConfig, ("manifest", "preds"),
-                                  lambda i, c, o, r: pseudo_label(i["manifest"], i["preds"], o, c)),
-        "submit": StageSpec(None, ("preds",), submit_),
-    }
-
+from webly.stages import BY_NAME, load, run_stage
 
 CHECKPOINT_KEYS = ("pretrained", "continue_from")  # options that want a checkpoint, not a folder
 
@@ -145,35 +69,39 @@ def _refs(value: Any) -> list[str]:
     return []
 
 
+def _warn(message: str) -> None:
+    print(f"webly: {message}", file=sys.stderr, flush=True)
+
+
 def validate(raw: list[dict[str, Any]]) -> list[Step]:
-    specs = _specs()
     steps: list[Step] = []
     seen: set[str] = set()
     for n, s in enumerate(raw, 1):
-        sid, stage = s.pop("id", None), s.pop("stage", None)
+        sid, name = s.pop("id", None), s.pop("stage", None)
         where = f"step {n} ({sid or '?'})"
         if not sid or not isinstance(sid, str) or "/" in sid:
             raise WeblyError(f"{where}: needs an 'id' (a folder name)")
         if sid in seen:
             raise WeblyError(f"{where}: duplicate id {sid!r}")
-        if stage not in specs:
-            raise WeblyError(f"{where}: unknown stage {stage!r}; valid: {', '.join(specs)}")
-        spec = specs[stage]
-        path_keys = set(spec.inputs) | set(spec.optional) | set(spec.extra)
-        inputs = {k: s.pop(k) for k in list(s) if k in path_keys}
-        missing = [k for k in spec.inputs if k not in inputs]
+        if name not in BY_NAME:
+            raise WeblyError(f"{where}: unknown stage {name!r}; valid: {', '.join(BY_NAME)}")
+        st = BY_NAME[name]
+        for old, new in st.renamed:
+            if old in s:
+                _warn(f"{where}: {name} option {old!r} is now {new!r}; please rename it")
+                s[new] = s.pop(old)
+        names = {i.name for i in st.inputs}
+        inputs = {k: s.pop(k) for k in list(s) if k in names}
+        missing = [i.name for i in st.inputs if i.required and i.name not in inputs]
         if missing:
-            raise WeblyError(f"{where}: stage {stage} needs {', '.join(missing)}")
+            raise WeblyError(f"{where}: stage {name} needs {', '.join(missing)}")
         refs = _refs(list(inputs.values())) + _refs(list(s.values()))
         bad = [r for r in refs if r not in seen]
         if bad:
             raise WeblyError(f"{where}: refers to {', '.join('@' + b for b in bad)}, not an earlier step")
-        if spec.config is None and s:
-            raise WeblyError(f"{where}: stage {stage} takes no option(s) {sorted(s)}; "
-                             f"valid: {', '.join(sorted(path_keys))}")
-        if spec.config is not None:
-            resolve_config(spec.config, {k: v for k, v in s.items() if not _refs(v)}, where=f"{where} {stage}")
-        steps.append(Step(sid, stage, inputs, s, refs))
+        resolve_config(load(st.config), {k: v for k, v in s.items() if not _refs(v)},
+                       where=f"{where} {name}")
+        steps.append(Step(sid, name, inputs, s, refs))
         seen.add(sid)
     return steps
 
@@ -228,9 +156,8 @@ def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *, st
             raise WeblyError(f"{name} {value!r} is not a step; steps: {', '.join(ids)}")
     first = ids.index(start) if start else 0
     last = ids.index(until) if until else len(ids) - 1
-    specs = _specs()
     planned = plan(steps, root)
-    outputs = {s.id: root / s.id / specs[s.stage].output if specs[s.stage].output else root / s.id for s in steps}
+    outputs = {s.id: root / s.id / BY_NAME[s.stage].output_file for s in steps}
     summaries: dict[str, Any] = {}
     for k, (step, status) in enumerate(planned):
         if k < first or k > last:
@@ -242,10 +169,10 @@ def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *, st
         log(f"[{k + 1}/{len(steps)}] {step.id} ({step.stage}): {action}")
         if dry_run or (status == "done" and not forced):
             continue
-        spec = specs[step.stage]
+        st = BY_NAME[step.stage]
         inputs = {key: _resolve(v, key, outputs) for key, v in step.inputs.items()}
         options = {key: _resolve(v, key, outputs) for key, v in step.options.items()}
-        cfg = resolve_config(spec.config, options, where=step.id) if spec.config else None
+        cfg = resolve_config(load(st.config), options, where=step.id)
         out = root / step.id
         if status != "resume" and out.exists():  # outputs of other options: never mixed in
             shutil.rmtree(out)
@@ -255,7 +182,7 @@ def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *, st
         faults.set_scope(step.id)
         faults.point("step.start")
         t0 = time.time()
-        summary = spec.run(inputs, cfg, out, status == "resume")
+        summary = run_stage(st, inputs, cfg, outputs[step.id], resume=status == "resume")
         summaries[step.id] = summary
         write_atomic(out / "step.json", json.dumps(
             {"id": step.id, "stage": step.stage, "hash": step.hash, "seconds": round(time.time() - t0, 2),

@@ -32,7 +32,7 @@ RECIPE = {"steps": [
     {"id": "tags", "stage": "tag", "manifest": "@manifest", "min_count": 2, "max_df": 0.5, "chunk_rows": 8,
      "workers": 1},
     {"id": "weights", "stage": "weigh", "manifest": "@manifest", "tags": "@tags"},
-    {"id": "lw", "stage": "pretrain", "set": "lw", "manifest": "@manifest", "weights": "@weights", "epochs": 1, **TRAIN},
+    {"id": "lw", "stage": "pretrain", "set": "lw", "manifest": "@manifest", "label_weights": "@weights", "epochs": 1, **TRAIN},
     {"id": "ft", "stage": "finetune", "manifest": "@manifest", "pretrained": "@lw", "epochs": 2, **TRAIN},
     {"id": "val", "stage": "predict", "model": "@ft", "manifest": "@manifest", "split": "val", "workers": 0},
     {"id": "score", "stage": "evaluate", "preds": "@val", "manifest": "@manifest"},

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import random
+import sys
 import tarfile
 import time
 from collections import Counter
@@ -249,3 +250,8 @@ def read_shard_records(path: str | Path) -> Iterator[dict[str, Any]]:
             check_relative(member.name, f"{path}: member")
             if member.name.endswith(".json"):
                 yield json.loads(tar.extractfile(member).read())
+
+
+def run_shard(*, manifest: str, cfg: ShardConfig, out: Path) -> dict[str, Any]:
+    """The `shard` stage; every skipped image is named on stderr."""
+    return write_shards(manifest, out, cfg, log=lambda m: print(m, file=sys.stderr))

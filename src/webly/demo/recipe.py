@@ -26,7 +26,7 @@ def demo_recipe(seed: int = 0) -> dict[str, Any]:
         {"id": "tags", "stage": "tag", "manifest": m, "min_count": 3, "max_df": 0.3, "workers": 2},
         {"id": "weights", "stage": "weigh", "manifest": m, "tags": "@tags"},
         {"id": "wt", "stage": "pretrain", "set": "wt", "manifest": m, "tags": "@tags", "epochs": 16, **TRAIN},
-        {"id": "lw", "stage": "pretrain", "set": "lw", "manifest": m, "weights": "@weights", "epochs": 16, **TRAIN},
+        {"id": "lw", "stage": "pretrain", "set": "lw", "manifest": m, "label_weights": "@weights", "epochs": 16, **TRAIN},
         {"id": "ft_scratch", "stage": "finetune", "manifest": m, "epochs": 6, **TRAIN},
         {"id": "ft_wt", "stage": "finetune", "manifest": m, "pretrained": "@wt", "epochs": 6, **TRAIN},
         {"id": "ft_lw", "stage": "finetune", "manifest": m, "pretrained": "@lw", "epochs": 6, **TRAIN},

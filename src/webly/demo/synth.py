@@ -24,8 +24,10 @@ import json
 import math
 import random
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -334,3 +336,10 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, list[Record]]:
 def _write_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def run_synth(*, cfg: SynthConfig, out: Path) -> dict[str, Any]:
+    """The `synth` stage: generate, and count what was written."""
+    t0 = time.time()
+    records = generate(out, cfg)
+    return {"root": str(out), **{s: len(r) for s, r in records.items()}, "seconds": round(time.time() - t0, 2)}

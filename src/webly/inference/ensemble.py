@@ -10,14 +10,30 @@ average their kept probabilities (the rest count as 0).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
 
+from webly.config import opt
 from webly.data.predictions import Predictions, load_predictions, write_predictions
 from webly.errors import WeblyError
+
+
+@dataclass
+class EnsembleConfig:
+    model_weights: list[float] | None = opt(None, "one weight per member, e.g. 2,1,1 (default: equal; "
+                                                  "ignored with --fit)")
+    top_k: int = opt(5, "classes kept per image in predictions.parquet")
+
+    def validate(self) -> None:
+        if self.model_weights is not None and (min(self.model_weights, default=0) < 0
+                                               or sum(self.model_weights) <= 0):
+            raise WeblyError("ensemble.model_weights must be non-negative and not all zero")
+        if self.top_k < 1:
+            raise WeblyError("ensemble.top_k must be positive")
 
 
 def _probs(p: Predictions) -> np.ndarray:
@@ -66,7 +82,7 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
         w = fit_weights(val, align(val[0], fit_labels or {}))
     elif weights:
         if len(weights) != len(preds) or min(weights) < 0 or sum(weights) <= 0:
-            raise WeblyError("--weights needs one non-negative weight per model, not all zero")
+            raise WeblyError("model_weights needs one non-negative weight per model, not all zero")
         w = np.asarray(weights, np.float64) / sum(weights)
     else:
         w = np.full(len(preds), 1 / len(preds))
@@ -82,3 +98,14 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
                                       "top_p": np.take_along_axis(avg, top_i, 1).astype(np.float16),
                                       "probs": avg.astype(np.float16)}, info)
     return {"members": pred_dirs, "weights": [round(x, 4) for x in w.tolist()], "images": len(status)}
+
+
+def run_ensemble(*, preds: list[str], cfg: EnsembleConfig, out: Path, fit: list[str] | None = None,
+                 fit_labels: str | None = None) -> dict[str, Any]:
+    """The `ensemble` stage: --fit validation predictions need --fit-labels."""
+    from webly.data.labels import read_name_labels
+
+    if fit and not fit_labels:
+        raise WeblyError("--fit needs --fit-labels (a 'name label' file, e.g. info/val_filelist.txt)")
+    return ensemble(list(preds), out, cfg.model_weights, list(fit) if fit else None,
+                    read_name_labels(fit_labels) if fit else None, top_k=cfg.top_k)

@@ -12,17 +12,37 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 
+from webly.config import opt
 from webly.data.labels import read_name_labels
 from webly.data.manifest import Manifest
 from webly.data.predictions import Predictions, load_predictions
 from webly.errors import WeblyError
 from webly.files import atomic_path, write_atomic
+
+
+@dataclass
+class EvaluateConfig:
+    most_confused: int = opt(10, "confusion pairs listed in metrics.json")
+
+    def validate(self) -> None:
+        if self.most_confused < 0:
+            raise WeblyError("evaluate.most_confused must be >= 0")
+
+
+@dataclass
+class SubmitConfig:
+    top_k: int = opt(5, "class ids per line (the WebVision challenge scores 5)")
+
+    def validate(self) -> None:
+        if self.top_k < 1:
+            raise WeblyError("submit.top_k must be positive")
 
 
 def align(preds: Predictions, labels: dict[str, int]) -> np.ndarray:
@@ -53,7 +73,8 @@ def metrics(top_i: np.ndarray, ok: np.ndarray, y: np.ndarray, num_classes: int) 
 
 
 def evaluate(preds_dir: str | Path, manifest_path: str | Path, out_dir: str | Path | None = None,
-             labels_file: str | Path | None = None) -> dict[str, Any]:
+             labels_file: str | Path | None = None, cfg: EvaluateConfig | None = None) -> dict[str, Any]:
+    cfg = cfg or EvaluateConfig()
     preds = load_predictions(preds_dir)
     manifest = Manifest(manifest_path)
     if labels_file:
@@ -73,7 +94,7 @@ def evaluate(preds_dir: str | Path, manifest_path: str | Path, out_dir: str | Pa
                              preds.top_i[~(preds.top_i[:, 0] == y), 0].tolist(), strict=True))
     names = manifest.class_names
     m["most_confused"] = [{"true": names[a], "predicted": names[b], "count": c}
-                          for (a, b), c in confusions.most_common(10)]
+                          for (a, b), c in confusions.most_common(cfg.most_confused)]
     m["skipped_images"] = int((~ok).sum())
     out = Path(out_dir or preds_dir)
     train_freq = _train_frequency(manifest)
@@ -113,18 +134,30 @@ def _plot(per: dict[str, np.ndarray], train_freq: np.ndarray, out: Path) -> None
     plt.close(fig)
 
 
-def submit(preds_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
+def submit(preds_dir: str | Path, out_file: str | Path, cfg: SubmitConfig | None = None) -> dict[str, Any]:
     """Write the WebVision submission file from test-split predictions (top-5 needed)."""
+    k = (cfg or SubmitConfig()).top_k
     preds = load_predictions(preds_dir)
     if preds.info["split"] != "test":
         raise WeblyError(f"{preds_dir} holds {preds.info['split']!r} predictions; submit needs test")
-    if preds.top_i.shape[1] < 5:
-        raise WeblyError(f"{preds_dir} keeps top-{preds.top_i.shape[1]}; predict with --top-k 5 or more")
+    if preds.top_i.shape[1] < k:
+        raise WeblyError(f"{preds_dir} keeps top-{preds.top_i.shape[1]}; predict with --top-k {k} or more")
     dup = [i for i, n in Counter(preds.ids).items() if n > 1]
     if dup:
         raise WeblyError(f"{len(dup)} image ids duplicated in the predictions, first: {', '.join(dup[:5])}")
     order = np.argsort(preds.rows, kind="stable")  # manifest order = test_filelist order
-    lines = [f"{preds.ids[i]} {' '.join(str(c) for c in preds.top_i[i, :5])}\n" for i in order]
+    lines = [f"{preds.ids[i]} {' '.join(str(c) for c in preds.top_i[i, :k])}\n" for i in order]
     out = write_atomic(out_file, "".join(lines))
     return {"submission": str(out), "images": len(lines),
             "skipped_images_submitted_with_their_fallback": sum(s != "ok" for s in preds.status)}
+
+
+def run_evaluate(*, preds: str, manifest: str, cfg: EvaluateConfig, out: Path,
+                 labels: str | None = None) -> dict[str, Any]:
+    """The `evaluate` stage."""
+    return evaluate(preds, manifest, out, labels, cfg)
+
+
+def run_submit(*, preds: str, cfg: SubmitConfig, out: Path) -> dict[str, Any]:
+    """The `submit` stage."""
+    return submit(preds, out, cfg)

@@ -171,3 +171,8 @@ def _merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {"row": cat("row"), "ids": cat("ids").tolist(), "status": cat("status").tolist(),
             "top_i": cat("top_i"), "top_p": cat("top_p"),
             "probs": cat("probs") if parts[0]["probs"] is not None else None}
+
+
+def run_predict(*, model: str, manifest: str, cfg: PredictConfig, out: Path) -> dict[str, Any]:
+    """The `predict` stage (under torchrun every rank calls it; rank 0 returns the summary)."""
+    return predict(model, manifest, out, cfg)

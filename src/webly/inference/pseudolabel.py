@@ -90,3 +90,8 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     write_atomic(out / "suspects.tsv", "id\tgiven_label\tpredicted\tconfidence\n" + "".join(
         f"{preds.ids[i]}\t{names[original[i]]}\t{names[pred[i]]}\t{conf[i]:.3f}\n" for i in suspects))
     return {k: v for k, v in report.items() if k not in ("per_class",)}
+
+
+def run_pseudo_label(*, manifest: str, preds: str, cfg: PseudoLabelConfig, out: Path) -> dict[str, Any]:
+    """The `pseudo-label` stage."""
+    return pseudo_label(manifest, preds, out, cfg)

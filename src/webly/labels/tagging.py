@@ -323,3 +323,8 @@ def load_tags(tags_dir: str | Path) -> tuple[sp.csr_matrix, list[str]]:
         raise WeblyError(f"{d}: keywords.npz has {mat.shape[1]} keyword columns but vocab.tsv "
                          f"{len(vocab)} keywords (a mixed tag set): rerun `webly tag merge`")
     return mat, vocab
+
+
+def run_tag(*, manifest: str, cfg: TagConfig, out: Path) -> dict[str, Any]:
+    """The `tag` stage; `manifest` "merge" combines the parts of a sharded run found in `out`."""
+    return merge(out, cfg) if manifest == "merge" else tag(manifest, out, cfg)

@@ -358,3 +358,9 @@ def nearest(query: str, wnids: list[str], names: list[str], measure: str, top_k:
 
 __all__ = ["WeighConfig", "weigh", "concept_similarity", "cross_similarity", "neighbours",
            "keyword_support", "label_weights", "nearest", "resolve_concept", "wnid_of"]
+
+
+def run_weigh(*, manifest: str, cfg: WeighConfig, out: Path, tags: str | None = None,
+              labels: str | None = None) -> dict[str, Any]:
+    """The `weigh` stage."""
+    return weigh(manifest, tags, out, cfg, labels)

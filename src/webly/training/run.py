@@ -1,0 +1,30 @@
+"""The `pretrain` and `finetune` stages: what to train on, then the training engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from webly.data.labels import load_labels
+from webly.data.manifest import Manifest
+from webly.errors import WeblyError
+from webly.training.engine import TrainConfig, train
+from webly.training.trainsets import finetune_data, pretrain_data
+
+
+def run_pretrain(*, manifest: str, set: str, cfg: TrainConfig, out: Path, tags: str | None = None,  # noqa: A002
+                 label_weights: str | None = None, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """Pretrain on the WT-Set (`tags`) or the LW-Set (`label_weights`)."""
+    source = tags if set == "wt" else label_weights
+    if not source:
+        raise WeblyError(f"pretrain --set {set} needs {'--tags' if set == 'wt' else '--label-weights'}")
+    data = pretrain_data(Manifest(manifest), set, source)
+    return train(data, cfg, out, task=f"pretrain_{set}", resume=resume, force=force)
+
+
+def run_finetune(*, manifest: str, cfg: TrainConfig, out: Path, labels: str | None = None,
+                 resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """Finetune on the manifest's labels, or on pseudo-labels (`labels`)."""
+    m = Manifest(manifest)
+    data = finetune_data(m, load_labels(labels, len(m)) if labels else None)
+    return train(data, cfg, out, task="finetune", resume=resume, force=force)
