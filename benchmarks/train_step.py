@@ -21,7 +21,8 @@ from webly.data.images import TrainTransform, normalize_batch
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
 from webly.demo.synth import SynthConfig, generate
-from webly.training.engine import TrainConfig, train
+from webly.training.config import TrainConfig
+from webly.training.engine import train
 from webly.training.models import create_backbone
 from webly.training.trainsets import TargetDataset, finetune_data, padded_targets
 

@@ -4,7 +4,7 @@ import scipy.sparse as sp
 import torch
 
 from webly.errors import WeblyError
-from webly.training.engine import per_rank_batch
+from webly.training.config import per_rank_batch
 from webly.training.losses import cross_entropy, dense_targets, multilabel_bce, weighted_softmax_ce
 from webly.training.models import (
     create_backbone,

@@ -74,7 +74,8 @@ def test_submission_matches_webvision_format(tmp_path):
 @pytest.fixture(scope="module")
 def trained(synth_small, synth_manifest, tmp_path_factory):
     from webly.data.manifest import Manifest
-    from webly.training.engine import TrainConfig, train
+    from webly.training.config import TrainConfig
+    from webly.training.engine import train
     from webly.training.trainsets import finetune_data
 
     run = tmp_path_factory.mktemp("run")

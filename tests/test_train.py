@@ -19,7 +19,8 @@ from webly.demo.synth import SynthConfig, generate
 from webly.errors import WeblyError
 from webly.labels.tagging import TagConfig, tag
 from webly.training import checkpoints
-from webly.training.engine import TrainConfig, train
+from webly.training.config import TrainConfig
+from webly.training.engine import train
 from webly.training.trainsets import finetune_data
 
 TINY = ["--img-size", "32", "--batch-size", "16", "--accum-steps", "1", "--workers", "0",
@@ -130,20 +131,17 @@ def test_epoch_numbers_are_one_based_also_when_max_steps_cuts_an_epoch(data6, tm
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data6, tmp_path, monkeypatch):
-    import webly.training.engine as tr
+    import webly.training.engine as engine
+    from webly.training.tasks import Task, criterion_for
 
-    calls = {"n": 0}
-    real = tr.loss_fn
+    class Poisoned(Task):  # a training method whose 4th loss is NaN
+        calls = 0
 
-    def poisoned(cfg, task):
-        f = real(cfg, task)
+        def loss(self, net, batch):
+            Poisoned.calls += 1
+            return super().loss(net, batch) * (float("nan") if Poisoned.calls == 4 else 1.0)
 
-        def g(logits, i, w):
-            calls["n"] += 1
-            return f(logits, i, w) * (float("nan") if calls["n"] == 4 else 1.0)
-        return g
-
-    monkeypatch.setattr(tr, "loss_fn", poisoned)
+    monkeypatch.setattr(engine, "make_task", lambda cfg, task: Poisoned(criterion_for(cfg, task)))
     data = finetune_data(Manifest(data6 / "manifest.parquet"))
     cfg = TrainConfig(backbone="test_resnet", img_size=32, batch_size=8, accum_steps=1, workers=0,
                       ckpt_every_steps=2, tensorboard=False)
@@ -183,7 +181,7 @@ def test_bad_train_config(data6):
     with pytest.raises(WeblyError, match="holds no optimizer step"):
         train(data, TrainConfig(backbone="test_resnet", batch_size=256, accum_steps=8), "/tmp/never",
               task="finetune")
-    with pytest.raises(WeblyError, match="schedule must be"):
+    with pytest.raises(WeblyError, match="train.schedule: .linear. is not one of"):
         TrainConfig(schedule="linear").validate()
 
 

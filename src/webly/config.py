@@ -135,6 +135,16 @@ def config_from_args(cls: type[C], args: argparse.Namespace, stage: str) -> C:
     return resolve_config(cls, file_layer, flags, where=stage)
 
 
+def check_choices(cfg: Any, where: str) -> None:
+    """Every `Literal` field holds one of its choices (configs built in code skip `coerce`)."""
+    for name, tp in _field_types(type(cfg)).items():
+        base, optional = _unwrap_optional(tp)
+        value = getattr(cfg, name)
+        choices = typing.get_args(base) if typing.get_origin(base) is typing.Literal else None
+        if choices is not None and not (optional and value is None) and value not in choices:
+            raise WeblyError(f"{where}.{name}: {value!r} is not one of {list(choices)}")
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
     """One `--flag` per dataclass field; flags left out do not override the YAML layer."""
     group = parser.add_argument_group(f"{cls.__name__} options")
@@ -146,6 +156,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
         if tp is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_)
+        elif typing.get_origin(tp) is typing.Literal:
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=help_,
+                               choices=list(typing.get_args(tp)))
         else:
             group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=help_,
                                metavar=f.name.upper())

@@ -11,7 +11,8 @@ from webly.data.manifest import Manifest
 from webly.demo.synth import SynthConfig, generate
 from webly.errors import WeblyError
 from webly.pipeline import run
-from webly.training.engine import TrainConfig, train
+from webly.training.config import TrainConfig
+from webly.training.engine import train
 from webly.training.trainsets import finetune_data
 
 

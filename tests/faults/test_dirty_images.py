@@ -11,7 +11,8 @@ from webly.data.predictions import load_predictions
 from webly.data.records import Record
 from webly.errors import WeblyError
 from webly.inference.predict import PredictConfig, predict
-from webly.training.engine import TrainConfig, train
+from webly.training.config import TrainConfig
+from webly.training.engine import train
 from webly.training.trainsets import finetune_data
 
 CLASSES = ["n02129165", "n02129604"]  # lion, tiger

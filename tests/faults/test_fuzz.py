@@ -20,7 +20,7 @@ from webly.errors import WeblyError
 from webly.labels.tagging import TagConfig
 from webly.labels.text import KeywordRecogniser, clean_text, text_segments
 from webly.labels.weighing import WeighConfig
-from webly.training.engine import TrainConfig
+from webly.training.config import TrainConfig
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

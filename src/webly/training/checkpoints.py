@@ -11,15 +11,23 @@ CPU, and CUDA when present); best (metric, epoch); config (the resolved TrainCon
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from webly import faults
+from webly.data.images import IMAGENET_MEAN, IMAGENET_STD
 from webly.errors import WeblyError
-from webly.files import atomic_path
+from webly.files import atomic_path, write_atomic
+from webly.training.models import head_prefix, uses_channels_last
+
+if TYPE_CHECKING:
+    from webly.training.config import TrainConfig
+    from webly.training.trainsets import TrainData
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -68,3 +76,17 @@ def save_training(state: dict[str, Any], run_dir: Path, keep: int, *, best: bool
     keep_last(run_dir, keep)
     faults.point("train.ckpt")
     return step_path
+
+
+def export(model: nn.Module, run: Path, cfg: TrainConfig, data: TrainData, task: str) -> None:
+    """model.safetensors + model.json: what prediction needs, no pickles."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(run / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_atomic(run / "model.json", json.dumps({
+        "backbone": cfg.backbone, "task": task, "num_classes": data.num_classes,
+        "classes": list(data.class_names), "img_size": cfg.img_size, "crop_pct": cfg.crop_pct, "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD, "channels_last": uses_channels_last(cfg.backbone, cfg.channels_last),
+        "classifier": head_prefix(model)}, indent=1))

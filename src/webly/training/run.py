@@ -8,7 +8,8 @@ from typing import Any
 from webly.data.labels import load_labels
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
-from webly.training.engine import TrainConfig, train
+from webly.training.config import TrainConfig
+from webly.training.engine import train
 from webly.training.trainsets import finetune_data, pretrain_data
 
 

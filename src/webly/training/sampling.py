@@ -101,3 +101,20 @@ def repeat_factors(group_sizes: np.ndarray, membership: sp.spmatrix, balance: fl
     m = sp.csr_matrix(membership).astype(np.float64)
     f = m.multiply(per_group[None, :]).max(axis=1).toarray().ravel()
     return np.maximum(f, 1.0)
+
+
+class SeededSampler(torch.utils.data.Sampler):
+    """Pairs each drawn sample with a seed fixed by (seed, epoch, its position in the epoch's
+    global stream), so its augmentation is the same whatever the world size or a resume."""
+
+    def __init__(self, sampler: BalancedSampler, seed: int) -> None:
+        self.sampler, self.seed = sampler, seed
+
+    def __iter__(self):
+        s = self.sampler
+        for k, pos in enumerate(s):
+            global_pos = (s.start + k) * s.world_size + s.rank
+            yield pos, ((self.seed * 1_000_003 + s.epoch) * 1_000_000_007 + global_pos) % (2**63)
+
+    def __len__(self) -> int:
+        return len(self.sampler)

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 import scipy.sparse as sp
 import torch
 
-from webly.data.images import try_decode
+from webly.data.images import TrainTransform, try_decode
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
+from webly.training.config import TrainConfig
+from webly.training.distributed import Dist
 from webly.training.sampling import groups_from_labels
 
 
@@ -157,3 +160,47 @@ class TargetDataset(torch.utils.data.Dataset):
                     torch.from_numpy(self.ws[pos]), bad, reason)
         return (self.transform(img), torch.from_numpy(self.ids[shown]), torch.from_numpy(self.ws[shown]),
                 bad, reason)
+
+
+def shard_stream(data: TrainData, cfg: TrainConfig, ids: np.ndarray, ws: np.ndarray, d: Dist):
+    """Shards -> (image, ids, weights), class-balanced by repeat factors when sampler=balanced.
+    Samples whose manifest row is not a training row of this task (no keywords, say) are dropped.
+    Resuming a shard-fed run restarts the interrupted epoch's stream (not bit-exact)."""
+    import webdataset as wds
+
+    from webly.data.shards import shard_pipeline, shard_urls
+    from webly.training.sampling import repeat_factors
+
+    rows = data.rows
+    factors = (repeat_factors(np.diff(data.membership.indptr), data.membership, cfg.balance)
+               if cfg.sampler == "balanced" else np.ones(len(rows)))
+
+    def position(rec: dict[str, Any]) -> int:
+        p = int(np.searchsorted(rows, rec["row"]))
+        return p if p < len(rows) and rows[p] == rec["row"] else -1
+
+    def factor(rec: dict[str, Any]) -> float:
+        p = position(rec)
+        return float(factors[p]) if p >= 0 else 0.0
+
+    def to_targets(sample):
+        img, rec = sample
+        p = position(rec)
+        return img, torch.from_numpy(ids[p]), torch.from_numpy(ws[p]), -1, ""  # shards hold good images only
+
+    pipe = shard_pipeline(shard_urls(cfg.shards, "train"), transform=TrainTransform(cfg.img_size, (cfg.crop_scale, 1.0)),
+                          seed=cfg.seed, rank=d.rank, world_size=d.world_size, repeat=factor)
+    pipe.append(wds.map(to_targets))
+    return pipe
+
+
+def stream_batches(pipe, epoch: int, loader_kwargs: dict[str, Any]):
+    """Batches from a shard stream for one epoch; the caller stops after its micro-steps."""
+    for rep in range(1_000_000):
+        pipe.shard_list.set_epoch(epoch * 1_000_000 + rep)
+        got = False
+        for batch in torch.utils.data.DataLoader(pipe, **loader_kwargs):
+            got = True
+            yield batch
+        if not got:
+            raise WeblyError("the shard stream yields no training samples (wrong --shards folder?)")

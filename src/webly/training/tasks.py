@@ -1,0 +1,64 @@
+"""What turns a batch into a loss: the part a new training method changes.
+
+The engine feeds every micro-batch to `task.loss(net, batch)` and does the rest (accumulation,
+scaling, DDP, checkpoints). A method that needs more than one forward pass or its own state
+(mixup, two augmented views, distillation from an ensemble, per-sample loss records) is a new
+`Task` subclass, not a branch in the loop; a task with state returns it from `state_dict()` so
+checkpoints carry it and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from webly.training import losses
+from webly.training.config import TrainConfig
+
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Batch:
+    """One micro-batch on the training device: normalised images, sparse targets (ids -1 padded,
+    weights) and the batch's positions in the dataset (for methods that track samples)."""
+
+    x: torch.Tensor
+    ids: torch.Tensor
+    weights: torch.Tensor
+    positions: torch.Tensor | None = None
+
+
+class Task:
+    """The base: a loss on sparse targets (see `webly.training.losses`)."""
+
+    def __init__(self, criterion: Criterion) -> None:
+        self.criterion = criterion
+
+    def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.criterion(net(batch.x), batch.ids, batch.weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def criterion_for(cfg: TrainConfig, task: str) -> Criterion:
+    """`loss: auto` is cross-entropy to finetune and the sum of weighted cross-entropies to pretrain."""
+    kind = cfg.loss if cfg.loss != "auto" else ("ce" if task == "finetune" else "softmax_sum")
+    if kind == "ce":
+        return lambda logits, i, w: losses.cross_entropy(logits, i, w, cfg.label_smoothing)
+    if kind == "bce":
+        return losses.multilabel_bce
+    return lambda logits, i, w: losses.weighted_softmax_ce(logits, i, w, cfg.normalise_targets)
+
+
+def make_task(cfg: TrainConfig, task: str) -> Task:
+    """The task object for `task` (finetune, pretrain_wt, pretrain_lw) under `cfg`."""
+    return Task(criterion_for(cfg, task))
