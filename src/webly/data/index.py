@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from webly.config import opt
+from webly.config import check_choices, opt
 from webly.data.folder import FolderReader
 from webly.data.manifest import ManifestWriter
 from webly.data.records import SPLITS
@@ -18,21 +18,18 @@ from webly.progress import progress
 
 @dataclass
 class IndexConfig:
-    layout: str = opt("auto", "auto | webvision | folder ('auto': webvision when info/ exists)")
+    layout: Literal["auto", "webvision", "folder"] = opt("auto", "dataset layout ('auto': webvision when info/ exists)")
     splits: list[str] = opt(["train", "val", "test"], "splits to index (those present)")
-    train_list: str = opt("all", "WebVision train list: all | google | flickr")
+    train_list: Literal["all", "google", "flickr"] = opt("all", "WebVision train list")
     sidecar: str | None = opt(None, "folder layout: JSONL/CSV of text fields keyed by 'path'")
     skip_bad: bool = opt(False, "skip records with broken metadata (counted) instead of failing")
     chunk_size: int = opt(65536, "rows per Parquet row group (memory bound while indexing)")
 
     def validate(self) -> None:
-        if self.layout not in ("auto", "webvision", "folder"):
-            raise WeblyError(f"index.layout must be auto, webvision or folder, not {self.layout!r}")
+        check_choices(self, "index")
         bad = [s for s in self.splits if s not in SPLITS]
         if bad:
             raise WeblyError(f"index.splits: unknown split(s) {bad}; valid: {list(SPLITS)}")
-        if self.train_list not in ("all", "google", "flickr"):
-            raise WeblyError("index.train_list must be all, google or flickr")
         if self.chunk_size < 1:
             raise WeblyError("index.chunk_size must be positive")
 

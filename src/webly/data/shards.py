@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import webdataset as wds
 
-from webly.config import opt, parse_part
+from webly.config import check_choices, opt, parse_part
 from webly.data.images import bad_image_reason, decode_image, decode_tensor, resize_short_side
 from webly.data.manifest import Manifest
 from webly.data.paths import check_relative
@@ -39,7 +39,7 @@ from webly.progress import progress
 
 @dataclass
 class ShardConfig:
-    split: str = opt("train", "manifest split to write")
+    split: Literal["train", "val", "test"] = opt("train", "manifest split to write")
     max_count: int = opt(1000, "images per shard")
     short_side: int = opt(256, "re-encode so the shorter side is at most this (never upscaled)")
     quality: int = opt(90, "JPEG quality of the re-encoded images")
@@ -53,6 +53,7 @@ class ShardConfig:
         if not 0 <= self.max_bad_fraction <= 1:
             raise WeblyError("shard.max_bad_fraction must be within [0, 1]")
         parse_part(self.node, "shard.node")
+        check_choices(self, "shard")
 
 
 @dataclass

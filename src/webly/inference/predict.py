@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from webly import faults
-from webly.config import opt
+from webly.config import check_choices, opt
 from webly.data.images import BadImages, EvalTransform, normalize_batch, try_decode
 from webly.data.manifest import Manifest
 from webly.data.predictions import write_predictions
@@ -38,19 +38,18 @@ from webly.training.models import create_backbone
 
 @dataclass
 class PredictConfig:
-    split: str = opt("test", "manifest split to predict (train | val | test)")
-    tta: str = opt("center", "center | flip | multiscale")
+    split: Literal["train", "val", "test"] = opt("test", "manifest split to predict")
+    tta: Literal["center", "flip", "multiscale"] = opt("center", "test-time augmentation")
     batch_size: int = opt(128, "images per batch per process")
     top_k: int = opt(5, "top classes kept per image")
     dense_max: int = opt(1000, "also write all probabilities (probs.npy) up to this many classes")
     max_bad_fraction: float = opt(0.01, "error (after writing the predictions) when more images than this fraction cannot be decoded")
     img_size: int = opt(0, "input size (0: the model's training size)")
     workers: int = opt(4, "DataLoader workers")
-    device: str = opt("auto", "auto | cpu | cuda")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to predict")
 
     def validate(self) -> None:
-        if self.tta not in ("center", "flip", "multiscale"):
-            raise WeblyError("predict.tta must be center, flip or multiscale")
+        check_choices(self, "predict")
         if not 0 <= self.max_bad_fraction <= 1:
             raise WeblyError("predict.max_bad_fraction must be within [0, 1]")
         if min(self.batch_size, self.top_k) < 1 or min(self.img_size, self.workers, self.dense_max) < 0:

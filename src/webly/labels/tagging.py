@@ -30,7 +30,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from webly import faults
-from webly.config import opt, parse_part
+from webly.config import check_choices, opt, parse_part
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
 from webly.files import atomic_path, write_atomic
@@ -58,7 +58,7 @@ class TagConfig:
     use_query: bool = opt(True, "add the search query's text to each image's text")
     chunk_rows: int = opt(16384, "rows per task (memory bound per worker)")
     workers: int = opt(1, "processes tagging in parallel")
-    tagger: str = opt("auto", "auto | wordnet | perceptron (NLTK's, when its model is installed)")
+    tagger: Literal["auto", "wordnet", "perceptron"] = opt("auto", "part-of-speech recogniser (perceptron: NLTK's, when its model is installed)")
     shard: str = opt("", "'i/n': do only every n-th task from i, then run `webly tag merge`")
 
     def validate(self) -> None:
@@ -66,8 +66,7 @@ class TagConfig:
             raise WeblyError("tag.max_df must be in (0, 1]")
         if min(self.drop_top, self.min_count) < 0 or self.max_vocab < 1 or self.chunk_rows < 1:
             raise WeblyError("tag: drop_top, min_count >= 0; max_vocab, chunk_rows >= 1")
-        if self.tagger not in ("auto", "wordnet", "perceptron"):
-            raise WeblyError("tag.tagger must be auto, wordnet or perceptron")
+        check_choices(self, "tag")
         if self.shard:
             parse_part(self.shard, "tag.shard")
 

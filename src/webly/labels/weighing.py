@@ -38,13 +38,13 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 
 from webly import faults
-from webly.config import opt
+from webly.config import check_choices, opt
 from webly.errors import WeblyError
 from webly.files import atomic_path, write_atomic
 from webly.labels.wordnet import synset_from_wnid, wnid_of, wordnet
@@ -54,7 +54,7 @@ LCH_MAX_DEPTH = 20  # WordNet 3.0 noun taxonomy depth + 1
 
 @dataclass
 class WeighConfig:
-    measure: str = opt("wup", "concept similarity: wup (Wu-Palmer) | path | lch")
+    measure: Literal["wup", "path", "lch"] = opt("wup", "concept similarity: Wu-Palmer, path or Leacock-Chodorow")
     top_k: int = opt(10, "neighbours kept per concept")
     min_similarity: float = opt(0.7, "neighbours need at least this similarity")
     absent: float = opt(0.5, "weight factor of a neighbour the image's keywords do not support")
@@ -66,8 +66,7 @@ class WeighConfig:
     allow_unknown: bool = opt(False, "concepts unknown to WordNet get identity-only weights")
 
     def validate(self) -> None:
-        if self.measure not in ("wup", "path", "lch"):
-            raise WeblyError(f"weigh.measure must be wup, path or lch, not {self.measure!r}")
+        check_choices(self, "weigh")
         if self.top_k < 0 or self.keyword_senses < 1:
             raise WeblyError("weigh.top_k must be >= 0 and keyword_senses >= 1")
         for name in ("min_similarity", "absent", "min_weight", "support_min"):
