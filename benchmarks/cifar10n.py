@@ -1,8 +1,8 @@
 """CIFAR-10N (worst of three human labels, 40.2% wrong): the webly recipe row by row.
 
-    python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz            # <= 60 min, 2 CPUs
-    python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz --quick    # <= 10 min subset
-    python benchmarks/cifar10n.py --data DIR --full                                 # longer, for a GPU
+    python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz          # <= 60 min, 2 CPUs
+    python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz --quick  # <= 10 min subset
+    python benchmarks/cifar10n.py --data DIR --full                              # for a GPU
 
 Data are read through webly's own WebVision reader (`webly index`) from the tarball, extracted once
 into a cache, or from an extracted folder. The steps are `configs/cifar10n/recipe.yaml`, run by
@@ -74,7 +74,8 @@ def subset(root: Path, cache: Path, n_train: int, n_val: int, seed: int = 0) -> 
         (target / f"info/{name}_filelist.txt").write_text("".join(lines[i] + "\n" for i in keep))
         if name == "train":  # for measuring only, like the original
             clean = (root / "info/train_clean_filelist.txt").read_text().splitlines()
-            (target / "info/train_clean_filelist.txt").write_text("".join(clean[i] + "\n" for i in keep))
+            clean_list = "".join(clean[i] + "\n" for i in keep)
+            (target / "info/train_clean_filelist.txt").write_text(clean_list)
         (target / name).mkdir()
         for i in keep:
             rel = lines[i].split()[0]
@@ -112,8 +113,10 @@ def pseudo_label_effect(out: Path, root: Path) -> dict[str, Any]:
     from webly.data.manifest import Manifest
 
     paths = Manifest(out / "manifest/manifest.parquet").read(["path"]).column(0).to_pylist()
-    clean = dict(line.split() for line in (root / "info/train_clean_filelist.txt").read_text().splitlines())
-    t = pq.read_table(out / "pl/labels.parquet", columns=["row", "label", "original_label", "source"]).to_pydict()
+    clean_list = (root / "info/train_clean_filelist.txt").read_text().splitlines()
+    clean = dict(line.split() for line in clean_list)
+    t = pq.read_table(out / "pl/labels.parquet", columns=["row", "label", "original_label",
+                                                          "source"]).to_pydict()
     true = [int(clean[paths[r]]) for r in t["row"]]
     orig, new, src = t["original_label"], t["label"], t["source"]
     n = len(true)
@@ -128,7 +131,8 @@ def pseudo_label_effect(out: Path, root: Path) -> dict[str, Any]:
         "noise_before": round(wrong_before / n, 4),
         "relabelled": sum(s == "pseudo" for s in src), "relabelled_to_true": fixed,
         "relabelled_away_from_true": broke,
-        "dropped": len(dropped), "dropped_that_were_wrong": sum(orig[i] != true[i] for i in dropped),
+        "dropped": len(dropped),
+        "dropped_that_were_wrong": sum(orig[i] != true[i] for i in dropped),
         "kept": len(kept), "wrong_labels_after": wrong_after,
         "noise_after": round(wrong_after / max(len(kept), 1), 4),
         "wrong_labels_removed": round(1 - wrong_after / max(wrong_before, 1), 4),
@@ -155,31 +159,43 @@ def collect(out: Path, root: Path, mode: str, wall: float) -> dict[str, Any]:
 
 def to_markdown(res: dict[str, Any]) -> str:
     lines = ["| row | model | test top-1 | test top-5 |", "|---|---|---:|---:|"]
-    lines += [f"| {r['row']} | {r['model']} | {r['top1']:.2f} | {r['top5']:.2f} |" for r in res["rows"]]
+    lines += [f"| {r['row']} | {r['model']} | {r['top1']:.2f} | {r['top5']:.2f} |"
+              for r in res["rows"]]
     p = res["pseudo_labels"]
-    lines += ["", f"Gain of the full recipe (row 6) over CE (row 1): {res['gain_over_ce']:+.2f} points.",
-              f"Pseudo-labels: {p['wrong_labels_before']} of {p['train_images']} training labels wrong "
-              f"({100 * p['noise_before']:.1f}%); relabelled {p['relabelled']} ({p['relabelled_to_true']} to "
-              f"the true class, {p['relabelled_away_from_true']} away from it), dropped {p['dropped']} "
+    lines += ["",
+              "Gain of the full recipe (row 6) over CE (row 1): "
+              f"{res['gain_over_ce']:+.2f} points.",
+              f"Pseudo-labels: {p['wrong_labels_before']} of {p['train_images']} training labels "
+              "wrong "
+              f"({100 * p['noise_before']:.1f}%); relabelled {p['relabelled']} "
+              f"({p['relabelled_to_true']} to "
+              f"the true class, {p['relabelled_away_from_true']} away from it), dropped "
+              f"{p['dropped']} "
               f"({p['dropped_that_were_wrong']} of them wrong); kept {p['kept']} with "
-              f"{100 * p['noise_after']:.1f}% wrong: {100 * p['wrong_labels_removed']:.1f}% of the wrong "
+              f"{100 * p['noise_after']:.1f}% wrong: {100 * p['wrong_labels_removed']:.1f}% of the "
+              "wrong "
               "labels removed.",
-              f"Wall time {res['wall_seconds'] / 60:.1f} min on {res['machine']} ({res['mode']} mode)."]
+              f"Wall time {res['wall_seconds'] / 60:.1f} min on {res['machine']} ({res['mode']} "
+              "mode)."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, type=Path, help="cifar10n.tar.gz or its extracted folder")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, type=Path,
+                    help="cifar10n.tar.gz or its extracted folder")
     ap.add_argument("--out", type=Path, help="run directory (default runs/cifar10n-MODE)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/webly/data")
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="10k training / 2k test images, 5 epochs")
+    mode.add_argument("--quick", action="store_true",
+                      help="10k training / 2k test images, 5 epochs")
     mode.add_argument("--full", action="store_true", help="60-epoch schedules (for a GPU)")
     ap.add_argument("--train-images", type=int, help="override: training images (0: all)")
     ap.add_argument("--test-images", type=int, help="override: test images (0: all)")
     ap.add_argument("--epochs", type=int, help="override: epochs per model")
-    ap.add_argument("--batch-size", type=int, help="override: training batch (smoke tests on tiny subsets)")
+    ap.add_argument("--batch-size", type=int,
+                    help="override: training batch (smoke tests on tiny subsets)")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
 
@@ -193,11 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     root = find_root(args.data, args.cache)
     if n_train or n_val:
-        n_all = [len((root / f"info/{s}_filelist.txt").read_text().splitlines()) for s in ("train", "val")]
+        n_all = [len((root / f"info/{s}_filelist.txt").read_text().splitlines()) for s in ("train",
+                                                                                           "val")]
         root = subset(root, args.cache, n_train or n_all[0], n_val or n_all[1])
     run_recipe(recipe_for(root, epochs, hi_epochs, args.workers, args.batch_size), out)
     res = collect(out, root, name, time.time() - t0)
-    res["command"] = "python benchmarks/cifar10n.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    args_used = argv if argv is not None else sys.argv[1:]
+    res["command"] = "python benchmarks/cifar10n.py " + " ".join(args_used)
     (out / "benchmark.json").write_text(json.dumps(res, indent=1) + "\n")
     md = to_markdown(res)
     (out / "benchmark.md").write_text(md)

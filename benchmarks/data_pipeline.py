@@ -58,7 +58,8 @@ def measure(loader, normalise: bool, epochs: int = 1) -> float:
 
 
 def collate_pairs(batch):
-    return torch.stack([b[0] for b in batch]), torch.tensor([b[1] if isinstance(b[1], int) else b[1]["label"] for b in batch])
+    labels = [b[1] if isinstance(b[1], int) else b[1]["label"] for b in batch]
+    return torch.stack([b[0] for b in batch]), torch.tensor(labels)
 
 
 def main() -> None:
@@ -79,9 +80,12 @@ def main() -> None:
         manifest, folder = make_data(work, args.images, args.width, args.height)
         # enough shards that DataLoader workers get equal shares (a worker reads whole shards)
         per_shard = max(1, args.images // (8 * max(1, args.workers)))
-        write_shards(manifest, work / "shards", ShardConfig(max_count=per_shard, short_side=args.short_side,
-                                                            workers=args.workers), log=lambda m: None)
-        dl = dict(batch_size=args.batch, num_workers=args.workers, persistent_workers=args.workers > 0)
+        write_shards(manifest, work / "shards", ShardConfig(max_count=per_shard,
+                                                            short_side=args.short_side,
+                                                            workers=args.workers),
+                                                            log=lambda m: None)
+        dl = dict(batch_size=args.batch, num_workers=args.workers,
+                  persistent_workers=args.workers > 0)
         base_tf = T.Compose([T.RandomResizedCrop(args.size), T.RandomHorizontalFlip(), T.ToTensor(),
                              T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         runs = {
@@ -94,11 +98,13 @@ def main() -> None:
                 shard_pipeline(shard_urls(work / "shards"), transform=train_transform(args.size),
                                shuffle_buffer=500), collate_fn=collate_pairs, **dl), True),
         }
-        results = {name: measure(loader, norm, args.epochs) for name, (loader, norm) in runs.items()}
+        results = {name: measure(loader, norm, args.epochs) for name, (loader,
+                                                                       norm) in runs.items()}
 
     base = next(iter(results.values()))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch "
-          f"{torch.__version__}; {args.images} images {args.width}x{args.height} -> crop {args.size}; "
+          f"{torch.__version__}; {args.images} images {args.width}x{args.height} -> crop "
+          f"{args.size}; "
           f"batch {args.batch}, {args.workers} workers")
     print("| pipeline | images/s | vs baseline |\n|---|---:|---:|")
     for name, ips in results.items():

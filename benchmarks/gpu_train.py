@@ -54,7 +54,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
     torch.backends.cudnn.benchmark = True
-    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, batch {args.batch}")
+    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, batch "
+          f"{args.batch}")
     print("| backbone | input | contiguous img/s | channels_last img/s |\n|---|---:|---:|---:|")
     for name, size in MODELS.items():
         a = rate(name, size, args.batch, False, args.seconds)

@@ -35,7 +35,8 @@ def main() -> None:
     for measure in ("wup", "path", "lch"):
         t0 = time.perf_counter()
         sim = concept_similarity(concepts, measure)
-        print(f"| {measure} similarity, {len(concepts)}x{len(concepts)} | {time.perf_counter() - t0:.1f} |")
+        print(f"| {measure} similarity, {len(concepts)}x{len(concepts)} | "
+              f"{time.perf_counter() - t0:.1f} |")
     t0 = time.perf_counter()
     neighbours(sim, 10, 0.7)
     print(f"| top-10 neighbours | {time.perf_counter() - t0:.1f} |")
@@ -43,7 +44,8 @@ def main() -> None:
     rng.shuffle(vocab)
     t0 = time.perf_counter()
     a = keyword_support(vocab[: args.vocab], concepts, WeighConfig())
-    print(f"| keyword support, {args.vocab} keywords ({a.nnz} pairs) | {time.perf_counter() - t0:.1f} |")
+    print(f"| keyword support, {args.vocab} keywords ({a.nnz} pairs) | "
+          f"{time.perf_counter() - t0:.1f} |")
     pairs = [(rng.choice(concepts), rng.choice(concepts)) for _ in range(args.nltk_pairs)]
     t0 = time.perf_counter()
     for x, y in pairs:

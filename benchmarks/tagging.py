@@ -55,7 +55,8 @@ def naive_rate(manifest: Path, sample: int) -> float:
 
 def mojibake(s: str) -> str:
     """UTF-8 read as Windows-1252 (Latin-1 for the bytes it lacks): the web's usual mojibake."""
-    return "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in s.encode("utf-8"))
+    return "".join(bytes([b]).decode("cp1252",
+                                     errors="ignore") or chr(b) for b in s.encode("utf-8"))
 
 
 def cleaner_rates(manifest: Path, sample: int) -> list[tuple[str, float, float, int, int]]:
@@ -133,7 +134,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--naive-sample", type=int, default=2000)
     args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         manifest = make_manifest(work, args.records)
@@ -143,15 +145,19 @@ def main() -> None:
         secs1, _ = run_tag(manifest, work / "tags1", 1)
         print(f"\n{n} generated metadata records\n")
         print("| pipeline | docs/s | vs naive | peak memory (Pss) |\n|---|---:|---:|---:|")
-        print(f"| naive: no cache, 1 process (first {args.naive_sample} docs) | {naive:.0f} | 1.0x | |")
-        print(f"| webly tag --workers 1 (end to end) | {n / secs1:.0f} | {n / secs1 / naive:.1f}x | |")
+        print(f"| naive: no cache, 1 process (first {args.naive_sample} docs) | {naive:.0f} | 1.0x "
+              "| |")
+        print(f"| webly tag --workers 1 (end to end) | {n / secs1:.0f} | {n / secs1 / naive:.1f}x "
+              "| |")
         print(f"| webly tag --workers {args.workers} (end to end) | {n / secs:.0f} | "
               f"{n / secs / naive:.1f}x | {peak} MB |")
-        print(f"\nText cleaner with and without mojibake repair (ftfy), first {args.naive_sample} docs\n")
+        print(f"\nText cleaner with and without mojibake repair (ftfy), first {args.naive_sample} "
+              "docs\n")
         print("| text | docs/s with ftfy | without | ftfy adds | cleaned right with | without |")
         print("|---|---:|---:|---:|---:|---:|")
         for name, with_, without, ok, ok_without in cleaner_rates(manifest, args.naive_sample):
-            print(f"| {name} | {with_:.0f} | {without:.0f} | {1e6 / with_ - 1e6 / without:.0f} µs/doc | "
+            print(f"| {name} | {with_:.0f} | {without:.0f} | {1e6 / with_ - 1e6 / without:.0f} "
+                  "µs/doc | "
                   f"{ok} | {ok_without} |")
         print(f"(webly tag end to end, 1 worker: {1e6 * secs1 / n:.0f} µs/doc)")
         if args.rss_records:

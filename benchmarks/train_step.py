@@ -60,7 +60,8 @@ def webly_loop(data, args, run: Path) -> float:
                       epochs=1000, log_every=args.warmup, tensorboard=False, channels_last="off",
                       samples_per_epoch=args.steps * args.batch)
     train(data, cfg, run, task="finetune")
-    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines if '"step"' in x]
     # img/s between the warm-up step and the last step, from the loop's own step timestamps
     return (args.steps - args.warmup) * args.batch / (recs[-1]["t"] - recs[0]["t"])
 
@@ -71,7 +72,8 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--warmup", type=int, default=10, help="untimed first steps (also webly's log interval)")
+    ap.add_argument("--warmup", type=int, default=10,
+                    help="untimed first steps (also webly's log interval)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
@@ -87,8 +89,10 @@ def main() -> None:
             ours.append(webly_loop(data, args, work / f"run{r}"))
     b, w = max(bare), max(ours)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}; {args.backbone} at {args.img_size}px, batch {args.batch}, "
-          f"{args.workers} workers, fp32, {args.steps - args.warmup} timed steps, best of {args.repeats}")
+          f"threads {torch.get_num_threads()}; {args.backbone} at {args.img_size}px, batch "
+          f"{args.batch}, "
+          f"{args.workers} workers, fp32, {args.steps - args.warmup} timed steps, best of "
+          f"{args.repeats}")
     print("| loop | images/s |\n|---|---:|")
     print(f"| bare PyTorch loop | {b:.1f} |")
     print(f"| webly.training.engine | {w:.1f} |")

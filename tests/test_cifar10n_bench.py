@@ -57,7 +57,8 @@ def make_cifar10n_like(root: Path, n_train: int, n_val: int, seed: int = 0) -> P
             lists[split].append(f"{rel} {noisy}")
             if split == "train":
                 lists["clean"].append(f"{rel} {y}")
-    for name, key in (("train_filelist", "train"), ("val_filelist", "val"), ("train_clean_filelist", "clean")):
+    for name, key in (("train_filelist", "train"), ("val_filelist", "val"), ("train_clean_filelist",
+                                                                             "clean")):
         (root / f"info/{name}.txt").write_text("\n".join(lists[key]) + "\n")
     return root
 
@@ -71,7 +72,8 @@ def bench_run(tmp_path_factory):
     out = tmp / "run"
     GUARD["on"] = True
     try:
-        bench.run_recipe(bench.recipe_for(root, epochs=1, hi_epochs=1, workers=2, batch_size=64), out)
+        bench.run_recipe(bench.recipe_for(root, epochs=1, hi_epochs=1, workers=2, batch_size=64),
+                         out)
     finally:
         GUARD["on"] = False
     return bench, root, out

@@ -81,7 +81,8 @@ def _screenshot(page, png):
     if browser is None:
         pytest.skip("chromium not installed (CI installs Debian's chromium; .ci/run)")
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update",
                     "--disable-sync", f"--user-data-dir={png.parent / 'chrome'}",
                     f"--screenshot={png}", "--window-size=1100,2400", page.as_uri()],
                    check=True, capture_output=True, timeout=120)
@@ -101,6 +102,7 @@ def test_every_stage_is_a_subcommand_with_its_inputs_and_options():
 
 
 def test_renamed_flag_still_works_with_a_warning(capsys):
-    args = build_parser("ensemble").parse_args(["ensemble", "a", "b", "-o", "e", "--weights", "2,1"])
+    args = build_parser("ensemble").parse_args(["ensemble", "a", "b", "-o", "e", "--weights",
+                                                "2,1"])
     assert args.model_weights == "2,1"
     assert "--weights is now --model-weights" in capsys.readouterr().err

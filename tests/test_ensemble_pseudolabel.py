@@ -59,12 +59,14 @@ def test_pseudo_labels_threshold_fraction_and_drop(tmp_path):
     recs = [Record(id=f"t{i}", path=f"{i}.jpg", split="train", label=lab)
             for i, lab in enumerate([0, 0, 1, 1, 2])]
     m = tmp_path / "m.parquet"
-    write_manifest(m, recs, {"root": str(tmp_path), "classes": ["n1", "n2", "n3"], "class_names": ["a", "b", "c"]})
+    write_manifest(m, recs, {"root": str(tmp_path), "classes": ["n1", "n2", "n3"],
+                             "class_names": ["a", "b", "c"]})
     probs = [[0.9, 0.1, 0], [0.2, 0.7, 0.1], [0.1, 0.45, 0.45], [0.95, 0.05, 0], [0.3, 0.3, 0.4]]
     p = _write(tmp_path / "p", [r.id for r in recs], probs, split="train")
     s = pseudo_label(m, p, tmp_path / "pl", PseudoLabelConfig(threshold=0.8))
     t = pq.read_table(tmp_path / "pl/labels.parquet").to_pydict()
-    assert t["label"] == [0, 0, 1, 0, 2] and t["source"][3] == "pseudo"  # only the 0.95 disagreement
+    assert t["label"] == [0, 0, 1, 0,
+                          2] and t["source"][3] == "pseudo"  # only the 0.95 disagreement
     assert s["relabelled"] == 1 and s["estimated_noise_rate"] == pytest.approx(2 / 5)
     assert (tmp_path / "pl/suspects.tsv").read_text().splitlines()[1].startswith("t3\tb\ta\t0.9")
     pseudo_label(m, p, tmp_path / "pd", PseudoLabelConfig(threshold=0.8, drop_inconsistent=True))
@@ -75,7 +77,8 @@ def test_pseudo_labels_threshold_fraction_and_drop(tmp_path):
     report = json.loads((tmp_path / "pl/report.json").read_text())
     assert report["most_changed"][0]["class"] == "b"
     with pytest.raises(WeblyError, match="need train"):
-        pseudo_label(m, _write(tmp_path / "v", ["t0"], [[1, 0, 0]]), tmp_path / "x", PseudoLabelConfig())
+        pseudo_label(m, _write(tmp_path / "v", ["t0"], [[1, 0, 0]]), tmp_path / "x",
+                     PseudoLabelConfig())
 
 
 def test_finetune_reads_pseudo_labels(synth_manifest, tmp_path):

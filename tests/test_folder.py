@@ -26,7 +26,8 @@ def test_folder_layout_with_jsonl_sidecar(tmp_path):
     summary = index_dataset(root, tmp_path / "m.parquet", IndexConfig(sidecar=str(side)))
     assert summary["layout"] == "folder" and summary["records"] == {"train": 5}
     recs = list(Manifest(tmp_path / "m.parquet").iter_records())
-    assert [r.path for r in recs] == ["cat/0.jpg", "cat/1.jpg", "dog/0.jpg", "dog/1.jpg", "dog/sub/2.png"]
+    assert [r.path for r in recs] == ["cat/0.jpg", "cat/1.jpg", "dog/0.jpg", "dog/1.jpg",
+                                      "dog/sub/2.png"]
     assert [r.label for r in recs] == [0, 0, 1, 1, 1]
     assert recs[3].title == "good dog" and recs[3].tags == ["a", "b"]
 
@@ -34,7 +35,8 @@ def test_folder_layout_with_jsonl_sidecar(tmp_path):
 def test_folder_layout_with_csv_sidecar(tmp_path):
     root = _tree(tmp_path / "d")
     side = tmp_path / "text.csv"
-    side.write_text('path,title,description,tags\ncat/0.jpg,kitty,"a cat, sleeping","[""x"", ""y""]"\n')
+    side.write_text('path,title,description,tags\ncat/0.jpg,kitty,"a cat, sleeping","[""x"", '
+                    '""y""]"\n')
     r = FolderReader(root, sidecar=side)
     rec = next(r.iter_records("train"))
     assert (rec.title, rec.description, rec.tags) == ("kitty", "a cat, sleeping", ["x", "y"])

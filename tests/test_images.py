@@ -62,7 +62,8 @@ def test_transforms_give_uint8_and_batch_normalisation():
     assert t.dtype == torch.uint8 and t.shape == (3, 32, 32) and e.shape == (3, 32, 32)
     x = normalize_batch(torch.stack([e, e]))
     assert x.dtype == torch.float32 and x.abs().max() < 0.02  # the colour is the ImageNet mean
-    assert resize_short_side(img, 20).size == (25, 20) and resize_short_side(img, 99).size == (50, 40)
+    assert resize_short_side(img, 20).size == (25, 20) and resize_short_side(img, 99).size == (50,
+                                                                                               40)
 
 
 @pytest.mark.parametrize("make,fmt", [
@@ -87,7 +88,8 @@ def test_decode_tensor_exif_draft_and_garbage(tmp_path):
 
     exif = Image.Exif()
     exif[0x0112] = 6
-    assert decode_tensor(_bytes(Image.new("RGB", (40, 20)), "JPEG", exif=exif.tobytes())).shape == (3, 40, 20)
+    assert decode_tensor(_bytes(Image.new("RGB", (40, 20)), "JPEG",
+                                exif=exif.tobytes())).shape == (3, 40, 20)
     big = _bytes(Image.new("RGB", (1000, 750), "blue"), "JPEG")
     assert decode_tensor(big).shape == (3, 750, 1000)
     assert decode_tensor(big, min_short_side=100).shape[1:] == (188, 250)

@@ -49,7 +49,8 @@ def test_synth_is_long_tailed_noisy_and_reproducible(tmp_path):
     per_class = Counter(r.label for r in a["train"])
     assert max(per_class.values()) == 80 and min(per_class.values()) == 8
     labels = {r.id: r.label for r in a["train"]}
-    truth = dict(line.split() for line in (tmp_path / "a/truth/train_true_labels.txt").read_text().splitlines())
+    truth_lines = (tmp_path / "a/truth/train_true_labels.txt").read_text().splitlines()
+    truth = dict(line.split() for line in truth_lines)
     wrong = sum(labels[k] != int(v) for k, v in truth.items()) / len(truth)
     assert wrong == pytest.approx(0.3, abs=0.06)
 
@@ -69,7 +70,8 @@ def test_wrongly_returned_images_have_text_about_what_they_show(tmp_path):
                       off_topic=0.0, text_missing=0.0, images=False, seed=5)
     recs = generate(tmp_path / "d", cfg)["train"]
     concepts = pick_concepts(cfg)
-    truth = dict(line.split() for line in (tmp_path / "d/truth/train_true_labels.txt").read_text().splitlines())
+    truth_lines = (tmp_path / "d/truth/train_true_labels.txt").read_text().splitlines()
+    truth = dict(line.split() for line in truth_lines)
     for r in recs:
         shown, query = concepts[int(truth[r.path])], concepts[r.label]
         text = f"{r.title} {r.description} {' '.join(r.tags)}".lower()

@@ -41,7 +41,8 @@ def test_finetune_transfer_keeps_all_but_last_layer():
 
 def test_transfer_from_another_backbone_names_layers():
     with pytest.raises(WeblyError, match="another backbone.*missing: .*unexpected: "):
-        load_all_but_head(create_backbone("test_resnet", 5), create_backbone("test_efficientnet", 5).state_dict())
+        load_all_but_head(create_backbone("test_resnet", 5), create_backbone("test_efficientnet",
+                                                                             5).state_dict())
 
 
 def test_channels_last_default_skips_resnest():
@@ -57,7 +58,8 @@ def test_losses():
     want = (-(logp[0, 0] + 0.5 * logp[0, 2]) - logp[1, 1]) / 2
     assert weighted_softmax_ce(logits, idx, w).item() == pytest.approx(want.item())
     want_n = (-(logp[0, 0] + 0.5 * logp[0, 2]) / 1.5 - logp[1, 1]) / 2
-    assert weighted_softmax_ce(logits, idx, w, normalise=True).item() == pytest.approx(want_n.item())
+    assert weighted_softmax_ce(logits, idx, w,
+                               normalise=True).item() == pytest.approx(want_n.item())
     assert dense_targets(idx, w, 3).tolist() == [[1, 0, 0.5], [0, 1, 0]]
     assert multilabel_bce(logits, idx, w).item() > 0
     assert cross_entropy(logits, idx, w).item() == pytest.approx(
@@ -128,7 +130,8 @@ def test_batch_must_divide_over_ranks():
 def test_padded_targets_keep_largest_weights():
     from webly.training.trainsets import padded_targets
 
-    t = sp.csr_matrix(np.array([[0.2, 0.9, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], np.float32))
+    t = sp.csr_matrix(np.array([[0.2, 0.9, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]],
+                               np.float32))
     ids, ws = padded_targets(t, max_targets=2)
     assert ids.tolist() == [[1, 2], [-1, -1], [1, -1]]
     assert ws.tolist() == [pytest.approx([0.9, 0.5]), [0, 0], [1.0, 0]]

@@ -20,7 +20,8 @@ def recipe(**synth):
         {"id": "manifest", "stage": "index", "root": "@data"},
         {"id": "tags", "stage": "tag", "manifest": "@manifest", "min_count": 1, "max_df": 0.9},
         {"id": "ft", "stage": "finetune", "manifest": "@manifest", **TRAIN},
-        {"id": "val", "stage": "predict", "model": "@ft", "manifest": "@manifest", "split": "val", "workers": 0},
+        {"id": "val", "stage": "predict", "model": "@ft", "manifest": "@manifest", "split": "val",
+         "workers": 0},
         {"id": "score", "stage": "evaluate", "preds": "@val", "manifest": "@manifest"},
     ]}
 
@@ -33,14 +34,18 @@ def test_runs_then_skips_then_reruns_what_changed(tmp_path):
     changed = recipe()
     changed["steps"][2]["min_count"] = 2  # tags changed; nothing reads them downstream
     assert pipeline.run(changed, tmp_path)["ran"] == ["tags"]
-    assert pipeline.run(recipe(seed=1), tmp_path)["ran"] == ["data", "manifest", "tags", "ft", "val", "score"]
+    assert pipeline.run(recipe(seed=1), tmp_path)["ran"] == ["data", "manifest", "tags", "ft",
+                                                             "val", "score"]
 
 
 @pytest.mark.parametrize("mutate,msg", [
-    (lambda s: s.append({"id": "x", "stage": "train"}), "unknown stage 'train'; valid: synth, index"),
-    (lambda s: s[2].update(min_cnt=1), "unknown option 'min_cnt' \\(did you mean 'min_count'\\?\\)"),
+    (lambda s: s.append({"id": "x", "stage": "train"}),
+     "unknown stage 'train'; valid: synth, index"),
+    (lambda s: s[2].update(min_cnt=1),
+     "unknown option 'min_cnt' \\(did you mean 'min_count'\\?\\)"),
     (lambda s: s[1].update(root="@nothing"), "refers to @nothing, not an earlier step"),
-    (lambda s: s.append({"id": "tags", "stage": "tag", "manifest": "@manifest"}), "duplicate id 'tags'"),
+    (lambda s: s.append({"id": "tags", "stage": "tag", "manifest": "@manifest"}),
+     "duplicate id 'tags'"),
     (lambda s: s[5].update(top_k=3), "evaluate: unknown option .top_k.; valid: most_confused"),
     (lambda s: s[3].pop("manifest"), "stage finetune needs manifest"),
 ])
@@ -95,7 +100,8 @@ def test_until_from_and_dry_run(tmp_path, capsys):
 def test_renamed_recipe_key_still_works_with_a_warning(capsys):
     steps = pipeline.validate([{"id": "m", "stage": "index", "root": "data"},
                       {"id": "w", "stage": "weigh", "manifest": "@m"},
-                      {"id": "lw", "stage": "pretrain", "set": "lw", "manifest": "@m", "weights": "@w"},
+                      {"id": "lw", "stage": "pretrain", "set": "lw", "manifest": "@m",
+                       "weights": "@w"},
                       {"id": "e", "stage": "ensemble", "preds": ["a", "b"], "weights": [2, 1]}])
     assert steps[2].inputs["label_weights"] == "@w" and "weights" not in steps[2].inputs
     assert steps[3].options["model_weights"] == [2, 1]

@@ -15,7 +15,8 @@ from webly.inference.predict import PredictConfig, predict
 
 
 def _manifest(tmp_path, split="val", labels=(0, 0, 0, 1)):
-    recs = [Record(id=f"{split}{i:06d}.jpg", path=f"x/{i}.jpg", split=split, label=(lab if split != "test" else None))
+    recs = [Record(id=f"{split}{i:06d}.jpg", path=f"x/{i}.jpg", split=split,
+                   label=(lab if split != "test" else None))
             for i, lab in enumerate(labels)]
     recs += [Record(id="t.jpg", path="t.jpg", split="train", label=c) for c in (0, 0, 0, 1, 2)]
     m = tmp_path / "m.parquet"
@@ -29,14 +30,16 @@ def _preds(tmp_path, ids, top, split="val", status=None):
     write_predictions(tmp_path, {"row": np.arange(len(ids)), "ids": ids,
                                  "status": status or ["ok"] * len(ids), "top_i": top,
                                  "top_p": np.full(top.shape, 0.2, np.float16), "probs": None},
-                      {"classes": ["n1", "n2", "n3"], "num_classes": 3, "split": split, "dense": False})
+                      {"classes": ["n1", "n2", "n3"], "num_classes": 3, "split": split,
+                       "dense": False})
     return tmp_path
 
 
 def test_plain_and_class_balanced_accuracy(tmp_path):
     m = _manifest(tmp_path)
     ids = [f"val{i:06d}.jpg" for i in range(4)]
-    p = _preds(tmp_path / "p", ids, [[0, 1, 2, 0, 0], [0, 1, 2, 0, 0], [1, 0, 2, 0, 0], [0, 2, 1, 0, 0]])
+    p = _preds(tmp_path / "p", ids, [[0, 1, 2, 0, 0], [0, 1, 2, 0, 0], [1, 0, 2, 0, 0], [0, 2, 1, 0,
+                                                                                         0]])
     r = evaluate(p, m)
     assert r["top1"] == pytest.approx(0.5)  # 2 of 4 images
     assert r["balanced_top1"] == pytest.approx((2 / 3 + 0) / 2)  # class a: 2/3, class b: 0
@@ -54,10 +57,13 @@ def test_skipped_images_count_as_wrong():
 def test_missing_or_duplicate_ids_are_listed(tmp_path):
     m = _manifest(tmp_path)
     p = _preds(tmp_path / "p", ["val000000.jpg", "val000000.jpg", "val000001.jpg"], [[0] * 5] * 3)
-    with pytest.raises(WeblyError, match="1 image ids duplicated in the predictions, first: val000000.jpg"):
+    with pytest.raises(WeblyError,
+                       match="1 image ids duplicated in the predictions, first: val000000.jpg"):
         evaluate(p, m)
     p = _preds(tmp_path / "q", ["val000000.jpg", "val000001.jpg"], [[0] * 5] * 2)
-    with pytest.raises(WeblyError, match="2 image ids without a prediction, first: val000002.jpg, val000003.jpg"):
+    with pytest.raises(WeblyError,
+                       match="2 image ids without a prediction, first: val000002.jpg, "
+                             "val000003.jpg"):
         evaluate(p, m)
 
 
@@ -65,7 +71,8 @@ def test_submission_matches_webvision_format(tmp_path):
     ids = ["test000001.jpg", "test000002.jpg"]
     p = _preds(tmp_path / "p", ids, [[4, 3, 2, 1, 0], [0, 1, 2, 3, 4]], split="test")
     assert main(["submit", str(p), "-o", str(tmp_path / "sub.txt")]) == 0
-    assert (tmp_path / "sub.txt").read_text() == "test000001.jpg 4 3 2 1 0\ntest000002.jpg 0 1 2 3 4\n"
+    want = "test000001.jpg 4 3 2 1 0\ntest000002.jpg 0 1 2 3 4\n"
+    assert (tmp_path / "sub.txt").read_text() == want
     val = _preds(tmp_path / "v", ids, [[0] * 5] * 2, split="val")
     with pytest.raises(WeblyError, match="submit needs test"):
         submit(val, tmp_path / "x.txt")
@@ -92,7 +99,8 @@ def test_predict_writes_topk_and_probs(trained, synth_manifest, synth_small, tmp
     saved = bad.read_bytes()
     bad.write_bytes(b"broken")
     try:
-        s = predict(trained, synth_manifest, tmp_path, PredictConfig(split="test", tta=tta, workers=0,
+        s = predict(trained, synth_manifest, tmp_path, PredictConfig(split="test", tta=tta,
+                                                                     workers=0,
                                                                      max_bad_fraction=0.5))
     finally:
         bad.write_bytes(saved)

@@ -1,4 +1,5 @@
-"""Progress off a terminal: plain lines with done/total, rate and ETA, at an interval and at the end."""
+"""Progress off a terminal: plain lines with done/total, rate and ETA, at an interval and at the
+end."""
 
 import re
 import subprocess
@@ -52,7 +53,8 @@ def test_silenced_and_non_primary_ranks_print_nothing(plain, monkeypatch, capsys
 def test_line_and_duration_format():
     assert progress_line("tag", 50, 200, "part", 10.0) == \
         "[webly] tag: 50/200 part (25.0%), 5 part/s, ETA 30s"
-    assert progress_line("index train", 300, None, "rec", 2.0) == "[webly] index train: 300 rec, 150 rec/s"
+    assert progress_line("index train", 300, None, "rec",
+                         2.0) == "[webly] index train: 300 rec, 150 rec/s"
     assert [duration(s) for s in (7.4, 125, 3725)] == ["7s", "2m05s", "1h02m"]
 
 
@@ -61,7 +63,8 @@ def test_training_in_a_pipe_shows_progress(synth_manifest, tmp_path):
            "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "webly.cli", "finetune", str(synth_manifest), "-o",
                         str(tmp_path / "ft"), "--backbone", "test_resnet", "--img-size", "32",
-                        "--batch-size", "16", "--accum-steps", "1", "--workers", "0", "--epochs", "1",
+                        "--batch-size", "16", "--accum-steps", "1", "--workers", "0", "--epochs",
+                        "1",
                         "--no-tensorboard"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     epoch = [x for x in r.stderr.splitlines() if x.startswith("[webly] epoch 1/1:")]

@@ -27,5 +27,9 @@ def test_recipe_resolves(path):
 def test_seed_settings_in_webvision_recipes():
     cfg = load_yaml(Path(__file__).parent.parent / "configs/webvision2/resnest101_wt.yaml")
     ft = cfg["finetune"]
-    assert (ft["lr"], ft["step_epochs"], ft["gamma"], ft["batch_size"], ft["accum_steps"]) == (0.01, 90, 0.1, 256, 8)
+    assert (ft["lr"], ft["step_epochs"], ft["gamma"], ft["batch_size"], ft["accum_steps"]) == (0.01,
+                                                                                               90,
+                                                                                               0.1,
+                                                                                               256,
+                                                                                               8)
     assert ft["sampler"] == "balanced" and cfg["tag"]["max_vocab"] == 35000

@@ -37,7 +37,8 @@ def _pool():
 def test_seed_warbler_example(measure):
     wn = wordnet()
     inside, outside = _pool()
-    concepts = [wn.synset_from_pos_and_offset("n", int(YELLOW[1:])), wn.synset("parula_warbler.n.01"),
+    concepts = [wn.synset_from_pos_and_offset("n", int(YELLOW[1:])),
+                wn.synset("parula_warbler.n.01"),
                 wn.synset("cape_may_warbler.n.01"), wn.synset("blackburn.n.01"), *outside]
     sim = concept_similarity(concepts, measure)
     out_max = max(sim[0, j] for j, c in enumerate(concepts) if c not in inside)
@@ -89,7 +90,8 @@ def test_label_weight_formula():
     nb_sim = np.array([[0.8, 0.06], [0.8, 0], [0.5, 0]], np.float32)
     w, stats = label_weights(labels, keywords, support, nb_idx, nb_sim, cfg)
     w = w.toarray()
-    assert w[0].tolist() == pytest.approx([1.0, 1.0, 0.0])  # supported: min(1, .8 * 1.5); .06*.5 < .05
+    assert w[0].tolist() == pytest.approx([1.0, 1.0,
+                                           0.0])  # supported: min(1, .8 * 1.5); .06*.5 < .05
     assert w[1].tolist() == pytest.approx([1.0, 0.4, 0.0])  # unsupported: .8 * .5
     assert w[2].tolist() == [0, 0, 0]  # no label, no weights
     assert stats["labelled_images"] == 2
@@ -138,12 +140,15 @@ def test_unknown_concept_errors_or_identity(tmp_path):
 
 
 def test_neighbours_command(synth_manifest, capsys):
-    assert main(["neighbours", "yellow warbler", "--concepts", str(synth_manifest), "--top-k", "3"]) == 0
+    assert main(["neighbours", "yellow warbler", "--concepts", str(synth_manifest), "--top-k",
+                 "3"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("yellow warbler -> n01568892")
     assert len(out) == 4 and all("warbler" in line or "Blackburn" in line for line in out[1:])
-    top = nearest("n02130308", ["n02128925", "n02129165", YELLOW], ["jaguar", "lion", "yw"], "wup", 3)
-    assert [t[1] for t in top][:2] == ["jaguar", "lion"] or [t[1] for t in top][:2] == ["lion", "jaguar"]
+    top = nearest("n02130308", ["n02128925", "n02129165", YELLOW], ["jaguar", "lion", "yw"], "wup",
+                  3)
+    assert [t[1] for t in top][:2] == ["jaguar", "lion"] or [t[1] for t in top][:2] == ["lion",
+                                                                                        "jaguar"]
 
 
 def test_weigh_rejects_mismatched_tags(synth_manifest, tmp_path):

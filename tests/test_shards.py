@@ -32,7 +32,8 @@ def test_shards_hold_every_train_record(shards, synth_manifest):
     assert summary["images"] == len(train) and summary["bad_images"] == {}
     got = [rec for url in shard_urls(out) for rec in read_shard_records(url)]
     assert [g["id"] for g in got] == [r.id for r in train]
-    assert all(g["title"] == r.title and g["label"] == r.label for g, r in zip(got, train, strict=True))
+    assert all(g["title"] == r.title and g["label"] == r.label for g, r in zip(got, train,
+                                                                               strict=True))
     listing = json.loads((out / "shards-train.json").read_text())
     assert sum(s["count"] for s in listing["shards"]) == len(train)
 
@@ -69,7 +70,8 @@ def test_ranks_read_disjoint_shards_that_cover_all():
             parts.append([d["url"] for d in sl])
         flat = [u for p in parts for u in p]
         assert sorted(flat) == sorted(urls) and len(flat) == len(set(flat))
-    a, b = ShardList(urls, seed=1, rank=0, world_size=1), ShardList(urls, seed=1, rank=0, world_size=1)
+    a, b = ShardList(urls, seed=1, rank=0, world_size=1), ShardList(urls, seed=1, rank=0,
+                                                                    world_size=1)
     b.set_epoch(1)
     assert list(a) != list(b)  # reshuffled per epoch
     with pytest.raises(WeblyError, match="cannot feed"):

@@ -50,7 +50,8 @@ def test_rows_follow_manifest_order_and_name_the_concepts(tagged, synth_manifest
 
 def test_vocab_filters(tmp_path):
     recs = [Record(id=str(i), path=f"{i}.jpg", split="train", label=0,
-                   title="photo of a lion" + (" cheetah" if i < 3 else "") + (" zebra" if i == 0 else ""))
+                   title="photo of a lion" + (" cheetah" if i < 3 else "")
+                   + (" zebra" if i == 0 else ""))
             for i in range(10)]
     m = tmp_path / "m.parquet"
     write_manifest(m, recs, {"root": str(tmp_path), "classes": ["n02129165"]})
@@ -58,7 +59,8 @@ def test_vocab_filters(tmp_path):
     _, vocab = load_tags(tmp_path / "t")
     assert vocab == ["cheetah"]  # photo/lion in every image (> max_df), zebra once (< min_count)
     assert stats["distinct_keywords_before_filtering"] == 4
-    tag(m, tmp_path / "t2", TagConfig(max_df=1.0, min_count=1, drop_top=1, max_vocab=2, use_query=False))
+    tag(m, tmp_path / "t2", TagConfig(max_df=1.0, min_count=1, drop_top=1, max_vocab=2,
+                                      use_query=False))
     assert load_tags(tmp_path / "t2")[1] == ["photo", "cheetah"]  # 'lion' ties 'photo'; sorted
 
 

@@ -6,9 +6,11 @@ from webly.labels.text import STOP_WORDS, KeywordRecogniser, clean_text, text_se
 
 MULE_DEER_DESC = (
     "We were hiking in the Kaibab National Forest south of Williams Arizona on the Sycamore Rim "
-    "Trail and saw this desiccated Mountain lion scat. The mountain lion diet in this area consists "
+    "Trail and saw this desiccated Mountain lion scat. The mountain lion diet in this area "
+    "consists "
     "largely of ungulates, more specifically Mule deer, Pronghorn and Elk. The fur passes through "
-    "their digestive track and creates very distinctive scat. Feces of wild Carnivores are referred "
+    "their digestive track and creates very distinctive scat. Feces of wild Carnivores are "
+    "referred "
     "to as scat. Hunters and trackers get vital info from scat. Because this is so desiccated, we "
     "were not in immediate danger. I've seen National Park Rangers diagnose the health of animals "
     "from dung and scat.")
@@ -22,8 +24,10 @@ def rec():
 
 
 def test_seed_mule_deer_text(rec):
-    kws = rec.keywords(text_segments("Scatology 101 - Mountain lion", MULE_DEER_DESC, [], "mule deer"))
-    for want in ("carnivore", "ranger", "mule deer", "mountain lion", "scat", "elk", "national park"):
+    kws = rec.keywords(text_segments("Scatology 101 - Mountain lion", MULE_DEER_DESC, [],
+                                     "mule deer"))
+    for want in ("carnivore", "ranger", "mule deer", "mountain lion", "scat", "elk",
+                 "national park"):
         assert want in kws
     for verb_or_stop in ("were", "hiking", "hike", "saw", "see", "we", "this", "creates", "very"):
         assert verb_or_stop not in kws
@@ -76,7 +80,8 @@ def test_cache_and_no_cache_agree():
 def test_perceptron_tagger_used_when_installed(monkeypatch):
     import webly.labels.text as text
 
-    def fake_pos_tag(tokens):  # stands in for nltk.pos_tag: calls 'lion' a verb, 'fast' an adjective
+    # stands in for nltk.pos_tag: calls 'lion' a verb, 'fast' an adjective
+    def fake_pos_tag(tokens):
         return [(t, {"lion": "VB", "fast": "JJ"}.get(t, "NN")) for t in tokens]
 
     monkeypatch.setattr(text, "_perceptron_tagger", lambda: fake_pos_tag)
@@ -111,6 +116,7 @@ def test_mojibake_is_repaired_before_tagging(codec):
     assert all(b != s for b, s in zip(broken, ACCENTED, strict=True))
     assert [clean_text(b) for b in broken] == [clean_text(s) for s in ACCENTED]
     # without the repair most of them turn into junk words ("cafÃ©" -> "cafa")
-    junk = sum(clean_text(b, fix_mojibake=False) != clean_text(s) for b, s in zip(broken, ACCENTED, strict=True))
+    junk = sum(clean_text(b, fix_mojibake=False) != clean_text(s) for b, s in zip(broken, ACCENTED,
+                                                                                  strict=True))
     assert junk >= len(ACCENTED) - 2
     assert clean_text("cafÃ© latte") == "cafe latte" and clean_text("donâ€™t stop") == "don't stop"

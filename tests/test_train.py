@@ -40,23 +40,27 @@ def data6(tmp_path_factory) -> Path:
 
 
 def _losses(run: Path) -> list[float]:
-    return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(x)["loss"] for x in lines if '"step"' in x]
 
 
 def test_wt_pretrain_then_finetune_learns(data6, capsys):
     m = str(data6 / "manifest.parquet")
-    assert main(["pretrain", m, "--set", "wt", "--tags", str(data6 / "tags"), "-o", str(data6 / "wt"),
+    assert main(["pretrain", m, "--set", "wt", "--tags", str(data6 / "tags"), "-o",
+                 str(data6 / "wt"),
                  "--backbone", "test_resnet", "--epochs", "3", *TINY]) == 0
     wt = _losses(data6 / "wt")
     assert np.mean(wt[-5:]) < np.mean(wt[:5])
-    assert main(["finetune", m, "-o", str(data6 / "ft"), "--pretrained", str(data6 / "wt/ckpt/last.pt"),
+    assert main(["finetune", m, "-o", str(data6 / "ft"), "--pretrained",
+                 str(data6 / "wt/ckpt/last.pt"),
                  "--backbone", "test_resnet", "--epochs", "4", "--schedule", "cosine", *TINY]) == 0
     summary = json.loads((data6 / "ft/train.summary.json").read_text())
     assert summary["val_top1"] > 2 / 6  # chance is 1/6
     assert summary["transfer"]["reinitialised"] == ["fc.bias", "fc.weight"]
     ft = _losses(data6 / "ft")
     assert np.mean(ft[-5:]) < np.mean(ft[:5])
-    for f in ("model.safetensors", "model.json", "training_curves.png", "metrics.jsonl", "ckpt/best.pt"):
+    for f in ("model.safetensors", "model.json", "training_curves.png", "metrics.jsonl",
+              "ckpt/best.pt"):
         assert (data6 / "ft" / f).is_file(), f
     assert list((data6 / "ft/tb").iterdir())
     meta = json.loads((data6 / "ft/model.json").read_text())
@@ -65,13 +69,17 @@ def test_wt_pretrain_then_finetune_learns(data6, capsys):
 
 def test_large_resolution_stage_continues_lr(data6, tmp_path):
     m = str(data6 / "manifest.parquet")
-    base = ["--backbone", "test_resnet", "--img-size", "32", "--batch-size", "16", "--accum-steps", "1",
-            "--workers", "0", "--no-tensorboard", "--epochs", "2", "--schedule", "step", "--step-epochs", "1"]
+    base = ["--backbone", "test_resnet", "--img-size", "32", "--batch-size", "16", "--accum-steps",
+            "1",
+            "--workers", "0", "--no-tensorboard", "--epochs", "2", "--schedule", "step",
+            "--step-epochs", "1"]
     assert main(["finetune", m, "-o", str(tmp_path / "a"), *base]) == 0
     last_lr = checkpoints.load(tmp_path / "a/ckpt/last.pt")["last_lr"]
     assert last_lr == pytest.approx(0.001)  # 0.01 decayed once
-    assert main(["finetune", m, "-o", str(tmp_path / "b"), "--continue-from", str(tmp_path / "a/ckpt/last.pt"),
-                 *base[:2], "--img-size", "48", *base[4:-6], "--epochs", "1", "--schedule", "constant"]) == 0
+    assert main(["finetune", m, "-o", str(tmp_path / "b"), "--continue-from",
+                 str(tmp_path / "a/ckpt/last.pt"),
+                 *base[:2], "--img-size", "48", *base[4:-6], "--epochs", "1", "--schedule",
+                 "constant"]) == 0
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
     assert lrs and all(lr == pytest.approx(0.001) for lr in lrs)
 
@@ -80,9 +88,12 @@ def test_gradient_accumulation_equals_big_batch(data6, tmp_path):
     data = finetune_data(Manifest(data6 / "manifest.parquet"))
     common = dict(backbone="test_vit", img_size=32, workers=0, sampler="shuffle", max_steps=1,
                   epochs=1, lr=0.1, schedule="constant", tensorboard=False, seed=5)
-    train(data, TrainConfig(batch_size=8, accum_steps=4, **common), tmp_path / "accum", task="finetune")
-    train(data, TrainConfig(batch_size=32, accum_steps=1, **common), tmp_path / "big", task="finetune")
-    a, b = load_file(tmp_path / "accum/model.safetensors"), load_file(tmp_path / "big/model.safetensors")
+    train(data, TrainConfig(batch_size=8, accum_steps=4, **common), tmp_path / "accum",
+          task="finetune")
+    train(data, TrainConfig(batch_size=32, accum_steps=1, **common), tmp_path / "big",
+          task="finetune")
+    a = load_file(tmp_path / "accum/model.safetensors")
+    b = load_file(tmp_path / "big/model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     from webly.training.models import create_backbone
 
@@ -92,7 +103,8 @@ def test_gradient_accumulation_equals_big_batch(data6, tmp_path):
 
 
 def _cmd(m: str, run: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "webly.cli", "finetune", m, "-o", str(run), "--backbone", "test_resnet",
+    return [sys.executable, "-m", "webly.cli", "finetune", m, "-o", str(run), "--backbone",
+            "test_resnet",
             "--img-size", "32", "--batch-size", "8", "--accum-steps", "2", "--workers", "0",
             "--no-tensorboard", "--epochs", "2", "--ckpt-every-steps", "1", "--keep-last", "2",
             "--samples-per-epoch", "160", *extra]
@@ -106,11 +118,13 @@ def test_sigkill_then_resume_gives_identical_weights(data6, tmp_path):
     # 10 steps an epoch, a checkpoint after each and at each epoch's end; each attempt counts from
     # its own start: step 3 (epoch 1), step 11 (mid-epoch 2), right after the final checkpoint
     for fault in ("train.ckpt:3", "train.ckpt:9", "train.ckpt:10"):
-        r = subprocess.run(_cmd(m, tmp_path / "cut", ["--resume"]), env={**env, "WEBLY_FAULT": fault},
+        r = subprocess.run(_cmd(m, tmp_path / "cut", ["--resume"]), env={**env,
+                                                                         "WEBLY_FAULT": fault},
                            capture_output=True)
         assert r.returncode == -signal.SIGKILL, (fault, r.stderr.decode()[-2000:])
     assert not (tmp_path / "cut/model.safetensors").exists()
-    subprocess.run(_cmd(m, tmp_path / "cut", ["--resume"]), check=True, env=env, capture_output=True)
+    subprocess.run(_cmd(m, tmp_path / "cut", ["--resume"]), check=True, env=env,
+                   capture_output=True)
     a = load_file(tmp_path / "full/model.safetensors")
     b = load_file(tmp_path / "cut/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
@@ -145,7 +159,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data6, tmp_path, monkeypa
     data = finetune_data(Manifest(data6 / "manifest.parquet"))
     cfg = TrainConfig(backbone="test_resnet", img_size=32, batch_size=8, accum_steps=1, workers=0,
                       ckpt_every_steps=2, tensorboard=False)
-    with pytest.raises(WeblyError, match=r"loss is not finite at step 3 .*last good checkpoint is .*last.pt"):
+    with pytest.raises(WeblyError,
+                       match=r"loss is not finite at step 3 .*last good checkpoint is .*last.pt"):
         train(data, cfg, tmp_path, task="finetune")
     assert checkpoints.load(tmp_path / "ckpt/last.pt")["global_step"] == 2
 
@@ -179,7 +194,8 @@ def test_checkpoint_with_code_is_refused(tmp_path):
 def test_bad_train_config(data6):
     data = finetune_data(Manifest(data6 / "manifest.parquet"))
     with pytest.raises(WeblyError, match="holds no optimizer step"):
-        train(data, TrainConfig(backbone="test_resnet", batch_size=256, accum_steps=8), "/tmp/never",
+        train(data, TrainConfig(backbone="test_resnet", batch_size=256, accum_steps=8),
+              "/tmp/never",
               task="finetune")
     with pytest.raises(WeblyError, match="train.schedule: .linear. is not one of"):
         TrainConfig(schedule="linear").validate()
@@ -194,7 +210,8 @@ def test_ddp_two_processes_match_single_process(data6, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                 "--master-port", "29533", "-m", "webly.cli"]
-    r = subprocess.run([*torchrun, *args, "-o", str(tmp_path / "ddp")], env=env, capture_output=True,
+    r = subprocess.run([*torchrun, *args, "-o", str(tmp_path / "ddp")], env=env,
+                       capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     subprocess.run([sys.executable, "-m", "webly.cli", *args, "-o", str(tmp_path / "one")], env=env,
@@ -209,8 +226,10 @@ def test_shard_fed_balanced_training(data6, tmp_path):
     from webly.data.shards import ShardConfig, write_shards
 
     m = data6 / "manifest.parquet"
-    write_shards(m, tmp_path / "shards", ShardConfig(max_count=40, short_side=32), log=lambda _: None)
-    assert main(["finetune", str(m), "-o", str(tmp_path / "run"), "--shards", str(tmp_path / "shards"),
+    write_shards(m, tmp_path / "shards", ShardConfig(max_count=40, short_side=32),
+                 log=lambda _: None)
+    assert main(["finetune", str(m), "-o", str(tmp_path / "run"), "--shards",
+                 str(tmp_path / "shards"),
                  "--backbone", "test_resnet", "--epochs", "3", "--samples-per-epoch", "320",
                  "--schedule", "cosine", *TINY]) == 0
     s = json.loads((tmp_path / "run/train.summary.json").read_text())

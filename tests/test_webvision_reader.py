@@ -16,7 +16,8 @@ def make_tree(root: Path, version: int = 2, meta_under: bool = True) -> Path:
     q = "q%05d" if version == 2 else "q%04d"
     info = root / "info"
     info.mkdir(parents=True)
-    (info / "synsets.txt").write_text("n02432511 mule deer, burro deer\nn02130308 cheetah, chetah\n")
+    (info / "synsets.txt").write_text("n02432511 mule deer, burro deer\n"
+                                      "n02130308 cheetah, chetah\n")
     (info / "queries.txt").write_text("1 mule+deer\n2 cheetah\n")
     (info / "queries_synsets_map.txt").write_text("1 0\n2 1\n")
     files = [f"google/{q % 1}/000001.jpg 0", f"google/{q % 2}/000001.jpg 1",
@@ -28,7 +29,8 @@ def make_tree(root: Path, version: int = 2, meta_under: bool = True) -> Path:
     mroot = root / "meta" if meta_under else root
     docs = {
         f"google/{q % 1}.json": [{"id": "g1", "title": "Scatology 101 - Mountain lion",
-                                  "description": "We saw Mule deer.", "site": "x", "page_url": "y"}],
+                                  "description": "We saw Mule deer.", "site": "x",
+                                  "page_url": "y"}],
         f"google/{q % 2}.json": [{"id": "g2", "title": None, "description": 42}],
         f"flickr/{q % 1}.json": [{"id": "f1", "title": "deer", "tags": ["mule deer", "arizona"]},
                                  {"id": "f2", "tags": "hiking,kaibab"}],
@@ -66,7 +68,8 @@ def test_missing_root_and_info_files(tmp_path):
     with pytest.raises(WeblyError, match="dataset root not found"):
         WebVisionReader(tmp_path / "nope")
     (tmp_path / "info").mkdir()
-    with pytest.raises(WeblyError, match=r"missing .*synsets.txt: expected one WordNet id per line"):
+    with pytest.raises(WeblyError,
+                       match=r"missing .*synsets.txt: expected one WordNet id per line"):
         WebVisionReader(tmp_path)
     (tmp_path / "info/synsets.txt").write_text("n02432511 mule deer\n")
     with pytest.raises(WeblyError, match=r"missing .*train_filelist_all.txt"):
@@ -157,4 +160,5 @@ def test_cifar10n_style_single_train_list(tmp_path):
     s = index_dataset(tmp_path, tmp_path / "m.parquet", IndexConfig())
     assert s["records"] == {"train": 2, "val": 1} and s["absent_splits"] == ["test"]
     recs = list(Manifest(tmp_path / "m.parquet").iter_records())
-    assert recs[0].path == "train/00000.jpg" and recs[0].source == "other" and recs[2].path == "val/00000.jpg"
+    assert recs[0].path == "train/00000.jpg" and recs[0].source == "other"
+    assert recs[2].path == "val/00000.jpg"

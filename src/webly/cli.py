@@ -2,7 +2,8 @@
 plus the commands `run`, `demo`, `neighbours`, `wordnet` and `config show`.
 
 Options come from the stage's dataclass defaults, then the `--config FILE` YAML section named after
-the stage, then flags (flags win). Every stage writes its resolved config (`STAGE.config.yaml`) and a
+the stage, then flags (flags win). Every stage writes its resolved config (`STAGE.config.yaml`) and
+a
 summary (`STAGE.summary.json`) beside its outputs. Only the chosen stage's config module is
 imported, so `webly --help` and the text stages start without torch.
 """
@@ -31,7 +32,8 @@ def _stderr(message: str) -> None:
 
 
 def stage_configs() -> dict[str, type]:
-    """Every stage's config class (imports them all: for `config show` and tests, not for --help)."""
+    """Every stage's config class (imports them all: for `config show` and tests, not for
+    --help)."""
     return {st.name: config_class(st.name) for st in STAGES}
 
 
@@ -45,7 +47,8 @@ def _paths(value: Any) -> Any:
 def cmd_stage(args: argparse.Namespace) -> dict[str, Any]:
     st = stage(args.command)
     cfg = config_from_args(config_class(st.name), args, st.name)
-    inputs = {i.name: _paths(getattr(args, i.name)) for i in st.inputs if getattr(args, i.name, None) is not None}
+    inputs = {i.name: _paths(getattr(args, i.name)) for i in st.inputs if getattr(args, i.name,
+                                                                                  None) is not None}
     out = args.output or getattr(args, st.default_output)
     return run_stage(st, inputs, cfg, Path(out), resume=getattr(args, "resume", False),
                      force=getattr(args, "force", False))
@@ -73,12 +76,15 @@ def add_stage_parser(sub: Any, st: Stage, selected: str | None) -> None:
                             nargs="+" if i.many else None, **kw)
     what = f"file to write ({st.output_file} in a recipe)" if st.output_file else "output folder"
     sp.add_argument("-o", "--output", required=not st.default_output,
-                    help=what + (f" (default: the {st.default_output.upper()} folder)" if st.default_output else ""))
+                    help=what + (f" (default: the {st.default_output.upper()} folder)"
+                                 if st.default_output else ""))
     if st.training:
         sp.add_argument("--resume", action="store_true", help="continue from OUT/ckpt/last.pt")
-        sp.add_argument("--force", action="store_true", help="resume even if the checkpoint's config is incompatible")
+        sp.add_argument("--force", action="store_true",
+                        help="resume even if the checkpoint's config is incompatible")
     for old, new in st.renamed:
-        sp.add_argument("--" + old.replace("_", "-"), dest=new, action=_Renamed, default=argparse.SUPPRESS,
+        sp.add_argument("--" + old.replace("_", "-"), dest=new, action=_Renamed,
+                        default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS)
     sp.add_argument("--config", help="YAML file with a section per stage")
     if st.name == selected:
@@ -101,7 +107,8 @@ def cmd_neighbours(args: argparse.Namespace) -> dict[str, Any]:
         wnids, names = read_synsets(require(src, "a manifest (.parquet) or a synsets.txt file"))
     q = resolve_concept(args.query)
     print(f"{args.query} -> {wnid_of(q)} {q.name()} ({args.measure})")
-    for rank, (wnid, name, s) in enumerate(nearest(args.query, wnids, names, args.measure, args.top_k), 1):
+    for rank, (wnid, name, s) in enumerate(nearest(args.query, wnids, names, args.measure,
+                                                   args.top_k), 1):
         print(f"{rank:3d}  {s:.3f}  {wnid}  {name}")
     return {}
 
@@ -147,13 +154,17 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_commands(sub: Any) -> None:
     """The commands that are not stages."""
-    sp = sub.add_parser("demo", help="the built-in demo: generated data through every stage", formatter_class=FMT)
+    sp = sub.add_parser("demo", help="the built-in demo: generated data through every stage",
+                        formatter_class=FMT)
     sp.set_defaults(fn=cmd_demo)
     sp.add_argument("--out", default="runs/demo", help="run directory")
-    sp.add_argument("--seed", type=int, default=0, help="the generated world's seed (the README's table: 0, 1, 2)")
+    sp.add_argument("--seed", type=int, default=0,
+                    help="the generated world's seed (the README's table: 0, 1, 2)")
     sp.add_argument("--fresh", action="store_true", help="delete the run directory first")
 
-    sp = sub.add_parser("run", help="run a recipe's steps in order, skipping finished ones, resuming the rest",
+    sp = sub.add_parser("run",
+                        help="run a recipe's steps in order, skipping finished ones, resuming the "
+                             "rest",
                         formatter_class=FMT)
     sp.set_defaults(fn=cmd_run)
     sp.add_argument("recipe", help="recipe YAML (see webly.pipeline)")
@@ -162,29 +173,35 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--until", help="stop after this step")
     sp.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
 
-    sp = sub.add_parser("neighbours", help="the dataset concepts most similar to a concept", formatter_class=FMT)
+    sp = sub.add_parser("neighbours", help="the dataset concepts most similar to a concept",
+                        formatter_class=FMT)
     sp.set_defaults(fn=cmd_neighbours)
-    sp.add_argument("query", help="a wnid (n01568892), a synset (lion.n.01) or a noun ('yellow warbler')")
+    sp.add_argument("query",
+                    help="a wnid (n01568892), a synset (lion.n.01) or a noun ('yellow warbler')")
     sp.add_argument("--concepts", required=True, help="manifest (.parquet) or synsets.txt")
     sp.add_argument("--measure", default="wup", choices=["wup", "path", "lch"])
     sp.add_argument("--top-k", type=int, default=10)
 
-    sp = sub.add_parser("wordnet", help="make WordNet 3.0 usable by NLTK offline; look up wnids", formatter_class=FMT)
+    sp = sub.add_parser("wordnet", help="make WordNet 3.0 usable by NLTK offline; look up wnids",
+                        formatter_class=FMT)
     sp.set_defaults(fn=cmd_wordnet)
     sp.add_argument("wnid", nargs="*", help="WordNet ids to print, e.g. n02432511")
     sp.add_argument("--offline", action="store_true", help="never try nltk.download")
 
     cp = sub.add_parser("config", help="show resolved stage configs", formatter_class=FMT)
     csub = cp.add_subparsers(dest="config_command", required=True)
-    sp = csub.add_parser("show", help="print defaults <- --config file, as YAML", formatter_class=FMT)
-    sp.add_argument("stage", nargs="*", help=f"stages to show (default all: {', '.join(st.name for st in STAGES)})")
+    sp = csub.add_parser("show", help="print defaults <- --config file, as YAML",
+                         formatter_class=FMT)
+    sp.add_argument("stage", nargs="*",
+                    help=f"stages to show (default all: {', '.join(st.name for st in STAGES)})")
     sp.add_argument("--config", help="YAML file with a section per stage")
     sp.set_defaults(fn=cmd_config_show)
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """The parser; only the `selected` stage's options are built (its config module imported)."""
-    p = argparse.ArgumentParser(prog="webly", description="webly: noisy web images + text -> an image classifier.",
+    p = argparse.ArgumentParser(prog="webly",
+                                description="webly: noisy web images + text -> a classifier.",
                                 formatter_class=FMT)
     p.add_argument("--version", action="version", version=f"webly {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="STAGE")
@@ -206,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # disk full, read-only or vanished output: say so in one line
         if e.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
             raise
-        print(f"webly {args.command}: error: {e.strerror}: {e.filename or ''} (outputs written before "
-              "this are intact; free space or fix the folder, then rerun or --resume)", file=sys.stderr)
+        print(f"webly {args.command}: error: {e.strerror}: {e.filename or ''} (outputs written "
+              "before "
+              "this are intact; free space or fix the folder, then rerun or --resume)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"webly {args.command}: interrupted", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 Each stage declares a dataclass; `add_config_args` turns its fields into `--flags` (help shows the
 default) and `resolve_config` merges the layers, rejecting unknown keys and wrong types with a
-one-line error. A YAML config file holds one mapping per stage name (`index:`, `shard:`, ...), so one
+one-line error. A YAML config file holds one mapping per stage name (`index:`, `shard:`, ...), so
+one
 file can configure a whole experiment; the resolved config is saved beside each stage's outputs.
 """
 
@@ -131,7 +132,8 @@ def config_from_args(cls: type[C], args: argparse.Namespace, stage: str) -> C:
         if not isinstance(section, dict):
             raise WeblyError(f"{args.config}: section {stage!r} must be a mapping")
         file_layer = section
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args,
+                                                                                       f.name)}
     return resolve_config(cls, file_layer, flags, where=stage)
 
 
@@ -150,7 +152,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
     group = parser.add_argument_group(f"{cls.__name__} options")
     for f in dataclasses.fields(cls):
         tp, _ = _unwrap_optional(_field_types(cls)[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_ = f"{f.metadata.get('help', '')} (default: {default!r})".strip().replace("%", "%%")
         flag = "--" + f.name.replace("_", "-")
         if tp is bool:
@@ -187,5 +190,6 @@ def parse_part(text: str, name: str) -> tuple[int, int]:
 def opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
     """A dataclass field with help text for the CLI."""
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d),
+                                 metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})

@@ -53,9 +53,11 @@ class Step:
 
 def load_recipe(path: str | Path) -> tuple[dict[str, Any], list[Step]]:
     recipe = load_yaml(path) if not isinstance(path, dict) else path
-    unknown = set(recipe) - {"run_dir", "steps", "description", "defaults"}  # defaults: YAML anchors
+    unknown = set(recipe) - {"run_dir", "steps", "description",
+                             "defaults"}  # defaults: YAML anchors
     if unknown:
-        raise WeblyError(f"recipe: unknown key(s) {sorted(unknown)}; valid: defaults, description, run_dir, steps")
+        raise WeblyError(f"recipe: unknown key(s) {sorted(unknown)}; valid: defaults, description, "
+                         "run_dir, steps")
     if not isinstance(recipe.get("steps"), list) or not recipe["steps"]:
         raise WeblyError("recipe: 'steps' must be a non-empty list")
     return recipe, validate([dict(s) for s in recipe["steps"]])
@@ -98,7 +100,8 @@ def validate(raw: list[dict[str, Any]]) -> list[Step]:
         refs = _refs(list(inputs.values())) + _refs(list(s.values()))
         bad = [r for r in refs if r not in seen]
         if bad:
-            raise WeblyError(f"{where}: refers to {', '.join('@' + b for b in bad)}, not an earlier step")
+            raise WeblyError(f"{where}: refers to {', '.join('@' + b for b in bad)}, not an "
+                             "earlier step")
         resolve_config(load(st.config), {k: v for k, v in s.items() if not _refs(v)},
                        where=f"{where} {name}")
         steps.append(Step(sid, name, inputs, s, refs))
@@ -133,7 +136,8 @@ def plan(steps: list[Step], run_dir: Path) -> list[tuple[Step, str]]:
         elif (run_dir / step.id / "ckpt" / "last.pt").is_file():
             started = run_dir / step.id / "step.started"
             # resume only what was started with these very options; else start it over
-            status = "resume" if started.is_file() and started.read_text().strip() == step.hash else "rerun"
+            same = started.is_file() and started.read_text().strip() == step.hash
+            status = "resume" if same else "rerun"
         else:
             status = "run"
         out.append((step, status))
@@ -144,7 +148,8 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *, start: str | None = None,
+def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *,
+        start: str | None = None,
         until: str | None = None, dry_run: bool = False, log: Callable[[str], None] | None = None
         ) -> dict[str, Any]:
     log = log or _stderr
@@ -185,6 +190,7 @@ def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *, st
         summary = run_stage(st, inputs, cfg, outputs[step.id], resume=status == "resume")
         summaries[step.id] = summary
         write_atomic(out / "step.json", json.dumps(
-            {"id": step.id, "stage": step.stage, "hash": step.hash, "seconds": round(time.time() - t0, 2),
+            {"id": step.id, "stage": step.stage, "hash": step.hash,
+             "seconds": round(time.time() - t0, 2),
              "summary": summary}, indent=1, default=str) + "\n")
     return {"run_dir": str(root), "steps": len(steps), "ran": list(summaries)}

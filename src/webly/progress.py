@@ -69,10 +69,12 @@ def _lines(it: Iterable[T], desc: str, total: int | None, unit: str, every: floa
         elapsed = time.monotonic() - t0
         rate = f" ({done / elapsed:.3g} {unit}/s)" if elapsed > 0 else ""
         of = f"/{total}" if total else ""
-        print(f"[webly] {desc}: {done}{of} {unit} in {duration(elapsed)}{rate}", file=sys.stderr, flush=True)
+        print(f"[webly] {desc}: {done}{of} {unit} in {duration(elapsed)}{rate}", file=sys.stderr,
+              flush=True)
 
 
-def progress(it: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+def progress(it: Iterable[T], *, desc: str, total: int | None = None,
+             unit: str = "it") -> Iterator[T]:
     """`it`, reporting progress as the module docstring says; `total` defaults to len(it)."""
     mode = os.environ.get("WEBLY_PROGRESS", "auto")
     if mode == "0" or os.environ.get("RANK", "0") != "0":

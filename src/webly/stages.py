@@ -63,10 +63,12 @@ def _in(name: str, help_: str, **kw: Any) -> Input:
 
 
 MANIFEST = _in("manifest", "manifest (.parquet) written by `webly index`", positional=True)
-PREDS = _in("preds", "predictions folder written by `webly predict` or `webly ensemble`", positional=True)
+PREDS = _in("preds", "predictions folder written by `webly predict` or `webly ensemble`",
+            positional=True)
 
 STAGES: tuple[Stage, ...] = (
-    Stage("synth", "generate a small dataset in the WebVision layout", "webly.demo.synth:SynthConfig",
+    Stage("synth", "generate a small dataset in the WebVision layout",
+          "webly.demo.synth:SynthConfig",
           "webly.demo.synth:run_synth", (), "—",
           "a WebVision-layout dataset with images, web text, label noise, and `truth/`"),
     Stage("index", "read a dataset into a Parquet manifest", "webly.data.index:IndexConfig",
@@ -76,49 +78,62 @@ STAGES: tuple[Stage, ...] = (
     Stage("shard", "write WebDataset tar shards from a manifest", "webly.data.shards:ShardConfig",
           "webly.data.shards:run_shard", (MANIFEST,), "manifest + images",
           "WebDataset tar shards + `shards-SPLIT.json`"),
-    Stage("tag", "keywords from web text: the weakly-tagged set (WT-Set)", "webly.labels.tagging:TagConfig",
+    Stage("tag", "keywords from web text: the weakly-tagged set (WT-Set)",
+          "webly.labels.tagging:TagConfig",
           "webly.labels.tagging:run_tag",
           (_in("manifest", "manifest to tag, or the word 'merge' to combine the parts of a sharded "
                            "run found in -o", positional=True),),
           "manifest text", "WT-Set: `vocab.tsv`, `keywords.npz`, `stats.json`, plots"),
     Stage("weigh", "per-image label weights from WordNet similarity (LW-Set)",
           "webly.labels.weighing:WeighConfig", "webly.labels.weighing:run_weigh",
-          (MANIFEST, _in("tags", "tags folder written by `webly tag` (none: no keyword support)", required=False),
+          (MANIFEST, _in("tags", "tags folder written by `webly tag` (none: no keyword support)",
+                         required=False),
            _in("labels", "pseudo-labels (`webly pseudo-label` output) instead of the manifest's",
                required=False)),
           "manifest, WT-Set", "LW-Set: `label_weights.npz`, `neighbours.tsv`, `stats.json`"),
-    Stage("pretrain", "pretrain a backbone on the WT-Set or LW-Set", "webly.training.config:TrainConfig",
+    Stage("pretrain", "pretrain a backbone on the WT-Set or LW-Set",
+          "webly.training.config:TrainConfig",
           "webly.training.run:run_pretrain",
-          (MANIFEST, _in("set", "weakly-tagged (wt) or label-weighted (lw) set", path=False, choices=("wt", "lw")),
+          (MANIFEST, _in("set", "weakly-tagged (wt) or label-weighted (lw) set", path=False,
+                         choices=("wt", "lw")),
            _in("tags", "tags folder (--set wt)", required=False),
-           _in("label_weights", "label weights folder from `webly weigh` (--set lw)", required=False)),
-          "manifest, WT-Set or LW-Set", "a pretrained backbone: checkpoints, `model.safetensors`, curves",
+           _in("label_weights", "label weights folder from `webly weigh` (--set lw)",
+               required=False)),
+          "manifest, WT-Set or LW-Set",
+          "a pretrained backbone: checkpoints, `model.safetensors`, curves",
           training=True, renamed=(("weights", "label_weights"),)),
     Stage("finetune", "train on the target classes (from a pretrained checkpoint)",
           "webly.training.config:TrainConfig", "webly.training.run:run_finetune",
-          (MANIFEST, _in("labels", "labels.parquet from `webly pseudo-label` instead of the manifest's",
+          (MANIFEST, _in("labels",
+                         "labels.parquet from `webly pseudo-label` instead of the manifest's",
                          required=False)),
           "manifest (+ a pretrained checkpoint, pseudo-labels)",
           "the classifier: checkpoints, `model.safetensors`, curves", training=True),
-    Stage("predict", "batched inference over a manifest split", "webly.inference.predict:PredictConfig",
+    Stage("predict", "batched inference over a manifest split",
+          "webly.inference.predict:PredictConfig",
           "webly.inference.predict:run_predict",
-          (_in("model", "run directory with model.safetensors + model.json", positional=True), MANIFEST),
+          (_in("model", "run directory with model.safetensors + model.json", positional=True),
+           MANIFEST),
           "a trained model + manifest", "top-k (+ all probabilities) per image"),
     Stage("evaluate", "top-1/top-5, plain and class-balanced, per class",
           "webly.inference.evaluate:EvaluateConfig", "webly.inference.evaluate:run_evaluate",
           (PREDS, _in("manifest", "manifest (class names; labels of the split)"),
            _in("labels", "'name label' file instead of the manifest's labels", required=False)),
-          "predictions + manifest", "`metrics.json`, `per_class.tsv`, plots", default_output="preds"),
+          "predictions + manifest", "`metrics.json`, `per_class.tsv`, plots",
+          default_output="preds"),
     Stage("ensemble", "average several models' predictions (weights equal, given or fitted)",
           "webly.inference.ensemble:EnsembleConfig", "webly.inference.ensemble:run_ensemble",
           (_in("preds", "predictions folders of the same images", positional=True, many=True),
-           _in("fit", "validation predictions folders of the same models, in the same order, to fit "
+           _in("fit",
+               "validation predictions folders of the same models, in the same order, to fit "
                       "the weights on", required=False, many=True),
            _in("fit_labels", "'name label' file for --fit", required=False)),
           "predictions", "averaged predictions", renamed=(("weights", "model_weights"),)),
     Stage("pseudo-label", "relabel confident training images (labels.parquet)",
-          "webly.inference.pseudolabel:PseudoLabelConfig", "webly.inference.pseudolabel:run_pseudo_label",
-          (MANIFEST, _in("preds", "predictions on the train split (one model or an ensemble)", positional=True)),
+          "webly.inference.pseudolabel:PseudoLabelConfig",
+          "webly.inference.pseudolabel:run_pseudo_label",
+          (MANIFEST, _in("preds", "predictions on the train split (one model or an ensemble)",
+                         positional=True)),
           "train predictions", "`labels.parquet` for `finetune --labels`, report, suspects"),
     Stage("submit", "write the WebVision submission file from test predictions",
           "webly.inference.evaluate:SubmitConfig", "webly.inference.evaluate:run_submit", (PREDS,),
@@ -144,9 +159,11 @@ def config_class(name: str) -> type:
 
 
 def run_files_name(st: Stage, cfg: Any) -> str:
-    """`tag` run with --shard 0/4 writes tag.shard0of4.*, so machines sharing a folder never clash."""
+    """`tag` run with --shard 0/4 writes tag.shard0of4.*, so machines sharing a folder never
+    clash."""
     shard = getattr(cfg, "shard", None)
-    return f"{st.name}.shard{shard.replace('/', 'of')}" if isinstance(shard, str) and shard else st.name
+    return f"{st.name}.shard{shard.replace('/', 'of')}" if isinstance(shard,
+                                                                      str) and shard else st.name
 
 
 def run_stage(st: Stage, inputs: dict[str, Any], cfg: Any, out: Path, *, resume: bool = False,
@@ -158,7 +175,8 @@ def run_stage(st: Stage, inputs: dict[str, Any], cfg: Any, out: Path, *, resume:
     if summary and os.environ.get("RANK", "0") == "0":
         name = run_files_name(st, cfg)
         save_config(cfg, folder / f"{name}.config.yaml", st.name)
-        write_atomic(folder / f"{name}.summary.json", json.dumps(summary, indent=1, default=str) + "\n")
+        write_atomic(folder / f"{name}.summary.json", json.dumps(summary, indent=1,
+                                                                 default=str) + "\n")
     return summary
 
 

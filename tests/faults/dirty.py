@@ -12,7 +12,8 @@ from PIL import Image
 # name -> expected: "ok" (decodes, maybe after conversion) or the reason it must be skipped
 KINDS = {
     "truncated.jpg": "bad", "zero.jpg": "bad", "alpha.png": "ok", "cmyk.jpg": "ok",
-    "sixteen.png": "ok", "anim.gif": "ok", "bomb.jpg": "bad", "missing.jpg": "bad", "text.jpg": "bad",
+    "sixteen.png": "ok", "anim.gif": "ok", "bomb.jpg": "bad", "missing.jpg": "bad",
+    "text.jpg": "bad",
 }
 
 
@@ -24,7 +25,8 @@ def _jpeg(rng: np.random.Generator, size: int = 48, mode: str = "RGB") -> bytes:
 
 
 def bomb_jpeg(rng: np.random.Generator, side: int = 20000) -> bytes:
-    """A small JPEG whose header claims side x side pixels (what a decompression bomb looks like)."""
+    """A small JPEG whose header claims side x side pixels (what a decompression bomb looks
+    like)."""
     data = bytearray(_jpeg(rng))
     i = 2
     while i < len(data):
@@ -43,10 +45,12 @@ def write_dirty(folder: Path, seed: int = 0) -> dict[str, str]:
     good = _jpeg(rng)
     (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (folder / "zero.jpg").write_bytes(b"")
-    Image.fromarray(rng.integers(0, 255, (40, 40, 4), dtype=np.uint8), "RGBA").save(folder / "alpha.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 4), dtype=np.uint8),
+                    "RGBA").save(folder / "alpha.png")
     (folder / "cmyk.jpg").write_bytes(_jpeg(rng, mode="CMYK"))
     Image.fromarray(rng.integers(0, 65535, (40, 40), dtype=np.uint16)).save(folder / "sixteen.png")
-    frames = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).convert("P") for _ in range(2)]
+    frames = [Image.fromarray(rng.integers(0, 255, (40, 40, 3),
+                                           dtype=np.uint8)).convert("P") for _ in range(2)]
     frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
     (folder / "bomb.jpg").write_bytes(bomb_jpeg(rng))
     (folder / "text.jpg").write_text("<html>404 Not Found</html>")

@@ -20,7 +20,8 @@ from webly.training.trainsets import finetune_data
 def small(tmp_path_factory):
     d = tmp_path_factory.mktemp("cfg")
     generate(d / "wv", SynthConfig(families=2, per_family=2, max_per_class=20, min_per_class=20,
-                                   val_per_class=2, test_per_class=1, image_width=32, image_height=32))
+                                   val_per_class=2, test_per_class=1, image_width=32,
+                                   image_height=32))
     index_dataset(d / "wv", d / "m.parquet", IndexConfig())
     return d
 
@@ -38,7 +39,8 @@ def _cfg(**kw) -> TrainConfig:
     (["--crop-scale", "0"], "crop_scale"),
 ])
 def test_bad_flags_are_one_line_errors(small, tmp_path, capsys, flags, msg):
-    code = main(["finetune", str(small / "m.parquet"), "-o", str(tmp_path / "r"), "--backbone", "test_resnet",
+    code = main(["finetune", str(small / "m.parquet"), "-o", str(tmp_path / "r"), "--backbone",
+                 "test_resnet",
                  *flags])
     err = capsys.readouterr().err
     assert code == 2 and msg in err
@@ -46,7 +48,8 @@ def test_bad_flags_are_one_line_errors(small, tmp_path, capsys, flags, msg):
 
 def test_unknown_key_in_a_config_file(small, tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("finetune:\n  epoch: 3\n")
-    code = main(["finetune", str(small / "m.parquet"), "-o", str(tmp_path / "r"), "--config", str(tmp_path / "c.yaml")])
+    code = main(["finetune", str(small / "m.parquet"), "-o", str(tmp_path / "r"), "--config",
+                 str(tmp_path / "c.yaml")])
     assert code == 2 and "epoch" in capsys.readouterr().err
 
 
@@ -59,12 +62,14 @@ def test_resume_with_changed_options(small, tmp_path, capfd):
         train(data, _cfg(epochs=3, batch_size=8), tmp_path, task="finetune", resume=True)
     with pytest.raises(WeblyError, match="backbone 'test_resnet' -> 'test_vit'"):
         train(data, _cfg(epochs=3, backbone="test_vit"), tmp_path, task="finetune", resume=True)
-    s = train(data, _cfg(epochs=3, batch_size=8), tmp_path, task="finetune", resume=True, force=True)
+    s = train(data, _cfg(epochs=3, batch_size=8), tmp_path, task="finetune", resume=True,
+              force=True)
     assert s["epochs_done"] == 3
 
 
 def test_recipe_step_changed_after_an_interruption_starts_over(small, tmp_path):
-    step = {"id": "ft", "stage": "finetune", "manifest": str(small / "m.parquet"), "backbone": "test_resnet",
+    step = {"id": "ft", "stage": "finetune", "manifest": str(small / "m.parquet"),
+            "backbone": "test_resnet",
             "img_size": 32, "epochs": 1, "batch_size": 16, "accum_steps": 1, "workers": 0}
     run({"steps": [step]}, tmp_path)
     (tmp_path / "ft/step.json").unlink()  # as if killed after its checkpoint

@@ -21,7 +21,8 @@ BAD = {"truncated": 5, "empty file": 1, "too many pixels": 1, "missing file": 1,
 
 @pytest.fixture(scope="module")
 def dirty_manifest(tmp_path_factory):
-    """100 good JPEGs, 5% truncated, 1% zero bytes, and one of each special file, in train and test."""
+    """100 good JPEGs, 5% truncated, 1% zero bytes, and one of each special file, in train and
+    test."""
     root = tmp_path_factory.mktemp("dirty")
     rng = np.random.default_rng(0)
     expected = write_dirty(root / "special")
@@ -29,28 +30,35 @@ def dirty_manifest(tmp_path_factory):
     for split in ("train", "test"):
         for i in range(100):
             y = i % 2
-            img = np.full((40, 40, 3), 200 if y else 40, np.uint8) + rng.integers(0, 30, (40, 40, 3), dtype=np.uint8)
+            img = np.full((40, 40, 3), 200 if y else 40, np.uint8) + rng.integers(0, 30, (40, 40,
+                                                                                          3),
+                                                                                          dtype=np.uint8)
             Image.fromarray(img).save(root / f"{split}{i}.jpg", quality=90)
             records.append(Record(id=f"{split}{i}", path=f"{split}{i}.jpg", split=split, label=y))
         for k in range(5):
             good = (root / f"{split}{k}.jpg").read_bytes()
             (root / f"{split}_trunc{k}.jpg").write_bytes(good[: len(good) // 3])
-            records.append(Record(id=f"{split}_trunc{k}", path=f"{split}_trunc{k}.jpg", split=split, label=0))
+            records.append(Record(id=f"{split}_trunc{k}", path=f"{split}_trunc{k}.jpg", split=split,
+                                  label=0))
         for name in expected:
             if name != "truncated.jpg":
-                records.append(Record(id=f"{split}_{name}", path=f"special/{name}", split=split, label=1))
+                records.append(Record(id=f"{split}_{name}", path=f"special/{name}", split=split,
+                                      label=1))
     m = root / "manifest.parquet"
     write_manifest(m, records, {"root": str(root), "classes": CLASSES})
     return m
 
 
 def _cfg(**kw) -> TrainConfig:
-    return TrainConfig(**{**dict(backbone="test_resnet", img_size=32, epochs=2, batch_size=16, accum_steps=1,
-                                 lr=0.05, workers=2, tensorboard=False, log_every=5, sampler="shuffle"), **kw})
+    return TrainConfig(**{**dict(backbone="test_resnet", img_size=32, epochs=2, batch_size=16,
+                                 accum_steps=1,
+                                 lr=0.05, workers=2, tensorboard=False, log_every=5,
+                                 sampler="shuffle"), **kw})
 
 
 def test_training_skips_logs_once_and_counts_by_reason(dirty_manifest, tmp_path, capfd):
-    summary = train(finetune_data(Manifest(dirty_manifest)), _cfg(max_bad_fraction=0.1), tmp_path, task="finetune")
+    summary = train(finetune_data(Manifest(dirty_manifest)), _cfg(max_bad_fraction=0.1), tmp_path,
+                    task="finetune")
     err = capfd.readouterr().err
     assert summary["epochs_done"] == 2 and (tmp_path / "model.safetensors").is_file()
     assert summary["bad_images"] == BAD
@@ -66,7 +74,8 @@ def test_too_many_bad_images_is_an_error(dirty_manifest, tmp_path):
 
 
 def test_prediction_marks_bad_images_and_keeps_every_row(dirty_manifest, tmp_path):
-    train(finetune_data(Manifest(dirty_manifest)), _cfg(epochs=1, max_bad_fraction=0.1), tmp_path / "run",
+    train(finetune_data(Manifest(dirty_manifest)), _cfg(epochs=1, max_bad_fraction=0.1),
+          tmp_path / "run",
           task="finetune")
     s = predict(tmp_path / "run", dirty_manifest, tmp_path / "p",
                 PredictConfig(split="test", workers=0, max_bad_fraction=0.1))
@@ -78,5 +87,6 @@ def test_prediction_marks_bad_images_and_keeps_every_row(dirty_manifest, tmp_pat
     assert {"test_alpha.png", "test_cmyk.jpg", "test_sixteen.png",
             "test_anim.gif"}.isdisjoint(skipped)
     with pytest.raises(WeblyError, match="predictions written"):
-        predict(tmp_path / "run", dirty_manifest, tmp_path / "p2", PredictConfig(split="test", workers=0))
+        predict(tmp_path / "run", dirty_manifest, tmp_path / "p2", PredictConfig(split="test",
+                                                                                 workers=0))
     assert (tmp_path / "p2/predictions.parquet").is_file()  # written, then the error: nothing lost

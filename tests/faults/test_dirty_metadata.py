@@ -31,14 +31,16 @@ def dirty_tree(root: Path) -> Path:
     for i in range(len(ITEMS)):
         files.append(f"google/q00001/{i + 1:06d}.jpg 0")
         metas.append(f"google/q00001.json {i + 1}")
-    files += ["google/q00002/000001.jpg 0", "google/q00003/000001.jpg 0", "google/q00004/000001.jpg 0"]
+    files += ["google/q00002/000001.jpg 0", "google/q00003/000001.jpg 0",
+              "google/q00004/000001.jpg 0"]
     metas += ["google/q00002.json 1", "google/q00003.json 1", "google/q00004.json 1"]
     (info / "train_filelist_all.txt").write_text("\n".join(files) + "\n")
     (info / "train_meta_list_all.txt").write_text("\n".join(metas) + "\n")
     meta = root / "meta/google"
     meta.mkdir(parents=True)
     (meta / "q00001.json").write_text(json.dumps(ITEMS))
-    (meta / "q00002.json").write_bytes(b'[{"title": "caf\xe9 \xc3\xa9t\xc3\xa9 cheetah"}]')  # latin-1 + utf-8
+    # latin-1 + utf-8
+    (meta / "q00002.json").write_bytes(b'[{"title": "caf\xe9 \xc3\xa9t\xc3\xa9 cheetah"}]')
     (meta / "q00003.json").write_text("[{\"title\": ")  # invalid JSON
     (meta / "q00004.json").write_text(json.dumps({"title": "a dict, not a list"}))
     return root

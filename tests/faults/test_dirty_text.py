@@ -27,10 +27,12 @@ from webly.labels.weighing import WeighConfig, keyword_support
 from webly.labels.wordnet import wordnet
 
 MB = "x" * 1_000_000
-NASTY = ["\udcff", "\ud83d", "a\udc80b", "\x00", "nul\x00in", "\x07\x1b[31mred\x1b[0m", "\u202eevil\u202c",
+NASTY = ["\udcff", "\ud83d", "a\udc80b", "\x00", "nul\x00in", "\x07\x1b[31mred\x1b[0m",
+         "\u202eevil\u202c",
          "\u200f\u200e", "cafÃ© donâ€™t", "\ufeff\u00ad", "🦊 cheetah", MB]
 ANY_CHAR = st.characters(exclude_categories=())  # surrogates included (hypothesis leaves them out)
-WEB_TEXT = st.lists(st.sampled_from(NASTY) | st.text(ANY_CHAR, max_size=12), max_size=4).map("".join)
+WEB_TEXT = st.lists(st.sampled_from(NASTY) | st.text(ANY_CHAR, max_size=12),
+                    max_size=4).map("".join)
 FUZZ = settings(max_examples=80, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.large_base_example, HealthCheck.data_too_large])
@@ -100,7 +102,8 @@ def dirty_tree(root: Path, items: list[dict]) -> Path:
         metas.append(f"google/q{q:05d}.json {len(per_query[q])}")
     (root / "info/train_filelist_all.txt").write_text("\n".join(files) + "\n")
     (root / "info/train_meta_list_all.txt").write_text("\n".join(metas) + "\n")
-    for q, its in per_query.items():  # ensure_ascii: surrogates travel as "\udcff" escapes, as on the web
+    # ensure_ascii: surrogates travel as "\udcff" escapes, as on the web
+    for q, its in per_query.items():
         (root / f"google/q{q:05d}.json").write_text(json.dumps(its, ensure_ascii=True))
     return root
 
@@ -109,7 +112,8 @@ def dirty_tree(root: Path, items: list[dict]) -> Path:
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.large_base_example, HealthCheck.data_too_large])
 @given(st.lists(st.fixed_dictionaries({"title": WEB_TEXT, "description": WEB_TEXT,
-                                       "tags": st.lists(WEB_TEXT, max_size=2)}), min_size=1, max_size=4))
+                                       "tags": st.lists(WEB_TEXT,
+                                                        max_size=2)}), min_size=1, max_size=4))
 def test_index_keeps_every_dirty_record(tmp_path_factory, items):
     d = tmp_path_factory.mktemp("ix")
     root = dirty_tree(d / "wv", items)
@@ -124,7 +128,8 @@ def test_dirty_tree_through_the_cli_indexes_tags_weighs_and_reports(tmp_path):
              "mule deer grazing", "cheetah cub", "deer herd"]
     items = []
     for i, words in enumerate(clean):
-        items.append({"title": f"{words} {NASTY[i]}", "description": f"{NASTY[(i + 6) % len(NASTY)]} {words}",
+        items.append({"title": f"{words} {NASTY[i]}",
+                      "description": f"{NASTY[(i + 6) % len(NASTY)]} {words}",
                       "tags": [words.split()[-1], NASTY[(i + 3) % len(NASTY)]]})
     root = dirty_tree(tmp_path / "wv", items)
     run = tmp_path / "run"
@@ -142,7 +147,8 @@ def test_dirty_tree_through_the_cli_indexes_tags_weighs_and_reports(tmp_path):
     sur = sum(any(0xD800 <= ord(c) <= 0xDFFF for c in it["title"]) for it in items)
     assert fixed["title_surrogates_replaced"] == sur > 0
     assert fixed["title_nul_replaced"] == sum("\x00" in it["title"] for it in items) > 0
-    assert fixed["description_truncated"] == sum(len(it["description"]) > MAX_TEXT_CHARS for it in items) > 0
+    long = sum(len(it["description"]) > MAX_TEXT_CHARS for it in items)
+    assert fixed["description_truncated"] == long > 0
     stats = json.loads((run / "tags/stats.json").read_text())
     assert stats["images"] == len(items)
     vocab = (run / "tags/vocab.tsv").read_text()

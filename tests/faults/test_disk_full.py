@@ -24,9 +24,11 @@ def _snapshot(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
-@pytest.mark.parametrize("code,where", [(errno.ENOSPC, "scipy.sparse.save_npz"), (errno.EROFS, "os.replace"),
+@pytest.mark.parametrize("code,where", [(errno.ENOSPC, "scipy.sparse.save_npz"), (errno.EROFS,
+                                                                                  "os.replace"),
                                         (errno.ENOSPC, "webly.labels.tagging.write_atomic")])
-def test_tag_write_fails_cleanly_and_keeps_the_previous_tags(manifest, tmp_path, monkeypatch, capsys, code, where):
+def test_tag_write_fails_cleanly_and_keeps_the_previous_tags(manifest, tmp_path, monkeypatch,
+                                                             capsys, code, where):
     out = tmp_path / "tags"
     assert main(["tag", str(manifest), "-o", str(out), "--min-count", "1", "--workers", "1"]) == 0
     before = _snapshot(out)

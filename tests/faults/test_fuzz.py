@@ -24,8 +24,10 @@ from webly.training.config import TrainConfig
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+SCALAR = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text()
+JSON = st.recursive(SCALAR,
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8),
+                                                                                inner, max_size=4),
                     max_leaves=12)
 
 
@@ -54,7 +56,8 @@ def test_tagger_takes_any_unicode(recogniser, title, desc, tags):
 @given(JSON)
 def test_metadata_item_of_any_shape(item):
     title, desc, tags = text_from_meta(item, Counter())
-    assert isinstance(title, str) and isinstance(desc, str) and all(isinstance(t, str) for t in tags)
+    assert isinstance(title, str) and isinstance(desc, str) and all(isinstance(t,
+                                                                               str) for t in tags)
     assert clean_field(title) == title  # cleaning a cleaned field changes nothing
     assert all(isinstance(t, str) for t in clean_tags(item))
 
@@ -88,22 +91,26 @@ def test_webvision_lists_and_metadata_of_any_content(tmp_path_factory, lines, me
     (root / "info").mkdir()
     (root / "info/synsets.txt").write_text("n02130308 cheetah\nn02432511 mule deer\n")
     (root / "info/train_filelist_all.txt").write_bytes(b"\n".join(lines) + b"\n")
-    n = sum(1 for ln in (root / "info/train_filelist_all.txt").read_text(errors="replace").splitlines() if ln.strip())
+    listed = (root / "info/train_filelist_all.txt").read_text(errors="replace").splitlines()
+    n = sum(1 for ln in listed if ln.strip())
     (root / "info/train_meta_list_all.txt").write_text("q.json 1\n" * n)
     (root / "q.json").write_bytes(meta_bytes)
     with contextlib.suppress(WeblyError):  # anything else (a crash) fails the test
         list(WebVisionReader(root, skip_bad=True).iter_records("train"))
 
 
-CONFIG_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True),
+CONFIG_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6),
+                          st.floats(allow_nan=True),
                           st.text(max_size=10), st.lists(st.integers(), max_size=3),
                           st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
 
 
 @FUZZ
 @given(st.sampled_from([TrainConfig, TagConfig, WeighConfig]),
-       st.dictionaries(st.sampled_from(["epochs", "lr", "backbone", "img_size", "max_df", "min_count", "top_k",
-                                        "measure", "amp", "nonsense", "tagger", "seed"]), CONFIG_VALUES, max_size=4))
+       st.dictionaries(st.sampled_from(["epochs", "lr", "backbone", "img_size", "max_df",
+                                        "min_count", "top_k",
+                                        "measure", "amp", "nonsense", "tagger", "seed"]),
+                                        CONFIG_VALUES, max_size=4))
 def test_config_loader_takes_any_values(cls, layer):
     try:
         cfg = resolve_config(cls, layer, where="fuzz")

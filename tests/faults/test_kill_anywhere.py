@@ -27,14 +27,19 @@ TRAIN = dict(backbone="test_resnet", img_size=32, batch_size=8, accum_steps=1, l
              ckpt_every_steps=1, keep_last=2, tensorboard=False, log_every=1)
 RECIPE = {"steps": [
     {"id": "data", "stage": "synth", "families": 2, "per_family": 2, "max_per_class": 24,
-     "min_per_class": 12, "val_per_class": 4, "test_per_class": 1, "image_width": 32, "image_height": 32},
+     "min_per_class": 12, "val_per_class": 4, "test_per_class": 1, "image_width": 32,
+     "image_height": 32},
     {"id": "manifest", "stage": "index", "root": "@data"},
-    {"id": "tags", "stage": "tag", "manifest": "@manifest", "min_count": 2, "max_df": 0.5, "chunk_rows": 8,
+    {"id": "tags", "stage": "tag", "manifest": "@manifest", "min_count": 2, "max_df": 0.5,
+     "chunk_rows": 8,
      "workers": 1},
     {"id": "weights", "stage": "weigh", "manifest": "@manifest", "tags": "@tags"},
-    {"id": "lw", "stage": "pretrain", "set": "lw", "manifest": "@manifest", "label_weights": "@weights", "epochs": 1, **TRAIN},
-    {"id": "ft", "stage": "finetune", "manifest": "@manifest", "pretrained": "@lw", "epochs": 2, **TRAIN},
-    {"id": "val", "stage": "predict", "model": "@ft", "manifest": "@manifest", "split": "val", "workers": 0},
+    {"id": "lw", "stage": "pretrain", "set": "lw", "manifest": "@manifest",
+     "label_weights": "@weights", "epochs": 1, **TRAIN},
+    {"id": "ft", "stage": "finetune", "manifest": "@manifest", "pretrained": "@lw", "epochs": 2,
+     **TRAIN},
+    {"id": "val", "stage": "predict", "model": "@ft", "manifest": "@manifest", "split": "val",
+     "workers": 0},
     {"id": "score", "stage": "evaluate", "preds": "@val", "manifest": "@manifest"},
 ]}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WEBLY_PROGRESS": "0"}
@@ -54,21 +59,28 @@ def test_killed_anywhere_then_rerun_equals_uninterrupted(tmp_path):
     assert _run(recipe, tmp_path / "ref") == 0
     rng = random.Random(7)
     # in pipeline order; each attempt resumes what the last one left and dies at its point
-    faults = ["manifest/manifest.close:1", f"tags/tag.part:{rng.randint(1, 3)}", "weights/weigh.write:1",
+    faults = ["manifest/manifest.close:1", f"tags/tag.part:{rng.randint(1, 3)}",
+              "weights/weigh.write:1",
               f"lw/train.ckpt:{rng.randint(1, 3)}", f"ft/train.ckpt:{rng.randint(1, 4)}",
               f"ft/train.ckpt:{rng.randint(1, 2)}", "val/predict.batch:1"]
     for fault in faults:
-        assert _run(recipe, tmp_path / "cut", fault) == -signal.SIGKILL, f"{fault} was never reached"
+        assert _run(recipe, tmp_path / "cut",
+                    fault) == -signal.SIGKILL, f"{fault} was never reached"
     assert _run(recipe, tmp_path / "cut") == 0
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    assert Manifest(ref / "manifest/manifest.parquet").read().equals(Manifest(cut / "manifest/manifest.parquet").read())
-    assert (sp.load_npz(ref / "tags/keywords.npz") != sp.load_npz(cut / "tags/keywords.npz")).nnz == 0
+    def same_npz(name):
+        return (sp.load_npz(ref / name) != sp.load_npz(cut / name)).nnz == 0
+
+    assert Manifest(ref / "manifest/manifest.parquet").read().equals(
+        Manifest(cut / "manifest/manifest.parquet").read())
+    assert same_npz("tags/keywords.npz")
     assert (ref / "tags/vocab.tsv").read_text() == (cut / "tags/vocab.tsv").read_text()
-    assert (sp.load_npz(ref / "weights/label_weights.npz") != sp.load_npz(cut / "weights/label_weights.npz")).nnz == 0
+    assert same_npz("weights/label_weights.npz")
     for run in ("lw", "ft"):
-        a, b = load_file(ref / run / "model.safetensors"), load_file(cut / run / "model.safetensors")
+        a, b = (load_file(d / run / "model.safetensors") for d in (ref, cut))
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), run  # bit for bit
     pa, pb = load_predictions(ref / "val"), load_predictions(cut / "val")
-    assert pa.ids == pb.ids and np.array_equal(pa.top_i, pb.top_i) and np.array_equal(pa.probs, pb.probs)
+    assert pa.ids == pb.ids and np.array_equal(pa.top_i, pb.top_i) and np.array_equal(pa.probs,
+                                                                                      pb.probs)
     ma, mb = (json.loads((d / "score/metrics.json").read_text()) for d in (ref, cut))
     assert ma["top1"] == mb["top1"]

@@ -30,7 +30,8 @@ def _tree(root: Path, train_line: str, meta_line: str = "google/q00001.json 1") 
                                   "C:/windows/x.jpg 0"])
 def test_list_paths_outside_the_root_are_errors_naming_the_line(tmp_path, line):
     root = _tree(tmp_path / "wv", line)
-    with pytest.raises(WeblyError, match=r"train_filelist_all.txt:1: path .* escapes the dataset root"):
+    with pytest.raises(WeblyError,
+                       match=r"train_filelist_all.txt:1: path .* escapes the dataset root"):
         list(WebVisionReader(root, skip_bad=True).iter_records("train"))
 
 
@@ -47,7 +48,8 @@ def test_symlink_out_of_the_root_is_an_error(tmp_path):
     root = _tree(tmp_path / "wv", "google/q00001/000001.jpg 0")
     (root / "google/q00001").mkdir(parents=True)
     os.symlink(outside / "secret.jpg", root / "google/q00001/000001.jpg")
-    with pytest.raises(WeblyError, match=r"train_filelist_all.txt:1: .* symlink .* outside the dataset root"):
+    with pytest.raises(WeblyError,
+                       match=r"train_filelist_all.txt:1: .* symlink .* outside the dataset root"):
         list(WebVisionReader(root).iter_records("train"))
     # a symlinked folder, too
     (root / "info/train_filelist_all.txt").write_text("google/q00002/secret.jpg 0\n")

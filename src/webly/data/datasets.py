@@ -16,7 +16,8 @@ class ImageFileDataset(torch.utils.data.Dataset):
     """(image, label) for the rows of one split; label is -1 where the manifest has none.
 
     Paths stay in one Arrow array (not 16M Python strings) and labels in a NumPy array, so worker
-    processes share them cheaply. Images are decoded to uint8 tensors (`decode_tensor`), drafting big JPEGs to `min_short_side`.
+    processes share them cheaply. Images are decoded to uint8 tensors (`decode_tensor`), drafting
+    big JPEGs to `min_short_side`.
     """
 
     def __init__(self, manifest: Manifest, split: str, transform: Callable | None = None,

@@ -25,7 +25,8 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
 def _read_sidecar(path: Path, counts: Counter) -> dict[str, dict[str, Any]]:
     if not path.is_file():
-        raise WeblyError(f"sidecar text file not found: {path} (expected JSONL or CSV with a 'path' column)")
+        raise WeblyError(f"sidecar text file not found: {path} (expected JSONL or CSV with a "
+                         "'path' column)")
     out: dict[str, dict[str, Any]] = {}
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         if path.suffix.lower() == ".csv":
@@ -91,12 +92,14 @@ class FolderReader:
                 for name in sorted(filenames):
                     if os.path.splitext(name)[1].lower() not in IMAGE_EXTS:
                         continue
-                    rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                    rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep,
+                                                                                          "/")
                     if has_surrogates(rel):
                         self.stats["skipped_path_not_utf8"] += 1
                         continue
                     self.guard.check(rel, f"{self.root / rel}")
                     text = self.text.get(rel, {})
                     yield Record(id=rel, path=rel, split=split, label=label,
-                                 title=text.get("title", ""), description=text.get("description", ""),
+                                 title=text.get("title", ""), description=text.get("description",
+                                                                                   ""),
                                  tags=list(text.get("tags", [])))

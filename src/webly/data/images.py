@@ -1,6 +1,7 @@
 """Image decoding, in one place, and the train/eval transforms that follow it.
 
-`decode_image` turns a path or bytes into an RGB PIL image: for JPEGs much larger than needed it asks
+`decode_image` turns a path or bytes into an RGB PIL image: for JPEGs much larger than needed it
+asks
 libjpeg for a reduced-size decode (`Image.draft`, DCT scaling by 1/2, 1/4, 1/8); it applies EXIF
 orientation and converts CMYK, palette, alpha (composited on white) and 16-bit images to 8-bit RGB.
 
@@ -92,7 +93,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             return None
         marker = data[i + 1]
         if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7],
+                                                                            "big")
         i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
     return None
 
@@ -102,7 +104,8 @@ def decode_tensor(src: str | Path | bytes, min_short_side: int | None = None) ->
     data = src if isinstance(src, bytes) else Path(src).read_bytes()
     if decode_jpeg is not None and data[:2] == b"\xff\xd8":
         size = _jpeg_size(data)
-        if size and size[0] * size[1] > 2 * Image.MAX_IMAGE_PIXELS:  # PIL's own limit, before libjpeg
+        # PIL's own limit, before libjpeg
+        if size and size[0] * size[1] > 2 * Image.MAX_IMAGE_PIXELS:
             raise Image.DecompressionBombError(f"{size[0]}x{size[1]} pixels: a decompression bomb?")
         if size and not (min_short_side and min_short_side / min(size) < 0.5):
             try:
@@ -168,7 +171,8 @@ class BadImages:
 
     def check(self, note: str = "") -> None:
         if len(self.seen) > self.max_fraction * self.total:
-            raise WeblyError(f"{len(self.seen)} of {self.total} images could not be decoded (more than "
+            raise WeblyError(f"{len(self.seen)} of {self.total} images could not be decoded (more "
+                             "than "
                              f"max_bad_fraction {self.max_fraction}): {self.counts()}; first: "
                              f"{next(iter(self.seen))}{note}")
 

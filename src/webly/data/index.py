@@ -18,7 +18,9 @@ from webly.progress import progress
 
 @dataclass
 class IndexConfig:
-    layout: Literal["auto", "webvision", "folder"] = opt("auto", "dataset layout ('auto': webvision when info/ exists)")
+    layout: Literal["auto", "webvision", "folder"] = opt("auto",
+                                                         "dataset layout ('auto': webvision when "
+                                                         "info/ exists)")
     splits: list[str] = opt(["train", "val", "test"], "splits to index (those present)")
     train_list: Literal["all", "google", "flickr"] = opt("all", "WebVision train list")
     sidecar: str | None = opt(None, "folder layout: JSONL/CSV of text fields keyed by 'path'")

@@ -30,7 +30,8 @@ def write_labels(out_dir: Path, columns: dict[str, Any]) -> Path:
 
 
 def load_labels(path: str | Path, num_rows: int) -> np.ndarray:
-    """A labels.parquet (or its folder) -> labels indexed by manifest row (-1: absent or dropped)."""
+    """A labels.parquet (or its folder) -> labels indexed by manifest row (-1: absent or
+    dropped)."""
     p = Path(path)
     if p.is_dir():
         p = p / "labels.parquet"

@@ -43,7 +43,8 @@ def write_predictions(out: Path, part: dict[str, Any], info: dict[str, Any]) -> 
     table = pa.table({
         "row": pa.array(part["row"], pa.int64()), "id": pa.array(part["ids"], pa.string()),
         "status": pa.array(part["status"], pa.string()),
-        "topk_idx": pa.FixedSizeListArray.from_arrays(pa.array(part["top_i"].ravel(), pa.int32()), k),
+        "topk_idx": pa.FixedSizeListArray.from_arrays(pa.array(part["top_i"].ravel(), pa.int32()),
+                                                      k),
         "topk_prob": pa.FixedSizeListArray.from_arrays(
             pa.array(part["top_p"].ravel(), pa.float16()), k),
     }).replace_schema_metadata({"webly": json.dumps(info)})
@@ -65,5 +66,7 @@ def load_predictions(preds_dir: str | Path) -> Predictions:
     probs = np.load(d / "probs.npy") if info.get("dense") and (d / "probs.npy").is_file() else None
     flat = lambda col: t[col].combine_chunks().flatten().to_numpy()  # noqa: E731
     return Predictions(t["id"].to_pylist(), t["row"].to_numpy(), t["status"].to_pylist(),
-                       flat("topk_idx").reshape(-1, k), flat("topk_prob").astype(np.float32).reshape(-1, k),
+                       flat("topk_idx").reshape(-1,
+                                                k), flat("topk_prob").astype(np.float32).reshape(-1,
+                                                                                                 k),
                        probs, info)

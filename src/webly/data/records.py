@@ -90,7 +90,8 @@ def clean_tags(value: Any, counts: Counter | None = None) -> list[str]:
         parts = value.split(",") if "," in value else value.split()
         return [clean_field(t.strip(), counts, "tag", 200) for t in parts if t.strip()]
     if isinstance(value, (list, tuple)):
-        return [clean_field(t, counts, "tag", 200) for t in value if t is not None and str(t).strip()]
+        return [clean_field(t, counts, "tag",
+                            200) for t in value if t is not None and str(t).strip()]
     if counts is not None:
         counts["tags_not_list"] += 1
     return [clean_field(value, counts, "tag", 200)]

@@ -45,7 +45,9 @@ class ShardConfig:
     quality: int = opt(90, "JPEG quality of the re-encoded images")
     workers: int = opt(1, "processes writing shards in parallel")
     node: str = opt("0/1", "'i/n': this machine writes every n-th shard from the i-th")
-    max_bad_fraction: float = opt(0.01, "error (after writing) when more images than this fraction cannot be decoded")
+    max_bad_fraction: float = opt(0.01,
+                                  "error (after writing) when more images than this fraction "
+                                  "cannot be decoded")
 
     def validate(self) -> None:
         if self.max_count < 1 or self.short_side < 1 or not 1 <= self.quality <= 100:
@@ -133,13 +135,16 @@ def write_shards(manifest_path: str | Path, out_dir: str | Path, cfg: ShardConfi
             bad.update(b)
             for p in paths:
                 log(f"skipped bad image {p}")
-    listing = out / (f"shards-{split}.json" if nodes == 1 else f"shards-{split}.node{node_i}of{nodes}.json")
+    name = f"shards-{split}.json" if nodes == 1 else f"shards-{split}.node{node_i}of{nodes}.json"
+    listing = out / name
     summary = {"split": split, "shards": shards, "images": sum(s["count"] for s in shards),
-               "bad_images": dict(bad), "short_side": short_side, "seconds": round(time.time() - t0, 2)}
+               "bad_images": dict(bad), "short_side": short_side, "seconds": round(time.time() - t0,
+                                                                                   2)}
     write_atomic(listing, json.dumps(summary, indent=1))
     n_bad = sum(bad.values())
     if n_bad > cfg.max_bad_fraction * (summary["images"] + n_bad):
-        raise WeblyError(f"{n_bad} of {summary['images'] + n_bad} images could not be decoded (more than "
+        raise WeblyError(f"{n_bad} of {summary['images'] + n_bad} images could not be decoded "
+                         "(more than "
                          f"max_bad_fraction {cfg.max_bad_fraction}): {dict(bad)}; see {listing}")
     return summary
 
@@ -166,7 +171,8 @@ def shard_urls(shard_dir: str | Path, split: str = "train") -> list[str]:
 
 
 def dist_info() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed if initialised, else torchrun's env, else (0, 1)."""
+    """(rank, world size) from torch.distributed if initialised, else torchrun's env, else (0,
+    1)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -233,7 +239,8 @@ def shard_pipeline(urls: list[str], *, transform: Callable | None = None, seed: 
     shard_list = ShardList(urls, seed=seed, shuffle=shuffle_buffer > 0, rank=rank,
                            world_size=world_size)
     stages: list[Any] = [shard_list, wds.split_by_worker,
-                         wds.tarfile_to_samples(handler=wds.warn_and_continue), wds.map(_checked_key)]
+                         wds.tarfile_to_samples(handler=wds.warn_and_continue),
+                         wds.map(_checked_key)]
     if repeat is not None:
         stages.append(_repeater(repeat, seed))
     if shuffle_buffer > 0:

@@ -1,12 +1,15 @@
 """Streaming reader for the WebVision 1.0 / 2.0 folder layout.
 
-    info/synsets.txt                      one concept per line (line order = class index; wnid first)
+    info/synsets.txt                      one concept per line (line order = class index;
+                                          wnid first)
     info/queries*.txt                     "query_id query+text" (1.0: one file per source; 2.0: one)
     info/queries_synsets_map.txt          "query_id class_index"
     info/train_filelist_{all,google,flickr}.txt   "google/q0001/000001.jpg 0" (0-based labels)
-    info/train_meta_list_{all,google,flickr}.txt  "google/q0001.json 1" (1-based row in that JSON list),
-                                          aligned line-for-line with the matching train file list
-    google/q0001.json or meta/google/q0001.json   a JSON list of dicts per query; all fields optional
+    info/train_meta_list_{all,google,flickr}.txt  "google/q0001.json 1" (1-based row in that
+                                          JSON list), aligned line-for-line with the matching
+                                          train file list
+    google/q0001.json or meta/google/q0001.json   a JSON list of dicts per query; all
+                                          fields optional
     info/val_filelist.txt  "name label";  info/test_filelist.txt  "name"
 
 Query folders are q%04d in 1.0 and q%05d in 2.0. Records are produced one at a time from the list
@@ -123,7 +126,8 @@ class WebVisionReader:
         metas = iter_lines(mlist) if mlist else iter(())
         for entry, meta in zip_longest(iter_lines(flist), metas):
             if entry is None or (mlist and meta is None):
-                raise WeblyError(f"{flist} and {mlist} differ in length: they must align line by line")
+                raise WeblyError(f"{flist} and {mlist} differ in length: they must align "
+                                 "line by line")
             lineno, line = entry
             relpath, label = self._split_pair(line, flist, lineno)
             title = description = ""
@@ -146,7 +150,8 @@ class WebVisionReader:
         parts = line.rsplit(None, 1)
         if len(parts) != 2:
             raise WeblyError(f"{path}:{lineno}: expected 'relative/path label', got {line[:80]!r}")
-        return self.guard.check(parts[0], f"{path}:{lineno}"), parse_label(parts[1], path, lineno, self.num_classes)
+        return self.guard.check(parts[0], f"{path}:{lineno}"), parse_label(parts[1], path, lineno,
+                                                                           self.num_classes)
 
     def _bad(self, msg: str) -> object:
         if not self.skip_bad:

@@ -21,23 +21,31 @@ TRAIN = dict(backbone="test_resnet", img_size=32, batch_size=32, accum_steps=1, 
 def demo_recipe(seed: int = 0) -> dict[str, Any]:
     m = "@manifest"
     steps: list[dict[str, Any]] = [
-        {"id": "data", "stage": "synth", "seed": seed, "val_per_class": 30},  # 720 val images: SE ~1.6 pts
+        {"id": "data", "stage": "synth", "seed": seed,
+         "val_per_class": 30},  # 720 val images: SE ~1.6 pts
         {"id": "manifest", "stage": "index", "root": "@data"},
         {"id": "tags", "stage": "tag", "manifest": m, "min_count": 3, "max_df": 0.3, "workers": 2},
         {"id": "weights", "stage": "weigh", "manifest": m, "tags": "@tags"},
-        {"id": "wt", "stage": "pretrain", "set": "wt", "manifest": m, "tags": "@tags", "epochs": 16, **TRAIN},
-        {"id": "lw", "stage": "pretrain", "set": "lw", "manifest": m, "label_weights": "@weights", "epochs": 16, **TRAIN},
+        {"id": "wt", "stage": "pretrain", "set": "wt", "manifest": m, "tags": "@tags", "epochs": 16,
+         **TRAIN},
+        {"id": "lw", "stage": "pretrain", "set": "lw", "manifest": m, "label_weights": "@weights",
+         "epochs": 16, **TRAIN},
         {"id": "ft_scratch", "stage": "finetune", "manifest": m, "epochs": 6, **TRAIN},
-        {"id": "ft_wt", "stage": "finetune", "manifest": m, "pretrained": "@wt", "epochs": 6, **TRAIN},
-        {"id": "ft_lw", "stage": "finetune", "manifest": m, "pretrained": "@lw", "epochs": 6, **TRAIN},
+        {"id": "ft_wt", "stage": "finetune", "manifest": m, "pretrained": "@wt", "epochs": 6,
+         **TRAIN},
+        {"id": "ft_lw", "stage": "finetune", "manifest": m, "pretrained": "@lw", "epochs": 6,
+         **TRAIN},
     ]
     for run in ("ft_scratch", "ft_wt", "ft_lw"):
         steps.append({"id": f"train_{run}", "stage": "predict", "model": f"@{run}", "manifest": m,
                       "split": "train", "workers": 2})
     steps += [
-        {"id": "ens_train", "stage": "ensemble", "preds": ["@train_ft_scratch", "@train_ft_wt", "@train_ft_lw"]},
-        {"id": "pl", "stage": "pseudo-label", "manifest": m, "preds": "@ens_train", "threshold": 0.6},
-        {"id": "ft_wt_pl", "stage": "finetune", "manifest": m, "labels": "@pl", "pretrained": "@wt", "epochs": 6, **TRAIN},
+        {"id": "ens_train", "stage": "ensemble", "preds": ["@train_ft_scratch", "@train_ft_wt",
+                                                           "@train_ft_lw"]},
+        {"id": "pl", "stage": "pseudo-label", "manifest": m, "preds": "@ens_train",
+         "threshold": 0.6},
+        {"id": "ft_wt_pl", "stage": "finetune", "manifest": m, "labels": "@pl", "pretrained": "@wt",
+         "epochs": 6, **TRAIN},
     ]
     models = ["ft_scratch", "ft_lw", "ft_wt", "ft_wt_pl"]
     for run in models:
@@ -48,7 +56,8 @@ def demo_recipe(seed: int = 0) -> dict[str, Any]:
     steps += [
         {"id": "val_ens", "stage": "ensemble", "preds": [f"@val_{r}" for r in models]},
         {"id": "score_ens", "stage": "evaluate", "preds": "@val_ens", "manifest": m},
-        {"id": "test_ft_wt_pl", "stage": "predict", "model": "@ft_wt_pl", "manifest": m, "split": "test", "workers": 2},
+        {"id": "test_ft_wt_pl", "stage": "predict", "model": "@ft_wt_pl", "manifest": m,
+         "split": "test", "workers": 2},
         {"id": "submission", "stage": "submit", "preds": "@test_ft_wt_pl"},
     ]
     return {"description": "webly's built-in demo", "steps": steps}

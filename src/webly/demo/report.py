@@ -51,13 +51,15 @@ def ablation(run: Path) -> list[dict[str, Any]]:
         f = run / step / "metrics.json"
         if f.is_file():
             m = json.loads(f.read_text())
-            rows.append({"model": name, **{k: m[k] for k in ("top1", "top5", "balanced_top1", "balanced_top5")}})
+            rows.append({"model": name, **{k: m[k] for k in ("top1", "top5", "balanced_top1",
+                                                             "balanced_top5")}})
     return rows
 
 
 def pseudo_label_effect(run: Path) -> dict[str, Any]:
     t = pq.read_table(run / "pl/labels.parquet").to_pylist()
-    truth = dict(line.split() for line in (run / "data/truth/train_true_labels.txt").read_text().splitlines())
+    truth_lines = (run / "data/truth/train_true_labels.txt").read_text().splitlines()
+    truth = dict(line.split() for line in truth_lines)
     before = sum(int(truth[r["id"]]) != r["original_label"] for r in t)
     after = sum(int(truth[r["id"]]) != r["label"] for r in t if r["label"] >= 0)
     pseudo = [r for r in t if r["source"] == "pseudo"]
@@ -79,8 +81,10 @@ def examples(run: Path, n: int = 6) -> list[dict[str, Any]]:
         row = w[i]
         order = np.argsort(-row.data)[:4]
         out.append({"path": m.root / r.path, "label": m.class_names[r.label], "title": r.title,
-                    "tags": ", ".join(r.tags), "keywords": ", ".join(vocab[j] for j in kw[i].indices),
-                    "weights": ", ".join(f"{m.class_names[row.indices[j]].split(',')[0]} {row.data[j]:.2f}"
+                    "tags": ", ".join(r.tags),
+                    "keywords": ", ".join(vocab[j] for j in kw[i].indices),
+                    "weights": ", ".join(f"{m.class_names[row.indices[j]].split(',')[0]} "
+                                         f"{row.data[j]:.2f}"
                                          for j in order)})
     return out
 
@@ -103,31 +107,40 @@ def write_report(run: str | Path) -> dict[str, Any]:
             ("Keyword distribution (WT-Set)", run / "tags/keyword_distribution.png"),
             ("Keywords per image", run / "tags/keywords_per_image.png"),
             ("Per-class accuracy (ensemble)", run / "score_ens/per_class_accuracy.png")]
-    table = "".join(f"<tr><td>{html.escape(r['model'])}</td>" + "".join(
-        f"<td>{100 * r[k]:.1f}</td>" for k in ("top1", "top5", "balanced_top1", "balanced_top5")) + "</tr>"
-        for r in rows)
-    ex_rows = example_rows(ex)
+    metrics = ("top1", "top5", "balanced_top1", "balanced_top5")
+    cells = ["".join(f"<td>{100 * r[k]:.1f}</td>" for k in metrics) for r in rows]
+    table = "".join(f"<tr><td>{html.escape(r['model'])}</td>{c}</tr>"
+                    for r, c in zip(rows, cells, strict=True))
+    heads = "".join(f"<th>{h}</th>" for h in ("model", "top-1", "top-5", "balanced top-1",
+                                              "balanced top-5"))
+    ex_heads = "".join(f"<th>{h}</th>" for h in ("image", "label", "title / tags", "keywords",
+                                                 "label weights"))
+    plots = "".join(f"<h2>{html.escape(t)}</h2>{_img(p)}" for t, p in figs if p.is_file())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>webly demo report</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}img{{max-width:100%}}td img{{width:64px}}</style>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
+img{{max-width:100%}} td img{{width:64px}}</style>
 </head><body><h1>webly demo report</h1>
-<p>Generated WebVision-layout data ({tag_stats['images']} images, text noise and label noise), timm's
-<code>test_resnet</code> on a CPU. Accuracy on the clean validation split, in %.</p>
+<p>Generated WebVision-layout data ({tag_stats['images']} images, text noise and label noise),
+timm's <code>test_resnet</code> on a CPU. Accuracy on the clean validation split, in %.</p>
 <h2>Ablation (as in the seed's table)</h2>
-<table><tr><th>model</th><th>top-1</th><th>top-5</th><th>balanced top-1</th><th>balanced top-5</th></tr>{table}</table>
-<h2>Pseudo-labels</h2><p>{pl['relabelled']} training labels changed, {pl['relabelled_correctly']} of them to the
-true concept; wrong training labels {pl['wrong_labels_before']} → {pl['wrong_labels_after']} of
-{pl['train_images']} (measured against the generator's truth).</p>
+<table><tr>{heads}</tr>{table}</table>
+<h2>Pseudo-labels</h2><p>{pl['relabelled']} training labels changed, {pl['relabelled_correctly']}
+of them to the true concept; wrong training labels {pl['wrong_labels_before']} →
+{pl['wrong_labels_after']} of {pl['train_images']} (measured against the generator's truth).</p>
 <h2>Examples: web text, keywords (WT-Set), label weights (LW-Set)</h2>
-<table><tr><th>image</th><th>label</th><th>title / tags</th><th>keywords</th><th>label weights</th></tr>{ex_rows}</table>
-""" + "".join(f"<h2>{html.escape(t)}</h2>{_img(p)}" for t, p in figs if p.is_file()) + "</body></html>"
+<table><tr>{ex_heads}</tr>{example_rows(ex)}</table>
+{plots}</body></html>"""
     write_atomic(run / "report.html", page)
     md = ["# webly demo report", "", "| model | top-1 | top-5 | balanced top-1 | balanced top-5 |",
           "|---|---:|---:|---:|---:|"]
-    md += [f"| {r['model']} | " + " | ".join(f"{100 * r[k]:.1f}" for k in ("top1", "top5", "balanced_top1", "balanced_top5")) + " |"
+    md += [f"| {r['model']} | " + " | ".join(f"{100 * r[k]:.1f}" for k in metrics) + " |"
            for r in rows]
-    md += ["", f"Pseudo-labels: {pl['relabelled']} changed, {pl['relabelled_correctly']} correct; wrong "
-           f"training labels {pl['wrong_labels_before']} → {pl['wrong_labels_after']} of {pl['train_images']}.", ""]
+    md += ["",
+           f"Pseudo-labels: {pl['relabelled']} changed, {pl['relabelled_correctly']} correct; "
+           "wrong "
+           f"training labels {pl['wrong_labels_before']} → {pl['wrong_labels_after']} of "
+           f"{pl['train_images']}.", ""]
     md += [f"![{t}]({p.relative_to(run)})" for t, p in figs if p.is_file()]
     write_atomic(run / "report.md", "\n".join(md) + "\n")
     return {"report": str(run / "report.html"), "ablation": rows, "pseudo_labels": pl}

@@ -94,10 +94,12 @@ class SynthConfig:
         if not 1 <= self.families <= len(FAMILIES):
             raise WeblyError(f"synth.families must be in 1..{len(FAMILIES)}")
         if self.per_family < 1 or self.min_per_class < 1 or self.max_per_class < self.min_per_class:
-            raise WeblyError("synth: per_family >= 1 and 1 <= min_per_class <= max_per_class required")
+            raise WeblyError("synth: per_family >= 1 and 1 <= min_per_class <= max_per_class "
+                             "required")
         if min(self.image_width, self.image_height) < 8:
             raise WeblyError("synth: images must be at least 8x8 pixels")
-        for name in ("label_noise", "sibling_noise", "text_missing", "off_topic", "flickr_fraction"):
+        for name in ("label_noise", "sibling_noise", "text_missing", "off_topic",
+                     "flickr_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise WeblyError(f"synth.{name} must be within [0, 1]")
         if self.version not in (1, 2):
@@ -131,7 +133,8 @@ def pick_concepts(cfg: SynthConfig) -> list[Concept]:
         if len(chosen) < cfg.per_family:
             raise WeblyError(f"{root_name} has only {len(chosen)} hyponyms; lower per_family")
         hyper = [lem.replace("_", " ") for lem in root.lemma_names()[:1]]
-        hyper += [root.hypernyms()[0].lemma_names()[0].replace("_", " ")] if root.hypernyms() else []
+        hyper += [root.hypernyms()[0].lemma_names()[0].replace("_",
+                                                               " ")] if root.hypernyms() else []
         for j, syn in enumerate(chosen):
             concepts.append(Concept(
                 index=len(concepts), wnid=wnid_of(syn),
@@ -161,7 +164,8 @@ def _polygon(shape: str, cx: float, cy: float, r: float, theta: float) -> list[t
 def draw_concept(c: Concept, rng: random.Random, w: int, h: int) -> Image.Image:
     """One picture of concept `c`: its family's shape, in its colour and texture, on clutter."""
     nrng = np.random.default_rng(rng.getrandbits(32))
-    bg_rgb = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.3, 0.9)))
+    bg_rgb = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.3,
+                                                                                           0.9)))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     grad = (xx / w * rng.uniform(-0.3, 0.3) + yy / h * rng.uniform(-0.3, 0.3))[..., None]
     img = np.clip(bg_rgb[None, None, :] + grad + nrng.normal(0, 0.06, (h, w, 3)), 0, 1)
@@ -183,7 +187,8 @@ def draw_concept(c: Concept, rng: random.Random, w: int, h: int) -> Image.Image:
     period = max(3.0, side / rng.uniform(5, 8))
     if c.texture == "stripes":
         ang = rng.uniform(0, math.pi)
-        shade = np.where(((xx * math.cos(ang) + yy * math.sin(ang)) // (period / 2)) % 2 == 0, 1, 0.5)
+        shade = np.where(((xx * math.cos(ang) + yy * math.sin(ang)) // (period / 2)) % 2 == 0, 1,
+                         0.5)
     elif c.texture == "dots":
         d2 = (xx % period - period / 2) ** 2 + (yy % period - period / 2) ** 2
         shade = np.where(d2 < (period / 3.5) ** 2, 0.45, 1.0)
@@ -223,7 +228,8 @@ def make_text(shown: Concept, rng: random.Random, cfg: SynthConfig, source: str,
         title = rng.choice([f"{colour} {name}", f"{name} in the {place}", f"my {name}",
                             f"{name} {_filler(rng)[0]}", f"{_filler(rng)[0]} {name} {place}"])
         sentences = [f"A {texture} {colour} {name} seen near the {place}.",
-                     f"This {rng.choice(shown.hypernyms)} was photographed on a {_filler(rng)[0]} trip.",
+                     f"This {rng.choice(shown.hypernyms)} was photographed on a {_filler(rng)[0]} "
+                     "trip.",
                      f"{_filler(rng)[0].capitalize()} {_filler(rng)[0]} of a {name}.",
                      f"We visited the {place} last {rng.choice(['summer', 'spring', 'winter'])}."]
         if shown is not query and rng.random() < 0.5:
@@ -245,7 +251,8 @@ def _class_counts(cfg: SynthConfig, n: int, rng: random.Random) -> list[int]:
     return [max(cfg.min_per_class, round(cfg.max_per_class * (r + 1) ** -alpha)) for r in ranks]
 
 
-def _noisy_concept(c: Concept, concepts: list[Concept], cfg: SynthConfig, rng: random.Random) -> int:
+def _noisy_concept(c: Concept, concepts: list[Concept], cfg: SynthConfig,
+                   rng: random.Random) -> int:
     if rng.random() >= cfg.label_noise:
         return c.index
     if c.siblings and rng.random() < cfg.sibling_noise:
@@ -266,13 +273,16 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, list[Record]]:
     (out / "truth").mkdir()
     w, h = cfg.image_width, cfg.image_height
     wn = wordnet()
-    syn_lines = [f"{c.wnid} {', '.join(wn.synset_from_pos_and_offset('n', int(c.wnid[1:])).lemma_names())}".replace("_", " ")
-                 for c in concepts]
+    lemmas = [wn.synset_from_pos_and_offset("n", int(c.wnid[1:])).lemma_names() for c in concepts]
+    syn_lines = [f"{c.wnid} {', '.join(names)}".replace("_", " ")
+                 for c, names in zip(concepts, lemmas, strict=True)]
     _write_lines(out / "info/synsets.txt", syn_lines)
     queries = [f"{c.index + 1} {c.name.replace(' ', '+')}" for c in concepts]
-    for qfile in (["queries.txt"] if cfg.version == 2 else ["queries_google.txt", "queries_flickr.txt"]):
+    for qfile in (["queries.txt"] if cfg.version == 2 else ["queries_google.txt",
+                                                            "queries_flickr.txt"]):
         _write_lines(out / "info" / qfile, queries)
-    _write_lines(out / "info/queries_synsets_map.txt", [f"{c.index + 1} {c.index}" for c in concepts])
+    _write_lines(out / "info/queries_synsets_map.txt",
+                 [f"{c.index + 1} {c.index}" for c in concepts])
 
     counts = _class_counts(cfg, len(concepts), rng)
     records: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
@@ -290,7 +300,8 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, list[Record]]:
                 true = _noisy_concept(c, concepts, cfg, rng)
                 item = {"id": f"{source[0]}{c.index:03d}{k:05d}",
                         **make_text(concepts[true], rng, cfg, source, query=c)}
-                item.update({"site": "www.example.com", "page_url": f"http://www.example.com/{c.index}/{k}"}
+                item.update({"site": "www.example.com",
+                             "page_url": f"http://www.example.com/{c.index}/{k}"}
                             if source == "google" else {"url": f"http://flickr.example/{c.index}/{k}"})
                 items.append(item)
                 rel = f"{qdir}/{k + 1:06d}.jpg"
@@ -304,7 +315,8 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, list[Record]]:
                     description=item["description"], tags=list(item.get("tags", []))))
             (meta_dir / source).mkdir(parents=True, exist_ok=True)
             (meta_dir / f"{qdir}.json").write_text(json.dumps(items, indent=0))
-    for name, parts in (("all", ("google", "flickr")), ("google", ("google",)), ("flickr", ("flickr",))):
+    for name, parts in (("all", ("google", "flickr")), ("google", ("google",)), ("flickr",
+                                                                                 ("flickr",))):
         _write_lines(out / f"info/train_filelist_{name}.txt", [x for p in parts for x in lists[p]])
         _write_lines(out / f"info/train_meta_list_{name}.txt", [x for p in parts for x in metas[p]])
     _write_lines(out / "truth/train_true_labels.txt", truth)
@@ -324,7 +336,8 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, list[Record]]:
         if split == "test":
             _write_lines(out / "truth/test_labels.txt", [f"{n} {lab}" for n, lab in names])
     (out / "truth/README.txt").write_text(
-        "True concepts of the generated images, for measuring noise only. Training never reads this.\n")
+        "True concepts of the generated images, for measuring noise only. Training never reads "
+        "this.\n")
 
     if cfg.images:
         for path, true in progress(jobs, desc="synth images", unit="img"):
@@ -342,4 +355,5 @@ def run_synth(*, cfg: SynthConfig, out: Path) -> dict[str, Any]:
     """The `synth` stage: generate, and count what was written."""
     t0 = time.time()
     records = generate(out, cfg)
-    return {"root": str(out), **{s: len(r) for s, r in records.items()}, "seconds": round(time.time() - t0, 2)}
+    return {"root": str(out), **{s: len(r) for s, r in records.items()},
+            "seconds": round(time.time() - t0, 2)}

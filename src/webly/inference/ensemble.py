@@ -24,7 +24,8 @@ from webly.errors import WeblyError
 
 @dataclass
 class EnsembleConfig:
-    model_weights: list[float] | None = opt(None, "one weight per member, e.g. 2,1,1 (default: equal; "
+    model_weights: list[float] | None = opt(None,
+                                            "one weight per member, e.g. 2,1,1 (default: equal; "
                                                   "ignored with --fit)")
     top_k: int = opt(5, "classes kept per image in predictions.parquet")
 
@@ -60,7 +61,8 @@ def fit_weights(val_preds: list[Predictions], labels: np.ndarray) -> np.ndarray:
         w = np.exp(z - z.max())
         w /= w.sum()
         return float(-np.log(np.maximum(w @ ps, 1e-12)).mean())
-    res = minimize(nll, np.zeros(len(val_preds)), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7})
+    res = minimize(nll, np.zeros(len(val_preds)), method="Nelder-Mead", options={"xatol": 1e-4,
+                                                                                 "fatol": 1e-7})
     w = np.exp(res.x - res.x.max())
     return w / w.sum()
 
@@ -76,7 +78,8 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
         from webly.inference.evaluate import align
 
         if len(fit_dirs) != len(pred_dirs):
-            raise WeblyError("--fit needs one validation predictions folder per model, in the same order")
+            raise WeblyError("--fit needs one validation predictions folder per model, in the same "
+                             "order")
         val = [load_predictions(d) for d in fit_dirs]
         _check_same(val, fit_dirs)
         w = fit_weights(val, align(val[0], fit_labels or {}))
@@ -97,7 +100,8 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
                                       "top_i": top_i,
                                       "top_p": np.take_along_axis(avg, top_i, 1).astype(np.float16),
                                       "probs": avg.astype(np.float16)}, info)
-    return {"members": pred_dirs, "weights": [round(x, 4) for x in w.tolist()], "images": len(status)}
+    return {"members": pred_dirs, "weights": [round(x, 4) for x in w.tolist()],
+            "images": len(status)}
 
 
 def run_ensemble(*, preds: list[str], cfg: EnsembleConfig, out: Path, fit: list[str] | None = None,
@@ -106,6 +110,7 @@ def run_ensemble(*, preds: list[str], cfg: EnsembleConfig, out: Path, fit: list[
     from webly.data.labels import read_name_labels
 
     if fit and not fit_labels:
-        raise WeblyError("--fit needs --fit-labels (a 'name label' file, e.g. info/val_filelist.txt)")
+        raise WeblyError("--fit needs --fit-labels (a 'name label' file, e.g. "
+                         "info/val_filelist.txt)")
     return ensemble(list(preds), out, cfg.model_weights, list(fit) if fit else None,
                     read_name_labels(fit_labels) if fit else None, top_k=cfg.top_k)

@@ -73,7 +73,8 @@ def metrics(top_i: np.ndarray, ok: np.ndarray, y: np.ndarray, num_classes: int) 
 
 
 def evaluate(preds_dir: str | Path, manifest_path: str | Path, out_dir: str | Path | None = None,
-             labels_file: str | Path | None = None, cfg: EvaluateConfig | None = None) -> dict[str, Any]:
+             labels_file: str | Path | None = None, cfg: EvaluateConfig | None = None) -> dict[str,
+                                                                                               Any]:
     cfg = cfg or EvaluateConfig()
     preds = load_predictions(preds_dir)
     manifest = Manifest(manifest_path)
@@ -84,7 +85,8 @@ def evaluate(preds_dir: str | Path, manifest_path: str | Path, out_dir: str | Pa
         t = t.filter(pc.and_(pc.equal(t["split"], preds.info["split"]), pc.is_valid(t["label"])))
         labels = dict(zip(t["id"].to_pylist(), t["label"].to_pylist(), strict=True))
         if not labels:
-            raise WeblyError(f"{manifest_path} has no labels for split {preds.info['split']!r}; pass --labels")
+            raise WeblyError(f"{manifest_path} has no labels for split {preds.info['split']!r}; "
+                             "pass --labels")
     y = align(preds, labels)
     C = manifest.num_classes
     ok = np.asarray([s == "ok" for s in preds.status])
@@ -98,7 +100,8 @@ def evaluate(preds_dir: str | Path, manifest_path: str | Path, out_dir: str | Pa
     m["skipped_images"] = int((~ok).sum())
     out = Path(out_dir or preds_dir)
     train_freq = _train_frequency(manifest)
-    write_atomic(out / "per_class.tsv", "class\twnid\tname\tval_images\ttrain_images\ttop1\ttop5\n" + "".join(
+    write_atomic(out / "per_class.tsv",
+                 "class\twnid\tname\tval_images\ttrain_images\ttop1\ttop5\n" + "".join(
         f"{c}\t{manifest.classes[c]}\t{names[c]}\t{per['n'][c]}\t{train_freq[c]}\t"
         f"{per['top1'][c]:.4f}\t{per['top5'][c]:.4f}\n" for c in range(C)))
     write_atomic(out / "metrics.json", json.dumps(m, indent=1) + "\n")
@@ -134,17 +137,21 @@ def _plot(per: dict[str, np.ndarray], train_freq: np.ndarray, out: Path) -> None
     plt.close(fig)
 
 
-def submit(preds_dir: str | Path, out_file: str | Path, cfg: SubmitConfig | None = None) -> dict[str, Any]:
+def submit(preds_dir: str | Path, out_file: str | Path,
+           cfg: SubmitConfig | None = None) -> dict[str, Any]:
     """Write the WebVision submission file from test-split predictions (top-5 needed)."""
     k = (cfg or SubmitConfig()).top_k
     preds = load_predictions(preds_dir)
     if preds.info["split"] != "test":
-        raise WeblyError(f"{preds_dir} holds {preds.info['split']!r} predictions; submit needs test")
+        raise WeblyError(f"{preds_dir} holds {preds.info['split']!r} predictions; "
+                         "submit needs test")
     if preds.top_i.shape[1] < k:
-        raise WeblyError(f"{preds_dir} keeps top-{preds.top_i.shape[1]}; predict with --top-k {k} or more")
+        raise WeblyError(f"{preds_dir} keeps top-{preds.top_i.shape[1]}; predict with --top-k {k} "
+                         "or more")
     dup = [i for i, n in Counter(preds.ids).items() if n > 1]
     if dup:
-        raise WeblyError(f"{len(dup)} image ids duplicated in the predictions, first: {', '.join(dup[:5])}")
+        raise WeblyError(f"{len(dup)} image ids duplicated in the predictions, first: "
+                         f"{', '.join(dup[:5])}")
     order = np.argsort(preds.rows, kind="stable")  # manifest order = test_filelist order
     lines = [f"{preds.ids[i]} {' '.join(str(c) for c in preds.top_i[i, :k])}\n" for i in order]
     out = write_atomic(out_file, "".join(lines))

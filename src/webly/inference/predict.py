@@ -43,7 +43,9 @@ class PredictConfig:
     batch_size: int = opt(128, "images per batch per process")
     top_k: int = opt(5, "top classes kept per image")
     dense_max: int = opt(1000, "also write all probabilities (probs.npy) up to this many classes")
-    max_bad_fraction: float = opt(0.01, "error (after writing the predictions) when more images than this fraction cannot be decoded")
+    max_bad_fraction: float = opt(0.01,
+                                  "error (after writing the predictions) when more images than "
+                                  "this fraction cannot be decoded")
     img_size: int = opt(0, "input size (0: the model's training size)")
     workers: int = opt(4, "DataLoader workers")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to predict")
@@ -52,8 +54,10 @@ class PredictConfig:
         check_choices(self, "predict")
         if not 0 <= self.max_bad_fraction <= 1:
             raise WeblyError("predict.max_bad_fraction must be within [0, 1]")
-        if min(self.batch_size, self.top_k) < 1 or min(self.img_size, self.workers, self.dense_max) < 0:
-            raise WeblyError("predict: batch_size and top_k >= 1; img_size, workers, dense_max >= 0")
+        if min(self.batch_size, self.top_k) < 1 or min(self.img_size, self.workers,
+                                                       self.dense_max) < 0:
+            raise WeblyError("predict: batch_size and top_k >= 1; img_size, workers, "
+                             "dense_max >= 0")
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -117,8 +121,8 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
     model = model.to(d.device, memory_format=fmt)
     dtype = torch.bfloat16 if d.device.type == "cuda" else None
     paths = table["path"].take(pa.array(mine)).to_pylist()
-    loader = torch.utils.data.DataLoader(_Images(manifest.root, paths, EvalTransform(size, meta.get("crop_pct", 0.875))),
-                                         batch_size=cfg.batch_size, num_workers=cfg.workers)
+    images = _Images(manifest.root, paths, EvalTransform(size, meta.get("crop_pct", 0.875)))
+    loader = torch.utils.data.DataLoader(images, batch_size=cfg.batch_size, num_workers=cfg.workers)
     C, k = meta["num_classes"], min(cfg.top_k, meta["num_classes"])
     dense = cfg.dense_max >= C
     probs = np.zeros((len(mine), C), np.float16) if dense else None
@@ -131,7 +135,8 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
         p = torch.zeros(x.shape[0], C, device=d.device)
         views = _views(x, cfg.tta, size)
         for v in views:
-            with torch.autocast(d.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with torch.autocast(d.device.type, dtype=dtype or torch.float32,
+                                enabled=dtype is not None):
                 p += model(v).float().softmax(1)
         p = (p / len(views)).cpu()
         tp, ti = p.topk(k, dim=1)
@@ -157,7 +162,8 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
             "split": cfg.split, "img_size": size, "dense": dense}
     write_predictions(out, part, info)
     if d.enabled:  # every rank's bad files, as the gathered rows mark them
-        bad.seen = {str(i): s.removeprefix("skipped: ") for i, s in zip(part["ids"], part["status"], strict=True)
+        bad.seen = {str(i): s.removeprefix("skipped: ") for i, s in zip(part["ids"], part["status"],
+                                                                        strict=True)
                     if s != "ok"}
     bad.check(f"; predictions written to {out} with them marked skipped")
     return {"images": len(part["row"]), "skipped_images": len(bad.seen), "bad_images": bad.counts(),

@@ -35,7 +35,8 @@ from webly.files import write_atomic
 @dataclass
 class PseudoLabelConfig:
     threshold: float = opt(0.5, "relabel when the predicted class has at least this probability")
-    top_fraction: float = opt(0.0, "instead: relabel the most confident fraction of each predicted class")
+    top_fraction: float = opt(0.0, "instead: relabel the most confident fraction of each "
+                                   "predicted class")
     drop_inconsistent: bool = opt(False, "drop images the models contradict but not confidently")
     suspects: int = opt(1000, "rows in suspects.tsv")
 
@@ -50,7 +51,8 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     manifest = Manifest(manifest_path)
     preds = load_predictions(preds_dir)
     if preds.info["split"] != "train":
-        raise WeblyError(f"{preds_dir} holds {preds.info['split']!r} predictions; pseudo-labels need train")
+        raise WeblyError(f"{preds_dir} holds {preds.info['split']!r} predictions; pseudo-labels "
+                         "need train")
     table = manifest.read(["label"])
     original = np.asarray(table["label"].fill_null(-1).to_numpy(), np.int64)[preds.rows]
     pred, conf = preds.top_i[:, 0].astype(np.int64), preds.top_p[:, 0].astype(np.float64)
@@ -78,20 +80,27 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     most = np.argsort(-changed, kind="stable")[:10]
     report = {"images": int(ok.sum()), "relabelled": int(relabel.sum()), "dropped": int(drop.sum()),
               "estimated_noise_rate": float(disagree.sum() / max(ok.sum(), 1)),
-              "per_class": [{"class": names[c], "images": int(n[c]), "relabelled_away": int(changed[c]),
+              "per_class": [{"class": names[c], "images": int(n[c]),
+                             "relabelled_away": int(changed[c]),
                              "estimated_noise_rate": round(float(noise[c]), 4)} for c in range(C)],
               "most_changed": [{"class": names[c], "relabelled_away": int(changed[c]),
-                                "to": dict(Counter(names[p] for p in pred[relabel & (original == c)]).most_common(3))}
+                                "to": _most_common_targets(names, pred[relabel & (original == c)])}
                                for c in most if changed[c]]}
     write_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     # suspects: the given label's probability is low while another class's is high
     suspects = np.flatnonzero(disagree)
     suspects = suspects[np.argsort(-conf[suspects], kind="stable")][: cfg.suspects]
-    write_atomic(out / "suspects.tsv", "id\tgiven_label\tpredicted\tconfidence\n" + "".join(
-        f"{preds.ids[i]}\t{names[original[i]]}\t{names[pred[i]]}\t{conf[i]:.3f}\n" for i in suspects))
+    rows = [f"{preds.ids[i]}\t{names[original[i]]}\t{names[pred[i]]}\t{conf[i]:.3f}\n"
+            for i in suspects]
+    write_atomic(out / "suspects.tsv", "id\tgiven_label\tpredicted\tconfidence\n" + "".join(rows))
     return {k: v for k, v in report.items() if k not in ("per_class",)}
 
 
-def run_pseudo_label(*, manifest: str, preds: str, cfg: PseudoLabelConfig, out: Path) -> dict[str, Any]:
+def _most_common_targets(names: list[str], targets: np.ndarray) -> dict[str, int]:
+    return dict(Counter(names[p] for p in targets).most_common(3))
+
+
+def run_pseudo_label(*, manifest: str, preds: str, cfg: PseudoLabelConfig, out: Path) -> dict[str,
+                                                                                              Any]:
     """The `pseudo-label` stage."""
     return pseudo_label(manifest, preds, out, cfg)

@@ -6,7 +6,8 @@ per image with its keyword list. A part that exists is complete (temp file + ren
 redone. `--shard i/n` does only tasks i, i+n, ... so n machines share the work.
 
 Merge (`webly tag merge`, or at the end of an unsharded run): document frequencies from all parts,
-then the vocabulary: drop keywords in more than `max_df` of the images that have any keyword (val/test
+then the vocabulary: drop keywords in more than `max_df` of the images that have any keyword
+(val/test
 images without text do not dilute it) and the `drop_top` most common,
 drop those in fewer than `min_count`, keep the `max_vocab` most frequent. Pass 2 encodes each
 part against it into one CSR matrix. Memory is bounded by one task's rows, the distinct-keyword
@@ -58,7 +59,9 @@ class TagConfig:
     use_query: bool = opt(True, "add the search query's text to each image's text")
     chunk_rows: int = opt(16384, "rows per task (memory bound per worker)")
     workers: int = opt(1, "processes tagging in parallel")
-    tagger: Literal["auto", "wordnet", "perceptron"] = opt("auto", "part-of-speech recogniser (perceptron: NLTK's, when its model is installed)")
+    tagger: Literal["auto", "wordnet", "perceptron"] = opt("auto",
+                                                           "part-of-speech recogniser (perceptron: "
+                                                           "NLTK's, when its model is installed)")
     shard: str = opt("", "'i/n': do only every n-th task from i, then run `webly tag merge`")
 
     def validate(self) -> None:
@@ -128,7 +131,8 @@ def _tag_task(args: tuple[str, Task, Path, TagConfig]) -> tuple[int, dict[str, i
         counts["no_text"] += not any(text)
         keywords.append(kws)
     out = parts / f"part-{task.index:06d}.parquet"
-    table = pa.table({"keywords": pa.array(keywords, pa.list_(pa.string()))}).replace_schema_metadata(
+    table = pa.table({"keywords": pa.array(keywords,
+                                           pa.list_(pa.string()))}).replace_schema_metadata(
         {"webly": json.dumps({"task": task.index, "rows": len(keywords), "recogniser": rec.name})})
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp, compression="zstd")
@@ -152,7 +156,8 @@ def tag_parts(manifest_path: str | Path, out_dir: str | Path, cfg: TagConfig) ->
     if cfg.workers > 1 and len(jobs) > 1:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_worker_init) as pool:
-            for _, c in progress(pool.map(_tag_task, jobs), desc="tag", total=len(jobs), unit="part"):
+            for _, c in progress(pool.map(_tag_task, jobs), desc="tag", total=len(jobs),
+                                 unit="part"):
                 counts.update(c)
                 faults.point("tag.part")
     else:
@@ -195,7 +200,8 @@ def _synset_of(keyword: str, wn) -> str:
     return ""
 
 
-def merge(out_dir: str | Path, cfg: TagConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def merge(out_dir: str | Path, cfg: TagConfig, extra: dict[str, Any] | None = None) -> dict[str,
+                                                                                            Any]:
     """Vocabulary from all parts, then the CSR matrix, stats and plots."""
     from webly.labels.wordnet import wordnet
 
@@ -226,7 +232,8 @@ def merge(out_dir: str | Path, cfg: TagConfig, extra: dict[str, Any] | None = No
         rows = np.repeat(np.arange(len(col)), lengths)
         row_counts.append(np.bincount(rows[keep], minlength=len(col)))
         indices.append(ids[keep].astype(np.int32))
-    indptr = np.concatenate([[0], np.cumsum(np.concatenate(row_counts))]) if row_counts else np.zeros(1)
+    indptr = np.concatenate([[0],
+                             np.cumsum(np.concatenate(row_counts))]) if row_counts else np.zeros(1)
     ind = np.concatenate(indices) if indices else np.zeros(0, np.int32)
     mat = sp.csr_matrix((np.ones(len(ind), np.uint8), ind, indptr.astype(np.int64)),
                         shape=(images, len(vocab)))
@@ -242,7 +249,8 @@ def merge(out_dir: str | Path, cfg: TagConfig, extra: dict[str, Any] | None = No
     stats.update(extra or {})
     write_atomic(out / ".stats.new.json", json.dumps(stats, indent=1) + "\n")
     plot_keywords(df, vocab, mat, out)
-    (out / "stats.json").unlink(missing_ok=True)  # from here until the end the set reads as unfinished
+    # from here until the end the set reads as unfinished
+    (out / "stats.json").unlink(missing_ok=True)
     os.replace(out / ".vocab.new.tsv", out / "vocab.tsv")
     os.replace(out / ".keywords.new.npz", out / "keywords.npz")
     os.replace(out / ".stats.new.json", out / "stats.json")
@@ -258,7 +266,8 @@ def keyword_stats(mat: sp.csr_matrix, df: Counter, images: int, documents: int, 
         "distinct_keywords_before_filtering": len(df),
         "keywords_per_image_mean": round(float(per_image.mean()), 3) if images else 0.0,
         "keywords_per_image_median": float(np.median(per_image)) if images else 0.0,
-        "keywords_per_image_histogram": {("20+" if i == 20 else str(i)): int(c) for i, c in enumerate(hist)},
+        "keywords_per_image_histogram": {("20+" if i == 20 else str(i)): int(c) for i,
+                                         c in enumerate(hist)},
         "images_without_keywords": int((per_image == 0).sum()),
         "recogniser": recogniser,
         "filters": {"max_df": cfg.max_df, "drop_top": cfg.drop_top, "min_count": cfg.min_count,
@@ -280,7 +289,8 @@ def plot_keywords(df: Counter, vocab: list[tuple[str, int]], mat: sp.csr_matrix,
     if len(freqs):
         ranks = np.arange(1, len(freqs) + 1)
         ax.loglog(ranks, freqs, color="0.6", label="all keywords")
-        ax.loglog(ranks[kept_mask], freqs[kept_mask], ".", ms=2, color="C0", label="kept (vocabulary)")
+        ax.loglog(ranks[kept_mask], freqs[kept_mask], ".", ms=2, color="C0",
+                  label="kept (vocabulary)")
         ax.legend()
     ax.set(xlabel="keyword rank", ylabel="images with the keyword", title="Keyword distribution")
     fig.tight_layout()
@@ -289,7 +299,8 @@ def plot_keywords(df: Counter, vocab: list[tuple[str, int]], mat: sp.csr_matrix,
     plt.close(fig)
     per_image = np.diff(mat.indptr)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(per_image, bins=np.arange(0, max(int(per_image.max(initial=0)), 1) + 2) - 0.5, color="C1")
+    ax.hist(per_image, bins=np.arange(0, max(int(per_image.max(initial=0)), 1) + 2) - 0.5,
+            color="C1")
     ax.set(xlabel="keywords per image (in vocabulary)", ylabel="images", title="Keywords per image")
     fig.tight_layout()
     with atomic_path(out / "keywords_per_image.png") as tmp:
@@ -306,7 +317,9 @@ def tag(manifest_path: str | Path, out_dir: str | Path, cfg: TagConfig) -> dict[
     if cfg.shard:
         return {"pass1": done, "seconds": round(time.time() - t0, 2),
                 "next": f"when all shards are done: webly tag merge {out_dir}"}
-    stats = merge(out_dir, cfg, {"text": {k: v for k, v in done.items() if k not in ("tasks", "tagged_now", "recogniser")}})
+    stats = merge(out_dir, cfg, {"text": {k: v for k, v in done.items() if k not in ("tasks",
+                                                                                     "tagged_now",
+                                                                                     "recogniser")}})
     stats["seconds"] = round(time.time() - t0, 2)
     return stats
 

@@ -33,7 +33,18 @@ MAX_TAG_CHARS = 10_000
 MAX_NGRAM = 4
 
 # NLTK's English stop word list (nltk_data corpora/stopwords/english), inlined: no download needed.
-STOP_WORDS = frozenset(["a", "about", "above", "after", "again", "against", "ain", "all", "am", "an", "and", "any", "are", "aren", "aren't", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "couldn", "couldn't", "d", "did", "didn", "didn't", "do", "does", "doesn", "doesn't", "doing", "don", "don't", "down", "during", "each", "few", "for", "from", "further", "had", "hadn", "hadn't", "has", "hasn", "hasn't", "have", "haven", "haven't", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "isn", "isn't", "it", "it's", "its", "itself", "just", "ll", "m", "ma", "me", "mightn", "mightn't", "more", "most", "mustn", "mustn't", "my", "myself", "needn", "needn't", "no", "nor", "not", "now", "o", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "re", "s", "same", "shan", "shan't", "she", "she's", "should", "should've", "shouldn", "shouldn't", "so", "some", "such", "t", "than", "that", "that'll", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "ve", "very", "was", "wasn", "wasn't", "we", "were", "weren", "weren't", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "won", "won't", "wouldn", "wouldn't", "y", "you", "you'd", "you'll", "you're", "you've", "your", "yours", "yourself", "yourselves"])
+STOP_WORDS = frozenset("""
+a about above after again against ain all am an and any are aren aren't as at be because been
+before being below between both but by can couldn couldn't d did didn didn't do does doesn
+doesn't doing don don't down during each few for from further had hadn hadn't has hasn hasn't
+have haven haven't having he her here hers herself him himself his how i if in into is isn isn't
+it it's its itself just ll m ma me mightn mightn't more most mustn mustn't my myself needn
+needn't no nor not now o of off on once only or other our ours ourselves out over own re s same
+shan shan't she she's should should've shouldn shouldn't so some such t than that that'll the
+their theirs them themselves then there these they this those through to too under until up ve
+very was wasn wasn't we were weren weren't what when where which while who whom why will with
+won won't wouldn wouldn't y you you'd you'll you're you've your yours yourself yourselves
+""".split())  # noqa: SIM905 (one long list, wrapped)
 
 _URL = re.compile(r"(?:https?://|ftp://|www\.)\S*", re.IGNORECASE)
 _MARKUP = re.compile(r"<[^<>]{0,1000}>")
@@ -67,7 +78,8 @@ def clean_text(text: str, *, camel: bool = False, max_chars: int = MAX_TAG_CHARS
     return " ".join(_WORD.findall(_NOT_LETTERS.sub(" ", text)))
 
 
-def text_segments(title: str, description: str, tags: Iterable[str], query_text: str = "") -> list[str]:
+def text_segments(title: str, description: str, tags: Iterable[str],
+                  query_text: str = "") -> list[str]:
     """The cleaned pieces of an image's text; n-grams never span two pieces (two tags, say)."""
     segs = [clean_text(title), clean_text(description), clean_text(query_text)]
     segs += [clean_text(t, camel=True, max_chars=200) for t in tags]
@@ -148,7 +160,8 @@ class KeywordRecogniser:
                     i = j
                     continue
                 found = self.word(tokens[i])
-                if found and (found[1] in KEEP_POS if tags is None else tags[i][1][:2] in ("NN", "JJ")):
+                if found and (found[1] in KEEP_POS if tags is None else tags[i][1][:2] in ("NN",
+                                                                                           "JJ")):
                     out[found[0].replace("_", " ")] = None
                 i += 1
         return list(out)

@@ -54,7 +54,9 @@ LCH_MAX_DEPTH = 20  # WordNet 3.0 noun taxonomy depth + 1
 
 @dataclass
 class WeighConfig:
-    measure: Literal["wup", "path", "lch"] = opt("wup", "concept similarity: Wu-Palmer, path or Leacock-Chodorow")
+    measure: Literal["wup", "path", "lch"] = opt("wup",
+                                                 "concept similarity: Wu-Palmer, path or "
+                                                 "Leacock-Chodorow")
     top_k: int = opt(10, "neighbours kept per concept")
     min_similarity: float = opt(0.7, "neighbours need at least this similarity")
     absent: float = opt(0.5, "weight factor of a neighbour the image's keywords do not support")
@@ -214,7 +216,8 @@ def keyword_support(vocab: list[str], concepts: list, cfg: WeighConfig) -> sp.cs
                 c = index.get(node)
                 if c is None:
                     continue
-                a = 1.0 if d == 0 else float(_score(cfg.measure, _depth(node), np.array([d], np.float32),
+                a = 1.0 if d == 0 else float(_score(cfg.measure, _depth(node), np.array([d],
+                                                                                        np.float32),
                                                     np.zeros(1, np.float32))[0, 0])
                 if a >= cfg.support_min and a > best.get((k, c), 0.0):
                     best[(k, c)] = a
@@ -227,7 +230,8 @@ def keyword_support(vocab: list[str], concepts: list, cfg: WeighConfig) -> sp.cs
     if not best:
         return sp.csr_matrix((len(vocab), len(concepts)), dtype=np.float32)
     (rows, cols), vals = zip(*best.keys(), strict=True), list(best.values())
-    return sp.csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(len(vocab), len(concepts)))
+    return sp.csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(len(vocab),
+                                                                              len(concepts)))
 
 
 # -- per-image weights -----------------------------------------------------------------------------
@@ -245,7 +249,8 @@ def label_weights(labels: np.ndarray, keywords: sp.csr_matrix, support: sp.csr_m
         has = y >= 0
         e = (keywords[lo:hi].astype(np.float32) @ support).tocsr()  # images x C support sums
         rows = np.arange(hi - lo)
-        nb = np.where(has[:, None], nb_idx[np.maximum(y, 0)], -1) if k else np.zeros((hi - lo, 0), int)
+        nb = np.where(has[:, None], nb_idx[np.maximum(y, 0)], -1) if k else np.zeros((hi - lo, 0),
+                                                                                     int)
         s = nb_sim[np.maximum(y, 0)] if k else np.zeros((hi - lo, 0), np.float32)
         valid = nb >= 0
         ev = np.zeros(nb.shape, np.float32)
@@ -261,7 +266,8 @@ def label_weights(labels: np.ndarray, keywords: sp.csr_matrix, support: sp.csr_m
         rr, cc = np.nonzero(keep)
         data = np.concatenate([np.ones(len(r_own), np.float32), w[rr, cc].astype(np.float32)])
         parts.append(sp.csr_matrix((data, (np.concatenate([r_own, rr]),
-                                           np.concatenate([y[has], nb[rr, cc]]))), shape=(hi - lo, C)))
+                                           np.concatenate([y[has], nb[rr, cc]]))), shape=(hi - lo,
+                                                                                          C)))
     mat = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, C), dtype=np.float32)
     labelled = int((labels >= 0).sum())
     nonown = mat.sum() - labelled
@@ -304,7 +310,8 @@ def weigh(manifest_path: str | Path, tags_dir: str | Path | None, out_dir: str |
 
         labels = load_labels(labels_path, len(manifest))
     else:
-        labels = np.asarray(pc.fill_null(manifest.read(["label"]).column(0), -1).to_numpy(), np.int64)
+        labels = np.asarray(pc.fill_null(manifest.read(["label"]).column(0), -1).to_numpy(),
+                            np.int64)
     mat, stats = label_weights(labels, keywords, support, nb_idx, nb_sim, cfg)
 
     out = Path(out_dir)
@@ -320,7 +327,8 @@ def weigh(manifest_path: str | Path, tags_dir: str | Path | None, out_dir: str |
     with atomic_path(out / "label_weights.npz") as tmp:
         sp.save_npz(tmp, mat.astype(np.float32), compressed=True)
     stats.update({"concepts": len(synsets), "unknown_concepts": unknown, "measure": cfg.measure,
-                  "neighbours_per_concept": round(float((nb_idx >= 0).sum(1).mean()), 3) if len(synsets) else 0,
+                  "neighbours_per_concept": round(float((nb_idx >= 0).sum(1).mean()),
+                                                  3) if len(synsets) else 0,
                   "keywords_supporting_some_concept": int((support.getnnz(axis=1) > 0).sum()),
                   "similarity_seconds": round(t_sim, 2), "seconds": round(time.time() - t0, 2)})
     import json
@@ -351,7 +359,8 @@ def nearest(query: str, wnids: list[str], names: list[str], measure: str, top_k:
     q = resolve_concept(query)
     synsets, _ = concept_synsets(wnids, allow_unknown=True)
     sim = cross_similarity([q], synsets, measure, 0.0).toarray()[0]
-    order = [i for i in np.argsort(-sim, kind="stable") if synsets[i] is not None and synsets[i] != q]
+    order = [i for i in np.argsort(-sim,
+                                   kind="stable") if synsets[i] is not None and synsets[i] != q]
     return [(wnids[i], names[i], float(sim[i])) for i in order[:top_k]]
 
 

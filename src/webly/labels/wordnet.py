@@ -42,7 +42,8 @@ OPTIONAL = ["index.sense", "cntlist.rev", "cntlist"]
 INSTALL_HINT = (
     "WordNet 3.0 is not available: install Debian's packages "
     "(apt-get install wordnet-base wordnet-sense-index), or NLTK's data "
-    "(python -m nltk.downloader wordnet), or point WEBLY_WORDNET_DIR at a folder of WordNet dict files"
+    "(python -m nltk.downloader wordnet), or point WEBLY_WORDNET_DIR at a folder of WordNet dict "
+    "files"
 )
 
 
@@ -69,7 +70,8 @@ def build_nltk_layout(source: Path, nltk_root: Path) -> Path:
         if (source / name).is_file():
             shutil.copyfile(source / name, tmp / name)
     (tmp / "lexnames").write_text(lexnames_text(), encoding="ascii")
-    (tmp / "LICENSE").write_text("WordNet 3.0 license: https://wordnet.princeton.edu/license-and-commercial-use\n")
+    (tmp / "LICENSE").write_text("WordNet 3.0 license: "
+                                 "https://wordnet.princeton.edu/license-and-commercial-use\n")
     try:
         os.replace(tmp, target)
     except OSError:  # another process won the race: keep theirs

@@ -87,6 +87,7 @@ def export(model: nn.Module, run: Path, cfg: TrainConfig, data: TrainData, task:
         save_file(state, str(tmp))
     write_atomic(run / "model.json", json.dumps({
         "backbone": cfg.backbone, "task": task, "num_classes": data.num_classes,
-        "classes": list(data.class_names), "img_size": cfg.img_size, "crop_pct": cfg.crop_pct, "mean": IMAGENET_MEAN,
+        "classes": list(data.class_names), "img_size": cfg.img_size, "crop_pct": cfg.crop_pct,
+        "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD, "channels_last": uses_channels_last(cfg.backbone, cfg.channels_last),
         "classifier": head_prefix(model)}, indent=1))

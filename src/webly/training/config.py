@@ -16,11 +16,18 @@ from webly.errors import WeblyError
 @dataclass
 class TrainConfig:
     backbone: str = opt("resnest101e", "timm model name (built without downloads)")
-    pretrained: str | None = opt(None, "webly checkpoint to finetune from: all weights but the last layer")
-    continue_from: str | None = opt(None, "checkpoint to continue from with all weights (large-resolution stage)")
+    pretrained: str | None = opt(None, "webly checkpoint to finetune from: all weights but the "
+                                       "last layer")
+    continue_from: str | None = opt(None,
+                                    "checkpoint to continue from with all weights "
+                                    "(large-resolution stage)")
     img_size: int = opt(224, "training crop size")
-    crop_scale: float = opt(0.08, "smallest area fraction of the random-resized crop (0.08: ImageNet's; larger for 32x32 images)")
-    crop_pct: float = opt(0.875, "evaluation centre crop: resize to img_size/crop_pct, crop img_size (1.0: whole image)")
+    crop_scale: float = opt(0.08,
+                            "smallest area fraction of the random-resized crop (0.08: ImageNet's; "
+                            "larger for 32x32 images)")
+    crop_pct: float = opt(0.875,
+                          "evaluation centre crop: resize to img_size/crop_pct, crop img_size "
+                          "(1.0: whole image)")
     epochs: int = opt(180, "epochs (the seed decays lr every 90)")
     samples_per_epoch: int = opt(0, "samples drawn per epoch (0: the number of training images)")
     batch_size: int = opt(256, "global batch per micro-step, split over ranks (the seed's 256)")
@@ -32,10 +39,16 @@ class TrainConfig:
     step_epochs: int = opt(90, "step schedule: decay every this many epochs")
     gamma: float = opt(0.1, "step schedule: decay factor")
     warmup_epochs: float = opt(0.0, "linear warmup (cosine and step)")
-    shards: str | None = opt(None, "read training images from `webly shard` tar shards in this folder")
-    sampler: Literal["balanced", "shuffle"] = opt("balanced", "balanced (class/keyword-balanced) or shuffle (natural)")
+    shards: str | None = opt(None,
+                             "read training images from `webly shard` tar shards in this folder")
+    sampler: Literal["balanced", "shuffle"] = opt("balanced",
+                                                  "balanced (class/keyword-balanced) or shuffle "
+                                                  "(natural)")
     balance: float = opt(1.0, "balanced sampler: 1 uniform over classes, 0 natural frequencies")
-    loss: Literal["auto", "ce", "softmax_sum", "bce"] = opt("auto", "auto: ce to finetune, softmax_sum (WT/LW) to pretrain; bce for comparison")
+    loss: Literal["auto", "ce", "softmax_sum", "bce"] = opt("auto",
+                                                            "auto: ce to finetune, softmax_sum "
+                                                            "(WT/LW) to pretrain; bce for "
+                                                            "comparison")
     normalise_targets: bool = opt(False, "divide the multi-label loss by the number of targets")
     label_smoothing: float = opt(0.0, "finetuning cross-entropy label smoothing")
     max_targets: int = opt(32, "targets kept per image (largest weights first)")
@@ -47,10 +60,13 @@ class TrainConfig:
     drop_rate: float = opt(0.0, "dropout before the classifier")
     workers: int = opt(4, "DataLoader worker processes per rank")
     seed: int = opt(0, "random seed")
-    ckpt_every_steps: int = opt(0, "also checkpoint every this many optimizer steps (0: epochs only)")
+    ckpt_every_steps: int = opt(0,
+                                "also checkpoint every this many optimizer steps (0: epochs only)")
     keep_last: int = opt(3, "step checkpoints kept")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: no limit)")
-    max_bad_fraction: float = opt(0.01, "stop when more than this fraction of the images cannot be decoded")
+    max_bad_fraction: float = opt(0.01,
+                                  "stop when more than this fraction of the images cannot be "
+                                  "decoded")
     log_every: int = opt(10, "optimizer steps between metric lines")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to train")
     dist_timeout_s: int = opt(600, "a dead rank fails the job after this many seconds")
@@ -61,9 +77,11 @@ class TrainConfig:
         checks = [
             (min(self.img_size, self.epochs, self.batch_size, self.accum_steps) >= 1,
              "img_size, epochs, batch_size and accum_steps must be positive"),
-            (0 < self.crop_scale <= 1 and 0 < self.crop_pct <= 1, "crop_scale and crop_pct must be in (0, 1]"),
+            (0 < self.crop_scale <= 1 and 0 < self.crop_pct <= 1,
+             "crop_scale and crop_pct must be in (0, 1]"),
             (0 <= self.max_bad_fraction <= 1, "max_bad_fraction must be within [0, 1]"),
-            (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0, "lr > 0, 0 <= momentum < 1"),
+            (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0,
+             "lr > 0, 0 <= momentum < 1"),
             (0 <= self.balance <= 1 and 0 <= self.ema < 1, "balance in [0, 1], ema in [0, 1)"),
             (min(self.samples_per_epoch, self.max_steps, self.ckpt_every_steps, self.workers) >= 0,
              "counts must not be negative"),
@@ -81,7 +99,8 @@ def per_rank_batch(batch_size: int, world_size: int) -> int:
 
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int, base_lr: float) -> float:
-    """Learning rate for optimizer step `step` (0-based), a pure function (resumption needs no state)."""
+    """Learning rate for optimizer step `step` (0-based), a pure function (resumption needs no
+    state)."""
     epoch = step / steps_per_epoch
     warm = cfg.warmup_epochs
     if warm and epoch < warm:
@@ -102,7 +121,8 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 
 # Options a resumed run must share with its checkpoint: they fix the model, the sample stream and
 # the step count. Others (epochs, lr, workers, logging...) may change, with a warning.
-RESUME_MUST_MATCH = ("task", "backbone", "img_size", "batch_size", "accum_steps", "samples_per_epoch",
+RESUME_MUST_MATCH = ("task", "backbone", "img_size", "batch_size", "accum_steps",
+                     "samples_per_epoch",
                      "sampler", "balance", "seed", "max_targets", "shards", "loss", "ema")
 
 
@@ -110,9 +130,11 @@ def check_resume_config(saved: dict[str, Any], now: dict[str, Any], num_classes:
                         saved_classes: int, force: bool) -> list[str]:
     """Differences between a checkpoint's config and this run's: an error for incompatible ones
     (unless `force`), returned as warnings otherwise."""
-    diffs = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
+    diffs = {k: (saved.get(k),
+                 now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
     if saved_classes != num_classes:
-        raise WeblyError(f"cannot resume: the checkpoint has {saved_classes} classes, this data {num_classes}")
+        raise WeblyError(f"cannot resume: the checkpoint has {saved_classes} classes, this data "
+                         f"{num_classes}")
     bad = {k: v for k, v in diffs.items() if k in RESUME_MUST_MATCH}
     if bad and not force:
         raise WeblyError("cannot resume from a checkpoint made with another config: " + "; ".join(

@@ -61,7 +61,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)  # norms and biases are 1-D
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay,
+                                                              "weight_decay": 0.0}]
 
 
 def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_format
@@ -91,7 +92,8 @@ def validate(model: nn.Module, data: TrainData, cfg: TrainConfig, d: Dist, fmt) 
     ok = data.val_labels >= 0
     if not ok.any():
         return {}
-    rows, labels = data.val_rows[ok][d.rank::d.world_size], data.val_labels[ok][d.rank::d.world_size]
+    rows = data.val_rows[ok][d.rank::d.world_size]
+    labels = data.val_labels[ok][d.rank::d.world_size]
     ids = labels[:, None]
     ds = TargetDataset(data.manifest, rows, ids, np.ones_like(ids, np.float32),
                        EvalTransform(cfg.img_size, cfg.crop_pct), substitute=False)
@@ -141,7 +143,8 @@ class TrainState:
     epoch: int = 0
     step_in_epoch: int = 0
     step: int = 0
-    best: dict[str, Any] = field(default_factory=lambda: {"val_top1": -1.0, "epoch": 0})  # epoch 0: none
+    best: dict[str, Any] = field(default_factory=lambda: {"val_top1": -1.0,
+                                                          "epoch": 0})  # epoch 0: none
     lr: float = 0.0
     last_loss: float = float("nan")
     metrics: dict[str, float] = field(default_factory=dict)
@@ -156,10 +159,12 @@ class TrainState:
         if self.d.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.d.device)
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema else {},
+                "scaler": self.scaler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else {},
                 "task_state": self.objective.state_dict(), "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.step, "best": self.best,
-                "last_lr": self.lr, "rng": rng, "config": self.config, "bad_images": self.bad_images.seen,
+                "last_lr": self.lr, "rng": rng, "config": self.config,
+                "bad_images": self.bad_images.seen,
                 "classes": list(self.data.class_names), "num_classes": self.data.num_classes}
 
 
@@ -175,29 +180,37 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
         raise WeblyError(f"an epoch of {n_samples} samples holds no optimizer step of "
                          f"{cfg.batch_size} x {cfg.accum_steps}: lower batch_size/accum_steps or "
                          "raise samples_per_epoch")
-    fmt = torch.channels_last if uses_channels_last(cfg.backbone, cfg.channels_last) else torch.contiguous_format
+    fmt = torch.channels_last if uses_channels_last(cfg.backbone,
+                                                    cfg.channels_last) else torch.contiguous_format
     model, transfer = build_model(cfg, data.num_classes, d, fmt)
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                momentum=cfg.momentum)
     dtype = autocast_dtype(cfg, d.device)
     ema = (torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)) if cfg.ema else None)
+        model,
+        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)) if cfg.ema else None)
     # the large-resolution stage starts where the continued run left off
-    base_lr = (transfer.get("lr") or cfg.lr) if cfg.continue_from and cfg.schedule == "constant" else cfg.lr
+    continued = cfg.continue_from and cfg.schedule == "constant"
+    base_lr = (transfer.get("lr") or cfg.lr) if continued else cfg.lr
     ids, ws = padded_targets(data.targets, cfg.max_targets)
-    dataset = TargetDataset(data.manifest, data.rows, ids, ws, TrainTransform(cfg.img_size, (cfg.crop_scale, 1.0)))
+    dataset = TargetDataset(data.manifest, data.rows, ids, ws, TrainTransform(cfg.img_size,
+                                                                              (cfg.crop_scale,
+                                                                               1.0)))
     run.mkdir(parents=True, exist_ok=True)
     sampler: BalancedSampler | ShuffleSampler
     if cfg.sampler == "balanced":
         sampler = BalancedSampler(data.membership, n_samples, balance=cfg.balance, seed=cfg.seed,
                                   rank=d.rank, world_size=d.world_size)
     else:
-        sampler = ShuffleSampler(len(data.rows), n_samples, seed=cfg.seed, rank=d.rank, world_size=d.world_size)
+        sampler = ShuffleSampler(len(data.rows), n_samples, seed=cfg.seed, rank=d.rank,
+                                 world_size=d.world_size)
     return TrainState(
         cfg=cfg, task=task, run=run, d=d, data=data, model=model, optimizer=optimizer,
         scaler=torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16), ema=ema,
         objective=make_task(cfg, task), dataset=dataset, sampler=sampler,
         stream=shard_stream(data, cfg, ids, ws, d) if cfg.shards else None,
-        bad_images=BadImages(len(data.rows), cfg.max_bad_fraction, run / "bad_images.tsv" if d.is_primary else None),
+        bad_images=BadImages(len(data.rows), cfg.max_bad_fraction,
+                             run / "bad_images.tsv" if d.is_primary else None),
         fmt=fmt, dtype=dtype, per_rank=per_rank, steps_per_epoch=steps_per_epoch, base_lr=base_lr,
         transfer=transfer, lr=base_lr)
 
@@ -214,7 +227,8 @@ def restore(s: TrainState, ck: dict[str, Any], force: bool = False) -> None:
     if s.ema is not None and ck.get("ema"):
         s.ema.load_state_dict(ck["ema"])
     s.objective.load_state_dict(ck.get("task_state", {}))
-    s.epoch, s.step_in_epoch, s.step, s.best = ck["epoch"], ck["step_in_epoch"], ck["global_step"], ck["best"]
+    s.epoch, s.step_in_epoch, s.step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+    s.best = ck["best"]
     s.bad_images.seen.update(ck.get("bad_images", {}))
     torch.set_rng_state(ck["rng"]["torch"])
     if s.d.device.type == "cuda" and "cuda" in ck["rng"]:
@@ -235,10 +249,12 @@ def wrap(s: TrainState) -> None:
 
 def _loader(s: TrainState):
     common = dict(batch_size=s.per_rank, drop_last=True, num_workers=s.cfg.workers,
-                  pin_memory=s.d.device.type == "cuda", prefetch_factor=4 if s.cfg.workers else None)
+                  pin_memory=s.d.device.type == "cuda",
+                  prefetch_factor=4 if s.cfg.workers else None)
     if s.stream is not None:  # shards: the epoch's stream, passed over as often as it takes
         return stream_batches(s.stream, s.epoch, common)
-    return torch.utils.data.DataLoader(s.dataset, sampler=SeededSampler(s.sampler, s.cfg.seed), **common)
+    return torch.utils.data.DataLoader(s.dataset, sampler=SeededSampler(s.sampler, s.cfg.seed),
+                                       **common)
 
 
 def run_epoch(s: TrainState) -> bool:
@@ -248,21 +264,24 @@ def run_epoch(s: TrainState) -> bool:
     micro_left = (s.steps_per_epoch - s.step_in_epoch) * cfg.accum_steps
     t0, seen, micro = time.time(), 0, 0
     nonfinite = torch.zeros((), dtype=torch.bool, device=d.device)
-    batches = progress(_loader(s), desc=f"epoch {s.epoch + 1}/{cfg.epochs}", total=micro_left, unit="batch")
+    batches = progress(_loader(s), desc=f"epoch {s.epoch + 1}/{cfg.epochs}", total=micro_left,
+                       unit="batch")
     for x, ti, tw, bad_pos, reasons in batches:
         if micro == micro_left:
             break
         for p, r in zip(bad_pos.tolist(), reasons, strict=True):
             if p >= 0:
                 s.bad_images.add(s.dataset.path(p), r)
-        batch = Batch(normalize_batch(x.to(d.device, non_blocking=True)).contiguous(memory_format=s.fmt),
+        batch = Batch(normalize_batch(x.to(d.device,
+                                           non_blocking=True)).contiguous(memory_format=s.fmt),
                       ti.to(d.device, non_blocking=True), tw.to(d.device, non_blocking=True))
         last_micro = (micro + 1) % cfg.accum_steps == 0
         s.lr = lr_at(cfg, s.step, s.steps_per_epoch, s.base_lr)
         for g in s.optimizer.param_groups:
             g["lr"] = s.lr
         sync = s.net.no_sync() if d.enabled and not last_micro else contextlib.nullcontext()
-        with sync, torch.autocast(d.device.type, dtype=s.dtype or torch.float32, enabled=s.dtype is not None):
+        with sync, torch.autocast(d.device.type, dtype=s.dtype or torch.float32,
+                                  enabled=s.dtype is not None):
             loss = s.objective.loss(s.net, batch)
         nonfinite = ~torch.isfinite(loss.detach()) | nonfinite  # no host sync per micro-step
         s.scaler.scale(loss / cfg.accum_steps).backward()
@@ -277,12 +296,15 @@ def run_epoch(s: TrainState) -> bool:
     return False
 
 
-def optimizer_step(s: TrainState, loss: torch.Tensor, nonfinite: torch.Tensor, img_s: float) -> None:
+def optimizer_step(s: TrainState, loss: torch.Tensor, nonfinite: torch.Tensor,
+                   img_s: float) -> None:
     """Apply the accumulated gradients; log and checkpoint on schedule."""
     cfg = s.cfg
-    bad, s.last_loss = torch.stack([nonfinite.float(), loss.detach().float()]).tolist()  # one sync a step
+    bad, s.last_loss = torch.stack([nonfinite.float(),
+                                    loss.detach().float()]).tolist()  # one sync a step
     if bad:
-        raise WeblyError(f"loss is not finite at step {s.step} (epoch {s.epoch + 1}); stopped. The last good "
+        raise WeblyError(f"loss is not finite at step {s.step} (epoch {s.epoch + 1}); stopped. The "
+                         "last good "
                          f"checkpoint is {checkpoints.latest(s.run) or 'none (none written yet)'}")
     s.scaler.step(s.optimizer)
     s.scaler.update()
@@ -316,7 +338,8 @@ def end_epoch(s: TrainState) -> None:
 
 def finish(s: TrainState) -> dict[str, Any]:
     """Export the model for prediction, close the logs, plot, and return the summary."""
-    summary = {"task": s.task, "epochs_done": s.epoch, "steps": s.step, "final_lr": s.lr, **s.metrics,
+    summary = {"task": s.task, "epochs_done": s.epoch, "steps": s.step, "final_lr": s.lr,
+               **s.metrics,
                "best": s.best, "bad_images": s.bad_images.counts(),
                "seconds": round(time.time() - s.t_start, 1), "world_size": s.d.world_size,
                **({"transfer": s.transfer} if s.transfer else {})}

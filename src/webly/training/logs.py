@@ -62,8 +62,10 @@ def plot_curves(run: Path) -> None:
     a.plot([r["step"] for r in steps], [r["loss"] for r in steps])
     a.set(xlabel="optimizer step", ylabel="training loss", title="Loss")
     if epochs and "val_top1" in epochs[0]:
-        b.plot([r["epoch_end"] for r in epochs], [r["val_top1"] for r in epochs], "o-", label="top-1")
-        b.plot([r["epoch_end"] for r in epochs], [r["val_top5"] for r in epochs], "s-", label="top-5")
+        b.plot([r["epoch_end"] for r in epochs], [r["val_top1"] for r in epochs], "o-",
+               label="top-1")
+        b.plot([r["epoch_end"] for r in epochs], [r["val_top5"] for r in epochs], "s-",
+               label="top-5")
         b.legend()
     b.set(xlabel="epoch", ylabel="validation accuracy", title="Validation")
     fig.tight_layout()

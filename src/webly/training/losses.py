@@ -36,7 +36,8 @@ def dense_targets(idx: torch.Tensor, w: torch.Tensor, num_classes: int) -> torch
 
 def multilabel_bce(logits: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     target = dense_targets(idx, w, logits.shape[1]).clamp(max=1.0)
-    return F.binary_cross_entropy_with_logits(logits.float(), target, reduction="sum") / logits.shape[0]
+    return F.binary_cross_entropy_with_logits(logits.float(), target,
+                                              reduction="sum") / logits.shape[0]
 
 
 def cross_entropy(logits: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,

@@ -27,7 +27,8 @@ class CifarResNet9(nn.Module):
         super().__init__()
 
         def cbr(i: int, o: int, pool: bool = False) -> nn.Sequential:
-            layers = [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+            layers = [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o),
+                      nn.ReLU(inplace=True)]
             return nn.Sequential(*layers, *([nn.MaxPool2d(2)] if pool else []))
 
         c = width
@@ -58,8 +59,10 @@ def create_backbone(name: str, num_classes: int, **kwargs) -> nn.Module:
     if name in LOCAL_BACKBONES:
         return LOCAL_BACKBONES[name](num_classes, **kwargs)
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, [*timm.list_models(), *LOCAL_BACKBONES], n=5, cutoff=0.5)
-        raise WeblyError(f"unknown backbone {name!r}; close timm names: {', '.join(close) or 'none'}")
+        close = difflib.get_close_matches(name, [*timm.list_models(), *LOCAL_BACKBONES], n=5,
+                                          cutoff=0.5)
+        raise WeblyError(f"unknown backbone {name!r}; close timm names: "
+                         f"{', '.join(close) or 'none'}")
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
 
 
@@ -96,10 +99,13 @@ def load_all_but_head(model: nn.Module, state: dict[str, torch.Tensor]) -> Trans
     shapes = sorted(k for k in own.keys() & theirs.keys() if own[k].shape != theirs[k].shape)
     if missing or unexpected or shapes:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", shapes)):
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs",
+                                                                               shapes)):
             if keys:
-                parts.append(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})")
+                parts.append(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} "
+                             f"({len(keys)})")
         raise WeblyError("pretrained checkpoint does not fit this backbone (another backbone?); "
                          + "; ".join(parts))
     model.load_state_dict(theirs, strict=False)
-    return TransferReport(loaded=len(theirs), reinitialised=sorted(k for k in model.state_dict() if is_head(k)))
+    return TransferReport(loaded=len(theirs),
+                          reinitialised=sorted(k for k in model.state_dict() if is_head(k)))

@@ -13,12 +13,15 @@ from webly.training.engine import train
 from webly.training.trainsets import finetune_data, pretrain_data
 
 
-def run_pretrain(*, manifest: str, set: str, cfg: TrainConfig, out: Path, tags: str | None = None,  # noqa: A002
-                 label_weights: str | None = None, resume: bool = False, force: bool = False) -> dict[str, Any]:
+def run_pretrain(*, manifest: str, set: str, cfg: TrainConfig, out: Path, tags: str | None = None,
+                 # noqa: A002
+                 label_weights: str | None = None, resume: bool = False,
+                 force: bool = False) -> dict[str, Any]:
     """Pretrain on the WT-Set (`tags`) or the LW-Set (`label_weights`)."""
     source = tags if set == "wt" else label_weights
     if not source:
-        raise WeblyError(f"pretrain --set {set} needs {'--tags' if set == 'wt' else '--label-weights'}")
+        raise WeblyError(f"pretrain --set {set} needs "
+                         f"{'--tags' if set == 'wt' else '--label-weights'}")
     data = pretrain_data(Manifest(manifest), set, source)
     return train(data, cfg, out, task=f"pretrain_{set}", resume=resume, force=force)
 

@@ -57,7 +57,8 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
         p = np.where(sizes > 0, sizes.astype(np.float64) ** (1.0 - balance), 0.0)
         self.p = p / p.sum()
         self.sizes = sizes
-        self.num_samples, self.seed, self.rank, self.world_size = num_samples, seed, rank, world_size
+        self.num_samples, self.seed = num_samples, seed
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -94,7 +95,8 @@ class ShuffleSampler(BalancedSampler):
         return np.concatenate([rng.permutation(self.n) for _ in range(reps)])[: self.num_samples]
 
 
-def repeat_factors(group_sizes: np.ndarray, membership: sp.spmatrix, balance: float = 1.0) -> np.ndarray:
+def repeat_factors(group_sizes: np.ndarray, membership: sp.spmatrix,
+                   balance: float = 1.0) -> np.ndarray:
     """Per-sample repeat factor for streams: the max over its groups of (n_max / n_g) ** balance."""
     sizes = np.maximum(np.asarray(group_sizes, np.float64), 1)
     per_group = (sizes.max() / sizes) ** balance

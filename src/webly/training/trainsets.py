@@ -59,7 +59,8 @@ def finetune_data(manifest: Manifest, labels_override: np.ndarray | None = None)
     if not len(rows):
         raise WeblyError(f"{manifest.path}: no labelled training images")
     C = manifest.num_classes
-    targets = sp.csr_matrix((np.ones(len(rows), np.float32), (np.arange(len(rows)), labels)), shape=(len(rows), C))
+    targets = sp.csr_matrix((np.ones(len(rows), np.float32), (np.arange(len(rows)), labels)),
+                            shape=(len(rows), C))
     val_rows, val_labels = _split_rows(manifest, "val")
     return TrainData(manifest, rows, targets, groups_from_labels(labels, C), C, manifest.classes,
                      val_rows, val_labels)
@@ -97,7 +98,8 @@ def pretrain_data(manifest: Manifest, kind: str, source: str | Path) -> TrainDat
 
 def _check_rows(mat: sp.spmatrix, manifest: Manifest, source) -> None:
     if mat.shape[0] != len(manifest):
-        raise WeblyError(f"{source} has {mat.shape[0]} rows but {manifest.path} has {len(manifest)}")
+        raise WeblyError(f"{source} has {mat.shape[0]} rows but {manifest.path} has "
+                         f"{len(manifest)}")
 
 
 def padded_targets(targets: sp.csr_matrix, max_targets: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +160,8 @@ class TargetDataset(torch.utils.data.Dataset):
             size = getattr(self.transform, "size", 32)
             return (torch.zeros(3, size, size, dtype=torch.uint8), torch.from_numpy(self.ids[pos]),
                     torch.from_numpy(self.ws[pos]), bad, reason)
-        return (self.transform(img), torch.from_numpy(self.ids[shown]), torch.from_numpy(self.ws[shown]),
+        return (self.transform(img), torch.from_numpy(self.ids[shown]),
+                torch.from_numpy(self.ws[shown]),
                 bad, reason)
 
 
@@ -186,9 +189,12 @@ def shard_stream(data: TrainData, cfg: TrainConfig, ids: np.ndarray, ws: np.ndar
     def to_targets(sample):
         img, rec = sample
         p = position(rec)
-        return img, torch.from_numpy(ids[p]), torch.from_numpy(ws[p]), -1, ""  # shards hold good images only
+        # shards hold good images only
+        return img, torch.from_numpy(ids[p]), torch.from_numpy(ws[p]), -1, ""
 
-    pipe = shard_pipeline(shard_urls(cfg.shards, "train"), transform=TrainTransform(cfg.img_size, (cfg.crop_scale, 1.0)),
+    pipe = shard_pipeline(shard_urls(cfg.shards, "train"), transform=TrainTransform(cfg.img_size,
+                                                                                    (cfg.crop_scale,
+                                                                                     1.0)),
                           seed=cfg.seed, rank=d.rank, world_size=d.world_size, repeat=factor)
     pipe.append(wds.map(to_targets))
     return pipe
