@@ -61,7 +61,16 @@ def test_losses():
     assert weighted_softmax_ce(logits, idx, w,
                                normalise=True).item() == pytest.approx(want_n.item())
     assert dense_targets(idx, w, 3).tolist() == [[1, 0, 0.5], [0, 1, 0]]
-    assert multilabel_bce(logits, idx, w).item() > 0
+    # BCE by hand on the 2x3 example: targets [[1, 0, 0.5], [0, 1, 0]], summed, over the batch
+    import math
+
+    def bce(z, t):
+        p = 1 / (1 + math.exp(-z))
+        return -(t * math.log(p) + (1 - t) * math.log(1 - p))
+    targets = [[1, 0, 0.5], [0, 1, 0]]
+    by_hand = sum(bce(z, t) for zs, ts in zip(logits.tolist(), targets, strict=True)
+                  for z, t in zip(zs, ts, strict=True)) / 2
+    assert multilabel_bce(logits, idx, w).item() == pytest.approx(by_hand, rel=1e-5)
     assert cross_entropy(logits, idx, w).item() == pytest.approx(
         torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).item())
 
