@@ -184,11 +184,13 @@ def usage(st: Stage) -> str:
     """`webly predict MODEL MANIFEST -o OUT`: the command line a user types, for the README."""
     words = [f"webly {st.name}"]
     for i in st.inputs:
+        flag = f"--{i.name.replace('_', '-')} {i.name.upper()}"
         if i.positional:
             words.append(i.name.upper() + (" ..." if i.many else ""))
-        elif i.required:
-            words.append(f"--{i.name.replace('_', '-')} {i.name.upper()}")
-    words.append("-o FILE" if st.output_file else "-o OUT")
+        else:
+            words.append(flag if i.required else f"[{flag}]")
+    out = "-o FILE" if st.output_file else "-o OUT"
+    words.append(f"[{out}]" if st.default_output else out)
     return " ".join(words)
 
 

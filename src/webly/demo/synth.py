@@ -260,6 +260,41 @@ def _noisy_concept(c: Concept, concepts: list[Concept], cfg: SynthConfig,
     return rng.choice([o.index for o in concepts if o.index != c.index])
 
 
+def _write_info(out: Path, concepts: list[Concept], version: int) -> None:
+    """info/synsets.txt, the query lists and the query -> class map."""
+    (out / "info").mkdir(parents=True, exist_ok=True)
+    wn = wordnet()
+    lemmas = [wn.synset_from_pos_and_offset("n", int(c.wnid[1:])).lemma_names() for c in concepts]
+    syn_lines = [f"{c.wnid} {', '.join(names)}".replace("_", " ")
+                 for c, names in zip(concepts, lemmas, strict=True)]
+    _write_lines(out / "info/synsets.txt", syn_lines)
+    queries = [f"{c.index + 1} {c.name.replace(' ', '+')}" for c in concepts]
+    qfiles = ["queries.txt"] if version == 2 else ["queries_google.txt", "queries_flickr.txt"]
+    for qfile in qfiles:
+        _write_lines(out / "info" / qfile, queries)
+    _write_lines(out / "info/queries_synsets_map.txt",
+                 [f"{c.index + 1} {c.index}" for c in concepts])
+
+
+def _eval_split(out: Path, split: str, per: int, concepts: list[Concept],
+                jobs: list[tuple[Path, int]]) -> list[Record]:
+    """A clean val or test split: `per` images a concept, listed, their images queued in `jobs`."""
+    names, folder, records = [], f"{split}_images_256", []
+    (out / folder).mkdir()
+    for i in range(per * len(concepts)):
+        c = concepts[i % len(concepts)]
+        name = f"{split}{i + 1:06d}.jpg"
+        names.append((name, c.index))
+        jobs.append((out / folder / name, c.index))
+        records.append(Record(id=name, path=f"{folder}/{name}", split=split,
+                              label=c.index if split == "val" else None))
+    _write_lines(out / f"info/{split}_filelist.txt",
+                 [f"{n} {lab}" if split == "val" else n for n, lab in names])
+    if split == "test":
+        _write_lines(out / "truth/test_labels.txt", [f"{n} {lab}" for n, lab in names])
+    return records
+
+
 def generate(out: str | Path, cfg: SynthConfig) -> dict[str, list[Record]]:
     """Write the dataset under `out` (replacing it); return the records written, by split."""
     out = Path(out)
@@ -269,20 +304,9 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, list[Record]]:
     concepts = pick_concepts(cfg)
     qfmt = "q%05d" if cfg.version == 2 else "q%04d"
     meta_dir = out / "meta" if cfg.version == 2 else out
-    (out / "info").mkdir(parents=True)
-    (out / "truth").mkdir()
+    (out / "truth").mkdir(parents=True)
     w, h = cfg.image_width, cfg.image_height
-    wn = wordnet()
-    lemmas = [wn.synset_from_pos_and_offset("n", int(c.wnid[1:])).lemma_names() for c in concepts]
-    syn_lines = [f"{c.wnid} {', '.join(names)}".replace("_", " ")
-                 for c, names in zip(concepts, lemmas, strict=True)]
-    _write_lines(out / "info/synsets.txt", syn_lines)
-    queries = [f"{c.index + 1} {c.name.replace(' ', '+')}" for c in concepts]
-    for qfile in (["queries.txt"] if cfg.version == 2 else ["queries_google.txt",
-                                                            "queries_flickr.txt"]):
-        _write_lines(out / "info" / qfile, queries)
-    _write_lines(out / "info/queries_synsets_map.txt",
-                 [f"{c.index + 1} {c.index}" for c in concepts])
+    _write_info(out, concepts, cfg.version)
 
     counts = _class_counts(cfg, len(concepts), rng)
     records: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
@@ -322,19 +346,7 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, list[Record]]:
     _write_lines(out / "truth/train_true_labels.txt", truth)
 
     for split, per in (("val", cfg.val_per_class), ("test", cfg.test_per_class)):
-        names, folder = [], f"{split}_images_256"
-        (out / folder).mkdir()
-        for i in range(per * len(concepts)):
-            c = concepts[i % len(concepts)]
-            name = f"{split}{i + 1:06d}.jpg"
-            names.append((name, c.index))
-            jobs.append((out / folder / name, c.index))
-            records[split].append(Record(id=name, path=f"{folder}/{name}", split=split,
-                                         label=c.index if split == "val" else None))
-        _write_lines(out / f"info/{split}_filelist.txt",
-                     [f"{n} {lab}" if split == "val" else n for n, lab in names])
-        if split == "test":
-            _write_lines(out / "truth/test_labels.txt", [f"{n} {lab}" for n, lab in names])
+        records[split] = _eval_split(out, split, per, concepts, jobs)
     (out / "truth/README.txt").write_text(
         "True concepts of the generated images, for measuring noise only. Training never reads "
         "this.\n")

@@ -1,0 +1,90 @@
+"""The package's shape: imports point down the layers, files and functions stay readable, and the
+README's table of stages is the stage list's."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import webly
+from webly.stages import STAGES, markdown_rows
+
+SRC = Path(webly.__file__).parent
+ROOT = SRC.parent.parent
+# lowest first; a module may import its own layer and those below, never one above
+LAYERS = [
+    ("webly", "webly.config", "webly.errors", "webly.progress", "webly.faults", "webly.files"),
+    ("webly.data",),
+    ("webly.labels",),
+    ("webly.training",),
+    ("webly.inference",),
+    ("webly.stages",),
+    ("webly.pipeline",),
+    ("webly.demo",),
+    ("webly.cli",),
+]
+
+
+def layer(module: str) -> int:
+    best = None
+    for rank, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[1]):
+                best = (rank, len(p))
+    assert best is not None, f"{module} belongs to no layer: add it to LAYERS"
+    return best[0]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every webly import in the file, inside functions too."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names if a.name.startswith("webly")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("webly"):
+            # `from webly import faults` imports webly.faults
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            out += [(node.lineno, n if n.rsplit(".", 1)[0] == "webly" else node.module)
+                    for n in names]
+    return out
+
+
+MODULES = sorted(SRC.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_imports_point_down(path):
+    me = module_name(path)
+    up = [f"line {ln}: {me} imports {m}" for ln, m in imports(path) if layer(m) > layer(me)]
+    assert not up, "\n".join(up)
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("def f():\n    from webly.inference.predict import predict\n")
+    assert [layer(m) for _, m in imports(bad)] == [layer("webly.inference")] > [layer("webly.data")]
+
+
+def test_no_module_over_400_lines_no_function_over_80():
+    long_files = [f"{module_name(p)}: {n}" for p in MODULES
+                  if (n := len(p.read_text().splitlines())) > 400]
+    long_functions = []
+    for p in MODULES:
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 80:
+                    long_functions.append(f"{module_name(p)}.{node.name}: {n}")
+    assert not long_files and not long_functions, (long_files, long_functions)
+
+
+def test_readme_lists_every_stage_as_the_stage_list_says():
+    readme = (ROOT / "README.md").read_text()
+    missing = [row for row in markdown_rows() if row not in readme]
+    assert not missing, "README's stage table is stale; missing rows:\n" + "\n".join(missing)
+    assert len(markdown_rows()) == len(STAGES)
