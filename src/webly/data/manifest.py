@@ -77,6 +77,7 @@ class ManifestWriter:
         self._writer.write_table(pa.Table.from_pydict(cols, schema=self._schema))
         self.rows += len(self._buf)
         self._buf.clear()
+        faults.point("manifest.rowgroup")  # part of the file written
 
     def close(self) -> None:
         self._flush()
