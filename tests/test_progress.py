@@ -31,7 +31,8 @@ def test_interval_limits_the_lines(plain, monkeypatch, capsys):
     monkeypatch.setenv("WEBLY_PROGRESS_EVERY", "3600")
     list(progress(range(1000), desc="tag", unit="part"))
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and "1000/1000 part in" in lines[0]  # only the closing line
+    assert len(lines) == 2  # after the first item (alive, a first ETA) and at the end
+    assert LINE.match(lines[0]).group(2) == "1" and "1000/1000 part in" in lines[1]
 
 
 def test_a_loop_left_early_says_how_far_it_got(plain, capsys):

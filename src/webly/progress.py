@@ -1,7 +1,8 @@
 """Progress of long loops, visible on a terminal and in a log file alike.
 
 On a terminal: a tqdm bar. Elsewhere (nohup, SLURM, CI, `| tee`) a bar shows nothing useful, so a
-plain line is written to stderr every `WEBLY_PROGRESS_EVERY` seconds (default 30) and at the end:
+plain line is written to stderr after the first item, then every `WEBLY_PROGRESS_EVERY` seconds
+(default 30), and at the end:
 
     [webly] predict val: 384/1000 batch (38.4%), 12.3 batch/s, ETA 50s
     [webly] predict val: 1000/1000 batch in 1m21s (12.3 batch/s)
@@ -62,7 +63,8 @@ def _lines(it: Iterable[T], desc: str, total: int | None, unit: str, every: floa
             yield item
             done += 1
             now = time.monotonic()
-            if now - last >= every and (total is None or done < total):
+            # the first item (the job is alive, a first ETA), then every `every` seconds
+            if (done == 1 or now - last >= every) and (total is None or done < total):
                 print(progress_line(desc, done, total, unit, now - t0), file=sys.stderr, flush=True)
                 last = now
     finally:  # also when the loop stops early (break): the last line says how far it got

@@ -24,7 +24,8 @@ def demo_recipe(seed: int = 0) -> dict[str, Any]:
         {"id": "data", "stage": "synth", "seed": seed,
          "val_per_class": 30},  # 720 val images: SE ~1.6 pts
         {"id": "manifest", "stage": "index", "root": "@data"},
-        {"id": "tags", "stage": "tag", "manifest": m, "min_count": 3, "max_df": 0.3, "workers": 2},
+        {"id": "tags", "stage": "tag", "manifest": m, "min_count": 3, "max_df": 0.3, "workers": 2,
+         "chunk_rows": 256},  # parts of 256 rows: the demo's tagging shows its progress
         {"id": "weights", "stage": "weigh", "manifest": m, "tags": "@tags"},
         {"id": "wt", "stage": "pretrain", "set": "wt", "manifest": m, "tags": "@tags", "epochs": 16,
          **TRAIN},
