@@ -18,6 +18,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from webly import faults
 
@@ -74,4 +75,15 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
             tmp.write_text(data, encoding="utf-8")
         else:
             tmp.write_bytes(data)
+    return Path(path)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write atomically (the format from the suffix) and close a Matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
     return Path(path)

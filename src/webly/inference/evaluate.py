@@ -24,7 +24,7 @@ from webly.data.labels import read_name_labels
 from webly.data.manifest import Manifest
 from webly.data.predictions import Predictions, load_predictions
 from webly.errors import WeblyError
-from webly.files import atomic_path, write_atomic
+from webly.files import save_figure, write_atomic
 
 
 @dataclass
@@ -131,10 +131,7 @@ def _plot(per: dict[str, np.ndarray], train_freq: np.ndarray, out: Path) -> None
         b.set_xscale("log")
     b.set(xlabel="training images of the class", ylabel="top-1 accuracy",
           title="Accuracy vs class frequency", ylim=(-0.02, 1.02))
-    fig.tight_layout()
-    with atomic_path(out / "per_class_accuracy.png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "per_class_accuracy.png", dpi=110)
 
 
 def submit(preds_dir: str | Path, out_file: str | Path,

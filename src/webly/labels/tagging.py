@@ -43,7 +43,7 @@ from webly import faults
 from webly.config import check_choices, opt, parse_part
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
-from webly.files import atomic_path, write_atomic
+from webly.files import atomic_path, save_figure, write_atomic
 from webly.labels.text import MAX_TAG_CHARS, KeywordRecogniser, text_segments
 from webly.progress import progress
 
@@ -293,19 +293,13 @@ def plot_keywords(df: Counter, vocab: list[tuple[str, int]], mat: sp.csr_matrix,
                   label="kept (vocabulary)")
         ax.legend()
     ax.set(xlabel="keyword rank", ylabel="images with the keyword", title="Keyword distribution")
-    fig.tight_layout()
-    with atomic_path(out / "keyword_distribution.png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "keyword_distribution.png", dpi=120)
     per_image = np.diff(mat.indptr)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(per_image, bins=np.arange(0, max(int(per_image.max(initial=0)), 1) + 2) - 0.5,
             color="C1")
     ax.set(xlabel="keywords per image (in vocabulary)", ylabel="images", title="Keywords per image")
-    fig.tight_layout()
-    with atomic_path(out / "keywords_per_image.png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "keywords_per_image.png", dpi=120)
 
 
 def tag(manifest_path: str | Path, out_dir: str | Path, cfg: TagConfig) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from webly.files import atomic_path
+from webly.files import save_figure
 
 
 class MetricsLog:
@@ -68,7 +68,4 @@ def plot_curves(run: Path) -> None:
                label="top-5")
         b.legend()
     b.set(xlabel="epoch", ylabel="validation accuracy", title="Validation")
-    fig.tight_layout()
-    with atomic_path(run / "training_curves.png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, run / "training_curves.png", dpi=110)
