@@ -14,15 +14,21 @@ from webly.inference.ensemble import ensemble, fit_weights
 from webly.inference.pseudolabel import PseudoLabelConfig, pseudo_label
 
 
-def _write(d, ids, probs, split="val", rows=None):
+def _write(d, ids, probs, split="val", rows=None, k=None):
     probs = np.asarray(probs, np.float32)
-    top = np.argsort(-probs, 1)[:, :2].astype(np.int32)
+    C = probs.shape[1]
+    top = np.argsort(-probs, 1, kind="stable")[:, :k or C].astype(np.int32)
     write_predictions(d, {"row": np.arange(len(ids)) if rows is None else rows, "ids": ids,
                           "status": ["ok"] * len(ids), "top_i": top,
-                          "top_p": np.take_along_axis(probs, top, 1).astype(np.float16),
-                          "probs": probs.astype(np.float16)},
-                      {"classes": ["a", "b", "c"], "num_classes": 3, "split": split, "dense": True})
+                          "top_p": np.take_along_axis(probs, top, 1).astype(np.float16)},
+                      {"classes": [str(c) for c in range(C)], "num_classes": C, "split": split})
     return str(d)
+
+
+def _dense(p):
+    out = np.zeros((len(p.ids), p.info["num_classes"]), np.float32)
+    np.put_along_axis(out, p.top_i.astype(np.int64), p.top_p, axis=1)
+    return out
 
 
 def test_ensemble_averages_and_weights(tmp_path):
@@ -31,12 +37,35 @@ def test_ensemble_averages_and_weights(tmp_path):
     b = _write(tmp_path / "b", ids, [[0.2, 0.8, 0], [0.1, 0.1, 0.8]])
     ensemble([a, b], tmp_path / "e")
     e = load_predictions(tmp_path / "e")
-    assert np.allclose(e.probs.astype(np.float32), [[0.4, 0.6, 0], [0.1, 0.3, 0.6]], atol=1e-3)
+    assert np.allclose(_dense(e), [[0.4, 0.6, 0], [0.1, 0.3, 0.6]], atol=1e-3)
     assert e.top_i[:, 0].tolist() == [1, 2] and e.info["weights"] == [0.5, 0.5]
     ensemble([a, b], tmp_path / "w", weights=[3, 1])
     assert load_predictions(tmp_path / "w").top_i[0, 0] == 0
     with pytest.raises(WeblyError, match="different images"):
         ensemble([a, _write(tmp_path / "c", ["x", "z"], [[1, 0, 0], [1, 0, 0]])], tmp_path / "f")
+
+
+def test_topk_ensemble_is_the_dense_average_when_k_covers_the_classes_else_within_the_bound(
+        tmp_path):
+    rng = np.random.default_rng(0)
+    n, C, M = 200, 7, 3
+    members = [rng.dirichlet(np.full(C, 0.3), size=n) for _ in range(M)]
+    ids = [f"i{j}" for j in range(n)]
+    dense_avg = np.mean(members, axis=0)
+    for k in (C, 3):
+        dirs = [_write(tmp_path / f"m{m}k{k}", ids, members[m], k=k) for m in range(M)]
+        s = ensemble(dirs, tmp_path / f"e{k}", top_k=C)
+        e = load_predictions(tmp_path / f"e{k}")
+        got = _dense(e)
+        if k == C:  # exact (up to float16 storage)
+            assert np.allclose(got, dense_avg, atol=2e-3) and s["dropped_mass"]["max"] < 2e-3
+            assert (e.top_i[:, 0] == dense_avg.argmax(1)).mean() > 0.97
+        else:  # every kept class within the stated bound, never above the dense average
+            kept = np.take_along_axis(dense_avg, e.top_i.astype(np.int64), 1)
+            bound = np.mean([1 - np.sort(m, 1)[:, -k:].sum(1) for m in members], axis=0)
+            low = kept - e.top_p
+            assert (low >= -2e-3).all() and (low <= bound[:, None] + 2e-3).all()
+            assert s["dropped_mass"]["max"] == pytest.approx(bound.max(), abs=2e-3)
 
 
 def test_fitted_weights_prefer_the_better_model(tmp_path):
@@ -89,3 +118,21 @@ def test_finetune_reads_pseudo_labels(synth_manifest, tmp_path):
     labels[:5] = 3
     data = finetune_data(man, labels)
     assert len(data.rows) == 5 and set(data.targets.indices.tolist()) == {3}
+
+
+def test_soft_pseudo_labels_carry_the_top_classes(tmp_path):
+    from webly.data.labels import load_soft_labels
+
+    recs = [Record(id=f"t{i}", path=f"{i}.jpg", split="train", label=0) for i in range(4)]
+    m = tmp_path / "m.parquet"
+    write_manifest(m, recs, {"root": str(tmp_path), "classes": ["n1", "n2", "n3"],
+                             "class_names": ["a", "b", "c"]})
+    probs = [[0.9, 0.1, 0], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.5, 0.25, 0.25]]
+    p = _write(tmp_path / "p", [r.id for r in recs], probs, split="train")
+    pseudo_label(m, p, tmp_path / "pl", PseudoLabelConfig(threshold=0.65, soft_k=2))
+    rows, idx, prob = load_soft_labels(tmp_path / "pl")
+    assert rows.tolist() == [0, 1, 2, 3] and idx.tolist() == [[0, 1], [1, 0], [2, 1], [0, 1]]
+    assert np.allclose(prob, [[0.9, 0.1], [0.7, 0.2], [0.6, 0.3], [0.5, 0.25]], atol=1e-3)
+    assert load_labels(tmp_path / "pl", 4).tolist() == [0, 1, 0, 0]  # hard labels as before
+    with pytest.raises(WeblyError, match="soft_k 4 > the 3 classes"):
+        pseudo_label(m, p, tmp_path / "x", PseudoLabelConfig(soft_k=4))

@@ -26,12 +26,13 @@ def _manifest(tmp_path, split="val", labels=(0, 0, 0, 1)):
 
 
 def _preds(tmp_path, ids, top, split="val", status=None):
+    """Predictions for `ids`; each at the manifest row its name gives ("val000002.jpg": row 2)."""
     top = np.asarray(top, np.int32)
-    write_predictions(tmp_path, {"row": np.arange(len(ids)), "ids": ids,
+    rows = [int(i[-10:-4]) for i in ids]
+    write_predictions(tmp_path, {"row": np.asarray(rows), "ids": ids,
                                  "status": status or ["ok"] * len(ids), "top_i": top,
-                                 "top_p": np.full(top.shape, 0.2, np.float16), "probs": None},
-                      {"classes": ["n1", "n2", "n3"], "num_classes": 3, "split": split,
-                       "dense": False})
+                                 "top_p": np.full(top.shape, 0.2, np.float16)},
+                      {"classes": ["n1", "n2", "n3"], "num_classes": 3, "split": split})
     return tmp_path
 
 
@@ -93,7 +94,8 @@ def trained(synth_small, synth_manifest, tmp_path_factory):
 
 
 @pytest.mark.parametrize("tta", ["center", "multiscale"])
-def test_predict_writes_topk_and_probs(trained, synth_manifest, synth_small, tmp_path, tta):
+def test_predict_writes_the_distribution_as_topk_and_rest(trained, synth_manifest, synth_small,
+                                                           tmp_path, tta):
     root, records = synth_small
     bad = root / records["test"][1].path
     saved = bad.read_bytes()
@@ -107,9 +109,17 @@ def test_predict_writes_topk_and_probs(trained, synth_manifest, synth_small, tmp
     p = load_predictions(tmp_path)
     assert s["images"] == len(records["test"]) == len(p.ids) and s["skipped_images"] == 1
     assert p.ids == [r.id for r in records["test"]] and p.status[1].startswith("skipped: ")
-    assert p.top_i.shape == (len(p.ids), 5) and p.probs.shape == (len(p.ids), 12)
-    assert np.allclose(p.probs.astype(np.float32).sum(1), 1, atol=0.01)
-    assert (np.argsort(-p.probs, axis=1)[:, 0] == p.top_i[:, 0]).mean() > 0.9  # float16 ties aside
+    # top_k 50 >= 12 classes: every class kept, most probable first, nothing left over
+    assert p.top_i.shape == (len(p.ids), 12) and p.info["k"] == 12
+    assert all(sorted(r) == list(range(12)) for r in p.top_i.tolist())
+    assert np.allclose(p.top_p.sum(1), 1, atol=0.01) and np.allclose(p.rest, 0, atol=0.01)
+    assert (np.diff(p.top_p, axis=1) <= 1e-3).all()
+    cfg = PredictConfig(split="test", tta=tta, top_k=3, workers=0, max_bad_fraction=0.5)
+    predict(trained, synth_manifest, tmp_path / "k3", cfg)
+    p3 = load_predictions(tmp_path / "k3")
+    ok = p.ok  # (the broken image was restored in between)
+    assert p3.top_i.shape == (len(p.ids), 3) and np.array_equal(p3.top_i[ok], p.top_i[ok, :3])
+    assert np.allclose(p3.rest, 1 - p3.top_p.sum(1), atol=2e-3)
     assert main(["evaluate", str(tmp_path), "--manifest", str(synth_manifest), "--labels",
                  str(root / "truth/test_labels.txt")]) == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["images"] == len(p.ids)

@@ -1,9 +1,13 @@
 """Label files that several stages share.
 
     labels.parquet   (`webly pseudo-label` writes it; `finetune --labels` and `weigh --labels`
-                     read it) one row per training image the labeller saw: row (manifest row),
-                     id, label (-1: dropped), original_label, source (original | pseudo | dropped),
-                     confidence
+                     read it) one row per training image the labeller saw, in manifest order,
+                     in row groups: row (int64 manifest row), id, label (int32, the hard label
+                     to train on; -1: dropped), original_label (int32), source (original |
+                     pseudo | dropped), confidence (float32, the predicted class's probability);
+                     with soft targets also soft_idx (fixed list<int32>[s]) and soft_prob (fixed
+                     list<float16>[s]): the labeller's s most probable classes and their
+                     probabilities (not renormalised; the rest of the mass is 1 - their sum)
     name label       text lines "image_name class_index" (WebVision's val_filelist.txt, a truth
                      file): `evaluate --labels`, `ensemble --fit-labels`
 """
@@ -19,14 +23,49 @@ import pyarrow.parquet as pq
 
 from webly.data.textio import iter_lines, require
 from webly.errors import WeblyError
-from webly.files import atomic_path
+from webly.files import AtomicTarget
+
+
+class LabelsWriter:
+    """labels.parquet a row group at a time; the file appears only on `close()`."""
+
+    def __init__(self, out_dir: str | Path, soft_k: int = 0) -> None:
+        fields = [("row", pa.int64()), ("id", pa.string()), ("label", pa.int32()),
+                  ("original_label", pa.int32()), ("source", pa.string()),
+                  ("confidence", pa.float32())]
+        if soft_k:
+            fields += [("soft_idx", pa.list_(pa.int32(), soft_k)),
+                       ("soft_prob", pa.list_(pa.float16(), soft_k))]
+        self.schema, self.soft_k = pa.schema(fields), soft_k
+        self.target = AtomicTarget(Path(out_dir) / "labels.parquet")
+        self.writer = pq.ParquetWriter(self.target.tmp, self.schema, compression="zstd")
+
+    def write(self, columns: dict[str, Any]) -> None:
+        arrays = [pa.array(columns[f.name], f.type) for f in self.schema
+                  if not f.name.startswith("soft")]
+        if self.soft_k:
+            for name, tp, dt in (("soft_idx", pa.int32(), np.int32),
+                                 ("soft_prob", pa.float16(), np.float16)):
+                flat = np.asarray(columns[name], dt).ravel()
+                arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, tp), self.soft_k))
+        self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+
+    def close(self) -> Path:
+        self.writer.close()
+        self.target.commit()
+        return self.target.path
+
+    def abort(self) -> None:
+        self.writer.close()
+        self.target.discard()
 
 
 def write_labels(out_dir: Path, columns: dict[str, Any]) -> Path:
-    path = Path(out_dir) / "labels.parquet"
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.table(columns), tmp)
-    return path
+    """A whole labels.parquet at once (tests, small sets)."""
+    soft_k = np.asarray(columns["soft_idx"]).shape[1] if "soft_idx" in columns else 0
+    w = LabelsWriter(out_dir, soft_k)
+    w.write(columns)
+    return w.close()
 
 
 def load_labels(path: str | Path, num_rows: int) -> np.ndarray:
@@ -41,6 +80,19 @@ def load_labels(path: str | Path, num_rows: int) -> np.ndarray:
     out = np.full(num_rows, -1, np.int64)
     out[t["row"].to_numpy()] = t["label"].to_numpy()
     return out
+
+
+def load_soft_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, soft_idx [n, s], soft_prob [n, s]) of a labels.parquet written with soft targets."""
+    p = Path(path)
+    p = p / "labels.parquet" if p.is_dir() else p
+    t = pq.read_table(p, columns=["row", "soft_idx", "soft_prob"]) if p.is_file() else None
+    if t is None:
+        raise WeblyError(f"labels file not found: {p} (make it with `webly pseudo-label`)")
+    s = t.schema.field("soft_idx").type.list_size
+    flat = lambda c: t[c].combine_chunks().flatten().to_numpy(zero_copy_only=False)  # noqa: E731
+    return (t["row"].to_numpy(), flat("soft_idx").reshape(-1, s),
+            flat("soft_prob").astype(np.float32).reshape(-1, s))
 
 
 def read_name_labels(path: str | Path) -> dict[str, int]:

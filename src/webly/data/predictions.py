@@ -1,18 +1,26 @@
 """The predictions folder: what `webly predict` and `webly ensemble` write, and evaluation,
-ensembling, pseudo-labelling and submission read.
+ensembling, pseudo-labelling and submission read, a row group at a time.
 
-    PREDS/predictions.parquet   one row per image of the split, in manifest order:
-        row (int64 manifest row), id (string), status ("ok" or "skipped: <reason>": an image that
-        could not be decoded is marked, never dropped), topk_idx (list<int32>, k fixed),
-        topk_prob (list<float16>); file metadata `webly` (JSON): split, classes, num_classes,
-        model, tta, dense, ...
-    PREDS/probs.npy             float16 [N, C] probabilities in the same row order, only when
-                                `dense` (the model had at most predict's `dense_max` classes)
+    PREDS/predictions.parquet   one row per image of the split, in manifest order, written in row
+        groups of `ROW_GROUP` rows:
+        row (int64)        the manifest row
+        id (string)        the image id
+        status (string)    "ok", or "skipped: <reason>" for an image that could not be decoded
+                           (marked, never dropped)
+        topk_idx           fixed-size list<int32>[k]: the k most probable classes, most probable
+                           first (k = min(predict's top_k, classes))
+        topk_prob          fixed-size list<float16>[k]: their probabilities
+        rest (float16)     1 - sum(topk_prob): the probability mass of the classes not kept
+        file metadata `webly` (JSON): split, classes, num_classes, k, model, tta, ...
+
+No file holds all N x C probabilities: at WebVision's 16M images x 5,000 classes that is 160 GB in
+float16. With k >= C the file is the whole distribution; otherwise `rest` bounds what was dropped.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,51 +30,118 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from webly.errors import WeblyError
-from webly.files import atomic_path
+from webly.files import AtomicTarget
+
+ROW_GROUP = 65_536
+FILE = "predictions.parquet"
+
+
+def schema(k: int, info: dict[str, Any]) -> pa.Schema:
+    fields = [("row", pa.int64()), ("id", pa.string()), ("status", pa.string()),
+              ("topk_idx", pa.list_(pa.int32(), k)), ("topk_prob", pa.list_(pa.float16(), k)),
+              ("rest", pa.float16())]
+    return pa.schema(fields).with_metadata({"webly": json.dumps({**info, "k": k})})
 
 
 @dataclass
 class Predictions:
+    """A batch of rows (or a whole file): arrays aligned row by row."""
+
     ids: list[str]
-    rows: np.ndarray
+    rows: np.ndarray  # int64 manifest rows
     status: list[str]
-    top_i: np.ndarray
-    top_p: np.ndarray
-    probs: np.ndarray | None
+    top_i: np.ndarray  # int32 [n, k]
+    top_p: np.ndarray  # float32 [n, k]
+    rest: np.ndarray  # float32 [n]
     info: dict[str, Any]
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.fromiter((s == "ok" for s in self.status), bool, len(self.status))
+
+
+class PredictionWriter:
+    """Writes predictions.parquet a row group at a time; the file appears only on `close()`."""
+
+    def __init__(self, out_dir: str | Path, k: int, info: dict[str, Any]) -> None:
+        self.target = AtomicTarget(Path(out_dir) / FILE)
+        self.k, self.rows = k, 0
+        self.schema = schema(k, info)
+        self.writer = pq.ParquetWriter(self.target.tmp, self.schema, compression="zstd")
+
+    def write(self, rows: np.ndarray, ids: list[str] | pa.Array, status: list[str],
+              top_i: np.ndarray, top_p: np.ndarray) -> None:
+        top_p16 = np.asarray(top_p, np.float16)
+        rest = np.clip(1.0 - top_p16.astype(np.float32).sum(1), 0.0, 1.0).astype(np.float16)
+        k = self.k
+        table = pa.Table.from_arrays([
+            pa.array(rows, pa.int64()), pa.array(ids, pa.string()), pa.array(status, pa.string()),
+            pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(top_i, np.int32).ravel()), k),
+            pa.FixedSizeListArray.from_arrays(pa.array(top_p16.ravel()), k), pa.array(rest)],
+            schema=self.schema)
+        self.writer.write_table(table, row_group_size=ROW_GROUP)
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.target.commit()
+
+    def abort(self) -> None:
+        self.writer.close()
+        self.target.discard()
 
 
 def write_predictions(out: Path, part: dict[str, Any], info: dict[str, Any]) -> None:
-    """`part`: row, ids, status, top_i [N, k], top_p [N, k], probs [N, C] or None."""
-    out = Path(out)
-    k = part["top_i"].shape[1]
-    table = pa.table({
-        "row": pa.array(part["row"], pa.int64()), "id": pa.array(part["ids"], pa.string()),
-        "status": pa.array(part["status"], pa.string()),
-        "topk_idx": pa.FixedSizeListArray.from_arrays(pa.array(part["top_i"].ravel(), pa.int32()),
-                                                      k),
-        "topk_prob": pa.FixedSizeListArray.from_arrays(
-            pa.array(part["top_p"].ravel(), pa.float16()), k),
-    }).replace_schema_metadata({"webly": json.dumps(info)})
-    if part["probs"] is not None:  # probs first: predictions.parquet is what marks the folder done
-        with atomic_path(out / "probs.npy") as tmp:
-            np.save(tmp, part["probs"])
-    with atomic_path(out / "predictions.parquet") as tmp:
-        pq.write_table(table, tmp)
+    """Write a whole set at once. `part`: row, ids, status, top_i [N, k], top_p [N, k]."""
+    writer = PredictionWriter(out, part["top_i"].shape[1], info)
+    try:
+        for s in range(0, max(len(part["row"]), 1), ROW_GROUP):
+            sl = slice(s, s + ROW_GROUP)
+            writer.write(np.asarray(part["row"])[sl], part["ids"][sl], part["status"][sl],
+                         part["top_i"][sl], part["top_p"][sl])
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+
+
+def _file(preds_dir: str | Path) -> Path:
+    f = Path(preds_dir) / FILE
+    if not f.is_file():
+        raise WeblyError(f"{preds_dir}: no {FILE} (make it with `webly predict`)")
+    return f
+
+
+def read_info(preds_dir: str | Path) -> dict[str, Any]:
+    pf = pq.ParquetFile(_file(preds_dir))
+    return {**json.loads(pf.schema_arrow.metadata[b"webly"]), "images": pf.metadata.num_rows}
+
+
+def _column(t: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
+    c = t[name]
+    return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+
+
+def _batch(t: pa.Table | pa.RecordBatch, info: dict[str, Any]) -> Predictions:
+    k = info["k"]
+    flat = lambda name: _column(t, name).flatten().to_numpy(zero_copy_only=False)  # noqa: E731
+    return Predictions(_column(t, "id").to_pylist(), _column(t, "row").to_numpy(),
+                       _column(t, "status").to_pylist(), flat("topk_idx").reshape(-1, k),
+                       flat("topk_prob").astype(np.float32).reshape(-1, k),
+                       _column(t, "rest").to_numpy(zero_copy_only=False).astype(np.float32), info)
+
+
+def iter_predictions(preds_dir: str | Path, batch_rows: int = ROW_GROUP) -> Iterator[Predictions]:
+    """The file in batches of at most `batch_rows` rows: memory bounded by the batch, not N."""
+    pf = pq.ParquetFile(_file(preds_dir))
+    info = {**json.loads(pf.schema_arrow.metadata[b"webly"]), "images": pf.metadata.num_rows}
+    for rb in pf.iter_batches(batch_size=batch_rows):
+        yield _batch(rb, info)
 
 
 def load_predictions(preds_dir: str | Path) -> Predictions:
-    d = Path(preds_dir)
-    f = d / "predictions.parquet"
-    if not f.is_file():
-        raise WeblyError(f"{d}: no predictions.parquet (make it with `webly predict`)")
+    """The whole file at once (validation and test splits, tests); stream large ones instead."""
+    f = _file(preds_dir)
     t = pq.read_table(f)
-    info = json.loads(t.schema.metadata[b"webly"])
-    k = t.schema.field("topk_idx").type.list_size
-    probs = np.load(d / "probs.npy") if info.get("dense") and (d / "probs.npy").is_file() else None
-    flat = lambda col: t[col].combine_chunks().flatten().to_numpy()  # noqa: E731
-    return Predictions(t["id"].to_pylist(), t["row"].to_numpy(), t["status"].to_pylist(),
-                       flat("topk_idx").reshape(-1,
-                                                k), flat("topk_prob").astype(np.float32).reshape(-1,
-                                                                                                 k),
-                       probs, info)
+    info = {**json.loads(t.schema.metadata[b"webly"]), "images": t.num_rows}
+    return _batch(t, info)

@@ -1,11 +1,17 @@
 """`webly ensemble`: average the class probabilities of several models' predictions.
 
 The models may differ in backbone, pretraining and input size; their predictions must cover the
-same images. Weights are equal, given, or fitted on validation predictions of the same models by
-minimising the negative log-likelihood of the true labels over the weight simplex. The output is
-an ordinary predictions folder, so `webly evaluate` and `webly submit` treat an ensemble exactly as
-one model. Models predicted with dense probabilities average exactly; top-k-only predictions
-average their kept probabilities (the rest count as 0).
+same images in the same order. Weights are equal, given, or fitted on validation predictions of
+the same models by minimising the negative log-likelihood of the true labels over the weight
+simplex. The output is an ordinary predictions folder, so `webly evaluate` and `webly submit`
+treat an ensemble exactly as one model.
+
+Members are read a row group at a time, so memory is bounded by the row group, not the number of
+images. Each member keeps its top-k classes and the mass `rest` of the others. Where every member
+kept every class (k >= C) the average is exact. Otherwise a class missing from member m's top-k is
+counted as 0, so each averaged probability is low by at most sum_m w_m * rest_m for that image
+(reported as `dropped_mass` in the summary: mean and max over images); classes kept by no member
+cannot be ranked, which matters only when that bound is large.
 """
 
 from __future__ import annotations
@@ -18,16 +24,21 @@ import numpy as np
 from scipy.optimize import minimize
 
 from webly.config import opt
-from webly.data.predictions import Predictions, load_predictions, write_predictions
+from webly.data.predictions import (
+    Predictions,
+    PredictionWriter,
+    iter_predictions,
+    load_predictions,
+    read_info,
+)
 from webly.errors import WeblyError
 
 
 @dataclass
 class EnsembleConfig:
-    model_weights: list[float] | None = opt(None,
-                                            "one weight per member, e.g. 2,1,1 (default: equal; "
-                                                  "ignored with --fit)")
-    top_k: int = opt(5, "classes kept per image in predictions.parquet")
+    model_weights: list[float] | None = opt(None, "one weight per member, e.g. 2,1,1 (default: "
+                                                  "equal; ignored with --fit)")
+    top_k: int = opt(50, "classes kept per image (at most the members' own k)")
 
     def validate(self) -> None:
         if self.model_weights is not None and (min(self.model_weights, default=0) < 0
@@ -37,71 +48,106 @@ class EnsembleConfig:
             raise WeblyError("ensemble.top_k must be positive")
 
 
-def _probs(p: Predictions) -> np.ndarray:
-    if p.probs is not None:
-        return p.probs.astype(np.float32)
-    dense = np.zeros((len(p.ids), p.info["num_classes"]), np.float32)
-    np.put_along_axis(dense, p.top_i.astype(np.int64), p.top_p, axis=1)
-    return dense
+def average_topk(members: list[Predictions], weights: np.ndarray, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the weighted sum of the members' sparse distributions, then its top k
+    (ties to the lower class id). Vectorised over a batch: sort each row's M*k (class, prob)
+    entries by class, add up equal classes, rank."""
+    idx = np.concatenate([m.top_i for m in members], axis=1).astype(np.int64)
+    p = np.concatenate([w * m.top_p.astype(np.float64) for w, m in zip(weights, members,
+                                                                        strict=True)], axis=1)
+    order = np.argsort(idx, axis=1, kind="stable")
+    idx, p = np.take_along_axis(idx, order, 1), np.take_along_axis(p, order, 1)
+    first = np.ones(idx.shape, bool)
+    first[:, 1:] = idx[:, 1:] != idx[:, :-1]
+    starts = np.flatnonzero(first.ravel())  # every row starts a group: groups never span rows
+    agg = np.full(p.size, -1.0)
+    agg[starts] = np.add.reduceat(p.ravel(), starts)
+    agg = agg.reshape(p.shape)
+    top = np.argsort(-agg, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(idx, top, 1).astype(np.int32), np.take_along_axis(agg, top, 1)
 
 
-def _check_same(preds: list[Predictions], dirs: list[str]) -> None:
-    first = preds[0]
-    for p, d in zip(preds[1:], dirs[1:], strict=True):
-        if p.ids != first.ids:
-            raise WeblyError(f"{d} and {dirs[0]} predict different images (or another order)")
-        if p.info["num_classes"] != first.info["num_classes"]:
-            raise WeblyError(f"{d} and {dirs[0]} predict different class counts")
+def label_probability(p: Predictions, labels: np.ndarray) -> np.ndarray:
+    """Each image's probability of `labels` under one member: from its top-k, or its leftover
+    mass spread evenly over the classes it did not keep."""
+    hit = p.top_i == labels[:, None]
+    C, k = p.info["num_classes"], p.top_i.shape[1]
+    spread = p.rest / max(C - k, 1)
+    return np.where(hit.any(1), (p.top_p * hit).sum(1), spread)
 
 
 def fit_weights(val_preds: list[Predictions], labels: np.ndarray) -> np.ndarray:
     """Simplex weights minimising the NLL of `labels` under the weighted average."""
-    ps = np.stack([_probs(p)[np.arange(len(labels)), labels] for p in val_preds])  # M x N
+    ps = np.stack([label_probability(p, labels) for p in val_preds])  # M x N
+
     def nll(z: np.ndarray) -> float:
         w = np.exp(z - z.max())
         w /= w.sum()
         return float(-np.log(np.maximum(w @ ps, 1e-12)).mean())
-    res = minimize(nll, np.zeros(len(val_preds)), method="Nelder-Mead", options={"xatol": 1e-4,
-                                                                                 "fatol": 1e-7})
+
+    res = minimize(nll, np.zeros(len(val_preds)), method="Nelder-Mead",
+                   options={"xatol": 1e-4, "fatol": 1e-7})
     w = np.exp(res.x - res.x.max())
     return w / w.sum()
 
 
-def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | None = None,
-             fit_dirs: list[str] | None = None, fit_labels: dict[str, int] | None = None,
-             top_k: int = 5) -> dict[str, Any]:
-    if len(pred_dirs) < 2:
-        raise WeblyError("an ensemble needs at least two predictions folders")
-    preds = [load_predictions(d) for d in pred_dirs]
-    _check_same(preds, pred_dirs)
+def _weights(pred_dirs: list[str], weights: list[float] | None, fit_dirs: list[str] | None,
+             fit_labels: dict[str, int] | None) -> np.ndarray:
     if fit_dirs:
         from webly.inference.evaluate import align
 
         if len(fit_dirs) != len(pred_dirs):
-            raise WeblyError("--fit needs one validation predictions folder per model, in the same "
-                             "order")
+            raise WeblyError("--fit needs one validation predictions folder per model, in the "
+                             "same order")
         val = [load_predictions(d) for d in fit_dirs]
-        _check_same(val, fit_dirs)
-        w = fit_weights(val, align(val[0], fit_labels or {}))
-    elif weights:
-        if len(weights) != len(preds) or min(weights) < 0 or sum(weights) <= 0:
+        for v, d in zip(val[1:], fit_dirs[1:], strict=True):
+            if v.ids != val[0].ids:
+                raise WeblyError(f"{d} and {fit_dirs[0]} predict different images")
+        return fit_weights(val, align(val[0], fit_labels or {}))
+    if weights:
+        if len(weights) != len(pred_dirs) or min(weights) < 0 or sum(weights) <= 0:
             raise WeblyError("model_weights needs one non-negative weight per model, not all zero")
-        w = np.asarray(weights, np.float64) / sum(weights)
-    else:
-        w = np.full(len(preds), 1 / len(preds))
-    avg = sum(wi * _probs(p) for wi, p in zip(w, preds, strict=True))
-    k = min(top_k, avg.shape[1])
-    top_i = np.argsort(-avg, axis=1, kind="stable")[:, :k].astype(np.int32)
-    status = ["ok" if all(p.status[i] == "ok" for p in preds) else "skipped: by a member"
-              for i in range(len(preds[0].ids))]
-    info = {**preds[0].info, "model": "ensemble", "members": pred_dirs, "weights": w.tolist(),
-            "dense": True}
-    write_predictions(Path(out_dir), {"row": preds[0].rows, "ids": preds[0].ids, "status": status,
-                                      "top_i": top_i,
-                                      "top_p": np.take_along_axis(avg, top_i, 1).astype(np.float16),
-                                      "probs": avg.astype(np.float16)}, info)
-    return {"members": pred_dirs, "weights": [round(x, 4) for x in w.tolist()],
-            "images": len(status)}
+        return np.asarray(weights, np.float64) / sum(weights)
+    return np.full(len(pred_dirs), 1 / len(pred_dirs))
+
+
+def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | None = None,
+             fit_dirs: list[str] | None = None, fit_labels: dict[str, int] | None = None,
+             top_k: int = 50) -> dict[str, Any]:
+    if len(pred_dirs) < 2:
+        raise WeblyError("an ensemble needs at least two predictions folders")
+    infos = [read_info(d) for d in pred_dirs]
+    for info, d in zip(infos[1:], pred_dirs[1:], strict=True):
+        if info["num_classes"] != infos[0]["num_classes"] or info["images"] != infos[0]["images"]:
+            raise WeblyError(f"{d} and {pred_dirs[0]} predict different images or class counts")
+    w = _weights(pred_dirs, weights, fit_dirs, fit_labels)
+    k = min(top_k, max(info["k"] for info in infos))  # one member alone has k distinct classes
+    info = {key: v for key, v in infos[0].items() if key not in ("k", "images", "model", "tta")}
+    writer = PredictionWriter(out_dir, k, {**info, "model": "ensemble", "members": pred_dirs,
+                                           "weights": w.tolist()})
+    dropped_sum, dropped_max, n = 0.0, 0.0, 0
+    try:
+        for batch in zip(*(iter_predictions(d) for d in pred_dirs), strict=True):
+            for b, d in zip(batch[1:], pred_dirs[1:], strict=True):
+                if b.ids != batch[0].ids:
+                    raise WeblyError(f"{d} and {pred_dirs[0]} predict different images "
+                                     "(or another order)")
+            top_i, top_p = average_topk(list(batch), w, k)
+            ok = np.logical_and.reduce([b.ok for b in batch])
+            dropped = sum(wi * b.rest for wi, b in zip(w, batch, strict=True))
+            dropped_sum, dropped_max = dropped_sum + float(dropped.sum()), max(dropped_max,
+                                                                               float(dropped.max()))
+            n += len(ok)
+            writer.write(batch[0].rows, batch[0].ids,
+                         ["ok" if o else "skipped: by a member" for o in ok], top_i, top_p)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return {"members": pred_dirs, "weights": [round(x, 4) for x in w.tolist()], "images": n,
+            "k": k, "dropped_mass": {"mean": round(dropped_sum / max(n, 1), 6),
+                                     "max": round(dropped_max, 6)}}
 
 
 def run_ensemble(*, preds: list[str], cfg: EnsembleConfig, out: Path, fit: list[str] | None = None,

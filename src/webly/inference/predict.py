@@ -1,21 +1,20 @@
 """`webly predict`: batched inference of a trained model over a manifest split.
 
-Output `preds/predictions.parquet`, one row per image of the split in manifest order:
-    row (int64 manifest row), id (string), status ("ok" or "skipped: <reason>" for an image that
-    could not be decoded: marked, never dropped), topk_idx (list<int32>), topk_prob (list<float16>)
-and, when the model has at most `dense_max` classes, `probs.npy`: float16 [N, C] probabilities in
-the same row order (what ensembling and pseudo-labelling average). File metadata `webly` holds the
-classes, the model, the test-time augmentation and the split.
+Output `preds/predictions.parquet` (the format is `webly.data.predictions`'): one row per image of
+the split in manifest order, its top-k classes with their probabilities and the leftover mass,
+written a batch at a time.
 
 Test-time augmentation: `center` (resize + centre crop), `flip` (+ horizontal flip),
 `multiscale` (flip at the training size and at 1.15x), probabilities averaged.
-Under torchrun each rank predicts every world-th image and rank 0 gathers the parts.
+Under torchrun each rank predicts every world-th image into a part file; rank 0 interleaves them.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,10 +28,10 @@ from webly import faults
 from webly.config import check_choices, opt
 from webly.data.images import BadImages, EvalTransform, normalize_batch, try_decode
 from webly.data.manifest import Manifest
-from webly.data.predictions import write_predictions
+from webly.data.predictions import PredictionWriter, iter_predictions
 from webly.errors import WeblyError
 from webly.progress import progress
-from webly.training.distributed import init_distributed
+from webly.training.distributed import Dist, init_distributed
 from webly.training.models import create_backbone
 
 
@@ -41,8 +40,8 @@ class PredictConfig:
     split: Literal["train", "val", "test"] = opt("test", "manifest split to predict")
     tta: Literal["center", "flip", "multiscale"] = opt("center", "test-time augmentation")
     batch_size: int = opt(128, "images per batch per process")
-    top_k: int = opt(5, "top classes kept per image")
-    dense_max: int = opt(1000, "also write all probabilities (probs.npy) up to this many classes")
+    top_k: int = opt(50, "classes kept per image, with the leftover mass (all of them when top_k "
+                         ">= classes: ensembles are then exact)")
     max_bad_fraction: float = opt(0.01,
                                   "error (after writing the predictions) when more images than "
                                   "this fraction cannot be decoded")
@@ -54,10 +53,8 @@ class PredictConfig:
         check_choices(self, "predict")
         if not 0 <= self.max_bad_fraction <= 1:
             raise WeblyError("predict.max_bad_fraction must be within [0, 1]")
-        if min(self.batch_size, self.top_k) < 1 or min(self.img_size, self.workers,
-                                                       self.dense_max) < 0:
-            raise WeblyError("predict: batch_size and top_k >= 1; img_size, workers, "
-                             "dense_max >= 0")
+        if min(self.batch_size, self.top_k) < 1 or min(self.img_size, self.workers) < 0:
+            raise WeblyError("predict: batch_size and top_k >= 1; img_size, workers >= 0")
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -77,14 +74,17 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, root: Path, paths: list[str], transform) -> None:
+    """Images of one split by position; paths stay one Arrow array (shared by forked workers,
+    never 16M Python strings per worker)."""
+
+    def __init__(self, root: Path, paths: pa.Array, transform) -> None:  # noqa: ANN001
         self.root, self.paths, self.transform = root, paths, transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        img, reason = try_decode(self.root / self.paths[i])
+        img, reason = try_decode(self.root / self.paths[i].as_py())
         if img is None:  # marked in the output, never dropped
             size = self.transform.size
             return torch.zeros(3, size, size, dtype=torch.uint8), i, reason
@@ -104,6 +104,9 @@ def _views(x: torch.Tensor, tta: str, size: int) -> list[torch.Tensor]:
 @torch.no_grad()
 def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Path,
             cfg: PredictConfig) -> dict[str, Any]:
+    """Predict one split, writing each batch as it comes (memory: a batch, not the split).
+    Under torchrun rank r predicts every world-th image into its own part file; rank 0 merges
+    the parts in manifest order."""
     cfg.validate()
     d = init_distributed(cfg.device)
     model, meta = load_model(model_path)
@@ -117,65 +120,80 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
         raise WeblyError(f"{manifest_path} has no {cfg.split!r} images")
     mine = rows[d.rank::d.world_size]
     size = cfg.img_size or meta["img_size"]
+    C, k = meta["num_classes"], min(cfg.top_k, meta["num_classes"])
+    info = {"classes": meta["classes"], "num_classes": C, "model": str(model_path), "tta": cfg.tta,
+            "split": cfg.split, "img_size": size}
+    out = Path(out_dir)
+    part_dir = out / f".part-{d.rank}" if d.enabled else out
+    paths = table["path"].take(pa.array(mine)).combine_chunks()
+    ids = table["id"].take(pa.array(mine)).combine_chunks()
+    bad = BadImages(len(rows), cfg.max_bad_fraction)
+    writer = PredictionWriter(part_dir, k, info)
+    try:
+        _predict_into(writer, model, meta, cfg, d, manifest.root, mine, paths, ids, bad)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    if d.enabled:
+        dist.barrier()
+        if not d.is_primary:
+            return {}
+        bad.seen = merge_parts([out / f".part-{r}" for r in range(d.world_size)], out, k, info)
+    bad.check(f"; predictions written to {out} with them marked skipped")
+    return {"images": len(rows), "skipped_images": len(bad.seen), "bad_images": bad.counts(),
+            "k": k, **{key: v for key, v in info.items() if key != "classes"}}
+
+
+def _predict_into(writer: PredictionWriter, model: torch.nn.Module, meta: dict[str, Any],
+                  cfg: PredictConfig, d: Dist, root: Path, mine: np.ndarray, paths: pa.Array,
+                  ids: pa.Array, bad: BadImages) -> None:
+    size = cfg.img_size or meta["img_size"]
     fmt = torch.channels_last if meta.get("channels_last") else torch.contiguous_format
     model = model.to(d.device, memory_format=fmt)
     dtype = torch.bfloat16 if d.device.type == "cuda" else None
-    paths = table["path"].take(pa.array(mine)).to_pylist()
-    images = _Images(manifest.root, paths, EvalTransform(size, meta.get("crop_pct", 0.875)))
+    images = _Images(root, paths, EvalTransform(size, meta.get("crop_pct", 0.875)))
     loader = torch.utils.data.DataLoader(images, batch_size=cfg.batch_size, num_workers=cfg.workers)
-    C, k = meta["num_classes"], min(cfg.top_k, meta["num_classes"])
-    dense = cfg.dense_max >= C
-    probs = np.zeros((len(mine), C), np.float16) if dense else None
-    top_i = np.zeros((len(mine), k), np.int32)
-    top_p = np.zeros((len(mine), k), np.float16)
-    status = [""] * len(mine)
-    bad = BadImages(len(rows), cfg.max_bad_fraction)
     for x, idx, err in progress(loader, desc=f"predict {cfg.split}", unit="batch"):
         x = normalize_batch(x.to(d.device)).contiguous(memory_format=fmt)
-        p = torch.zeros(x.shape[0], C, device=d.device)
+        p = torch.zeros(x.shape[0], meta["num_classes"], device=d.device)
         views = _views(x, cfg.tta, size)
         for v in views:
             with torch.autocast(d.device.type, dtype=dtype or torch.float32,
                                 enabled=dtype is not None):
                 p += model(v).float().softmax(1)
-        p = (p / len(views)).cpu()
-        tp, ti = p.topk(k, dim=1)
-        top_i[idx.numpy()], top_p[idx.numpy()] = ti.numpy(), tp.numpy().astype(np.float16)
-        if dense:
-            probs[idx.numpy()] = p.numpy().astype(np.float16)
+        tp, ti = (p / len(views)).cpu().topk(writer.k, dim=1)
+        status = []
         for j, e in zip(idx.tolist(), err, strict=True):
-            status[j] = f"skipped: {e}" if e else "ok"
+            status.append(f"skipped: {e}" if e else "ok")
             if e:
-                bad.add(paths[j], e, check=False)
+                bad.add(paths[j].as_py(), e, check=False)
+        pos = idx.numpy()  # a sequential loader: positions arrive in order
+        writer.write(mine[pos], ids.take(pa.array(pos)), status, ti.numpy(), tp.numpy())
         faults.point("predict.batch")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    part = {"row": mine, "ids": table["id"].take(pa.array(mine)).to_pylist(), "status": status,
-            "top_i": top_i, "top_p": top_p, "probs": probs}
-    if d.enabled:
-        gathered = [None] * d.world_size
-        dist.all_gather_object(gathered, part)
-        if not d.is_primary:
-            return {}
-        part = _merge_parts(gathered)
-    info = {"classes": meta["classes"], "num_classes": C, "model": str(model_path), "tta": cfg.tta,
-            "split": cfg.split, "img_size": size, "dense": dense}
-    write_predictions(out, part, info)
-    if d.enabled:  # every rank's bad files, as the gathered rows mark them
-        bad.seen = {str(i): s.removeprefix("skipped: ") for i, s in zip(part["ids"], part["status"],
-                                                                        strict=True)
-                    if s != "ok"}
-    bad.check(f"; predictions written to {out} with them marked skipped")
-    return {"images": len(part["row"]), "skipped_images": len(bad.seen), "bad_images": bad.counts(),
-            **{k: v for k, v in info.items() if k != "classes"}}
 
 
-def _merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    order = np.argsort(np.concatenate([p["row"] for p in parts]), kind="stable")
-    cat = lambda key: np.concatenate([np.asarray(p[key]) for p in parts])[order]  # noqa: E731
-    return {"row": cat("row"), "ids": cat("ids").tolist(), "status": cat("status").tolist(),
-            "top_i": cat("top_i"), "top_p": cat("top_p"),
-            "probs": cat("probs") if parts[0]["probs"] is not None else None}
+def merge_parts(parts: list[Path], out: Path, k: int, info: dict[str, Any]) -> dict[str, str]:
+    """Interleave per-rank part folders (rank r holds rows r, r + W, ...) into one file in
+    manifest order, a row group at a time; return the bad images they marked."""
+    writer = PredictionWriter(out, k, info)
+    bad: dict[str, str] = {}
+    streams = [iter_predictions(p) for p in parts]
+    for chunk in zip_longest(*streams):
+        got = [c for c in chunk if c is not None]
+        rows = np.concatenate([c.rows for c in got])
+        order = np.argsort(rows, kind="stable")
+        ids = [i for c in got for i in c.ids]
+        status = [s for c in got for s in c.status]
+        writer.write(rows[order], [ids[i] for i in order], [status[i] for i in order],
+                     np.concatenate([c.top_i for c in got])[order],
+                     np.concatenate([c.top_p for c in got])[order])
+        bad.update({i: s.removeprefix("skipped: ") for i, s in zip(ids, status, strict=True)
+                    if s != "ok"})
+    writer.close()
+    for p in parts:
+        shutil.rmtree(p, ignore_errors=True)
+    return bad
 
 
 def run_predict(*, model: str, manifest: str, cfg: PredictConfig, out: Path) -> dict[str, Any]:
