@@ -114,7 +114,7 @@ STAGES: tuple[Stage, ...] = (
           "webly.inference.predict:run_predict",
           (_in("model", "run directory with model.safetensors + model.json", positional=True),
            MANIFEST),
-          "a trained model + manifest", "top-k (+ all probabilities) per image"),
+          "a trained model + manifest", "top-k classes + leftover mass per image"),
     Stage("evaluate", "top-1/top-5, plain and class-balanced, per class",
           "webly.inference.evaluate:EvaluateConfig", "webly.inference.evaluate:run_evaluate",
           (PREDS, _in("manifest", "manifest (class names; labels of the split)"),
