@@ -5,9 +5,15 @@ only, and rank r of W takes positions r, r+W, r+2W, ...: ranks get disjoint part
 stream and together the whole of it. Samplers run in the main process, so DataLoader workers need
 nothing special. `start` lets a resumed run skip what the interrupted one already consumed.
 
-Class-balanced: draw a group (a class, or a keyword for the WT-Set), then a member uniformly. With
-`balance` b in [0, 1] a group is drawn with probability proportional to n_g ** (1 - b): b = 1 is
-uniform over groups (the seed's class-balanced sampling), b = 0 the natural frequencies.
+Class-balanced: an epoch of D draws gives group g (a class, or a keyword for the WT-Set) a share
+proportional to n_g ** (1 - balance) (balance 1: uniform over groups, the seed's class-balanced
+sampling; 0: natural frequencies), allocated exactly (D_g draws, rounded so they add up to D).
+Repeats are spread, not clustered: group g's draws sit at evenly spaced places in the epoch,
+(j + phase + jitter) / D_g with a random phase per group and a jitter below JITTER (so groups of
+equal size do not march in lockstep), and walk its members in a random cyclic order (offset +
+j * stride mod n_g, the stride coprime with n_g). An image thus comes back only after every other
+member of its group, after at least (1 - JITTER) of its mean spacing D / d_i. Building a 16M-draw
+epoch takes seconds and O(D) memory.
 
 With WebDataset shards there are no indices to draw; `repeat_factors` gives each sample a repeat
 count (LVIS-style repeat-factor sampling) that, after the shuffle buffer, approximates the same
@@ -32,6 +38,9 @@ def groups_from_labels(labels: np.ndarray, num_classes: int) -> sp.csc_matrix:
     ok = labels >= 0
     return sp.csc_matrix((np.ones(ok.sum(), np.uint8), (np.arange(n)[ok], labels[ok])),
                          shape=(n, num_classes))
+
+
+JITTER = 0.1  # fraction of a group's spacing by which a draw may move
 
 
 def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -65,18 +74,51 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
         self.epoch, self.start = epoch, start
 
     def stream(self, epoch: int) -> np.ndarray:
-        """The whole epoch's positions (all ranks)."""
+        """The whole epoch's positions (all ranks), a function of (seed, epoch) only."""
         rng = _epoch_rng(self.seed, epoch)
-        groups = rng.choice(len(self.p), size=self.num_samples, p=self.p)
-        offsets = (rng.random(self.num_samples) * self.sizes[groups]).astype(np.int64)
-        return self.members[self.indptr[groups] + offsets].astype(np.int64)
+        counts = _allocate(self.p, self.num_samples, rng)  # D_g, adding up to D
+        live = np.flatnonzero(counts)
+        g = np.repeat(live, counts[live])
+        starts = np.cumsum(counts) - counts
+        j = np.arange(self.num_samples, dtype=np.int64) - starts[g]  # the draw's index in its group
+        phase = rng.random(len(self.p))
+        place = (j + phase[g] + JITTER * rng.random(self.num_samples)) / counts[g]
+        order = np.argsort(place, kind="stable")
+        n = self.sizes.astype(np.int64)
+        offset = (rng.random(len(n)) * np.maximum(n, 1)).astype(np.int64)
+        member = (offset[g] + j * _coprime_strides(n, rng)[g]) % np.maximum(n[g], 1)
+        return self.members[self.indptr[g] + member].astype(np.int64)[order]
 
     def __iter__(self) -> Iterator[int]:
-        mine = self.stream(self.epoch)[self.rank::self.world_size]
-        return iter(mine[self.start:].tolist())
+        mine = self.stream(self.epoch)[self.rank::self.world_size][self.start:]
+        for chunk in range(0, len(mine), 65536):  # Python ints a chunk at a time, not 16M at once
+            yield from mine[chunk:chunk + 65536].tolist()
 
     def __len__(self) -> int:
         return self.num_samples // self.world_size - self.start
+
+
+def _allocate(p: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Integer draws per group proportional to `p`, adding up to `total` (largest remainders,
+    ties broken at random)."""
+    exact = p * total
+    counts = np.floor(exact).astype(np.int64)
+    short = total - int(counts.sum())
+    if short:
+        frac = np.where(p > 0, exact - counts + 1e-9 * rng.random(len(p)), -1.0)
+        counts[np.argsort(-frac, kind="stable")[:short]] += 1
+    return counts
+
+
+def _coprime_strides(n: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random stride in [1, n) coprime with n for each group (1 for groups of 1 or 2), so that
+    offset + j * stride (mod n) visits every member once in n steps."""
+    stride = np.ones(len(n), np.int64)
+    todo = np.flatnonzero(n > 2)
+    while len(todo):
+        stride[todo] = 1 + (rng.random(len(todo)) * (n[todo] - 1)).astype(np.int64)
+        todo = todo[np.gcd(stride[todo], n[todo]) != 1]
+    return stride
 
 
 class ShuffleSampler(BalancedSampler):
