@@ -16,6 +16,17 @@ import time
 from webly.labels.weighing import WeighConfig, concept_similarity, keyword_support, neighbours
 from webly.labels.wordnet import wordnet
 
+ROOTS = ("organism.n.01", "artifact.n.01", "food.n.02", "natural_object.n.01")
+
+
+def draw_concepts(n: int) -> list:
+    """`n` noun synsets drawn (seeded) from a few big WordNet subtrees: a WebVision-like set."""
+    wn = wordnet()
+    pool = sorted({s for r in ROOTS for s in wn.synset(r).closure(lambda x: x.hyponyms())},
+                  key=lambda s: s.name())
+    random.Random(0).shuffle(pool)
+    return pool[:n]
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -24,13 +35,9 @@ def main() -> None:
     ap.add_argument("--nltk-pairs", type=int, default=2000)
     args = ap.parse_args()
     wn = wordnet()
-    roots = ("organism.n.01", "artifact.n.01", "food.n.02", "natural_object.n.01")
-    pool = sorted({s for r in roots for s in wn.synset(r).closure(lambda x: x.hyponyms())},
-                  key=lambda s: s.name())
-    rng = random.Random(0)
-    rng.shuffle(pool)
-    concepts = pool[: args.concepts]
-    print(f"{len(concepts)} concepts from {', '.join(roots)}")
+    concepts = draw_concepts(args.concepts)
+    rng = random.Random(1)
+    print(f"{len(concepts)} concepts from {', '.join(ROOTS)}")
     print("| step | seconds |\n|---|---:|")
     for measure in ("wup", "path", "lch"):
         t0 = time.perf_counter()
