@@ -19,7 +19,7 @@ LAYERS = [
     ("webly.training",),
     ("webly.inference",),
     ("webly.stages",),
-    ("webly.pipeline",),
+    ("webly.pipeline", "webly.plan"),
     ("webly.demo",),
     ("webly.cli",),
 ]

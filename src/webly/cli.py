@@ -120,6 +120,22 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
                log=_stderr)
 
 
+def cmd_plan(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.plan import WEBVISION2, plan, table_text
+
+    images = dict(WEBVISION2)
+    for part in (args.images or "").split(","):
+        if part:
+            split, _, n = part.partition("=")
+            if split not in images or not n.isdigit():
+                raise WeblyError("--images takes split=count[,...] with train, val, test; "
+                                 f"got {part!r}")
+            images[split] = int(n)
+    rows, source = plan(args.recipe, images, args.throughput)
+    print(table_text(rows, source, images))
+    return {}
+
+
 def cmd_wordnet(args: argparse.Namespace) -> dict[str, Any]:
     from webly.labels.wordnet import provision, synset_from_wnid
 
@@ -172,6 +188,15 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--from", dest="start", help="(re)run from this step on")
     sp.add_argument("--until", help="stop after this step")
     sp.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+
+    sp = sub.add_parser("plan", help="what a recipe costs: image passes and GPU-hours per step",
+                        formatter_class=FMT)
+    sp.set_defaults(fn=cmd_plan)
+    sp.add_argument("recipe", help="recipe YAML")
+    sp.add_argument("--images", help="images per split, e.g. train=16000000,val=250000 "
+                    "(default: WebVision 2.0's)")
+    sp.add_argument("--throughput", help="measured rates, JSON {\"backbone@size\": img_s} "
+                    "(default: timm's published RTX 3090 AMP rates)")
 
     sp = sub.add_parser("neighbours", help="the dataset concepts most similar to a concept",
                         formatter_class=FMT)
