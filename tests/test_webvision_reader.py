@@ -162,3 +162,31 @@ def test_cifar10n_style_single_train_list(tmp_path):
     recs = list(Manifest(tmp_path / "m.parquet").iter_records())
     assert recs[0].path == "train/00000.jpg" and recs[0].source == "other"
     assert recs[2].path == "val/00000.jpg"
+
+
+@pytest.mark.parametrize("run_rows", [262_144, 7])  # in memory, and through sorted runs on disk
+def test_each_metadata_file_is_parsed_once_whatever_the_list_order(tmp_path, monkeypatch,
+                                                                   run_rows):
+    import webly.data.webvision as wv
+
+    monkeypatch.setattr(wv, "RUN_ROWS", run_rows)
+    info = tmp_path / "info"
+    info.mkdir()
+    (info / "synsets.txt").write_text("n02432511 mule deer\nn02130308 cheetah\n")
+    files, metas = [], []
+    for k in range(20):  # round-robin over 6 query files: the worst order for a small cache
+        for q in range(1, 7):
+            files.append(f"google/q{q:05d}/{k + 1:06d}.jpg {q % 2}")
+            metas.append(f"google/q{q:05d}.json {k + 1}")
+    (info / "train_filelist_all.txt").write_text("\n".join(files) + "\n")
+    (info / "train_meta_list_all.txt").write_text("\n".join(metas) + "\n")
+    for q in range(1, 7):
+        (tmp_path / "google").mkdir(exist_ok=True)
+        (tmp_path / f"google/q{q:05d}.json").write_text(json.dumps(
+            [{"title": f"q{q} row {k + 1}", "tags": [f"t{k}"]} for k in range(20)]))
+    reader = WebVisionReader(tmp_path)
+    recs = list(reader.iter_records("train"))
+    assert reader.meta_files_parsed == 6
+    assert [r.id for r in recs] == [f.split()[0] for f in files]  # list order kept
+    assert [r.title for r in recs] == [f"q{int(m[8:13])} row {m.split()[1]}" for m in metas]
+    assert recs[7].tags == ["t1"]

@@ -12,20 +12,28 @@
                                           fields optional
     info/val_filelist.txt  "name label";  info/test_filelist.txt  "name"
 
-Query folders are q%04d in 1.0 and q%05d in 2.0. Records are produced one at a time from the list
-files, and only a few metadata JSON files are held in memory at once (they come grouped by query),
-so 16M images stream in bounded memory.
+Query folders are q%04d in 1.0 and q%05d in 2.0. Records are produced one at a time in list order.
+Each metadata JSON file is parsed once, whatever the order of the list: the meta list is scanned
+(12 bytes a line), the files are read in order of first use, and their texts go back into list
+order through sorted runs on disk; memory holds one file and one run, not the dataset.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
-from collections import Counter, OrderedDict
+import tempfile
+from array import array
+from collections import Counter
 from collections.abc import Iterator
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from webly.data.paths import RootGuard, check_relative
 from webly.data.records import Record, Source, text_from_meta
@@ -75,8 +83,8 @@ def query_of(relpath: str) -> int | None:
 class WebVisionReader:
     """Reads one WebVision-layout dataset root; `stats` counts everything fixed or skipped."""
 
-    def __init__(self, root: str | Path, *, train_list: str = "all", skip_bad: bool = False,
-                 meta_cache: int = 8) -> None:
+    def __init__(self, root: str | Path, *, train_list: str = "all",
+                 skip_bad: bool = False) -> None:
         self.root = Path(root)
         self.guard = RootGuard(self.root)
         if not self.root.is_dir():
@@ -87,8 +95,7 @@ class WebVisionReader:
         self.train_list = train_list
         self.skip_bad = skip_bad
         self.stats: Counter = Counter()
-        self._meta: OrderedDict[str, list[Any]] = OrderedDict()
-        self._meta_cache = meta_cache
+        self.meta_files_parsed = 0  # each metadata JSON once, whatever the list order
 
     @property
     def num_classes(self) -> int:
@@ -123,21 +130,19 @@ class WebVisionReader:
         if not mlist.is_file():
             self.stats["train_without_meta_list"] += 1
             mlist = None
-        metas = iter_lines(mlist) if mlist else iter(())
-        for entry, meta in zip_longest(iter_lines(flist), metas):
-            if entry is None or (mlist and meta is None):
+        texts = self._meta_texts(mlist) if mlist else iter(())
+        for entry, text in zip_longest(iter_lines(flist), texts):
+            if entry is None or (mlist and text is None):
                 raise WeblyError(f"{flist} and {mlist} differ in length: they must align "
                                  "line by line")
             lineno, line = entry
             relpath, label = self._split_pair(line, flist, lineno)
-            title = description = ""
-            tags: list[str] = []
-            if meta is not None:
-                item = self._meta_item(mlist, *meta)
-                if item is _BAD:
+            title, description, tags = "", "", []
+            if text is not None:
+                if text is _BAD:
                     self.stats["skipped_bad_meta"] += 1
                     continue
-                title, description, tags = text_from_meta(item, self.stats)
+                title, description, tags = text
             query = query_of(relpath)
             yield Record(
                 id=relpath, path=relpath, split="train", label=label,
@@ -158,27 +163,49 @@ class WebVisionReader:
             raise WeblyError(msg + " (use --skip-bad to skip and count such records)")
         return _BAD
 
-    def _meta_item(self, mlist: Path, lineno: int, line: str) -> Any:
-        json_rel, _, row_s = line.rpartition(" ")
-        if not row_s.isdigit() or int(row_s) < 1:
-            return self._bad(f"{mlist}:{lineno}: expected 'file.json row' with a 1-based row")
-        items = self._load_meta(json_rel, mlist, lineno)
+    def _meta_texts(self, mlist: Path) -> Iterator[Any]:
+        """(title, description, tags) of every meta-list line, in list order, or _BAD. Each JSON
+        file is parsed once whatever the order of the list: scan the list (12 bytes a line), read
+        the files in order of first use, and merge the texts back into list order through
+        sorted runs on disk (memory: a run and a file, not the dataset)."""
+        files: dict[str, int] = {}
+        fid, rows, linenos = array("i"), array("i"), array("i")
+        for lineno, line in iter_lines(mlist):
+            json_rel, _, row_s = line.rpartition(" ")
+            ok = row_s.isdigit() and int(row_s) >= 1
+            if not ok:
+                self._bad(f"{mlist}:{lineno}: expected 'file.json row' with a 1-based row")
+            fid.append(files.setdefault(json_rel, len(files)) if ok else -1)
+            rows.append(int(row_s) if ok else 0)
+            linenos.append(lineno)
+        file_of, row_of = np.frombuffer(fid, np.int32), np.frombuffer(rows, np.int32)
+        line_of = np.frombuffer(linenos, np.int32)
+        order = np.argsort(file_of, kind="stable")
+        order = order[file_of[order] >= 0]
+        bounds = np.flatnonzero(np.diff(file_of[order])) + 1
+        with tempfile.TemporaryDirectory(prefix="webly-index-") as work:
+            runs = SortedRuns(Path(work))
+            names = list(files)  # by id: dicts keep insertion order
+            for group in np.split(order, bounds) if len(order) else []:
+                name = names[file_of[group[0]]]
+                items = self._load_meta(name, mlist, int(line_of[group[0]]))
+                for i in group.tolist():
+                    runs.add(i, self._text_of(items, name, int(row_of[i]), mlist, int(line_of[i])))
+            yield from runs.in_order(len(file_of))
+
+    def _text_of(self, items: Any, json_rel: str, row: int, mlist: Path, lineno: int) -> Any:
         if items is _BAD:
             return _BAD
-        row = int(row_s)
         if row > len(items):
             return self._bad(f"{self._meta_path(json_rel)}: row {row} is past the end "
                              f"({len(items)} items; from {mlist}:{lineno})")
-        return items[row - 1]
+        return text_from_meta(items[row - 1], self.stats)
 
     def _meta_path(self, json_rel: str) -> Path:
         beside = self.root / json_rel
         return beside if beside.is_file() else self.root / "meta" / json_rel
 
     def _load_meta(self, json_rel: str, mlist: Path, lineno: int) -> Any:
-        if json_rel in self._meta:
-            self._meta.move_to_end(json_rel)
-            return self._meta[json_rel]
         check_relative(json_rel, f"{mlist}:{lineno}")  # before it is joined to the root
         path = self._meta_path(json_rel)  # checked once per file read, not once per row
         self.guard.check(path.relative_to(self.root).as_posix(), f"{mlist}:{lineno}")
@@ -187,16 +214,14 @@ class WebVisionReader:
         except OSError:
             return self._bad(f"{mlist}:{lineno}: metadata file {json_rel} not found "
                              f"(looked in {self.root} and {self.root / 'meta'})")
+        self.meta_files_parsed += 1
         try:
             items = json.loads(raw.decode("utf-8", errors="replace"))
         except json.JSONDecodeError as e:
-            items = self._bad(f"{path}: invalid JSON ({e.msg} at line {e.lineno}); "
-                              f"needed for row from {mlist}:{lineno}")
-        if items is not _BAD and not isinstance(items, list):
-            items = self._bad(f"{path}: expected a JSON list of items, got {type(items).__name__}")
-        self._meta[json_rel] = items
-        if len(self._meta) > self._meta_cache:
-            self._meta.popitem(last=False)
+            return self._bad(f"{path}: invalid JSON ({e.msg} at line {e.lineno}); "
+                             f"needed for row from {mlist}:{lineno}")
+        if not isinstance(items, list):
+            return self._bad(f"{path}: expected a JSON list of items, got {type(items).__name__}")
         return items
 
     # -- val / test ----------------------------------------------------------------------------
@@ -232,5 +257,52 @@ class WebVisionReader:
 
 
 _BAD = object()
+RUN_ROWS = 262_144  # texts held in memory before a sorted run goes to disk
+
+
+class SortedRuns:
+    """(index, text) pairs added in any order, read back in index order: kept in memory up to
+    `run_rows`, then written as sorted Parquet runs and merged (an external merge sort)."""
+
+    def __init__(self, work: Path, run_rows: int | None = None) -> None:
+        self.work, self.run_rows = work, run_rows or RUN_ROWS
+        self.buf: list[tuple[int, Any]] = []
+        self.runs: list[Path] = []
+
+    def add(self, index: int, text: Any) -> None:
+        self.buf.append((index, text))
+        if len(self.buf) >= self.run_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.buf.sort(key=lambda x: x[0])
+        bad = [t is _BAD for _, t in self.buf]
+        texts = [("", "", []) if b else t for (_, t), b in zip(self.buf, bad, strict=True)]
+        cols = {"i": [i for i, _ in self.buf], "bad": bad, "title": [t[0] for t in texts],
+                "description": [t[1] for t in texts], "tags": [t[2] for t in texts]}
+        path = self.work / f"run-{len(self.runs):05d}.parquet"
+        pq.write_table(pa.table(cols), path)
+        self.runs.append(path)
+        self.buf = []
+
+    def _read(self, path: Path) -> Iterator[tuple[int, Any]]:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
+            for r in batch.to_pylist():
+                yield r["i"], (_BAD if r["bad"] else (r["title"], r["description"], r["tags"]))
+
+    def in_order(self, n: int) -> Iterator[Any]:
+        """Texts for indices 0..n-1; _BAD where nothing was added (a malformed list line)."""
+        if self.runs:
+            self._flush()
+            merged = heapq.merge(*(self._read(p) for p in self.runs), key=lambda x: x[0])
+        else:
+            merged = iter(sorted(self.buf, key=lambda x: x[0]))
+        nxt = next(merged, None)
+        for i in range(n):
+            if nxt is not None and nxt[0] == i:
+                yield nxt[1]
+                nxt = next(merged, None)
+            else:
+                yield _BAD
 
 __all__ = ["WebVisionReader", "read_synsets", "read_queries", "query_of"]
