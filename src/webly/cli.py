@@ -114,10 +114,13 @@ def cmd_neighbours(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.launch import Launch
     from webly.pipeline import run
 
+    launch = Launch(args.nproc_per_node, args.nnodes, args.node_rank, args.master_addr,
+                    args.master_port)
     return run(args.recipe, args.output, start=args.start, until=args.until, dry_run=args.dry_run,
-               log=_stderr)
+               log=_stderr, launch=launch)
 
 
 def cmd_plan(args: argparse.Namespace) -> dict[str, Any]:
@@ -188,6 +191,13 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--from", dest="start", help="(re)run from this step on")
     sp.add_argument("--until", help="stop after this step")
     sp.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    sp.add_argument("--nproc-per-node", type=int, default=1,
+                    help="GPUs per node: training and prediction steps run under torchrun")
+    sp.add_argument("--nnodes", type=int, default=1, help="nodes sharing the run folder")
+    sp.add_argument("--node-rank", type=int, default=0,
+                    help="this node (0 runs the other steps; the rest join and wait)")
+    sp.add_argument("--master-addr", default="127.0.0.1", help="node 0's address")
+    sp.add_argument("--master-port", type=int, default=29500, help="torchrun's port on node 0")
 
     sp = sub.add_parser("plan", help="what a recipe costs: image passes and GPU-hours per step",
                         formatter_class=FMT)

@@ -36,6 +36,7 @@ from webly import faults
 from webly.config import load_yaml, resolve_config
 from webly.errors import WeblyError
 from webly.files import write_atomic
+from webly.launch import Launch, launch_stage, wait_for
 from webly.stages import BY_NAME, load, run_stage
 
 CHECKPOINT_KEYS = ("pretrained", "continue_from")  # options that want a checkpoint, not a folder
@@ -118,6 +119,38 @@ def _resolve(value: Any, key: str, outputs: dict[str, Path]) -> Any:
     return value
 
 
+def _run_step(step: Step, status: str, root: Path, outputs: dict[str, Path],
+              launch: Launch) -> dict[str, Any]:
+    """One step into root/step.id; node 0 writes step.json last. Other nodes join launched steps
+    and wait for the rest."""
+    st = BY_NAME[step.stage]
+    inputs = {key: _resolve(v, key, outputs) for key, v in step.inputs.items()}
+    options = {key: _resolve(v, key, outputs) for key, v in step.options.items()}
+    cfg = resolve_config(load(st.config), options, where=step.id)
+    out = root / step.id
+    if launch.node_rank > 0:
+        if launch.launches(st.name):
+            launch_stage(st, inputs, cfg, outputs[step.id], launch, resume=status == "resume")
+        wait_for(out / "step.json", step.hash)
+        return {}
+    if status != "resume" and out.exists():  # outputs of other options: never mixed in
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "step.json").unlink(missing_ok=True)
+    write_atomic(out / "step.started", step.hash + "\n")
+    faults.set_scope(step.id)
+    faults.point("step.start")
+    t0 = time.time()
+    if launch.launches(st.name):
+        summary = launch_stage(st, inputs, cfg, outputs[step.id], launch, status == "resume")
+    else:
+        summary = run_stage(st, inputs, cfg, outputs[step.id], resume=status == "resume")
+    write_atomic(out / "step.json", json.dumps(
+        {"id": step.id, "stage": step.stage, "hash": step.hash,
+         "seconds": round(time.time() - t0, 2), "summary": summary}, indent=1, default=str) + "\n")
+    return summary
+
+
 def _hash(step: Step, hashes: dict[str, str]) -> str:
     blob = json.dumps({"stage": step.stage, "inputs": step.inputs, "options": step.options,
                        "refs": {r: hashes[r] for r in step.refs}}, sort_keys=True, default=str)
@@ -149,9 +182,10 @@ def _stderr(message: str) -> None:
 
 
 def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *,
-        start: str | None = None,
-        until: str | None = None, dry_run: bool = False, log: Callable[[str], None] | None = None
-        ) -> dict[str, Any]:
+        start: str | None = None, until: str | None = None, dry_run: bool = False,
+        log: Callable[[str], None] | None = None, launch: Launch | None = None) -> dict[str, Any]:
+    """Run the recipe's steps in order (see the module docstring); with `launch`, training and
+    prediction steps go through torchrun (`webly.launch`)."""
     log = log or _stderr
     recipe, steps = load_recipe(recipe_path)
     root = Path(run_dir or recipe.get("run_dir") or "runs/recipe")
@@ -174,23 +208,5 @@ def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *,
         log(f"[{k + 1}/{len(steps)}] {step.id} ({step.stage}): {action}")
         if dry_run or (status == "done" and not forced):
             continue
-        st = BY_NAME[step.stage]
-        inputs = {key: _resolve(v, key, outputs) for key, v in step.inputs.items()}
-        options = {key: _resolve(v, key, outputs) for key, v in step.options.items()}
-        cfg = resolve_config(load(st.config), options, where=step.id)
-        out = root / step.id
-        if status != "resume" and out.exists():  # outputs of other options: never mixed in
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "step.json").unlink(missing_ok=True)
-        write_atomic(out / "step.started", step.hash + "\n")
-        faults.set_scope(step.id)
-        faults.point("step.start")
-        t0 = time.time()
-        summary = run_stage(st, inputs, cfg, outputs[step.id], resume=status == "resume")
-        summaries[step.id] = summary
-        write_atomic(out / "step.json", json.dumps(
-            {"id": step.id, "stage": step.stage, "hash": step.hash,
-             "seconds": round(time.time() - t0, 2),
-             "summary": summary}, indent=1, default=str) + "\n")
+        summaries[step.id] = _run_step(step, status, root, outputs, launch or Launch())
     return {"run_dir": str(root), "steps": len(steps), "ran": list(summaries)}
