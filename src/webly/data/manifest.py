@@ -112,7 +112,7 @@ class Manifest:
         if not self.path.is_file():
             raise WeblyError(f"manifest not found: {self.path} (make one with `webly index`)")
         try:
-            self._file = pq.ParquetFile(self.path)
+            self._file = pq.ParquetFile(self.path, pre_buffer=False)  # streaming: bounded memory
         except (pa.ArrowInvalid, OSError) as e:
             raise WeblyError(f"{self.path}: not a readable Parquet manifest ({e})") from None
         raw = (self._file.schema_arrow.metadata or {}).get(b"webly")

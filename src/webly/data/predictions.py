@@ -105,6 +105,11 @@ def write_predictions(out: Path, part: dict[str, Any], info: dict[str, Any]) -> 
     writer.close()
 
 
+def _open(preds_dir: str | Path) -> pq.ParquetFile:
+    # pre_buffer (pyarrow's default) holds every row group read so far: memory would grow with N
+    return pq.ParquetFile(_file(preds_dir), pre_buffer=False)
+
+
 def _file(preds_dir: str | Path) -> Path:
     f = Path(preds_dir) / FILE
     if not f.is_file():
@@ -113,7 +118,7 @@ def _file(preds_dir: str | Path) -> Path:
 
 
 def read_info(preds_dir: str | Path) -> dict[str, Any]:
-    pf = pq.ParquetFile(_file(preds_dir))
+    pf = _open(preds_dir)
     return {**json.loads(pf.schema_arrow.metadata[b"webly"]), "images": pf.metadata.num_rows}
 
 
@@ -133,7 +138,7 @@ def _batch(t: pa.Table | pa.RecordBatch, info: dict[str, Any]) -> Predictions:
 
 def iter_predictions(preds_dir: str | Path, batch_rows: int = ROW_GROUP) -> Iterator[Predictions]:
     """The file in batches of at most `batch_rows` rows: memory bounded by the batch, not N."""
-    pf = pq.ParquetFile(_file(preds_dir))
+    pf = _open(preds_dir)
     info = {**json.loads(pf.schema_arrow.metadata[b"webly"]), "images": pf.metadata.num_rows}
     for rb in pf.iter_batches(batch_size=batch_rows):
         yield _batch(rb, info)

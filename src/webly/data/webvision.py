@@ -286,7 +286,7 @@ class SortedRuns:
         self.buf = []
 
     def _read(self, path: Path) -> Iterator[tuple[int, Any]]:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=8192):
             for r in batch.to_pylist():
                 yield r["i"], (_BAD if r["bad"] else (r["title"], r["description"], r["tags"]))
 
