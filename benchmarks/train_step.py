@@ -24,16 +24,17 @@ from webly.demo.synth import SynthConfig, generate
 from webly.training.config import TrainConfig
 from webly.training.engine import train
 from webly.training.models import create_backbone
-from webly.training.trainsets import TargetDataset, finetune_data, padded_targets
+from webly.training.trainsets import TargetDataset, collate, finetune_data, sparse_targets
 
 
 def bare_loop(data, args) -> float:
     torch.manual_seed(0)
     model = create_backbone(args.backbone, data.num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    ids, ws = padded_targets(data.targets, 1)
-    ds = TargetDataset(data.manifest, data.rows, ids, ws, TrainTransform(args.img_size))
+    ds = TargetDataset(data.manifest, data.rows, sparse_targets(data.targets, 1),
+                       TrainTransform(args.img_size))
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True,
+                                         collate_fn=collate,
                                          num_workers=args.workers,
                                          prefetch_factor=4 if args.workers else None)
     seen, t0, step = 0, None, 0

@@ -137,14 +137,21 @@ def test_batch_must_divide_over_ranks():
         per_rank_batch(256, 3)
 
 
-def test_padded_targets_keep_largest_weights():
-    from webly.training.trainsets import padded_targets
+def test_sparse_targets_keep_largest_weights_and_batches_pad_to_their_longest_row():
+    from webly.training.trainsets import collate, sparse_targets
 
     t = sp.csr_matrix(np.array([[0.2, 0.9, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]],
                                np.float32))
-    ids, ws = padded_targets(t, max_targets=2)
+    st = sparse_targets(t, max_targets=2)
+    assert st.indptr.tolist() == [0, 2, 2, 3] and st.ids.dtype == np.int32
+    assert [st.row(i)[0].tolist() for i in range(3)] == [[1, 2], [], [1]]
+    assert st.row(0)[1].tolist() == pytest.approx([0.9, 0.5])
+    img = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    _, ids, ws, bad, reasons = collate([(img, *st.row(i), -1, "") for i in (2, 1)])
+    assert ids.tolist() == [[1], [-1]] and ws.tolist() == [[1.0], [0.0]]  # T = 1 in this batch
+    _, ids, ws, _, _ = collate([(img, *st.row(i), -1, "") for i in range(3)])
     assert ids.tolist() == [[1, 2], [-1, -1], [1, -1]]
-    assert ws.tolist() == [pytest.approx([0.9, 0.5]), [0, 0], [1.0, 0]]
+    assert bad.tolist() == [-1, -1] and reasons == ["", ""]
 
 
 def test_balanced_epoch_hits_its_targets_and_spreads_repeats():

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -48,10 +47,12 @@ from webly.training.models import create_backbone, load_all_but_head, uses_chann
 from webly.training.sampling import BalancedSampler, SeededSampler, ShuffleSampler
 from webly.training.tasks import Batch, Task, make_task
 from webly.training.trainsets import (
+    SparseTargets,
     TargetDataset,
     TrainData,
-    padded_targets,
+    collate,
     shard_stream,
+    sparse_targets,
     stream_batches,
 )
 
@@ -94,11 +95,10 @@ def validate(model: nn.Module, data: TrainData, cfg: TrainConfig, d: Dist, fmt) 
         return {}
     rows = data.val_rows[ok][d.rank::d.world_size]
     labels = data.val_labels[ok][d.rank::d.world_size]
-    ids = labels[:, None]
-    ds = TargetDataset(data.manifest, rows, ids, np.ones_like(ids, np.float32),
+    ds = TargetDataset(data.manifest, rows, SparseTargets.from_labels(labels),
                        EvalTransform(cfg.img_size, cfg.crop_pct), substitute=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=max(1, cfg.batch_size // d.world_size),
-                                         num_workers=cfg.workers)
+                                         num_workers=cfg.workers, collate_fn=collate)
     model.eval()
     counts = torch.zeros(3, dtype=torch.float64, device=d.device)
     for x, i, _, bad_pos, _ in loader:  # bad validation images are left out of the counts
@@ -192,8 +192,8 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
     # the large-resolution stage starts where the continued run left off
     continued = cfg.continue_from and cfg.schedule == "constant"
     base_lr = (transfer.get("lr") or cfg.lr) if continued else cfg.lr
-    ids, ws = padded_targets(data.targets, cfg.max_targets)
-    dataset = TargetDataset(data.manifest, data.rows, ids, ws, TrainTransform(cfg.img_size,
+    targets = sparse_targets(data.targets, cfg.max_targets)
+    dataset = TargetDataset(data.manifest, data.rows, targets, TrainTransform(cfg.img_size,
                                                                               (cfg.crop_scale,
                                                                                1.0)))
     run.mkdir(parents=True, exist_ok=True)
@@ -208,7 +208,7 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
         cfg=cfg, task=task, run=run, d=d, data=data, model=model, optimizer=optimizer,
         scaler=torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16), ema=ema,
         objective=make_task(cfg, task), dataset=dataset, sampler=sampler,
-        stream=shard_stream(data, cfg, ids, ws, d) if cfg.shards else None,
+        stream=shard_stream(data, cfg, targets, d) if cfg.shards else None,
         bad_images=BadImages(len(data.rows), cfg.max_bad_fraction,
                              run / "bad_images.tsv" if d.is_primary else None),
         fmt=fmt, dtype=dtype, per_rank=per_rank, steps_per_epoch=steps_per_epoch, base_lr=base_lr,
@@ -249,7 +249,7 @@ def wrap(s: TrainState) -> None:
 
 def _loader(s: TrainState):
     common = dict(batch_size=s.per_rank, drop_last=True, num_workers=s.cfg.workers,
-                  pin_memory=s.d.device.type == "cuda",
+                  pin_memory=s.d.device.type == "cuda", collate_fn=collate,
                   prefetch_factor=4 if s.cfg.workers else None)
     if s.stream is not None:  # shards: the epoch's stream, passed over as often as it takes
         return stream_batches(s.stream, s.epoch, common)

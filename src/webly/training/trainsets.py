@@ -5,8 +5,11 @@
                keywords (draw a keyword, then an image tagged with it);
 - pretrain lw: the LW-Set weight rows, balanced over the images' own classes.
 
-`TargetDataset` returns (uint8 image, target ids [T], target weights [T], bad position, reason)
-with T fixed per dataset (-1 padded), so batches collate without densifying anything. A file that
+Targets are kept as CSR (`SparseTargets`: int32 ids and float32 weights, largest weight first, at
+most `max_targets` a sample: 8 bytes a target, no padding; about 0.6 GB for 16M images with ~5
+keywords each). `TargetDataset` returns (uint8 image, target ids [t], target weights [t], bad
+position, reason); `collate` pads a batch to its own longest row (-1 ids, 0 weights), so nothing is
+densified beyond a batch. A file that
 cannot be decoded is replaced by the next good one (training) or by a blank flagged image
 (evaluation), and reported through the last two fields; `BadImages` logs each once, counts them by
 reason and stops the run when more than `max_bad_fraction` of the images are bad.
@@ -102,21 +105,50 @@ def _check_rows(mat: sp.spmatrix, manifest: Manifest, source) -> None:
                          f"{len(manifest)}")
 
 
-def padded_targets(targets: sp.csr_matrix, max_targets: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR rows -> (ids, weights) arrays [N, T], -1/0 padded; T = min(max row length, max_targets).
-    Rows longer than T keep their T largest weights."""
+@dataclass
+class SparseTargets:
+    """Per-sample targets as CSR rows, largest weight first."""
+
+    indptr: np.ndarray  # int64 [n + 1]
+    ids: np.ndarray  # int32
+    weights: np.ndarray  # float32
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        s, e = self.indptr[i], self.indptr[i + 1]
+        return self.ids[s:e], self.weights[s:e]
+
+    @classmethod
+    def from_labels(cls, labels: np.ndarray) -> SparseTargets:
+        """One target of weight 1 a sample."""
+        return cls(np.arange(len(labels) + 1, dtype=np.int64), np.asarray(labels, np.int32),
+                   np.ones(len(labels), np.float32))
+
+
+def sparse_targets(targets: sp.csr_matrix, max_targets: int) -> SparseTargets:
+    """CSR rows, each sorted by weight (largest first, stable) and cut to `max_targets`."""
     lengths = np.diff(targets.indptr)
-    T = max(1, min(int(lengths.max(initial=1)), max_targets))
-    n = targets.shape[0]
-    rows = np.repeat(np.arange(n), lengths)
+    rows = np.repeat(np.arange(targets.shape[0]), lengths)
     order = np.lexsort((-targets.data, rows))  # within each row: largest weight first (stable)
     pos = np.arange(len(order)) - np.repeat(targets.indptr[:-1], lengths)  # rank within its row
-    keep = pos < T
-    ids = np.full((n, T), -1, np.int64)
-    ws = np.zeros((n, T), np.float32)
-    ids[rows[keep], pos[keep]] = targets.indices[order][keep]
-    ws[rows[keep], pos[keep]] = targets.data[order][keep]
-    return ids, ws
+    keep = pos < max_targets
+    indptr = np.concatenate([[0], np.cumsum(np.minimum(lengths, max_targets))]).astype(np.int64)
+    return SparseTargets(indptr, targets.indices[order][keep].astype(np.int32),
+                         targets.data[order][keep].astype(np.float32))
+
+
+def collate(batch: list[tuple]) -> tuple:
+    """(images, ids [B, T], weights [B, T], bad positions, reasons), T the batch's longest row."""
+    T = max(1, max(len(b[1]) for b in batch))
+    ids = torch.full((len(batch), T), -1, dtype=torch.int64)
+    ws = torch.zeros((len(batch), T), dtype=torch.float32)
+    for j, b in enumerate(batch):
+        ids[j, :len(b[1])] = torch.as_tensor(b[1], dtype=torch.int64)
+        ws[j, :len(b[2])] = torch.as_tensor(b[2], dtype=torch.float32)
+    return (torch.stack([b[0] for b in batch]), ids, ws, torch.tensor([b[3] for b in batch]),
+            [b[4] for b in batch])
 
 
 class TargetDataset(torch.utils.data.Dataset):
@@ -129,15 +161,15 @@ class TargetDataset(torch.utils.data.Dataset):
 
     SUBSTITUTE_TRIES = 16
 
-    def __init__(self, manifest: Manifest, rows: np.ndarray, ids: np.ndarray, ws: np.ndarray,
+    def __init__(self, manifest: Manifest, rows: np.ndarray, targets: SparseTargets,
                  transform, min_short_side: int | None = None, substitute: bool = True) -> None:
         paths = manifest.read(["path"]).column(0).combine_chunks()
         self.paths = paths.take(rows)
-        self.root, self.ids, self.ws = manifest.root, ids, ws
+        self.root, self.targets = manifest.root, targets
         self.transform, self.min_short_side, self.substitute = transform, min_short_side, substitute
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.targets)
 
     def path(self, pos: int) -> str:
         return self.paths[pos].as_py()
@@ -158,14 +190,12 @@ class TargetDataset(torch.utils.data.Dataset):
                     break
         if img is None:
             size = getattr(self.transform, "size", 32)
-            return (torch.zeros(3, size, size, dtype=torch.uint8), torch.from_numpy(self.ids[pos]),
-                    torch.from_numpy(self.ws[pos]), bad, reason)
-        return (self.transform(img), torch.from_numpy(self.ids[shown]),
-                torch.from_numpy(self.ws[shown]),
-                bad, reason)
+            return (torch.zeros(3, size, size, dtype=torch.uint8), *self.targets.row(pos), bad,
+                    reason)
+        return (self.transform(img), *self.targets.row(shown), bad, reason)
 
 
-def shard_stream(data: TrainData, cfg: TrainConfig, ids: np.ndarray, ws: np.ndarray, d: Dist):
+def shard_stream(data: TrainData, cfg: TrainConfig, targets: SparseTargets, d: Dist):
     """Shards -> (image, ids, weights), class-balanced by repeat factors when sampler=balanced.
     Samples whose manifest row is not a training row of this task (no keywords, say) are dropped.
     Resuming a shard-fed run restarts the interrupted epoch's stream (not bit-exact)."""
@@ -190,7 +220,7 @@ def shard_stream(data: TrainData, cfg: TrainConfig, ids: np.ndarray, ws: np.ndar
         img, rec = sample
         p = position(rec)
         # shards hold good images only
-        return img, torch.from_numpy(ids[p]), torch.from_numpy(ws[p]), -1, ""
+        return (img, *targets.row(p), -1, "")
 
     pipe = shard_pipeline(shard_urls(cfg.shards, "train"), transform=TrainTransform(cfg.img_size,
                                                                                     (cfg.crop_scale,
