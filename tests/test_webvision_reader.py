@@ -164,9 +164,9 @@ def test_cifar10n_style_single_train_list(tmp_path):
     assert recs[2].path == "val/00000.jpg"
 
 
-@pytest.mark.parametrize("run_rows", [262_144, 7])  # in memory, and through sorted runs on disk
+@pytest.mark.parametrize("run_rows,workers", [(262_144, 1), (7, 1), (7, 2)])  # memory, disk, procs
 def test_each_metadata_file_is_parsed_once_whatever_the_list_order(tmp_path, monkeypatch,
-                                                                   run_rows):
+                                                                   run_rows, workers):
     import webly.data.webvision as wv
 
     monkeypatch.setattr(wv, "RUN_ROWS", run_rows)
@@ -184,9 +184,14 @@ def test_each_metadata_file_is_parsed_once_whatever_the_list_order(tmp_path, mon
         (tmp_path / "google").mkdir(exist_ok=True)
         (tmp_path / f"google/q{q:05d}.json").write_text(json.dumps(
             [{"title": f"q{q} row {k + 1}", "tags": [f"t{k}"]} for k in range(20)]))
-    reader = WebVisionReader(tmp_path)
+    items = [{"title": f"q3 row {k + 1}", "tags": [f"t{k}"]} for k in range(20)]
+    items[0]["title"] = 12345  # a fix to count, also when a worker process parsed the file
+    (tmp_path / "google/q00003.json").write_text(json.dumps(items))
+    reader = WebVisionReader(tmp_path, workers=workers)
     recs = list(reader.iter_records("train"))
-    assert reader.meta_files_parsed == 6
+    assert reader.meta_files_parsed == 6 and reader.stats["title_not_string"] == 1
     assert [r.id for r in recs] == [f.split()[0] for f in files]  # list order kept
-    assert [r.title for r in recs] == [f"q{int(m[8:13])} row {m.split()[1]}" for m in metas]
+    want = [f"q{int(m[8:13])} row {m.split()[1]}" for m in metas]
+    want[2] = "12345"
+    assert [r.title for r in recs] == want
     assert recs[7].tags == ["t1"]

@@ -70,3 +70,13 @@ def test_without_skip_bad_the_first_bad_file_is_a_one_line_error(tmp_path, capsy
     assert main(["index", str(root), "-o", str(tmp_path / "m.parquet")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "invalid JSON" in err[0] and "--skip-bad" in err[0]
+
+
+def test_worker_processes_fix_skip_and_fail_exactly_as_one_process(tmp_path):
+    root = dirty_tree(tmp_path / "wv")
+    one = index_dataset(root, tmp_path / "a.parquet", IndexConfig(skip_bad=True))
+    two = index_dataset(root, tmp_path / "b.parquet", IndexConfig(skip_bad=True, workers=2))
+    assert one["fixed_or_skipped"] == two["fixed_or_skipped"] and one["records"] == two["records"]
+    assert Manifest(tmp_path / "a.parquet").read().equals(Manifest(tmp_path / "b.parquet").read())
+    with pytest.raises(WeblyError, match="q00003.json: invalid JSON"):  # the first bad file
+        index_dataset(root, tmp_path / "c.parquet", IndexConfig(workers=2))

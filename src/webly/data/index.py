@@ -26,14 +26,15 @@ class IndexConfig:
     sidecar: str | None = opt(None, "folder layout: JSONL/CSV of text fields keyed by 'path'")
     skip_bad: bool = opt(False, "skip records with broken metadata (counted) instead of failing")
     chunk_size: int = opt(65536, "rows per Parquet row group (memory bound while indexing)")
+    workers: int = opt(1, "processes parsing WebVision metadata JSON files")
 
     def validate(self) -> None:
         check_choices(self, "index")
         bad = [s for s in self.splits if s not in SPLITS]
         if bad:
             raise WeblyError(f"index.splits: unknown split(s) {bad}; valid: {list(SPLITS)}")
-        if self.chunk_size < 1:
-            raise WeblyError("index.chunk_size must be positive")
+        if self.chunk_size < 1 or self.workers < 1:
+            raise WeblyError("index.chunk_size and index.workers must be positive")
 
 
 def open_reader(root: str | Path, cfg: IndexConfig) -> WebVisionReader | FolderReader:
@@ -45,7 +46,8 @@ def open_reader(root: str | Path, cfg: IndexConfig) -> WebVisionReader | FolderR
     if layout == "auto":
         layout = "webvision" if (root / "info").is_dir() else "folder"
     if layout == "webvision":
-        return WebVisionReader(root, train_list=cfg.train_list, skip_bad=cfg.skip_bad)
+        return WebVisionReader(root, train_list=cfg.train_list, skip_bad=cfg.skip_bad,
+                               workers=cfg.workers)
     return FolderReader(root, sidecar=cfg.sidecar)
 
 

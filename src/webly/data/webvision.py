@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import heapq
 import json
+import multiprocessing as mp
 import re
 import tempfile
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -83,8 +85,8 @@ def query_of(relpath: str) -> int | None:
 class WebVisionReader:
     """Reads one WebVision-layout dataset root; `stats` counts everything fixed or skipped."""
 
-    def __init__(self, root: str | Path, *, train_list: str = "all",
-                 skip_bad: bool = False) -> None:
+    def __init__(self, root: str | Path, *, train_list: str = "all", skip_bad: bool = False,
+                 workers: int = 1) -> None:
         self.root = Path(root)
         self.guard = RootGuard(self.root)
         if not self.root.is_dir():
@@ -96,6 +98,7 @@ class WebVisionReader:
         self.skip_bad = skip_bad
         self.stats: Counter = Counter()
         self.meta_files_parsed = 0  # each metadata JSON once, whatever the list order
+        self.workers = workers  # processes parsing metadata files
 
     @property
     def num_classes(self) -> int:
@@ -183,15 +186,50 @@ class WebVisionReader:
         order = np.argsort(file_of, kind="stable")
         order = order[file_of[order] >= 0]
         bounds = np.flatnonzero(np.diff(file_of[order])) + 1
+        names = list(files)  # by id: dicts keep insertion order
+        jobs = ((names[file_of[g[0]]], mlist, g.tolist(), row_of[g].tolist(), line_of[g].tolist())
+                for g in (np.split(order, bounds) if len(order) else []))
         with tempfile.TemporaryDirectory(prefix="webly-index-") as work:
             runs = SortedRuns(Path(work))
-            names = list(files)  # by id: dicts keep insertion order
-            for group in np.split(order, bounds) if len(order) else []:
-                name = names[file_of[group[0]]]
-                items = self._load_meta(name, mlist, int(line_of[group[0]]))
-                for i in group.tolist():
-                    runs.add(i, self._text_of(items, name, int(row_of[i]), mlist, int(line_of[i])))
+            for texts, counts, parsed in self._parse_all(jobs):
+                for i, text in texts:
+                    runs.add(i, _BAD if text is None else text)
+                self.stats.update(counts)
+                self.meta_files_parsed += parsed
             yield from runs.in_order(len(file_of))
+
+    def _parse_all(self, jobs: Iterator[tuple]) -> Iterator[tuple[list, Counter, int]]:
+        """Each metadata file's texts, in file order; with `workers` > 1 parsed in forked worker
+        processes, a bounded window of files in flight (errors still surface in file order)."""
+        if self.workers <= 1 or "fork" not in mp.get_all_start_methods():
+            yield from (self._group_texts(*job) for job in jobs)
+            return
+        global _READER
+        _READER = self
+        window: deque = deque()
+        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("fork")) as pool:
+            for job in jobs:
+                window.append(pool.submit(_parse_job, job))
+                if len(window) >= 4 * self.workers:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+
+    def _group_texts(self, name: str, mlist: Path, idx: list[int], rows: list[int],
+                     lines: list[int]) -> tuple[list, Counter, int]:
+        """One metadata file, parsed once: (list index, text) for every line that reads it, the
+        fixes counted, and 1 if the file was parsed."""
+        saved, self.stats = self.stats, Counter()
+        parsed_before = self.meta_files_parsed
+        try:
+            items = self._load_meta(name, mlist, lines[0])
+            texts = [(i, self._text_of(items, name, r, mlist, ln))
+                     for i, r, ln in zip(idx, rows, lines, strict=True)]
+            texts = [(i, None if t is _BAD else t) for i, t in texts]  # _BAD does not pickle
+            return texts, self.stats, self.meta_files_parsed - parsed_before
+        finally:
+            self.stats = saved
+            self.meta_files_parsed = parsed_before
 
     def _text_of(self, items: Any, json_rel: str, row: int, mlist: Path, lineno: int) -> Any:
         if items is _BAD:
@@ -257,6 +295,14 @@ class WebVisionReader:
 
 
 _BAD = object()
+_READER: WebVisionReader | None = None  # the reader forked index workers parse for
+
+
+def _parse_job(job: tuple) -> tuple[list, Counter, int]:
+    assert _READER is not None
+    return _READER._group_texts(*job)
+
+
 RUN_ROWS = 262_144  # texts held in memory before a sorted run goes to disk
 
 
