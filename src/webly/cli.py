@@ -47,8 +47,8 @@ def _paths(value: Any) -> Any:
 def cmd_stage(args: argparse.Namespace) -> dict[str, Any]:
     st = stage(args.command)
     cfg = config_from_args(config_class(st.name), args, st.name)
-    inputs = {i.name: _paths(getattr(args, i.name)) for i in st.inputs if getattr(args, i.name,
-                                                                                  None) is not None}
+    given = [i.name for i in st.inputs if getattr(args, i.name, None) is not None]
+    inputs = {name: _paths(getattr(args, name)) for name in given}
     out = args.output or getattr(args, st.default_output)
     return run_stage(st, inputs, cfg, Path(out), resume=getattr(args, "resume", False),
                      force=getattr(args, "force", False))

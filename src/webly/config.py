@@ -132,8 +132,8 @@ def config_from_args(cls: type[C], args: argparse.Namespace, stage: str) -> C:
         if not isinstance(section, dict):
             raise WeblyError(f"{args.config}: section {stage!r} must be a mapping")
         file_layer = section
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args,
-                                                                                       f.name)}
+    names = [f.name for f in dataclasses.fields(cls) if hasattr(args, f.name)]
+    flags = {name: getattr(args, name) for name in names}
     return resolve_config(cls, file_layer, flags, where=stage)
 
 

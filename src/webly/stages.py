@@ -175,8 +175,8 @@ def run_stage(st: Stage, inputs: dict[str, Any], cfg: Any, out: Path, *, resume:
     if summary and os.environ.get("RANK", "0") == "0":
         name = run_files_name(st, cfg)
         save_config(cfg, folder / f"{name}.config.yaml", st.name)
-        write_atomic(folder / f"{name}.summary.json", json.dumps(summary, indent=1,
-                                                                 default=str) + "\n")
+        text = json.dumps(summary, indent=1, default=str) + "\n"
+        write_atomic(folder / f"{name}.summary.json", text)
     return summary
 
 

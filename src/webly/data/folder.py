@@ -92,14 +92,14 @@ class FolderReader:
                 for name in sorted(filenames):
                     if os.path.splitext(name)[1].lower() not in IMAGE_EXTS:
                         continue
-                    rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep,
-                                                                                          "/")
+                    rel = os.path.relpath(os.path.join(dirpath, name), self.root)
+                    rel = rel.replace(os.sep, "/")
                     if has_surrogates(rel):
                         self.stats["skipped_path_not_utf8"] += 1
                         continue
                     self.guard.check(rel, f"{self.root / rel}")
                     text = self.text.get(rel, {})
                     yield Record(id=rel, path=rel, split=split, label=label,
-                                 title=text.get("title", ""), description=text.get("description",
-                                                                                   ""),
+                                 title=text.get("title", ""),
+                                 description=text.get("description", ""),
                                  tags=list(text.get("tags", [])))

@@ -93,8 +93,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             return None
         marker = data[i + 1]
         if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7],
-                                                                            "big")
+            width = int.from_bytes(data[i + 7:i + 9], "big")
+            return width, int.from_bytes(data[i + 5:i + 7], "big")
         i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
     return None
 

@@ -138,8 +138,8 @@ def write_shards(manifest_path: str | Path, out_dir: str | Path, cfg: ShardConfi
     name = f"shards-{split}.json" if nodes == 1 else f"shards-{split}.node{node_i}of{nodes}.json"
     listing = out / name
     summary = {"split": split, "shards": shards, "images": sum(s["count"] for s in shards),
-               "bad_images": dict(bad), "short_side": short_side, "seconds": round(time.time() - t0,
-                                                                                   2)}
+               "bad_images": dict(bad), "short_side": short_side,
+               "seconds": round(time.time() - t0, 2)}
     write_atomic(listing, json.dumps(summary, indent=1))
     n_bad = sum(bad.values())
     if n_bad > cfg.max_bad_fraction * (summary["images"] + n_bad):

@@ -158,8 +158,8 @@ class WebVisionReader:
         parts = line.rsplit(None, 1)
         if len(parts) != 2:
             raise WeblyError(f"{path}:{lineno}: expected 'relative/path label', got {line[:80]!r}")
-        return self.guard.check(parts[0], f"{path}:{lineno}"), parse_label(parts[1], path, lineno,
-                                                                           self.num_classes)
+        relpath = self.guard.check(parts[0], f"{path}:{lineno}")
+        return relpath, parse_label(parts[1], path, lineno, self.num_classes)
 
     def _bad(self, msg: str) -> object:
         if not self.skip_bad:

@@ -51,8 +51,8 @@ def ablation(run: Path) -> list[dict[str, Any]]:
         f = run / step / "metrics.json"
         if f.is_file():
             m = json.loads(f.read_text())
-            rows.append({"model": name, **{k: m[k] for k in ("top1", "top5", "balanced_top1",
-                                                             "balanced_top5")}})
+            keys = ("top1", "top5", "balanced_top1", "balanced_top5")
+            rows.append({"model": name, **{k: m[k] for k in keys}})
     return rows
 
 

@@ -164,8 +164,8 @@ def _polygon(shape: str, cx: float, cy: float, r: float, theta: float) -> list[t
 def draw_concept(c: Concept, rng: random.Random, w: int, h: int) -> Image.Image:
     """One picture of concept `c`: its family's shape, in its colour and texture, on clutter."""
     nrng = np.random.default_rng(rng.getrandbits(32))
-    bg_rgb = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.3,
-                                                                                           0.9)))
+    bg_rgb = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.3),
+                                          rng.uniform(0.3, 0.9)))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     grad = (xx / w * rng.uniform(-0.3, 0.3) + yy / h * rng.uniform(-0.3, 0.3))[..., None]
     img = np.clip(bg_rgb[None, None, :] + grad + nrng.normal(0, 0.06, (h, w, 3)), 0, 1)
@@ -339,8 +339,9 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, list[Record]]:
                     description=item["description"], tags=list(item.get("tags", []))))
             (meta_dir / source).mkdir(parents=True, exist_ok=True)
             (meta_dir / f"{qdir}.json").write_text(json.dumps(items, indent=0))
-    for name, parts in (("all", ("google", "flickr")), ("google", ("google",)), ("flickr",
-                                                                                 ("flickr",))):
+    lists_by_name = (("all", ("google", "flickr")), ("google", ("google",)),
+                     ("flickr", ("flickr",)))
+    for name, parts in lists_by_name:
         _write_lines(out / f"info/train_filelist_{name}.txt", [x for p in parts for x in lists[p]])
         _write_lines(out / f"info/train_meta_list_{name}.txt", [x for p in parts for x in metas[p]])
     _write_lines(out / "truth/train_true_labels.txt", truth)

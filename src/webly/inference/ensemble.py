@@ -56,8 +56,8 @@ def average_topk(members: list[Predictions], weights: np.ndarray, k: int
     (ties to the lower class id). Vectorised over a batch: sort each row's M*k (class, prob)
     entries by class, add up equal classes, rank."""
     idx = np.concatenate([m.top_i for m in members], axis=1).astype(np.int64)
-    p = np.concatenate([w * m.top_p.astype(np.float64) for w, m in zip(weights, members,
-                                                                        strict=True)], axis=1)
+    weighted = [w * m.top_p.astype(np.float64) for w, m in zip(weights, members, strict=True)]
+    p = np.concatenate(weighted, axis=1)
     order = np.argsort(idx, axis=1, kind="stable")
     idx, p = np.take_along_axis(idx, order, 1), np.take_along_axis(p, order, 1)
     first = np.ones(idx.shape, bool)
@@ -139,8 +139,8 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
             top_i, top_p = average_topk(list(batch), w, k)
             ok = np.logical_and.reduce([b.ok for b in batch])
             dropped = sum(wi * b.rest for wi, b in zip(w, batch, strict=True))
-            dropped_sum, dropped_max = dropped_sum + float(dropped.sum()), max(dropped_max,
-                                                                               float(dropped.max()))
+            dropped_sum += float(dropped.sum())
+            dropped_max = max(dropped_max, float(dropped.max()))
             n += len(ok)
             writer.write(batch[0].rows, batch[0].ids,
                          ["ok" if o else "skipped: by a member" for o in ok], top_i, top_p)

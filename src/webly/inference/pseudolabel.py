@@ -151,7 +151,7 @@ def _most_common_targets(names: list[str], targets: np.ndarray) -> dict[str, int
     return dict(Counter(names[p] for p in targets).most_common(3))
 
 
-def run_pseudo_label(*, manifest: str, preds: str, cfg: PseudoLabelConfig, out: Path) -> dict[str,
-                                                                                              Any]:
+def run_pseudo_label(*, manifest: str, preds: str, cfg: PseudoLabelConfig,
+                     out: Path) -> dict[str, Any]:
     """The `pseudo-label` stage."""
     return pseudo_label(manifest, preds, out, cfg)

@@ -200,8 +200,8 @@ def _synset_of(keyword: str, wn) -> str:
     return ""
 
 
-def merge(out_dir: str | Path, cfg: TagConfig, extra: dict[str, Any] | None = None) -> dict[str,
-                                                                                            Any]:
+def merge(out_dir: str | Path, cfg: TagConfig,
+          extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Vocabulary from all parts, then the CSR matrix, stats and plots."""
     from webly.labels.wordnet import wordnet
 
@@ -311,9 +311,8 @@ def tag(manifest_path: str | Path, out_dir: str | Path, cfg: TagConfig) -> dict[
     if cfg.shard:
         return {"pass1": done, "seconds": round(time.time() - t0, 2),
                 "next": f"when all shards are done: webly tag merge {out_dir}"}
-    stats = merge(out_dir, cfg, {"text": {k: v for k, v in done.items() if k not in ("tasks",
-                                                                                     "tagged_now",
-                                                                                     "recogniser")}})
+    text = {k: v for k, v in done.items() if k not in ("tasks", "tagged_now", "recogniser")}
+    stats = merge(out_dir, cfg, {"text": text})
     stats["seconds"] = round(time.time() - t0, 2)
     return stats
 

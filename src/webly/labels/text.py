@@ -160,8 +160,8 @@ class KeywordRecogniser:
                     i = j
                     continue
                 found = self.word(tokens[i])
-                if found and (found[1] in KEEP_POS if tags is None else tags[i][1][:2] in ("NN",
-                                                                                           "JJ")):
+                if found and (found[1] in KEEP_POS if tags is None
+                              else tags[i][1][:2] in ("NN", "JJ")):
                     out[found[0].replace("_", " ")] = None
                 i += 1
         return list(out)

@@ -216,9 +216,9 @@ def keyword_support(vocab: list[str], concepts: list, cfg: WeighConfig) -> sp.cs
                 c = index.get(node)
                 if c is None:
                     continue
-                a = 1.0 if d == 0 else float(_score(cfg.measure, _depth(node), np.array([d],
-                                                                                        np.float32),
-                                                    np.zeros(1, np.float32))[0, 0])
+                dist = np.array([d], np.float32)
+                a = 1.0 if d == 0 else float(
+                    _score(cfg.measure, _depth(node), dist, np.zeros(1, np.float32))[0, 0])
                 if a >= cfg.support_min and a > best.get((k, c), 0.0):
                     best[(k, c)] = a
     position = {w: i for i, w in enumerate(vocab)}
@@ -230,8 +230,8 @@ def keyword_support(vocab: list[str], concepts: list, cfg: WeighConfig) -> sp.cs
     if not best:
         return sp.csr_matrix((len(vocab), len(concepts)), dtype=np.float32)
     (rows, cols), vals = zip(*best.keys(), strict=True), list(best.values())
-    return sp.csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(len(vocab),
-                                                                              len(concepts)))
+    return sp.csr_matrix((np.asarray(vals, np.float32), (rows, cols)),
+                         shape=(len(vocab), len(concepts)))
 
 
 # -- per-image weights -----------------------------------------------------------------------------
@@ -249,8 +249,8 @@ def label_weights(labels: np.ndarray, keywords: sp.csr_matrix, support: sp.csr_m
         has = y >= 0
         e = (keywords[lo:hi].astype(np.float32) @ support).tocsr()  # images x C support sums
         rows = np.arange(hi - lo)
-        nb = np.where(has[:, None], nb_idx[np.maximum(y, 0)], -1) if k else np.zeros((hi - lo, 0),
-                                                                                     int)
+        nb = (np.where(has[:, None], nb_idx[np.maximum(y, 0)], -1) if k
+              else np.zeros((hi - lo, 0), int))
         s = nb_sim[np.maximum(y, 0)] if k else np.zeros((hi - lo, 0), np.float32)
         valid = nb >= 0
         ev = np.zeros(nb.shape, np.float32)
@@ -265,9 +265,8 @@ def label_weights(labels: np.ndarray, keywords: sp.csr_matrix, support: sp.csr_m
         r_own = rows[has]
         rr, cc = np.nonzero(keep)
         data = np.concatenate([np.ones(len(r_own), np.float32), w[rr, cc].astype(np.float32)])
-        parts.append(sp.csr_matrix((data, (np.concatenate([r_own, rr]),
-                                           np.concatenate([y[has], nb[rr, cc]]))), shape=(hi - lo,
-                                                                                          C)))
+        where = (np.concatenate([r_own, rr]), np.concatenate([y[has], nb[rr, cc]]))
+        parts.append(sp.csr_matrix((data, where), shape=(hi - lo, C)))
     mat = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, C), dtype=np.float32)
     labelled = int((labels >= 0).sum())
     nonown = mat.sum() - labelled

@@ -62,8 +62,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)  # norms and biases are 1-D
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay,
-                                                              "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_format
@@ -180,22 +180,21 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
         raise WeblyError(f"an epoch of {n_samples} samples holds no optimizer step of "
                          f"{cfg.batch_size} x {cfg.accum_steps}: lower batch_size/accum_steps or "
                          "raise samples_per_epoch")
-    fmt = torch.channels_last if uses_channels_last(cfg.backbone,
-                                                    cfg.channels_last) else torch.contiguous_format
+    last = uses_channels_last(cfg.backbone, cfg.channels_last)
+    fmt = torch.channels_last if last else torch.contiguous_format
     model, transfer = build_model(cfg, data.num_classes, d, fmt)
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                 momentum=cfg.momentum)
     dtype = autocast_dtype(cfg, d.device)
-    ema = (torch.optim.swa_utils.AveragedModel(
-        model,
-        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)) if cfg.ema else None)
+    swa = torch.optim.swa_utils
+    ema = (swa.AveragedModel(model, multi_avg_fn=swa.get_ema_multi_avg_fn(cfg.ema))
+           if cfg.ema else None)
     # the large-resolution stage starts where the continued run left off
     continued = cfg.continue_from and cfg.schedule == "constant"
     base_lr = (transfer.get("lr") or cfg.lr) if continued else cfg.lr
     targets = sparse_targets(data.targets, cfg.max_targets)
-    dataset = TargetDataset(data.manifest, data.rows, targets, TrainTransform(cfg.img_size,
-                                                                              (cfg.crop_scale,
-                                                                               1.0)))
+    transform = TrainTransform(cfg.img_size, (cfg.crop_scale, 1.0))
+    dataset = TargetDataset(data.manifest, data.rows, targets, transform)
     run.mkdir(parents=True, exist_ok=True)
     sampler: BalancedSampler | ShuffleSampler
     if cfg.sampler == "balanced":

@@ -99,8 +99,8 @@ def load_all_but_head(model: nn.Module, state: dict[str, torch.Tensor]) -> Trans
     shapes = sorted(k for k in own.keys() & theirs.keys() if own[k].shape != theirs[k].shape)
     if missing or unexpected or shapes:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs",
-                                                                               shapes)):
+        kinds = (("missing", missing), ("unexpected", unexpected), ("shape differs", shapes))
+        for label, keys in kinds:
             if keys:
                 parts.append(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} "
                              f"({len(keys)})")

@@ -222,9 +222,8 @@ def shard_stream(data: TrainData, cfg: TrainConfig, targets: SparseTargets, d: D
         # shards hold good images only
         return (img, *targets.row(p), -1, "")
 
-    pipe = shard_pipeline(shard_urls(cfg.shards, "train"), transform=TrainTransform(cfg.img_size,
-                                                                                    (cfg.crop_scale,
-                                                                                     1.0)),
+    transform = TrainTransform(cfg.img_size, (cfg.crop_scale, 1.0))
+    pipe = shard_pipeline(shard_urls(cfg.shards, "train"), transform=transform,
                           seed=cfg.seed, rank=d.rank, world_size=d.world_size, repeat=factor)
     pipe.append(wds.map(to_targets))
     return pipe
