@@ -60,14 +60,6 @@ class LabelsWriter:
         self.target.discard()
 
 
-def write_labels(out_dir: Path, columns: dict[str, Any]) -> Path:
-    """A whole labels.parquet at once (tests, small sets)."""
-    soft_k = np.asarray(columns["soft_idx"]).shape[1] if "soft_idx" in columns else 0
-    w = LabelsWriter(out_dir, soft_k)
-    w.write(columns)
-    return w.close()
-
-
 def load_labels(path: str | Path, num_rows: int) -> np.ndarray:
     """A labels.parquet (or its folder) -> labels indexed by manifest row (-1: absent or
     dropped)."""

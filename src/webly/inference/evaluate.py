@@ -106,6 +106,9 @@ class _Truth:
         wanted = pc.and_(pc.equal(t["split"], split), pc.is_valid(t["label"]))
         self.labels = np.asarray(t["label"].fill_null(-1).to_numpy(), np.int64)
         self.labelled = wanted.to_numpy(zero_copy_only=False)
+        train = pc.and_(pc.equal(t["split"], "train"), pc.is_valid(t["label"]))
+        self.train_frequency = np.bincount(self.labels[train.to_numpy(zero_copy_only=False)],
+                                           minlength=manifest.num_classes)
         if self.by_id is None and not self.labelled.any():
             raise WeblyError(f"{manifest.path} has no labels for split {split!r}; pass --labels")
         self.seen = np.zeros(len(self.labels), bool)
@@ -166,7 +169,7 @@ def evaluate(preds_dir: str | Path, manifest_path: str | Path, out_dir: str | Pa
                           for key, c in scores.confusions.most_common(cfg.most_confused)]
     m["skipped_images"] = scores.skipped
     out = Path(out_dir or preds_dir)
-    train_freq = _train_frequency(manifest)
+    train_freq = truth.train_frequency  # from the columns already read
     write_atomic(out / "per_class.tsv",
                  "class\twnid\tname\tval_images\ttrain_images\ttop1\ttop5\n" + "".join(
         f"{c}\t{manifest.classes[c]}\t{names[c]}\t{per['n'][c]}\t{train_freq[c]}\t"
@@ -174,12 +177,6 @@ def evaluate(preds_dir: str | Path, manifest_path: str | Path, out_dir: str | Pa
     write_atomic(out / "metrics.json", json.dumps(m, indent=1) + "\n")
     _plot(per, train_freq, out)
     return m
-
-
-def _train_frequency(manifest: Manifest) -> np.ndarray:
-    t = manifest.read(["label", "split"])
-    labels = t.filter(pc.and_(pc.equal(t["split"], "train"), pc.is_valid(t["label"])))["label"]
-    return np.bincount(labels.to_numpy().astype(np.int64), minlength=manifest.num_classes)
 
 
 def _plot(per: dict[str, np.ndarray], train_freq: np.ndarray, out: Path) -> None:
