@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from webly.data.datasets import ImageFiles
 from webly.data.images import TrainTransform, normalize_batch
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
@@ -31,7 +32,7 @@ def bare_loop(data, args) -> float:
     torch.manual_seed(0)
     model = create_backbone(args.backbone, data.num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    ds = TargetDataset(data.manifest, data.rows, sparse_targets(data.targets, 1),
+    ds = TargetDataset(ImageFiles(data.manifest, data.rows), sparse_targets(data.targets, 1),
                        TrainTransform(args.img_size))
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True,
                                          collate_fn=collate,

@@ -1,6 +1,7 @@
 """`webly shard` -> shard loader: same records, decodable images, disjoint rank/worker splits."""
 
 import json
+import tarfile
 
 import pytest
 import torch
@@ -107,14 +108,32 @@ def test_bad_image_is_skipped_and_counted(synth_small, synth_manifest, tmp_path,
         victim.write_bytes(saved)
 
 
-def test_repeat_factor_stage_balances_a_stream():
-    from webly.data.shards import _repeater
+def test_shard_index_reads_each_image_by_offset(shards, synth_manifest):
+    import numpy as np
 
-    samples = [{"json": json.dumps({"row": i, "label": int(i < 10)})} for i in range(100)]
-    factor = {0: 1.0, 1: 9.0}  # label 1 is 10 of 100 samples: repeat 9x to match label 0
-    out = list(_repeater(lambda r: factor[r["label"]], seed=0)(samples))
-    labels = [json.loads(s["json"])["label"] for s in out]
-    assert labels.count(1) == 90 and labels.count(0) == 90
-    frac = list(_repeater(lambda r: 0.5, seed=1)(samples * 20))
-    assert abs(len(frac) - 1000) < 100  # fractional factors repeat on average
-    assert list(_repeater(lambda r: 0.0, seed=0)(samples)) == []  # factor 0 drops
+    from webly.data.shards import ShardImages, index_path, member_index
+
+    out, summary = shards
+    urls = shard_urls(out)
+    assert all(index_path(u).is_file() for u in urls)
+    members = {}
+    for url in urls:
+        with tarfile.open(url) as tar:
+            for mem in tar:
+                if mem.name.endswith(".jpg"):
+                    members[int(mem.name.split(".")[0])] = tar.extractfile(mem).read()
+    rows = np.array(sorted(members)[::-1] + [10**6])  # any order; one row the shards lack
+    images = ShardImages(out, rows)
+    assert images.missing == 1 and len(images) == len(rows)
+    assert all(images.read(i) == members[r] for i, r in enumerate(rows[:-1]))
+    with pytest.raises(WeblyError, match="not in the shards"):
+        images.read(len(rows) - 1)
+    # shards written before the index existed are indexed by scanning their headers
+    idx = index_path(urls[0])
+    saved = np.load(idx)
+    idx.unlink()
+    try:
+        assert np.array_equal(member_index(urls[0]), saved)
+        assert ShardImages(out, rows).read(0) == members[rows[0]]
+    finally:
+        np.save(idx, saved)

@@ -1,4 +1,5 @@
-"""Map-style dataset over image files listed in a manifest (the shard-free path for small jobs)."""
+"""Image files listed in a manifest: a map-style dataset (the shard-free path for small jobs) and
+`ImageFiles`, the byte source training reads (`webly.data.shards.ShardImages` is the other)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,21 @@ class ImageFileDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         img = decode_tensor(self.root / self.paths[i].as_py(), min_short_side=self.min_short_side)
         return (self.transform(img) if self.transform else img), int(self.labels[i])
+
+
+class ImageFiles:
+    """The bytes of the image files of some manifest rows: `read(pos)`, `name(pos)` (the same
+    interface as `webly.data.shards.ShardImages`). Paths stay one Arrow array."""
+
+    def __init__(self, manifest: Manifest, rows: np.ndarray) -> None:
+        self.root = manifest.root
+        self.paths = manifest.read(["path"]).column(0).combine_chunks().take(rows)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def name(self, pos: int) -> str:
+        return self.paths[pos].as_py()
+
+    def read(self, pos: int) -> bytes:
+        return (self.root / self.name(pos)).read_bytes()

@@ -18,6 +18,7 @@ import io
 import sys
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -132,11 +133,13 @@ def bad_image_reason(e: BaseException) -> str:
     return type(e).__name__
 
 
-def try_decode(path: Path, min_short_side: int | None = None) -> tuple[torch.Tensor | None, str]:
-    """`decode_tensor`, or (None, reason) for a file that cannot be used: web data is dirty, and
-    one bad file must not stop a stage (callers count, log and bound these)."""
+def try_decode(src: Path | Callable[[], bytes],
+               min_short_side: int | None = None) -> tuple[torch.Tensor | None, str]:
+    """`decode_tensor` of a file (or of what `src()` reads), or (None, reason) for an image that
+    cannot be used: web data is dirty, and one bad file must not stop a stage (callers count, log
+    and bound these)."""
     try:
-        data = path.read_bytes()
+        data = src() if callable(src) else src.read_bytes()
         if not data:
             return None, "empty file"
         return decode_tensor(data, min_short_side), ""

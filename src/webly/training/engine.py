@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from webly import faults
+from webly.data.datasets import ImageFiles
 from webly.data.images import BadImages, EvalTransform, TrainTransform, normalize_batch
 from webly.errors import WeblyError
 from webly.files import write_atomic
@@ -51,9 +52,8 @@ from webly.training.trainsets import (
     TargetDataset,
     TrainData,
     collate,
-    shard_stream,
     sparse_targets,
-    stream_batches,
+    train_images,
 )
 
 
@@ -95,7 +95,7 @@ def validate(model: nn.Module, data: TrainData, cfg: TrainConfig, d: Dist, fmt) 
         return {}
     rows = data.val_rows[ok][d.rank::d.world_size]
     labels = data.val_labels[ok][d.rank::d.world_size]
-    ds = TargetDataset(data.manifest, rows, SparseTargets.from_labels(labels),
+    ds = TargetDataset(ImageFiles(data.manifest, rows), SparseTargets.from_labels(labels),
                        EvalTransform(cfg.img_size, cfg.crop_pct), substitute=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=max(1, cfg.batch_size // d.world_size),
                                          num_workers=cfg.workers, collate_fn=collate)
@@ -130,7 +130,6 @@ class TrainState:
     objective: Task
     dataset: TargetDataset
     sampler: BalancedSampler | ShuffleSampler
-    stream: Any  # a shard pipeline when training from shards, else None
     bad_images: BadImages
     fmt: torch.memory_format
     dtype: torch.dtype | None
@@ -194,7 +193,7 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
     base_lr = (transfer.get("lr") or cfg.lr) if continued else cfg.lr
     targets = sparse_targets(data.targets, cfg.max_targets)
     transform = TrainTransform(cfg.img_size, (cfg.crop_scale, 1.0))
-    dataset = TargetDataset(data.manifest, data.rows, targets, transform)
+    dataset = TargetDataset(train_images(data, cfg.shards), targets, transform)
     run.mkdir(parents=True, exist_ok=True)
     sampler: BalancedSampler | ShuffleSampler
     if cfg.sampler == "balanced":
@@ -207,7 +206,6 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
         cfg=cfg, task=task, run=run, d=d, data=data, model=model, optimizer=optimizer,
         scaler=torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16), ema=ema,
         objective=make_task(cfg, task), dataset=dataset, sampler=sampler,
-        stream=shard_stream(data, cfg, targets, d) if cfg.shards else None,
         bad_images=BadImages(len(data.rows), cfg.max_bad_fraction,
                              run / "bad_images.tsv" if d.is_primary else None),
         fmt=fmt, dtype=dtype, per_rank=per_rank, steps_per_epoch=steps_per_epoch, base_lr=base_lr,
@@ -250,8 +248,6 @@ def _loader(s: TrainState):
     common = dict(batch_size=s.per_rank, drop_last=True, num_workers=s.cfg.workers,
                   pin_memory=s.d.device.type == "cuda", collate_fn=collate,
                   prefetch_factor=4 if s.cfg.workers else None)
-    if s.stream is not None:  # shards: the epoch's stream, passed over as often as it takes
-        return stream_batches(s.stream, s.epoch, common)
     return torch.utils.data.DataLoader(s.dataset, sampler=SeededSampler(s.sampler, s.cfg.seed),
                                        **common)
 

@@ -13,11 +13,8 @@ Repeats are spread, not clustered: group g's draws sit at evenly spaced places i
 equal size do not march in lockstep), and walk its members in a random cyclic order (offset +
 j * stride mod n_g, the stride coprime with n_g). An image thus comes back only after every other
 member of its group, after at least (1 - JITTER) of its mean spacing D / d_i. Building a 16M-draw
-epoch takes seconds and O(D) memory.
-
-With WebDataset shards there are no indices to draw; `repeat_factors` gives each sample a repeat
-count (LVIS-style repeat-factor sampling) that, after the shuffle buffer, approximates the same
-balance in a stream (see docs/training.md).
+epoch takes seconds and O(D) memory. Shard-fed training draws the same positions (shards are
+read by index: `webly.data.shards.ShardImages`).
 """
 
 from __future__ import annotations
@@ -135,16 +132,6 @@ class ShuffleSampler(BalancedSampler):
         rng = _epoch_rng(self.seed, epoch)
         reps = -(-self.num_samples // self.n)  # wrap around: equal counts for every rank
         return np.concatenate([rng.permutation(self.n) for _ in range(reps)])[: self.num_samples]
-
-
-def repeat_factors(group_sizes: np.ndarray, membership: sp.spmatrix,
-                   balance: float = 1.0) -> np.ndarray:
-    """Per-sample repeat factor for streams: the max over its groups of (n_max / n_g) ** balance."""
-    sizes = np.maximum(np.asarray(group_sizes, np.float64), 1)
-    per_group = (sizes.max() / sizes) ** balance
-    m = sp.csr_matrix(membership).astype(np.float64)
-    f = m.multiply(per_group[None, :]).max(axis=1).toarray().ravel()
-    return np.maximum(f, 1.0)
 
 
 class SeededSampler(torch.utils.data.Sampler):

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 import scipy.sparse as sp
 import torch
 
-from webly.data.images import TrainTransform, try_decode
+from webly.data.datasets import ImageFiles
+from webly.data.images import try_decode
 from webly.data.manifest import Manifest
+from webly.data.shards import ShardImages
 from webly.errors import WeblyError
-from webly.training.config import TrainConfig
-from webly.training.distributed import Dist
 from webly.training.sampling import groups_from_labels
 
 
@@ -154,25 +153,29 @@ def collate(batch: list[tuple]) -> tuple:
 class TargetDataset(torch.utils.data.Dataset):
     """Item (position, seed) -> (uint8 image, ids, weights, bad position, reason); the seed fixes
     the augmentation, so a sample looks the same whichever worker loads it and after a resume.
+    `images` gives each position's bytes: `ImageFiles` (files) or `ShardImages` (tar shards).
 
-    A bad file at `pos` is replaced by the next good position (`substitute`, training: the batch
+    A bad image at `pos` is replaced by the next good position (`substitute`, training: the batch
     keeps its size and its targets stay those of the image shown) or by a blank image
     (evaluation: the caller masks it out); either way (pos, reason) comes back to be counted."""
 
     SUBSTITUTE_TRIES = 16
 
-    def __init__(self, manifest: Manifest, rows: np.ndarray, targets: SparseTargets,
-                 transform, min_short_side: int | None = None, substitute: bool = True) -> None:
-        paths = manifest.read(["path"]).column(0).combine_chunks()
-        self.paths = paths.take(rows)
-        self.root, self.targets = manifest.root, targets
+    def __init__(self, images: ImageFiles | ShardImages, targets: SparseTargets, transform,
+                 min_short_side: int | None = None, substitute: bool = True) -> None:
+        if len(images) != len(targets):
+            raise WeblyError(f"{len(images)} images but {len(targets)} target rows")
+        self.images, self.targets = images, targets
         self.transform, self.min_short_side, self.substitute = transform, min_short_side, substitute
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def path(self, pos: int) -> str:
-        return self.paths[pos].as_py()
+        return self.images.name(pos)
+
+    def _decode(self, pos: int):
+        return try_decode(lambda: self.images.read(pos), self.min_short_side)
 
     def __getitem__(self, item: int | tuple[int, int]):
         pos, seed = item if isinstance(item, tuple) else (item, None)
@@ -180,12 +183,12 @@ class TargetDataset(torch.utils.data.Dataset):
             # CPU generator only: torch.manual_seed would also queue CUDA/XPU seeding and format
             # a stack trace each call (about 1 ms a sample)
             torch.default_generator.manual_seed(seed)
-        img, reason = try_decode(self.root / self.path(pos), self.min_short_side)
+        img, reason = self._decode(pos)
         bad, shown = (-1, pos) if img is not None else (pos, pos)
         if img is None and self.substitute:
             for k in range(1, min(self.SUBSTITUTE_TRIES, len(self)) + 1):
                 shown = (pos + k) % len(self)
-                img, _ = try_decode(self.root / self.path(shown), self.min_short_side)
+                img, _ = self._decode(shown)
                 if img is not None:
                     break
         if img is None:
@@ -195,47 +198,8 @@ class TargetDataset(torch.utils.data.Dataset):
         return (self.transform(img), *self.targets.row(shown), bad, reason)
 
 
-def shard_stream(data: TrainData, cfg: TrainConfig, targets: SparseTargets, d: Dist):
-    """Shards -> (image, ids, weights), class-balanced by repeat factors when sampler=balanced.
-    Samples whose manifest row is not a training row of this task (no keywords, say) are dropped.
-    Resuming a shard-fed run restarts the interrupted epoch's stream (not bit-exact)."""
-    import webdataset as wds
-
-    from webly.data.shards import shard_pipeline, shard_urls
-    from webly.training.sampling import repeat_factors
-
-    rows = data.rows
-    factors = (repeat_factors(np.diff(data.membership.indptr), data.membership, cfg.balance)
-               if cfg.sampler == "balanced" else np.ones(len(rows)))
-
-    def position(rec: dict[str, Any]) -> int:
-        p = int(np.searchsorted(rows, rec["row"]))
-        return p if p < len(rows) and rows[p] == rec["row"] else -1
-
-    def factor(rec: dict[str, Any]) -> float:
-        p = position(rec)
-        return float(factors[p]) if p >= 0 else 0.0
-
-    def to_targets(sample):
-        img, rec = sample
-        p = position(rec)
-        # shards hold good images only
-        return (img, *targets.row(p), -1, "")
-
-    transform = TrainTransform(cfg.img_size, (cfg.crop_scale, 1.0))
-    pipe = shard_pipeline(shard_urls(cfg.shards, "train"), transform=transform,
-                          seed=cfg.seed, rank=d.rank, world_size=d.world_size, repeat=factor)
-    pipe.append(wds.map(to_targets))
-    return pipe
-
-
-def stream_batches(pipe, epoch: int, loader_kwargs: dict[str, Any]):
-    """Batches from a shard stream for one epoch; the caller stops after its micro-steps."""
-    for rep in range(1_000_000):
-        pipe.shard_list.set_epoch(epoch * 1_000_000 + rep)
-        got = False
-        for batch in torch.utils.data.DataLoader(pipe, **loader_kwargs):
-            got = True
-            yield batch
-        if not got:
-            raise WeblyError("the shard stream yields no training samples (wrong --shards folder?)")
+def train_images(data: TrainData, shards: str | None) -> ImageFiles | ShardImages:
+    """The training rows' image bytes: from files, or by index from `webly shard` tar shards."""
+    if shards:
+        return ShardImages(shards, data.rows, "train")
+    return ImageFiles(data.manifest, data.rows)
