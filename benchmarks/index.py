@@ -50,6 +50,17 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def timed_parallel(cmds: list[list[str]]) -> float:
+    """Seconds until every command (started together) has finished."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "WEBLY_PROGRESS": "0"}) for c in cmds]
+    for p in procs:
+        if p.wait():
+            raise SystemExit(p.stderr.read()[-2000:])
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--records", type=int, default=200_000)
@@ -59,8 +70,8 @@ def main() -> None:
     words = sorted(n for n in wordnet().all_lemma_names("n") if "_" not in n)[:20000]
     cli = [sys.executable, "-m", "webly.cli"]
     print(f"{args.records:,} records in {args.files} metadata files; {os.cpu_count()} CPUs")
-    print("| file list order | index records/s | index, 2 workers | tag records/s |\n"
-          "|---|---:|---:|---:|")
+    print("| file list order | index records/s | index, 2 workers | index, 2 shards + merge | "
+          "tag records/s |\n|---|---:|---:|---:|---:|")
     for interleave in (False, True):
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "wv"
@@ -69,11 +80,15 @@ def main() -> None:
             t_index = timed([*cli, "index", str(root), "-o", str(m), "--splits", "train"])
             t_index2 = timed([*cli, "index", str(root), "-o", str(Path(tmp) / "m2.parquet"),
                               "--splits", "train", "--workers", "2"])
+            m3 = str(Path(tmp) / "m3.parquet")
+            t_shards = timed_parallel([[*cli, "index", str(root), "-o", m3, "--splits", "train",
+                                        "--shard", f"{i}/2"] for i in range(2)])
+            t_shards += timed([*cli, "index", "merge", "-o", m3])
             t_tag = timed([*cli, "tag", str(m), "-o", str(Path(tmp) / "tags"), "--workers",
                            str(args.workers)])
         name = "interleaved over files" if interleave else "grouped by file"
         print(f"| {name} | {args.records / t_index:,.0f} | {args.records / t_index2:,.0f} | "
-              f"{args.records / t_tag:,.0f} |")
+              f"{args.records / t_shards:,.0f} | {args.records / t_tag:,.0f} |", flush=True)
 
 
 if __name__ == "__main__":

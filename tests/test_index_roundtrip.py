@@ -5,9 +5,10 @@ from collections import Counter
 import pytest
 
 from webly.cli import main
-from webly.data.index import IndexConfig, index_dataset
+from webly.data.index import IndexConfig, index_dataset, merge_index
 from webly.data.manifest import Manifest
 from webly.demo.synth import SynthConfig, generate
+from webly.errors import WeblyError
 
 
 def _assert_same(manifest_path, records):
@@ -78,3 +79,54 @@ def test_wrongly_returned_images_have_text_about_what_they_show(tmp_path):
         assert shown is not query and any(lem.lower() in text for lem in query.lemmas[:2])
         if colour_word(shown.hue) != colour_word(query.hue):
             assert colour_word(query.hue) not in text.split()
+
+
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_sharded_index_then_merge_equals_one_run(synth_small, synth_manifest, tmp_path, n):
+    """Each part reads its own range of every list (val/test too); the merge is the same rows,
+    in the same order, with the same file metadata as an unsharded run."""
+    root, records = synth_small
+    out = tmp_path / "m.parquet"
+    summaries = []
+    for i in range(n):
+        assert main(["index", str(root), "-o", str(out), "--shard", f"{i}/{n}",
+                     "--chunk-size", "9"]) == 0
+        summaries.append(index_dataset(root, out, IndexConfig(shard=f"{i}/{n}")))  # done: kept
+        if n > 1 and i < n - 1:
+            with pytest.raises(WeblyError, match="parts missing"):
+                merge_index(out, IndexConfig())
+    assert not out.exists() or n == 1
+    if n > 1:
+        assert main(["index", "merge", "-o", str(out)]) == 0
+        assert (tmp_path / "index.shard0of3.config.yaml").is_file() or n != 3
+    m = _assert_same(out, records)
+    assert m.meta == Manifest(synth_manifest).meta
+    got = sum((Counter(s["records"]) for s in summaries), Counter()) if n > 1 else None
+    assert got is None or dict(got) == {k: len(v) for k, v in records.items()}
+
+
+def test_sharded_folder_index_then_merge(tmp_path):
+    from PIL import Image
+
+    for c in ("ant", "bee", "cat", "dog", "eel"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for k in range(3):
+            Image.new("RGB", (8, 8)).save(tmp_path / "data" / c / f"{k}.jpg")
+    one = tmp_path / "one.parquet"
+    index_dataset(tmp_path / "data", one, IndexConfig())
+    for i in range(2):
+        index_dataset(tmp_path / "data", tmp_path / "m.parquet", IndexConfig(shard=f"{i}/2"))
+    merge_index(tmp_path / "m.parquet", IndexConfig())
+    a, b = Manifest(one), Manifest(tmp_path / "m.parquet")
+    assert list(a.iter_records()) == list(b.iter_records()) and len(b) == 15
+
+
+def test_index_shard_bad_input(synth_small, tmp_path):
+    with pytest.raises(WeblyError, match="index.shard"):
+        index_dataset(synth_small[0], tmp_path / "m.parquet", IndexConfig(shard="3/3"))
+    with pytest.raises(WeblyError, match="no index parts"):
+        merge_index(tmp_path / "m.parquet", IndexConfig())
+    for i, n in ((0, 2), (1, 3)):  # parts of two different runs
+        index_dataset(synth_small[0], tmp_path / "m.parquet", IndexConfig(shard=f"{i}/{n}"))
+    with pytest.raises(WeblyError, match="different runs"):
+        merge_index(tmp_path / "m.parquet", IndexConfig())

@@ -65,3 +65,25 @@ def test_the_command_line_of_a_launched_step(tmp_path):
                         "--master-addr=node0", "--master-port=29400"]
     assert cmd[-11:] == ["pretrain", "m.parquet", "--set", "lw", "--label-weights", "w", "-o",
                          str(tmp_path / "o"), "--config", str(tmp_path / "c.yaml"), "--resume"]
+
+
+@pytest.mark.slow
+def test_two_nodes_share_the_run_folder(tmp_path):
+    """`--nnodes 2`: two `webly run` processes on one machine stand in for two nodes; node 1 joins
+    the torchrun of each training and prediction step and waits for node 0's other steps."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WEBLY_PROGRESS": "0"}
+    procs = [subprocess.Popen([sys.executable, "-m", "webly.cli", "run", str(recipe), "-o",
+                               str(out), "--nproc-per-node", "1", "--nnodes", "2", "--node-rank",
+                               str(rank), "--master-addr", "127.0.0.1", "--master-port", "29571"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert json.loads((out / "ft/step.json").read_text())["summary"]["world_size"] == 2
+    p = load_predictions(out / "val")
+    assert len(p.ids) == 12 and list(p.rows) == sorted(p.rows)  # both nodes' parts, in order
+    assert json.loads((out / "score/metrics.json").read_text())["images"] == 12

@@ -6,7 +6,8 @@ resolved options (written to `STAGE.launch.yaml` in the step folder and passed w
 and every other step in-process on node 0. Nodes share the run folder (a shared filesystem): the
 other nodes join each launched step's torchrun and otherwise wait for the step's `step.json`.
 Killing and rerunning resumes as before: an interrupted training step is relaunched with
-`--resume` (the stage resumes from its last checkpoint).
+`--resume` (the stage resumes from its last checkpoint). Tested with 2 gloo processes on one node
+and with two `webly run` processes standing in for two nodes (tests/test_launch.py).
 """
 
 from __future__ import annotations

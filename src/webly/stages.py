@@ -72,8 +72,9 @@ STAGES: tuple[Stage, ...] = (
           "webly.demo.synth:run_synth", (), "—",
           "a WebVision-layout dataset with images, web text, label noise, and `truth/`"),
     Stage("index", "read a dataset into a Parquet manifest", "webly.data.index:IndexConfig",
-          "webly.data.index:index_dataset",
-          (_in("root", "dataset root (WebVision layout or class folders)", positional=True),),
+          "webly.data.index:run_index",
+          (_in("root", "dataset root (WebVision layout or class folders), or the word 'merge' to "
+                       "write the manifest from the parts of a sharded run", positional=True),),
           "WebVision 1.0/2.0 tree or class folders", "the manifest", output="manifest.parquet"),
     Stage("shard", "write WebDataset tar shards from a manifest", "webly.data.shards:ShardConfig",
           "webly.data.shards:run_shard", (MANIFEST,), "manifest + images",

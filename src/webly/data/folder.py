@@ -18,6 +18,7 @@ from typing import Any
 
 from webly.data.paths import RootGuard
 from webly.data.records import Record, clean_field, clean_tags, has_surrogates
+from webly.data.textio import part_range
 from webly.errors import WeblyError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -83,10 +84,13 @@ class FolderReader:
     def available_splits(self) -> list[str]:
         return [self.split]
 
-    def iter_records(self, split: str) -> Iterator[Record]:
+    def iter_records(self, split: str, part: tuple[int, int] = (0, 1)) -> Iterator[Record]:
+        """Records in sorted class-folder order; `part` (i, n): the i-th of n contiguous ranges of
+        class folders (so the parts, concatenated in order, are the whole)."""
         if split != self.split:
             return
-        for label, cls in enumerate(self._dirs):
+        lo, hi = part_range(len(self._dirs), part)
+        for label, cls in enumerate(self._dirs[lo:hi], start=lo):
             for dirpath, dirnames, filenames in os.walk(self.root / cls):
                 dirnames.sort()
                 for name in sorted(filenames):

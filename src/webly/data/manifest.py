@@ -79,6 +79,12 @@ class ManifestWriter:
         self._buf.clear()
         faults.point("manifest.rowgroup")  # part of the file written
 
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        """Rows already in the manifest schema (a merge): written as they are, no Python objects."""
+        self._flush()
+        self._writer.write_table(pa.Table.from_batches([batch]).cast(self._schema))
+        self.rows += batch.num_rows
+
     def close(self) -> None:
         self._flush()
         self._writer.close()

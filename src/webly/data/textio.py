@@ -17,6 +17,22 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield n, line
 
 
+def count_lines(path: Path) -> int:
+    """Non-blank lines, as `iter_lines` yields them."""
+    return sum(1 for _ in iter_lines(path))
+
+
+def part_range(total: int, part: tuple[int, int]) -> tuple[int, int]:
+    """[lo, hi) of the i-th of n contiguous, near-equal ranges of `total` items."""
+    i, n = part
+    return total * i // n, total * (i + 1) // n
+
+
+def line_range(path: Path, part: tuple[int, int]) -> tuple[int, int | None]:
+    """The non-blank lines of `path` that part (i, n) reads (no count needed for the whole)."""
+    return (0, None) if part[1] == 1 else part_range(count_lines(path), part)
+
+
 def parse_label(token: str, path: Path, lineno: int, num_classes: int) -> int:
     """A 0-based class index from a list file; one-line error naming file and line otherwise."""
     try:

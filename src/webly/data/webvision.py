@@ -21,6 +21,7 @@ order through sorted runs on disk; memory holds one file and one run, not the da
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import multiprocessing as mp
 import re
@@ -39,7 +40,7 @@ import pyarrow.parquet as pq
 
 from webly.data.paths import RootGuard, check_relative
 from webly.data.records import Record, Source, text_from_meta
-from webly.data.textio import iter_lines, parse_label, require
+from webly.data.textio import count_lines, iter_lines, line_range, parse_label, require
 from webly.errors import WeblyError
 
 QUERY_DIR = re.compile(r"^q(\d{4,5})$")
@@ -109,11 +110,13 @@ class WebVisionReader:
         out += [s for s in ("val", "test") if (self.info / f"{s}_filelist.txt").is_file()]
         return out
 
-    def iter_records(self, split: str) -> Iterator[Record]:
+    def iter_records(self, split: str, part: tuple[int, int] = (0, 1)) -> Iterator[Record]:
+        """Records of `split` in list order; `part` (i, n): only the i-th of n contiguous ranges of
+        list lines (so the parts, concatenated in order, are the whole list)."""
         if split == "train":
-            yield from self._iter_train()
+            yield from self._iter_train(part)
         elif split in ("val", "test"):
-            yield from self._iter_eval(split)
+            yield from self._iter_eval(split, part)
         else:
             raise WeblyError(f"unknown split {split!r}; expected train, val or test")
 
@@ -124,7 +127,7 @@ class WebVisionReader:
                 return self.info / name
         return None
 
-    def _iter_train(self) -> Iterator[Record]:
+    def _iter_train(self, part: tuple[int, int]) -> Iterator[Record]:
         flist = self._train_list_path()
         if flist is None:
             raise WeblyError(f"missing {self.info / f'train_filelist_{self.train_list}.txt'}: "
@@ -133,8 +136,12 @@ class WebVisionReader:
         if not mlist.is_file():
             self.stats["train_without_meta_list"] += 1
             mlist = None
-        texts = self._meta_texts(mlist) if mlist else iter(())
-        for entry, text in zip_longest(iter_lines(flist), texts):
+        lo, hi = line_range(flist, part)
+        if mlist and part[1] > 1 and count_lines(mlist) != count_lines(flist):
+            raise WeblyError(f"{flist} and {mlist} differ in length: they must align line by line")
+        texts = self._meta_texts(mlist, lo, hi) if mlist else iter(())
+        lines = itertools.islice(iter_lines(flist), lo, hi)
+        for entry, text in zip_longest(lines, texts):
             if entry is None or (mlist and text is None):
                 raise WeblyError(f"{flist} and {mlist} differ in length: they must align "
                                  "line by line")
@@ -166,14 +173,14 @@ class WebVisionReader:
             raise WeblyError(msg + " (use --skip-bad to skip and count such records)")
         return _BAD
 
-    def _meta_texts(self, mlist: Path) -> Iterator[Any]:
-        """(title, description, tags) of every meta-list line, in list order, or _BAD. Each JSON
+    def _meta_texts(self, mlist: Path, lo: int = 0, hi: int | None = None) -> Iterator[Any]:
+        """(title, description, tags) of meta-list lines lo..hi, in list order, or _BAD. Each JSON
         file is parsed once whatever the order of the list: scan the list (12 bytes a line), read
         the files in order of first use, and merge the texts back into list order through
         sorted runs on disk (memory: a run and a file, not the dataset)."""
         files: dict[str, int] = {}
         fid, rows, linenos = array("i"), array("i"), array("i")
-        for lineno, line in iter_lines(mlist):
+        for lineno, line in itertools.islice(iter_lines(mlist), lo, hi):
             json_rel, _, row_s = line.rpartition(" ")
             ok = row_s.isdigit() and int(row_s) >= 1
             if not ok:
@@ -263,11 +270,11 @@ class WebVisionReader:
         return items
 
     # -- val / test ----------------------------------------------------------------------------
-    def _iter_eval(self, split: str) -> Iterator[Record]:
+    def _iter_eval(self, split: str, part: tuple[int, int]) -> Iterator[Record]:
         flist = require(self.info / f"{split}_filelist.txt",
                         "lines 'name label'" if split == "val" else "lines 'name'")
         folder: str | None = None
-        for lineno, line in iter_lines(flist):
+        for lineno, line in itertools.islice(iter_lines(flist), *line_range(flist, part)):
             parts = line.split()
             name = parts[0]
             label = None
