@@ -173,3 +173,37 @@ def test_balanced_epoch_hits_its_targets_and_spreads_repeats():
         spacing = D / np.bincount(stream, minlength=len(labels))[img[1:][same]]
         assert (gaps[spacing >= 1000 / (1 - JITTER) * 1.05] >= 1000).all()
         assert np.median(gaps / spacing) > 0.95  # evenly spread, not only past the 1,000 mark
+
+
+def test_mixup_blends_images_and_targets():
+    from webly.training.tasks import Batch, Mixup, Task
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x = torch.randn(6, 3, 2, 2)
+    ids = torch.tensor([[0], [1], [2], [0], [1], [2]])
+    w = torch.ones(6, 1)
+    plain = Task(lambda lg, i, ww: cross_entropy(lg, i, ww))
+    mix = Mixup(plain.criterion, alpha=1.0)
+    torch.manual_seed(3)
+    got = mix.loss(net, Batch(x, ids, w))
+    torch.manual_seed(3)  # the same draws by hand: lam, then the permutation
+    lam = float(torch.distributions.Beta(torch.tensor(1.0), torch.tensor(1.0)).sample())
+    perm = torch.randperm(6)
+    logits = net(lam * x + (1 - lam) * x[perm])
+    want = lam * cross_entropy(logits, ids, w) + (1 - lam) * cross_entropy(logits, ids[perm], w)
+    assert 0 < lam < 1 and torch.allclose(got, want)
+    assert not torch.allclose(got, plain.loss(net, Batch(x, ids, w)))
+
+
+def test_pad_crop_keeps_size_and_shifts_by_at_most_an_eighth():
+    from webly.data.images import PadCropTransform
+
+    torch.manual_seed(0)
+    img = torch.arange(3 * 32 * 32, dtype=torch.int64).reshape(3, 32, 32).remainder(251).to(
+        torch.uint8)
+    outs = [PadCropTransform(32)(img) for _ in range(50)]
+    assert all(o.shape == (3, 32, 32) and o.dtype == torch.uint8 for o in outs)
+    assert any(torch.equal(o, img) or torch.equal(o, img.flip(-1)) for o in outs)
+    assert len({o.sum().item() for o in outs}) > 5  # crops move
+    assert PadCropTransform(32)(torch.zeros(3, 40, 40, dtype=torch.uint8)).shape == (3, 32, 32)

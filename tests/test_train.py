@@ -241,6 +241,42 @@ def test_shard_fed_balanced_training_resumes_exactly(data6, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_in_memory_images_train_exactly_as_files(data6, tmp_path):
+    """Decoded once into memory or decoded every epoch: the same pixels, the same weights; with
+    pad-crop augmentation and mixup too."""
+    m = str(data6 / "manifest.parquet")
+    args = ["--backbone", "test_resnet", "--epochs", "2", "--samples-per-epoch", "96", *TINY,
+            "--no-tensorboard", "--augment", "pad_crop", "--mixup", "0.4"]
+    assert main(["finetune", m, "-o", str(tmp_path / "files"), *args]) == 0
+    assert main(["finetune", m, "-o", str(tmp_path / "mem"), *args, "--in-memory"]) == 0
+    a = load_file(tmp_path / "files/model.safetensors")
+    b = load_file(tmp_path / "mem/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(WeblyError, match="not with shards"):
+        TrainConfig(in_memory=True, shards="s").validate()
+
+
+def test_in_memory_counts_bad_images_and_refuses_mixed_sizes(data6, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from webly.data.datasets import MemoryImages
+
+    root = tmp_path / "wv"
+    shutil.copytree(data6 / "wv", root)
+    manifest = Manifest(data6 / "manifest.parquet")
+    rows = np.arange(4)
+    paths = [manifest.read(["path"]).column(0)[i].as_py() for i in rows]
+    manifest.root = root
+    (root / paths[1]).write_bytes(b"not an image")
+    images = MemoryImages(manifest, rows)
+    assert images.pixels(1) is None and images.reason(1) and images.pixels(0).shape == (3, 32, 32)
+    Image.new("RGB", (40, 30)).save(root / paths[2], format="JPEG")
+    with pytest.raises(WeblyError, match="one size"):
+        MemoryImages(manifest, rows)
+
+
 def test_ema_weights_are_exported(data6, tmp_path):
     data = finetune_data(Manifest(data6 / "manifest.parquet"))
     cfg = TrainConfig(backbone="test_resnet", img_size=32, batch_size=16, accum_steps=1, workers=0,

@@ -208,6 +208,24 @@ class TrainTransform:
         return x.flip(-1) if self.hflip and torch.rand(1).item() < 0.5 else x
 
 
+class PadCropTransform:
+    """Horizontal flip + a random `size` crop of the image reflect-padded by size/8 (4 px at 32):
+    the standard augmentation for small images, where a random-resized crop loses too much."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.pad = size, max(1, size // 8)
+
+    def __call__(self, img: torch.Tensor | Image.Image) -> torch.Tensor:
+        x = F.pil_to_tensor(img) if isinstance(img, Image.Image) else img
+        if x.shape[-2:] != (self.size, self.size):
+            x = resize_uint8(x, (self.size, self.size))
+        p = self.pad
+        x = torch.nn.functional.pad(x[None].float(), (p, p, p, p), mode="reflect")[0]
+        top, left = (int(v) for v in torch.randint(0, 2 * p + 1, (2,)))
+        x = x[:, top:top + self.size, left:left + self.size].to(torch.uint8)
+        return x.flip(-1) if torch.rand(1).item() < 0.5 else x
+
+
 class EvalTransform:
     """Resize the shorter side to size/crop_pct, centre crop `size` -> uint8 CHW tensor."""
 

@@ -25,6 +25,13 @@ class TrainConfig:
     crop_scale: float = opt(0.08,
                             "smallest area fraction of the random-resized crop (0.08: ImageNet's; "
                             "larger for 32x32 images)")
+    augment: Literal["resized_crop", "pad_crop"] = opt(
+        "resized_crop", "training augmentation: random-resized crop + flip, or (small images) "
+                        "flip + a crop of the image reflect-padded by img_size/8")
+    in_memory: bool = opt(False, "decode every training image once into memory (small images "
+                                 "such as CIFAR's: no decoding per epoch)")
+    mixup: float = opt(0.0, "mixup alpha: train on blends of two images and of their targets, "
+                            "which resists label noise (0: off)")
     crop_pct: float = opt(0.875,
                           "evaluation centre crop: resize to img_size/crop_pct, crop img_size "
                           "(1.0: whole image)")
@@ -83,6 +90,8 @@ class TrainConfig:
             (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0,
              "lr > 0, 0 <= momentum < 1"),
             (0 <= self.balance <= 1 and 0 <= self.ema < 1, "balance in [0, 1], ema in [0, 1)"),
+            (self.mixup >= 0, "mixup (alpha) must not be negative"),
+            (not (self.in_memory and self.shards), "in_memory reads image files: not with shards"),
             (min(self.samples_per_epoch, self.max_steps, self.ckpt_every_steps, self.workers) >= 0,
              "counts must not be negative"),
         ]

@@ -30,7 +30,13 @@ from torch import nn
 
 from webly import faults
 from webly.data.datasets import ImageFiles
-from webly.data.images import BadImages, EvalTransform, TrainTransform, normalize_batch
+from webly.data.images import (
+    BadImages,
+    EvalTransform,
+    PadCropTransform,
+    TrainTransform,
+    normalize_batch,
+)
 from webly.errors import WeblyError
 from webly.files import write_atomic
 from webly.progress import progress
@@ -192,8 +198,9 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
     continued = cfg.continue_from and cfg.schedule == "constant"
     base_lr = (transfer.get("lr") or cfg.lr) if continued else cfg.lr
     targets = sparse_targets(data.targets, cfg.max_targets)
-    transform = TrainTransform(cfg.img_size, (cfg.crop_scale, 1.0))
-    dataset = TargetDataset(train_images(data, cfg.shards), targets, transform)
+    transform = (PadCropTransform(cfg.img_size) if cfg.augment == "pad_crop"
+                 else TrainTransform(cfg.img_size, (cfg.crop_scale, 1.0)))
+    dataset = TargetDataset(train_images(data, cfg.shards, cfg.in_memory), targets, transform)
     run.mkdir(parents=True, exist_ok=True)
     sampler: BalancedSampler | ShuffleSampler
     if cfg.sampler == "balanced":

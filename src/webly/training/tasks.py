@@ -49,6 +49,25 @@ class Task:
         pass
 
 
+class Mixup(Task):
+    """mixup (Zhang et al. 2018): each micro-batch is blended with a permutation of itself,
+    lam ~ Beta(alpha, alpha), and the loss is the same blend of the two targets' losses (the
+    criteria are linear in the target weights, so this is the loss of the blended targets). A
+    network trained on blends fits wrong labels late and less: a standard noisy-label tool.
+    Draws come from torch's RNG, which checkpoints carry, so a resumed run continues exactly."""
+
+    def __init__(self, criterion: Criterion, alpha: float) -> None:
+        super().__init__(criterion)
+        self.beta = torch.distributions.Beta(torch.tensor(alpha), torch.tensor(alpha))
+
+    def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
+        lam = float(self.beta.sample())
+        perm = torch.randperm(batch.x.shape[0]).to(batch.x.device)
+        logits = net(lam * batch.x + (1 - lam) * batch.x[perm])
+        return (lam * self.criterion(logits, batch.ids, batch.weights)
+                + (1 - lam) * self.criterion(logits, batch.ids[perm], batch.weights[perm]))
+
+
 def criterion_for(cfg: TrainConfig, task: str) -> Criterion:
     """`loss: auto` is cross-entropy to finetune and the sum of weighted cross-entropies to
     pretrain."""
@@ -62,4 +81,6 @@ def criterion_for(cfg: TrainConfig, task: str) -> Criterion:
 
 def make_task(cfg: TrainConfig, task: str) -> Task:
     """The task object for `task` (finetune, pretrain_wt, pretrain_lw) under `cfg`."""
+    if cfg.mixup > 0:
+        return Mixup(criterion_for(cfg, task), cfg.mixup)
     return Task(criterion_for(cfg, task))

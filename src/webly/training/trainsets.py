@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 import torch
 
-from webly.data.datasets import ImageFiles
+from webly.data.datasets import ImageFiles, MemoryImages
 from webly.data.images import try_decode
 from webly.data.manifest import Manifest
 from webly.data.shards import ShardImages
@@ -175,6 +175,9 @@ class TargetDataset(torch.utils.data.Dataset):
         return self.images.name(pos)
 
     def _decode(self, pos: int):
+        if isinstance(self.images, MemoryImages):
+            img = self.images.pixels(pos)
+            return img, self.images.reason(pos)
         return try_decode(lambda: self.images.read(pos), self.min_short_side)
 
     def __getitem__(self, item: int | tuple[int, int]):
@@ -198,8 +201,11 @@ class TargetDataset(torch.utils.data.Dataset):
         return (self.transform(img), *self.targets.row(shown), bad, reason)
 
 
-def train_images(data: TrainData, shards: str | None) -> ImageFiles | ShardImages:
-    """The training rows' image bytes: from files, or by index from `webly shard` tar shards."""
+def train_images(data: TrainData, shards: str | None,
+                 in_memory: bool = False) -> ImageFiles | ShardImages:
+    """The training rows' images: files, files decoded once into memory, or by index from
+    `webly shard` tar shards."""
     if shards:
         return ShardImages(shards, data.rows, "train")
-    return ImageFiles(data.manifest, data.rows)
+    return MemoryImages(data.manifest, data.rows) if in_memory else ImageFiles(data.manifest,
+                                                                               data.rows)
