@@ -136,3 +136,39 @@ def test_soft_pseudo_labels_carry_the_top_classes(tmp_path):
     assert load_labels(tmp_path / "pl", 4).tolist() == [0, 1, 0, 0]  # hard labels as before
     with pytest.raises(WeblyError, match="soft_k 4 > the 3 classes"):
         pseudo_label(m, p, tmp_path / "x", PseudoLabelConfig(soft_k=4))
+
+
+def test_out_of_fold_ensemble_takes_the_model_that_left_each_image_out(tmp_path):
+    from webly.data.folds import fold_of
+
+    rng = np.random.default_rng(0)
+    n, C = 40, 5
+    ids = [f"i{r}" for r in range(n)]
+    members = [rng.dirichlet(np.ones(C), n) for _ in range(3)]
+    dirs = [_write(tmp_path / f"m{i}", ids, p, split="train", k=4) for i, p in enumerate(members)]
+    ensemble(dirs, tmp_path / "oof", oof=True)
+    got = load_predictions(tmp_path / "oof")
+    fold = fold_of(np.arange(n), 3)
+    assert got.info["out_of_fold"] and len(set(fold.tolist())) == 3
+    for r in range(n):
+        want = load_predictions(dirs[fold[r]])
+        assert np.array_equal(got.top_i[r], want.top_i[r])
+        assert np.allclose(got.top_p[r], want.top_p[r], atol=1e-3)
+    with pytest.raises(WeblyError, match="one member per image"):
+        ensemble(dirs, tmp_path / "bad", weights=[1, 1, 1], oof=True)
+
+
+def test_leave_out_fold_trains_on_the_other_folds(synth_manifest):
+    from webly.data.folds import fold_of
+    from webly.training.config import TrainConfig
+    from webly.training.trainsets import finetune_data, leave_out_fold
+
+    data = finetune_data(Manifest(synth_manifest))
+    parts = [leave_out_fold(data, f"{i}/2") for i in range(2)]
+    assert sorted(np.concatenate([p.rows for p in parts]).tolist()) == sorted(
+        data.rows.tolist())  # each row left out by exactly one of the two
+    for i, p in enumerate(parts):
+        assert (fold_of(p.rows, 2) != i).all() and p.targets.shape[0] == len(p.rows)
+        assert p.membership.shape[0] == len(p.rows) and len(p.val_rows) == len(data.val_rows)
+    with pytest.raises(WeblyError, match="at least 2 folds"):
+        TrainConfig(leave_out_fold="0/1").validate()

@@ -3,8 +3,11 @@
 The models may differ in backbone, pretraining and input size; their predictions must cover the
 same images in the same order. Weights are equal, given, or fitted on validation predictions of
 the same models by minimising the negative log-likelihood of the true labels over the weight
-simplex. The output is an ordinary predictions folder, so `webly evaluate` and `webly submit`
-treat an ensemble exactly as one model.
+simplex. With `out_of_fold` the k members are instead k models each trained without one fold of
+the images (`finetune --leave-out-fold i/k`), and each image takes the prediction of the model
+that never saw it (member i for fold i, `webly.data.folds`): cross labelling for pseudo-labels
+that do not echo the noise the models memorised. The output is an ordinary predictions folder,
+so `webly evaluate` and `webly submit` treat an ensemble exactly as one model.
 
 Members are read a row group at a time, so memory is bounded by the row group, not the number of
 images. Each member keeps its top-k classes and the mass `rest` of the others. Where every member
@@ -24,6 +27,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from webly.config import opt
+from webly.data.folds import fold_of
 from webly.data.predictions import (
     Predictions,
     PredictionWriter,
@@ -41,6 +45,9 @@ class EnsembleConfig:
     model_weights: list[float] | None = opt(None, "one weight per member, e.g. 2,1,1 (default: "
                                                   "equal; ignored with --fit)")
     top_k: int = opt(50, "classes kept per image (at most the members' own k)")
+    out_of_fold: bool = opt(False, "member i was trained without fold i of k = the members: "
+                                   "each image takes the prediction of the member that left its "
+                                   "fold out")
 
     def validate(self) -> None:
         if self.model_weights is not None and (min(self.model_weights, default=0) < 0
@@ -114,9 +121,21 @@ def _weights(pred_dirs: list[str], weights: list[float] | None, fit_dirs: list[s
     return np.full(len(pred_dirs), 1 / len(pred_dirs))
 
 
+def out_of_fold(members: list[Predictions], k: int) -> tuple[np.ndarray, np.ndarray,
+                                                               np.ndarray]:
+    """(top_i, top_p, rest) of each row from member fold_of(row): the model that left it out."""
+    pick = fold_of(members[0].rows, len(members))
+    top_i = np.stack([m.top_i[:, :k] for m in members])  # M x n x k
+    top_p = np.stack([m.top_p[:, :k].astype(np.float64) for m in members])
+    rest = np.stack([m.rest.astype(np.float64) + m.top_p[:, k:].astype(np.float64).sum(1)
+                     for m in members])
+    at = np.arange(len(pick))
+    return top_i[pick, at], top_p[pick, at], rest[pick, at]
+
+
 def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | None = None,
              fit_dirs: list[str] | None = None, fit_labels: dict[str, int] | None = None,
-             top_k: int = 50) -> dict[str, Any]:
+             top_k: int = 50, oof: bool = False) -> dict[str, Any]:
     if len(pred_dirs) < 2:
         raise WeblyError("an ensemble needs at least two predictions folders")
     infos = [read_info(d) for d in pred_dirs]
@@ -124,10 +143,13 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
         if info["num_classes"] != infos[0]["num_classes"] or info["images"] != infos[0]["images"]:
             raise WeblyError(f"{d} and {pred_dirs[0]} predict different images or class counts")
     w = _weights(pred_dirs, weights, fit_dirs, fit_labels)
-    k = min(top_k, max(info["k"] for info in infos))  # one member alone has k distinct classes
+    if oof and (weights or fit_dirs):
+        raise WeblyError("an out-of-fold ensemble picks one member per image: no weights or --fit")
+    # an average has as many distinct classes as its widest member; a pick, its narrowest
+    k = min(top_k, (min if oof else max)(info["k"] for info in infos))
     info = {key: v for key, v in infos[0].items() if key not in ("k", "images", "model", "tta")}
     writer = PredictionWriter(out_dir, k, {**info, "model": "ensemble", "members": pred_dirs,
-                                           "weights": w.tolist()})
+                                           "weights": w.tolist(), "out_of_fold": oof})
     dropped_sum, dropped_max, n = 0.0, 0.0, 0
     try:
         streams = [iter_predictions(d, batch_rows=BATCH) for d in pred_dirs]
@@ -136,9 +158,12 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
                 if b.ids != batch[0].ids:
                     raise WeblyError(f"{d} and {pred_dirs[0]} predict different images "
                                      "(or another order)")
-            top_i, top_p = average_topk(list(batch), w, k)
+            if oof:
+                top_i, top_p, dropped = out_of_fold(list(batch), k)
+            else:
+                top_i, top_p = average_topk(list(batch), w, k)
+                dropped = sum(wi * b.rest for wi, b in zip(w, batch, strict=True))
             ok = np.logical_and.reduce([b.ok for b in batch])
-            dropped = sum(wi * b.rest for wi, b in zip(w, batch, strict=True))
             dropped_sum += float(dropped.sum())
             dropped_max = max(dropped_max, float(dropped.max()))
             n += len(ok)
@@ -162,4 +187,5 @@ def run_ensemble(*, preds: list[str], cfg: EnsembleConfig, out: Path, fit: list[
         raise WeblyError("--fit needs --fit-labels (a 'name label' file, e.g. "
                          "info/val_filelist.txt)")
     return ensemble(list(preds), out, cfg.model_weights, list(fit) if fit else None,
-                    read_name_labels(fit_labels) if fit else None, top_k=cfg.top_k)
+                    read_name_labels(fit_labels) if fit else None, top_k=cfg.top_k,
+                    oof=cfg.out_of_fold)

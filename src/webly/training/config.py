@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 
 from webly.config import check_choices, opt
+from webly.data.folds import parse_fold
 from webly.errors import WeblyError
 
 
@@ -30,6 +31,8 @@ class TrainConfig:
                         "flip + a crop of the image reflect-padded by img_size/8")
     in_memory: bool = opt(False, "decode every training image once into memory (small images "
                                  "such as CIFAR's: no decoding per epoch)")
+    leave_out_fold: str = opt("", "'i/k': train without the i-th of k folds of the training "
+                                  "images, for out-of-fold pseudo-labels (webly.data.folds)")
     mixup: float = opt(0.0, "mixup alpha: train on blends of two images and of their targets, "
                             "which resists label noise (0: off)")
     crop_pct: float = opt(0.875,
@@ -98,6 +101,8 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise WeblyError(f"train: {msg}")
+        if self.leave_out_fold:
+            parse_fold(self.leave_out_fold, "train.leave_out_fold")
 
 
 def per_rank_batch(batch_size: int, world_size: int) -> int:
@@ -132,7 +137,8 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 # the step count. Others (epochs, lr, workers, logging...) may change, with a warning.
 RESUME_MUST_MATCH = ("task", "backbone", "img_size", "batch_size", "accum_steps",
                      "samples_per_epoch",
-                     "sampler", "balance", "seed", "max_targets", "shards", "loss", "ema")
+                     "sampler", "balance", "seed", "max_targets", "shards", "loss", "ema",
+                     "leave_out_fold")
 
 
 def check_resume_config(saved: dict[str, Any], now: dict[str, Any], num_classes: int,

@@ -10,7 +10,7 @@ from webly.data.manifest import Manifest
 from webly.errors import WeblyError
 from webly.training.config import TrainConfig
 from webly.training.engine import train
-from webly.training.trainsets import finetune_data, pretrain_data
+from webly.training.trainsets import finetune_data, leave_out_fold, pretrain_data
 
 
 def run_pretrain(*, manifest: str, set: str, cfg: TrainConfig, out: Path, tags: str | None = None,
@@ -23,6 +23,8 @@ def run_pretrain(*, manifest: str, set: str, cfg: TrainConfig, out: Path, tags: 
         raise WeblyError(f"pretrain --set {set} needs "
                          f"{'--tags' if set == 'wt' else '--label-weights'}")
     data = pretrain_data(Manifest(manifest), set, source)
+    if cfg.leave_out_fold:
+        data = leave_out_fold(data, cfg.leave_out_fold)
     return train(data, cfg, out, task=f"pretrain_{set}", resume=resume, force=force)
 
 
@@ -31,4 +33,6 @@ def run_finetune(*, manifest: str, cfg: TrainConfig, out: Path, labels: str | No
     """Finetune on the manifest's labels, or on pseudo-labels (`labels`)."""
     m = Manifest(manifest)
     data = finetune_data(m, load_labels(labels, len(m)) if labels else None)
+    if cfg.leave_out_fold:
+        data = leave_out_fold(data, cfg.leave_out_fold)
     return train(data, cfg, out, task="finetune", resume=resume, force=force)

@@ -17,7 +17,7 @@ reason and stops the run when more than `max_bad_fraction` of the images are bad
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ import scipy.sparse as sp
 import torch
 
 from webly.data.datasets import ImageFiles, MemoryImages
+from webly.data.folds import fold_of, parse_fold
 from webly.data.images import try_decode
 from webly.data.manifest import Manifest
 from webly.data.shards import ShardImages
@@ -43,6 +44,14 @@ class TrainData:
     class_names: list[str]
     val_rows: np.ndarray
     val_labels: np.ndarray  # -1 where unusable (e.g. WT pretraining: no keyword labels)
+
+
+def leave_out_fold(data: TrainData, fold: str) -> TrainData:
+    """`data` without the training rows of fold i of k ('i/k'; validation rows stay)."""
+    i, k = parse_fold(fold, "train.leave_out_fold")
+    keep = fold_of(data.rows, k) != i
+    return replace(data, rows=data.rows[keep], targets=data.targets[keep],
+                   membership=sp.csc_matrix(data.membership.tocsr()[keep]))
 
 
 def _split_rows(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray]:
