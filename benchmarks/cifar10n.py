@@ -1,15 +1,23 @@
-"""CIFAR-10N (worst of three human labels, 40.2% wrong): the webly recipe row by row.
+"""CIFAR-10N: the webly recipe row by row against plain cross-entropy, on real or generated noise.
 
-    python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz          # <= 60 min, 2 CPUs
-    python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz --quick  # <= 10 min subset
-    python benchmarks/cifar10n.py --data DIR --full                              # for a GPU
+    python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz            # default run
+    python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz --quick    # <= 15 min
+    python benchmarks/cifar10n.py --data DIR --quick --noise symmetric40           # or asym40
+    python benchmarks/cifar10n.py --data DIR --full                                # for a GPU
 
-Data are read through webly's own WebVision reader (`webly index`) from the tarball, extracted once
-into a cache, or from an extracted folder. The steps are `configs/cifar10n/recipe.yaml`, run by
-`webly run` (so a killed benchmark resumes where it stopped); this script only fills in the data
-root and the schedule, then reads the scores. `info/train_clean_filelist.txt` is read here, after
-training, to measure what pseudo-labelling corrected; no training step opens it (a test checks).
-Prints a table and writes RUN/benchmark.json and RUN/benchmark.md.
+`--data` is the tarball (extracted once into a cache) or any folder in its layout. The data are
+prepared into a cached folder of hard links: `--noise worst` keeps the given labels; `symmetric40`
+flips 40% of the images to a uniformly chosen other class and `asym40` maps truck->automobile,
+bird->airplane, deer->horse, cat->dog, dog->cat with probability 0.4, both from the clean labels
+with a fixed seed. 5,000 training images are held out with their *noisy* labels as the `val`
+split (every choice reads it, as a user would have to); the clean test images are the `test`
+split and are only scored. The steps are `configs/cifar10n/recipe.yaml`, run by `webly run` (a
+killed benchmark resumes where it stopped); this script fills in the data root and each training
+step's epochs from its share of the compute unit (one unit: `epochs` passes over the training
+images), then reads the scores. The clean training labels are read here, after training, to
+measure what pseudo-labelling corrected; no training step opens them (a test checks). Compute is
+counted as images seen x multiply-adds an image (torch's FlopCounterMode). Prints a table and
+writes RUN/benchmark.json and RUN/benchmark.md.
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import shutil
 import sys
 import tarfile
@@ -26,20 +33,30 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs/cifar10n/recipe.yaml"
-ROWS = [("1", "CE (plain sampling)", "score_ce"),
-        ("2", "+ class-balanced sampling", "score_bal"),
-        ("3", "+ WordNet label weights (LW loss)", "score_lw"),
-        ("4", "+ pseudo-labels from the ensemble of 1-3", "score_lw_pl"),
-        ("5", "+ ensemble of 1-4", "score_ens"),
-        ("6", "+ 40 px continuation of 4, in the ensemble", "score_ens_hi")]
-TRAIN_STEPS = ("ce", "bal", "lw", "lw_pl", "hi")
-MODES = {  # train images, test images, epochs per model, epochs of the 40 px continuation
-    "default": (0, 0, 8, 2),
-    "quick": (10000, 2000, 5, 1),
-    "full": (0, 0, 60, 10),
+# row, name, score step, training steps whose compute the row counts
+ROWS = [("1", "CE", "score_ce", ("ce",)),
+        ("2", "+ mixup", "score_mix", ("mix",)),
+        ("3", "LW-Set pretraining -> new head -> balanced CE finetune", "score_ft_lw",
+         ("lw", "ft_lw")),
+        ("4", "out-of-fold pseudo-labels -> finetune", "score_pl_ft", ("f0", "f1", "pl_ft")),
+        ("5", "CE for the recipe's total compute", "score_ce_long", ("ce_long",)),
+        ("6", "full recipe: ensemble of 2-4", "score_ens",
+         ("mix", "lw", "ft_lw", "f0", "f1", "pl_ft"))]
+# each training step's compute in units (one unit: one CE model); every single-model row costs
+# one unit; f0/f1 see half the images each, so a quarter unit is half the unit's epochs
+SHARE = {"ce": 1.0, "mix": 1.0, "lw": 0.5, "ft_lw": 0.5, "f0": 0.25, "f1": 0.25, "pl_ft": 0.5}
+SHARE["ce_long"] = sum(v for k, v in SHARE.items() if k != "ce")  # the recipe's total
+MODES = {  # training images (0: all but the holdout), test images (0: all), epochs of one unit
+    "quick": (20000, 0, 6),
+    "default": (0, 0, 12),
+    "full": (0, 0, 60),
 }
+HOLDOUT = 5000
+ASYM = {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog", "dog": "cat"}
 
 
 def find_root(data: Path, cache: Path) -> Path:
@@ -59,44 +76,94 @@ def find_root(data: Path, cache: Path) -> Path:
     raise SystemExit(f"{data}: no info/train_filelist.txt (expected the cifar10n layout)")
 
 
-def subset(root: Path, cache: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
-    """A copy with `n_train`/`n_val` randomly chosen images (same choice for the same seed)."""
-    target = cache / f"{root.name}-sub{n_train}-{n_val}-s{seed}"
+def _read_list(path: Path) -> tuple[list[str], np.ndarray]:
+    pairs = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return [p[0] for p in pairs], np.array([int(p[1]) for p in pairs], np.int64)
+
+
+def make_noise(clean: np.ndarray, given: np.ndarray, noise: str, names: list[str],
+               seed: int = 0) -> np.ndarray:
+    """Training labels: the given ones (`worst`), or made from the clean ones with a fixed seed."""
+    rng = np.random.default_rng(seed)
+    C = len(names)
+    if noise == "worst":
+        return given.copy()
+    if noise == "symmetric40":
+        out = clean.copy()
+        flip = rng.choice(len(clean), size=round(0.4 * len(clean)), replace=False)
+        out[flip] = (clean[flip] + rng.integers(1, C, size=len(flip))) % C  # another class
+        return out
+    if noise == "asym40":
+        index = {n: i for i, n in enumerate(names)}
+        out = clean.copy()
+        flip = rng.random(len(clean)) < 0.4
+        for src, dst in ASYM.items():
+            if src in index and dst in index:
+                hit = flip & (clean == index[src])
+                out[hit] = index[dst]
+        return out
+    raise SystemExit(f"unknown --noise {noise!r}: worst, symmetric40 or asym40")
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem: copy
+        shutil.copy(src, dst)
+
+
+def prepare(root: Path, cache: Path, noise: str, n_train: int, n_test: int,
+            holdout: int = HOLDOUT, seed: int = 0) -> Path:
+    """A cached copy (hard links) with the chosen noise, a noisy holdout as `val`, the clean test
+    images as `test`; the same folder for the same arguments."""
+    target = cache / f"{root.name}-{noise}-t{n_train}-h{holdout}-v{n_test}-s{seed}"
     if (target / ".complete").is_file():
         return target
     shutil.rmtree(target, ignore_errors=True)
-    rng = random.Random(seed)
+    names = [line.split(maxsplit=1)[1] for line in
+             (root / "info/synsets.txt").read_text().splitlines() if line.strip()]
+    paths, given = _read_list(root / "info/train_filelist.txt")
+    clean_paths, clean = _read_list(root / "info/train_clean_filelist.txt")
+    if clean_paths != paths:
+        raise SystemExit(f"{root}: train_filelist and train_clean_filelist list different images")
+    labels = make_noise(clean, given, noise, names, seed)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(paths))
+    held, rest = np.sort(order[:holdout]), order[holdout:]
+    train = np.sort(rest[:n_train] if n_train else rest)
+    test_paths, test_labels = _read_list(root / "info/val_filelist.txt")
+    test = np.sort(rng.permutation(len(test_paths))[:n_test]) if n_test else \
+        np.arange(len(test_paths))
     (target / "info").mkdir(parents=True)
     shutil.copy(root / "info/synsets.txt", target / "info/synsets.txt")
-    for name, n in (("train", n_train), ("val", n_val)):
-        lines = (root / f"info/{name}_filelist.txt").read_text().splitlines()
-        keep = sorted(rng.sample(range(len(lines)), min(n, len(lines))))
-        (target / f"info/{name}_filelist.txt").write_text("".join(lines[i] + "\n" for i in keep))
-        if name == "train":  # for measuring only, like the original
-            clean = (root / "info/train_clean_filelist.txt").read_text().splitlines()
-            clean_list = "".join(clean[i] + "\n" for i in keep)
-            (target / "info/train_clean_filelist.txt").write_text(clean_list)
-        (target / name).mkdir()
-        for i in keep:
-            rel = lines[i].split()[0]
-            shutil.copy(root / rel, target / rel)
+    lists = {"train_filelist": [(paths[i], labels[i]) for i in train],
+             "val_filelist": [(paths[i], labels[i]) for i in held],  # noisy, like the training set
+             "test_filelist": [(test_paths[i], test_labels[i]) for i in test],
+             "train_clean_filelist": [(paths[i], clean[i]) for i in train]}  # measuring only
+    for name, pairs in lists.items():
+        (target / f"info/{name}.txt").write_text("".join(f"{p} {y}\n" for p, y in pairs))
+        if name != "train_clean_filelist":
+            for p, _ in pairs:
+                _link(root / p, target / p)
+    wrong = float(np.mean(labels[train] != clean[train]))
+    (target / "info/noise.json").write_text(json.dumps({"noise": noise, "train_images": len(train),
+                                                        "wrong": round(wrong, 4)}) + "\n")
     (target / ".complete").write_text("")
     return target
 
 
-def recipe_for(root: Path, epochs: int, hi_epochs: int, workers: int,
-               batch_size: int | None = None) -> dict[str, Any]:
+def recipe_for(root: Path, epochs: int, batch_size: int | None = None) -> dict[str, Any]:
     from webly.config import load_yaml
 
     recipe = load_yaml(RECIPE)
     for step in recipe["steps"]:
         if step["stage"] == "index":
             step["root"] = str(root)
-        if step["id"] in TRAIN_STEPS:
-            step["epochs"] = hi_epochs if step["id"] == "hi" else epochs
+        if step["id"] in SHARE:
+            share = SHARE[step["id"]] * (2 if step.get("leave_out_fold") else 1)  # half the data
+            step["epochs"] = max(1, round(epochs * share))
             step["batch_size"] = batch_size or step["batch_size"]
-        if "workers" in step:
-            step["workers"] = workers
     return recipe
 
 
@@ -106,6 +173,34 @@ def run_recipe(recipe: dict[str, Any], out: Path) -> None:
     run(recipe, out)
 
 
+def macs_per_image(backbone: str, size: int, classes: int) -> int:
+    """Multiply-adds of one forward pass (FlopCounterMode counts 2 FLOPs a multiply-add)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from webly.training.models import create_backbone
+
+    model = create_backbone(backbone, classes).eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    return fc.get_total_flops() // 2
+
+
+def compute(out: Path) -> dict[str, float]:
+    """Training compute of each step: images seen x forward multiply-adds x 3 (forward +
+    backward), in PFLOP-equivalents of multiply-adds (1e15)."""
+    res, cache = {}, {}
+    for step in SHARE:
+        cfg = json.loads((out / step / "train.config.json").read_text())
+        summary = json.loads((out / step / "train.summary.json").read_text())
+        key = (cfg["backbone"], cfg["img_size"])
+        if key not in cache:
+            cache[key] = macs_per_image(cfg["backbone"], cfg["img_size"], 10)
+        seen = summary["steps"] * cfg["batch_size"] * cfg["accum_steps"]
+        res[step] = seen * cache[key] * 3 / 1e15
+    return res
+
+
 def pseudo_label_effect(out: Path, root: Path) -> dict[str, Any]:
     """Against the clean labels (read here only): how many wrong labels pseudo-labelling fixed."""
     import pyarrow.parquet as pq
@@ -113,44 +208,53 @@ def pseudo_label_effect(out: Path, root: Path) -> dict[str, Any]:
     from webly.data.manifest import Manifest
 
     paths = Manifest(out / "manifest/manifest.parquet").read(["path"]).column(0).to_pylist()
-    clean_list = (root / "info/train_clean_filelist.txt").read_text().splitlines()
-    clean = dict(line.split() for line in clean_list)
+    clean = dict(line.split() for line in
+                 (root / "info/train_clean_filelist.txt").read_text().splitlines())
     t = pq.read_table(out / "pl/labels.parquet", columns=["row", "label", "original_label",
                                                           "source"]).to_pydict()
-    true = [int(clean[paths[r]]) for r in t["row"]]
-    orig, new, src = t["original_label"], t["label"], t["source"]
-    n = len(true)
-    wrong_before = sum(o != y for o, y in zip(orig, true, strict=True))
-    kept = [i for i in range(n) if new[i] >= 0]
-    wrong_after = sum(new[i] != true[i] for i in kept)
-    fixed = sum(src[i] == "pseudo" and new[i] == true[i] and orig[i] != true[i] for i in range(n))
-    broke = sum(src[i] == "pseudo" and new[i] != true[i] and orig[i] == true[i] for i in range(n))
-    dropped = [i for i in range(n) if src[i] == "dropped"]
+    true = np.array([int(clean[paths[r]]) for r in t["row"]])
+    orig, new = np.array(t["original_label"]), np.array(t["label"])
+    src = np.array(t["source"])
+    kept, dropped, pseudo = new >= 0, src == "dropped", src == "pseudo"
+    wrong_before, wrong_after = int((orig != true).sum()), int((new[kept] != true[kept]).sum())
     return {
-        "train_images": n, "wrong_labels_before": wrong_before,
-        "noise_before": round(wrong_before / n, 4),
-        "relabelled": sum(s == "pseudo" for s in src), "relabelled_to_true": fixed,
-        "relabelled_away_from_true": broke,
-        "dropped": len(dropped),
-        "dropped_that_were_wrong": sum(orig[i] != true[i] for i in dropped),
-        "kept": len(kept), "wrong_labels_after": wrong_after,
-        "noise_after": round(wrong_after / max(len(kept), 1), 4),
+        "train_images": len(true), "wrong_labels_before": wrong_before,
+        "noise_before": round(wrong_before / len(true), 4),
+        "relabelled": int(pseudo.sum()),
+        "relabelled_to_true": int((pseudo & (new == true) & (orig != true)).sum()),
+        "relabelled_away_from_true": int((pseudo & (new != true) & (orig == true)).sum()),
+        "dropped": int(dropped.sum()),
+        "dropped_that_were_wrong": int((dropped & (orig != true)).sum()),
+        "kept": int(kept.sum()), "wrong_labels_after": wrong_after,
+        "noise_after": round(wrong_after / max(int(kept.sum()), 1), 4),
         "wrong_labels_removed": round(1 - wrong_after / max(wrong_before, 1), 4),
     }
 
 
-def collect(out: Path, root: Path, mode: str, wall: float) -> dict[str, Any]:
-    rows = []
-    for num, name, step in ROWS:
-        m = json.loads((out / step / "metrics.json").read_text())
-        rows.append({"row": num, "model": name, "top1": round(100 * m["top1"], 2),
-                     "top5": round(100 * m["top5"], 2)})
-    seconds = {s: json.loads((out / s / "step.json").read_text())["seconds"] for s in TRAIN_STEPS}
+def collect(out: Path, root: Path, mode: str, noise: str, wall: float) -> dict[str, Any]:
     import torch
 
+    flops = compute(out)
+    unit = flops["ce"]
+    rows = []
+    for num, name, step, steps in ROWS:
+        m = json.loads((out / step / "metrics.json").read_text())
+        rows.append({"row": num, "model": name, "top1": round(100 * m["top1"], 2),
+                     "top5": round(100 * m["top5"], 2),
+                     "compute_units": round(sum(flops[s] for s in steps) / unit, 2)})
+    top1 = {r["row"]: r["top1"] for r in rows}
+    holdout = {s: json.loads((out / s / "train.summary.json").read_text()).get("val_top1")
+               for s in SHARE}
     return {
-        "mode": mode, "rows": rows, "gain_over_ce": round(rows[-1]["top1"] - rows[0]["top1"], 2),
-        "pseudo_labels": pseudo_label_effect(out, root), "train_seconds": seconds,
+        "mode": mode, "noise": noise, "rows": rows,
+        "gain_over_ce": round(top1["6"] - top1["1"], 2),
+        "ce_same_total_compute": top1["5"],
+        "gain_over_ce_same_total_compute": round(top1["6"] - top1["5"], 2),
+        "unit_pflop": float(f"{unit:.4g}"), "holdout_top1_noisy": holdout,
+        "noise_in_train": json.loads((root / "info/noise.json").read_text()),
+        "pseudo_labels": pseudo_label_effect(out, root),
+        "train_seconds": {s: json.loads((out / s / "step.json").read_text())["seconds"]
+                          for s in SHARE},
         "wall_seconds": round(wall, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
@@ -158,23 +262,23 @@ def collect(out: Path, root: Path, mode: str, wall: float) -> dict[str, Any]:
 
 
 def to_markdown(res: dict[str, Any]) -> str:
-    lines = ["| row | model | test top-1 | test top-5 |", "|---|---|---:|---:|"]
-    lines += [f"| {r['row']} | {r['model']} | {r['top1']:.2f} | {r['top5']:.2f} |"
-              for r in res["rows"]]
+    lines = ["| row | model | compute (units) | test top-1 | test top-5 |",
+             "|---|---|---:|---:|---:|"]
+    lines += [f"| {r['row']} | {r['model']} | {r['compute_units']:.2f} | {r['top1']:.2f} | "
+              f"{r['top5']:.2f} |" for r in res["rows"]]
     p = res["pseudo_labels"]
     lines += ["",
-              "Gain of the full recipe (row 6) over CE (row 1): "
-              f"{res['gain_over_ce']:+.2f} points.",
-              f"Pseudo-labels: {p['wrong_labels_before']} of {p['train_images']} training labels "
-              "wrong "
-              f"({100 * p['noise_before']:.1f}%); relabelled {p['relabelled']} "
-              f"({p['relabelled_to_true']} to "
-              f"the true class, {p['relabelled_away_from_true']} away from it), dropped "
-              f"{p['dropped']} "
-              f"({p['dropped_that_were_wrong']} of them wrong); kept {p['kept']} with "
-              f"{100 * p['noise_after']:.1f}% wrong: {100 * p['wrong_labels_removed']:.1f}% of the "
-              "wrong "
-              "labels removed.",
+              f"Noise: {res['noise']} ({100 * res['noise_in_train']['wrong']:.1f}% of "
+              f"{res['noise_in_train']['train_images']} training labels wrong). Full recipe "
+              f"(row 6) over CE (row 1): {res['gain_over_ce']:+.2f} points; over CE for the same "
+              f"total compute (row 5): {res['gain_over_ce_same_total_compute']:+.2f}. One unit = "
+              f"{res['unit_pflop']:.3g} PFLOP (multiply-adds x 3 for training).",
+              f"Out-of-fold pseudo-labels: {p['wrong_labels_before']} of {p['train_images']} "
+              f"labels wrong ({100 * p['noise_before']:.1f}%); relabelled {p['relabelled']} "
+              f"({p['relabelled_to_true']} to the true class, {p['relabelled_away_from_true']} "
+              f"away from it), dropped {p['dropped']} ({p['dropped_that_were_wrong']} of them "
+              f"wrong); kept {p['kept']} with {100 * p['noise_after']:.1f}% wrong: "
+              f"{100 * p['wrong_labels_removed']:.1f}% of the wrong labels removed.",
               f"Wall time {res['wall_seconds'] / 60:.1f} min on {res['machine']} ({res['mode']} "
               "mode)."]
     return "\n".join(lines) + "\n"
@@ -184,38 +288,35 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, type=Path,
-                    help="cifar10n.tar.gz or its extracted folder")
-    ap.add_argument("--out", type=Path, help="run directory (default runs/cifar10n-MODE)")
+                    help="cifar10n.tar.gz or a folder in its layout")
+    ap.add_argument("--noise", default="worst", choices=("worst", "symmetric40", "asym40"))
+    ap.add_argument("--out", type=Path, help="run directory (default runs/cifar10n-MODE-NOISE)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/webly/data")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
-                      help="10k training / 2k test images, 5 epochs")
-    mode.add_argument("--full", action="store_true", help="60-epoch schedules (for a GPU)")
+                      help=f"{MODES['quick'][0]} training images, {MODES['quick'][2]}-epoch unit")
+    mode.add_argument("--full", action="store_true", help="60-epoch unit (for a GPU)")
     ap.add_argument("--train-images", type=int, help="override: training images (0: all)")
     ap.add_argument("--test-images", type=int, help="override: test images (0: all)")
-    ap.add_argument("--epochs", type=int, help="override: epochs per model")
+    ap.add_argument("--holdout", type=int, default=HOLDOUT, help="noisy validation images")
+    ap.add_argument("--epochs", type=int, help="override: epochs of one compute unit")
     ap.add_argument("--batch-size", type=int,
                     help="override: training batch (smoke tests on tiny subsets)")
-    ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
 
     name = "quick" if args.quick else "full" if args.full else "default"
-    n_train, n_val, epochs, hi_epochs = MODES[name]
+    n_train, n_test, epochs = MODES[name]
     n_train = n_train if args.train_images is None else args.train_images
-    n_val = n_val if args.test_images is None else args.test_images
+    n_test = n_test if args.test_images is None else args.test_images
     epochs = args.epochs or epochs
-    hi_epochs = max(1, min(hi_epochs, epochs))
-    out = args.out or REPO / f"runs/cifar10n-{name}"
+    out = args.out or REPO / f"runs/cifar10n-{name}-{args.noise}"
     t0 = time.time()
-    root = find_root(args.data, args.cache)
-    if n_train or n_val:
-        n_all = [len((root / f"info/{s}_filelist.txt").read_text().splitlines()) for s in ("train",
-                                                                                           "val")]
-        root = subset(root, args.cache, n_train or n_all[0], n_val or n_all[1])
-    run_recipe(recipe_for(root, epochs, hi_epochs, args.workers, args.batch_size), out)
-    res = collect(out, root, name, time.time() - t0)
-    args_used = argv if argv is not None else sys.argv[1:]
-    res["command"] = "python benchmarks/cifar10n.py " + " ".join(args_used)
+    root = prepare(find_root(args.data, args.cache), args.cache, args.noise, n_train, n_test,
+                   args.holdout)
+    run_recipe(recipe_for(root, epochs, args.batch_size), out)
+    res = collect(out, root, name, args.noise, time.time() - t0)
+    res["command"] = "python benchmarks/cifar10n.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
     (out / "benchmark.json").write_text(json.dumps(res, indent=1) + "\n")
     md = to_markdown(res)
     (out / "benchmark.md").write_text(md)

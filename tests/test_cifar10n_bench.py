@@ -67,13 +67,13 @@ def make_cifar10n_like(root: Path, n_train: int, n_val: int, seed: int = 0) -> P
 def bench_run(tmp_path_factory):
     bench = _bench()
     tmp = tmp_path_factory.mktemp("c10n")
-    data = make_cifar10n_like(tmp / "cifar10n", 2000, 300)
-    root = bench.find_root(data, tmp / "cache")
+    data = make_cifar10n_like(tmp / "cifar10n", 1200, 300)
+    root = bench.prepare(bench.find_root(data, tmp / "cache"), tmp / "cache", "worst", 0, 0,
+                         holdout=200)
     out = tmp / "run"
     GUARD["on"] = True
     try:
-        bench.run_recipe(bench.recipe_for(root, epochs=1, hi_epochs=1, workers=2, batch_size=64),
-                         out)
+        bench.run_recipe(bench.recipe_for(root, epochs=2, batch_size=64), out)
     finally:
         GUARD["on"] = False
     return bench, root, out
@@ -82,14 +82,18 @@ def bench_run(tmp_path_factory):
 @pytest.mark.slow
 def test_every_stage_ran_and_scored(bench_run):
     bench, root, out = bench_run
-    res = bench.collect(out, root, "test", 0.0)
+    res = bench.collect(out, root, "test", "worst", 0.0)
     assert [r["row"] for r in res["rows"]] == ["1", "2", "3", "4", "5", "6"]
     for r in res["rows"]:
         assert 0 <= r["top1"] <= r["top5"] <= 100
-    for step in bench.TRAIN_STEPS:
+    units = {r["row"]: r["compute_units"] for r in res["rows"]}
+    assert units["1"] == units["2"] == units["3"] == units["4"] == 1.0  # the same budget
+    assert units["5"] == units["6"] == 3.0  # CE for the recipe's whole compute
+    assert res["ce_same_total_compute"] == res["rows"][4]["top1"]
+    for step in bench.SHARE:
         assert (out / step / "model.safetensors").is_file()
     p = res["pseudo_labels"]
-    assert p["train_images"] == 2000 and p["dropped"] + p["kept"] == 2000
+    assert p["train_images"] == 1000 and p["dropped"] + p["kept"] == 1000
     assert "| 6 |" in bench.to_markdown(res)
 
 
@@ -109,14 +113,44 @@ def test_training_never_opened_the_clean_labels(bench_run):
 def test_recipe_reads_the_data_through_the_webvision_reader(bench_run):
     _, root, out = bench_run
     summary = json.loads((out / "manifest/step.json").read_text())["summary"]
-    assert summary["layout"] == "webvision" and summary["records"] == {"train": 2000, "val": 300}
+    assert summary["layout"] == "webvision"
+    assert summary["records"] == {"train": 1000, "val": 200, "test": 300}
 
 
-def test_subset_is_deterministic(tmp_path):
+def test_prepare_holds_out_noisy_labels_and_scores_on_clean_test(tmp_path):
     bench = _bench()
-    data = make_cifar10n_like(tmp_path / "cifar10n", 40, 20)
-    a = bench.subset(data, tmp_path / "c1", 10, 5)
-    b = bench.subset(data, tmp_path / "c2", 10, 5)
-    for f in ("train_filelist.txt", "val_filelist.txt", "train_clean_filelist.txt"):
-        assert (a / "info" / f).read_text() == (b / "info" / f).read_text()
-    assert len((a / "info/train_filelist.txt").read_text().splitlines()) == 10
+    data = make_cifar10n_like(tmp_path / "cifar10n", 60, 20)
+    a = bench.prepare(data, tmp_path / "c1", "worst", 30, 10, holdout=15)
+    b = bench.prepare(data, tmp_path / "c2", "worst", 30, 10, holdout=15)
+    lists = {}
+    for f in ("train_filelist", "val_filelist", "test_filelist", "train_clean_filelist"):
+        assert (a / "info" / f"{f}.txt").read_text() == (b / "info" / f"{f}.txt").read_text()
+        lists[f] = [line.split() for line in (a / "info" / f"{f}.txt").read_text().splitlines()]
+    given = dict(line.split() for line in (data / "info/train_filelist.txt").read_text()
+                 .splitlines())
+    train, held = {p for p, _ in lists["train_filelist"]}, {p for p, _ in lists["val_filelist"]}
+    assert len(train) == 30 and len(held) == 15 and not train & held
+    assert all(given[p] == y for p, y in lists["val_filelist"])  # the holdout keeps noisy labels
+    assert len(lists["test_filelist"]) == 10 and all(p.startswith("val/") for p, _ in
+                                                     lists["test_filelist"])
+    assert all((a / p).is_file() for p in train | held)
+
+
+@pytest.mark.parametrize("noise", ["symmetric40", "asym40"])
+def test_generated_noise_rates_and_directions(noise):
+    bench = _bench()
+    names = [n for _, n in CIFAR]
+    clean = np.repeat(np.arange(10), 1000)
+    a = bench.make_noise(clean, clean, noise, names, seed=0)
+    assert np.array_equal(a, bench.make_noise(clean, clean, noise, names, seed=0))  # fixed seed
+    wrong = a != clean
+    if noise == "symmetric40":
+        assert wrong.mean() == pytest.approx(0.4, abs=1e-9)
+        assert np.bincount(a[wrong], minlength=10).min() > 300  # spread over the other classes
+    else:
+        idx = {n: i for i, n in enumerate(names)}
+        for src, dst in bench.ASYM.items():
+            hit = clean == idx[src]
+            assert 0.35 < wrong[hit].mean() < 0.45 and (a[hit & wrong] == idx[dst]).all()
+        untouched = ~np.isin(clean, [idx[s] for s in bench.ASYM])
+        assert not wrong[untouched].any()
