@@ -136,6 +136,27 @@ def test_soft_pseudo_labels_carry_the_top_classes(tmp_path):
     assert load_labels(tmp_path / "pl", 4).tolist() == [0, 1, 0, 0]  # hard labels as before
     with pytest.raises(WeblyError, match="soft_k 4 > the 3 classes"):
         pseudo_label(m, p, tmp_path / "x", PseudoLabelConfig(soft_k=4))
+    # finetuning on them: (1 - w) x the hard label + w x the renormalised soft distribution
+    from webly.training.config import TrainConfig
+    from webly.training.tasks import criterion_for
+    from webly.training.trainsets import finetune_data
+
+    soft = load_soft_labels(tmp_path / "pl")
+    data = finetune_data(Manifest(m), load_labels(tmp_path / "pl", 4), soft, 0.5)
+    dense = data.targets.toarray()
+    assert np.allclose(dense.sum(1), 1.0, atol=1e-3)
+    assert np.allclose(dense[1], [0.5 * 0.2 / 0.9, 0.5 + 0.5 * 0.7 / 0.9, 0], atol=1e-3)
+    assert np.allclose(dense[2], [0.5, 0.5 * 0.3 / 0.9, 0.5 * 0.6 / 0.9], atol=1e-3)  # kept 0
+    import torch
+
+    ce = criterion_for(TrainConfig(soft_labels=0.5), "finetune")
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    got = ce(logits, torch.tensor([[1, 0]]), torch.tensor([[0.75, 0.25]]))
+    want = -(torch.log_softmax(logits, 1)[0] * torch.tensor([0.25, 0.75, 0])).sum()
+    assert torch.allclose(got, want)  # soft CE, not the first target's hard CE
+    pseudo_label(m, p, tmp_path / "hard", PseudoLabelConfig(threshold=0.65))
+    with pytest.raises(WeblyError, match="no soft targets"):
+        load_soft_labels(tmp_path / "hard")
 
 
 def test_out_of_fold_ensemble_takes_the_model_that_left_each_image_out(tmp_path):

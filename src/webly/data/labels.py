@@ -78,9 +78,11 @@ def load_soft_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
     """(rows, soft_idx [n, s], soft_prob [n, s]) of a labels.parquet written with soft targets."""
     p = Path(path)
     p = p / "labels.parquet" if p.is_dir() else p
-    t = pq.read_table(p, columns=["row", "soft_idx", "soft_prob"]) if p.is_file() else None
-    if t is None:
+    if not p.is_file():
         raise WeblyError(f"labels file not found: {p} (make it with `webly pseudo-label`)")
+    if "soft_idx" not in pq.read_schema(p).names:
+        raise WeblyError(f"{p} has no soft targets (write it with `webly pseudo-label --soft-k`)")
+    t = pq.read_table(p, columns=["row", "soft_idx", "soft_prob"])
     s = t.schema.field("soft_idx").type.list_size
     flat = lambda c: t[c].combine_chunks().flatten().to_numpy(zero_copy_only=False)  # noqa: E731
     return (t["row"].to_numpy(), flat("soft_idx").reshape(-1, s),

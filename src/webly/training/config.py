@@ -33,6 +33,8 @@ class TrainConfig:
                                  "such as CIFAR's: no decoding per epoch)")
     leave_out_fold: str = opt("", "'i/k': train without the i-th of k folds of the training "
                                   "images, for out-of-fold pseudo-labels (webly.data.folds)")
+    soft_labels: float = opt(0.0, "finetune --labels: weight of the labeller's soft targets "
+                                  "(a labels file written with --soft-k) against its hard label")
     mixup: float = opt(0.0, "mixup alpha: train on blends of two images and of their targets, "
                             "which resists label noise (0: off)")
     crop_pct: float = opt(0.875,
@@ -94,6 +96,7 @@ class TrainConfig:
              "lr > 0, 0 <= momentum < 1"),
             (0 <= self.balance <= 1 and 0 <= self.ema < 1, "balance in [0, 1], ema in [0, 1)"),
             (self.mixup >= 0, "mixup (alpha) must not be negative"),
+            (0 <= self.soft_labels <= 1, "soft_labels must be within [0, 1]"),
             (not (self.in_memory and self.shards), "in_memory reads image files: not with shards"),
             (min(self.samples_per_epoch, self.max_steps, self.ckpt_every_steps, self.workers) >= 0,
              "counts must not be negative"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from webly.data.labels import load_labels
+from webly.data.labels import load_labels, load_soft_labels
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
 from webly.training.config import TrainConfig
@@ -32,7 +32,11 @@ def run_finetune(*, manifest: str, cfg: TrainConfig, out: Path, labels: str | No
                  resume: bool = False, force: bool = False) -> dict[str, Any]:
     """Finetune on the manifest's labels, or on pseudo-labels (`labels`)."""
     m = Manifest(manifest)
-    data = finetune_data(m, load_labels(labels, len(m)) if labels else None)
+    if cfg.soft_labels and not labels:
+        raise WeblyError("soft_labels needs --labels (a labels file written with --soft-k)")
+    soft = load_soft_labels(labels) if labels and cfg.soft_labels else None
+    data = finetune_data(m, load_labels(labels, len(m)) if labels else None, soft,
+                         cfg.soft_labels)
     if cfg.leave_out_fold:
         data = leave_out_fold(data, cfg.leave_out_fold)
     return train(data, cfg, out, task="finetune", resume=resume, force=force)

@@ -72,6 +72,8 @@ def criterion_for(cfg: TrainConfig, task: str) -> Criterion:
     """`loss: auto` is cross-entropy to finetune and the sum of weighted cross-entropies to
     pretrain."""
     kind = cfg.loss if cfg.loss != "auto" else ("ce" if task == "finetune" else "softmax_sum")
+    if kind == "ce" and cfg.soft_labels > 0:
+        kind = "softmax_sum"  # soft targets: the weighted sum of CEs is CE against them
     if kind == "ce":
         return lambda logits, i, w: losses.cross_entropy(logits, i, w, cfg.label_smoothing)
     if kind == "bce":

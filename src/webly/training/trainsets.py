@@ -61,7 +61,12 @@ def _split_rows(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray]
     return rows, labels
 
 
-def finetune_data(manifest: Manifest, labels_override: np.ndarray | None = None) -> TrainData:
+def finetune_data(manifest: Manifest, labels_override: np.ndarray | None = None,
+                  soft: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                  soft_weight: float = 0.0) -> TrainData:
+    """The train split's labels (or `labels_override`, by manifest row); with `soft` (rows,
+    top classes, probabilities: a labels file's soft targets) each target is
+    (1 - soft_weight) x the hard label + soft_weight x the soft distribution (renormalised)."""
     rows, labels = _split_rows(manifest, "train")
     if labels_override is not None:
         labels = labels_override[rows]
@@ -70,8 +75,21 @@ def finetune_data(manifest: Manifest, labels_override: np.ndarray | None = None)
     if not len(rows):
         raise WeblyError(f"{manifest.path}: no labelled training images")
     C = manifest.num_classes
-    targets = sp.csr_matrix((np.ones(len(rows), np.float32), (np.arange(len(rows)), labels)),
-                            shape=(len(rows), C))
+    n = len(rows)
+    r, c, w = np.arange(n), labels, np.full(n, 1.0 - soft_weight if soft else 1.0, np.float32)
+    if soft is not None and soft_weight > 0:
+        s_rows, s_idx, s_prob = soft
+        at = np.searchsorted(s_rows, rows)
+        if (at >= len(s_rows)).any() or (s_rows[np.minimum(at, len(s_rows) - 1)] != rows).any():
+            raise WeblyError("soft targets do not cover every training image the labels keep")
+        p = s_prob[at].astype(np.float32)
+        p = p / np.maximum(p.sum(1, keepdims=True), 1e-6)
+        k = s_idx.shape[1]
+        r = np.concatenate([r, np.repeat(np.arange(n), k)])
+        c = np.concatenate([c, s_idx[at].ravel()])
+        w = np.concatenate([w, soft_weight * p.ravel()])
+    targets = sp.csr_matrix((w, (r, c)), shape=(n, C))  # duplicate entries add up
+    targets.eliminate_zeros()
     val_rows, val_labels = _split_rows(manifest, "val")
     return TrainData(manifest, rows, targets, groups_from_labels(labels, C), C, manifest.classes,
                      val_rows, val_labels)
