@@ -50,3 +50,14 @@ def test_clear_error_when_no_wordnet_anywhere(tmp_path, monkeypatch):
 def test_not_a_wordnet_folder(tmp_path: Path):
     with pytest.raises(WeblyError, match="missing data.noun"):
         wnmod.build_nltk_layout(tmp_path, tmp_path / "out")
+
+
+def test_a_folder_without_index_sense_is_refused(tmp_path: Path):
+    """NLTK 3.10 opens index.sense when it loads WordNet: without it every later lookup fails."""
+    src = tmp_path / "dict"
+    src.mkdir()
+    for name in wnmod.REQUIRED:
+        if name != "index.sense":
+            (src / name).write_text("")
+    with pytest.raises(WeblyError, match="missing index.sense"):
+        wnmod.build_nltk_layout(src, tmp_path / "out")

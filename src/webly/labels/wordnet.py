@@ -34,10 +34,11 @@ LEXNAMES = [
     ("verb.emotion", 2), ("verb.motion", 2), ("verb.perception", 2), ("verb.possession", 2),
     ("verb.social", 2), ("verb.stative", 2), ("verb.weather", 2), ("adj.ppl", 3),
 ]
-# Files NLTK's WordNetCorpusReader opens; index.sense and cntlist.rev give sense counts.
+# Files NLTK's WordNetCorpusReader opens (index.sense too: NLTK 3.10 reads it when it loads, to map
+# sense keys; Debian's wordnet-sense-index); cntlist.rev gives sense counts.
 REQUIRED = [f"{k}.{p}" for k in ("data", "index") for p in ("noun", "verb", "adj", "adv")]
-REQUIRED += [f"{p}.exc" for p in ("noun", "verb", "adj", "adv")]
-OPTIONAL = ["index.sense", "cntlist.rev", "cntlist"]
+REQUIRED += [f"{p}.exc" for p in ("noun", "verb", "adj", "adv")] + ["index.sense"]
+OPTIONAL = ["cntlist.rev", "cntlist"]
 
 INSTALL_HINT = (
     "WordNet 3.0 is not available: install Debian's packages "
