@@ -1,6 +1,7 @@
 """`webly shard` -> shard loader: same records, decodable images, disjoint rank/worker splits."""
 
 import json
+import os
 import tarfile
 
 import pytest
@@ -137,3 +138,13 @@ def test_shard_index_reads_each_image_by_offset(shards, synth_manifest):
         assert ShardImages(out, rows).read(0) == members[rows[0]]
     finally:
         np.save(idx, saved)
+    # an index newer than its tar (a rewrite cut between the two) is not trusted
+    first = int(saved[0, 0])  # a row of shard 0
+    np.save(idx, saved[::-1] + 512)
+    t = os.stat(urls[0]).st_mtime
+    os.utime(idx, (t + 10, t + 10))
+    try:
+        assert ShardImages(out, np.array([first])).read(0) == members[first]
+    finally:
+        np.save(idx, saved)
+        os.utime(idx, (t - 10, t - 10))

@@ -277,7 +277,10 @@ class ShardImages:
         parts = []
         for i, url in enumerate(self.urls):
             path = index_path(url)
-            idx = np.load(path) if path.is_file() else member_index(url)  # older shards: scan
+            # written just before its tar: an index newer than its tar belongs to a rewrite that
+            # did not finish, and shards from older versions have none; both are rebuilt by scan
+            fresh = path.is_file() and path.stat().st_mtime <= Path(url).stat().st_mtime
+            idx = np.load(path) if fresh else member_index(url)
             parts.append(np.column_stack([idx, np.full(len(idx), i, np.int64)]))
         allx = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
         allx = allx[np.argsort(allx[:, 0], kind="stable")]
