@@ -39,18 +39,18 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs/cifar10n/recipe.yaml"
 # row, name, score step, training steps whose compute the row counts
 ROWS = [("1", "CE", "score_ce", ("ce",)),
-        ("2", "LW-Set pretraining -> new head -> balanced CE finetune", "score_ft_lw",
+        ("2", "CE pretraining -> new head -> balanced CE finetune (control)", "score_ft_ce",
+         ("pre_ce", "ft_ce")),
+        ("3", "LW-Set pretraining -> new head -> balanced CE finetune", "score_ft_lw",
          ("lw", "ft_lw")),
-        ("3", "CE for the full recipe's compute", "score_ce_long", ("ce_long",)),
-        ("4", "full recipe: LW pretraining -> out-of-fold pseudo-labels -> finetune",
-         "score_final", ("lw0", "lw1", "f0", "f1", "lw", "final"))]
-# each training step's compute in units (one unit: the CE row); the labellers (lw0 -> f0,
-# lw1 -> f1) see half the images each
-SHARE = {"ce": 1.0, "lw": 0.5, "ft_lw": 0.5, "lw0": 0.25, "lw1": 0.25, "f0": 0.25, "f1": 0.25,
+        ("4", "CE for the full recipe's compute", "score_ce_long", ("ce_long",)),
+        ("5", "full recipe: row 3 at 3 units", "score_final", ("lw_long", "final"))]
+# each training step's compute in units (one unit: the CE row)
+SHARE = {"ce": 1.0, "pre_ce": 0.5, "ft_ce": 0.5, "lw": 0.5, "ft_lw": 0.5, "lw_long": 1.5,
          "final": 1.5}
 SHARE["ce_long"] = sum(SHARE[s] for s in ROWS[-1][3])  # the full recipe's total
 MODES = {  # training images (0: all but the holdout), test images (0: all), epochs of one unit
-    "quick": (16000, 0, 5),
+    "quick": (14000, 0, 5),
     "default": (0, 0, 12),
     "full": (0, 0, 60),
 }
@@ -260,7 +260,7 @@ def collect(out: Path, root: Path, mode: str, noise: str, wall: float) -> dict[s
         "gain_over_ce_same_total_compute": round(top1[last] - top1[same], 2),
         "unit_pflop": float(f"{unit:.4g}"), "holdout_top1_noisy": holdout,
         "noise_in_train": json.loads((root / "info/noise.json").read_text()),
-        "pseudo_labels": pseudo_label_effect(out, root),
+        "pseudo_labels": pseudo_label_effect(out, root) if (out / "pl").is_dir() else None,
         "train_seconds": {s: json.loads((out / s / "step.json").read_text())["seconds"]
                           for s in SHARE},
         "wall_seconds": round(wall, 1),
@@ -274,21 +274,23 @@ def to_markdown(res: dict[str, Any]) -> str:
              "|---|---|---:|---:|---:|"]
     lines += [f"| {r['row']} | {r['model']} | {r['compute_units']:.2f} | {r['top1']:.2f} | "
               f"{r['top5']:.2f} |" for r in res["rows"]]
-    p = res["pseudo_labels"]
     lines += ["",
               f"Noise: {res['noise']} ({100 * res['noise_in_train']['wrong']:.1f}% of "
               f"{res['noise_in_train']['train_images']} training labels wrong). Full recipe "
               f"(last row) over CE (row 1): {res['gain_over_ce']:+.2f} points; over CE for the "
               f"same total compute: {res['gain_over_ce_same_total_compute']:+.2f}. One unit = "
-              f"{res['unit_pflop']:.3g} PFLOP (multiply-adds x 3 for training).",
-              f"Out-of-fold pseudo-labels: {p['wrong_labels_before']} of {p['train_images']} "
-              f"labels wrong ({100 * p['noise_before']:.1f}%); relabelled {p['relabelled']} "
-              f"({p['relabelled_to_true']} to the true class, {p['relabelled_away_from_true']} "
-              f"away from it), dropped {p['dropped']} ({p['dropped_that_were_wrong']} of them "
-              f"wrong); kept {p['kept']} with {100 * p['noise_after']:.1f}% wrong: "
-              f"{100 * p['wrong_labels_removed']:.1f}% of the wrong labels removed.",
-              f"Wall time {res['wall_seconds'] / 60:.1f} min on {res['machine']} ({res['mode']} "
-              "mode)."]
+              f"{res['unit_pflop']:.3g} PFLOP (multiply-adds x 3 for training)."]
+    p = res["pseudo_labels"]
+    if p:
+        lines.append(
+            f"Pseudo-labels: {p['wrong_labels_before']} of {p['train_images']} labels wrong "
+            f"({100 * p['noise_before']:.1f}%); relabelled {p['relabelled']} "
+            f"({p['relabelled_to_true']} to the true class, {p['relabelled_away_from_true']} away "
+            f"from it), dropped {p['dropped']} ({p['dropped_that_were_wrong']} of them wrong); "
+            f"kept {p['kept']} with {100 * p['noise_after']:.1f}% wrong: "
+            f"{100 * p['wrong_labels_removed']:.1f}% of the wrong labels removed.")
+    lines.append(f"Wall time {res['wall_seconds'] / 60:.1f} min on {res['machine']} "
+                 f"({res['mode']} mode).")
     return "\n".join(lines) + "\n"
 
 

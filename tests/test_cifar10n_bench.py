@@ -83,21 +83,17 @@ def bench_run(tmp_path_factory):
 def test_every_stage_ran_and_scored(bench_run):
     bench, root, out = bench_run
     res = bench.collect(out, root, "test", "worst", 0.0)
-    assert [r["row"] for r in res["rows"]] == ["1", "2", "3", "4"]
+    assert [r["row"] for r in res["rows"]] == ["1", "2", "3", "4", "5"]
     for r in res["rows"]:
         assert 0 <= r["top1"] <= r["top5"] <= 100
     units = {r["row"]: r["compute_units"] for r in res["rows"]}
-    assert units["1"] == units["2"] == 1.0  # single-model rows: the same budget
-    assert units["3"] == units["4"] == 3.0  # CE for the full recipe's compute
-    assert res["ce_same_total_compute"] == res["rows"][2]["top1"]
+    for row, want in (("1", 1), ("2", 1), ("3", 1), ("4", 3), ("5", 3)):  # the same budgets,
+        assert units[row] == pytest.approx(want, abs=0.1), units  # up to whole batches
+    assert res["ce_same_total_compute"] == res["rows"][3]["top1"]
     for step in bench.SHARE:
         assert (out / step / "model.safetensors").is_file()
-    from webly.data.predictions import read_info
-
-    assert read_info(out / "oof")["out_of_fold"]  # each image labelled by a model that never saw it
-    p = res["pseudo_labels"]
-    assert p["train_images"] == 1000 and p["dropped"] + p["kept"] == 1000
-    assert "| 4 |" in bench.to_markdown(res)
+    assert "| 5 |" in bench.to_markdown(res)
+    assert res["pseudo_labels"] is None  # not in this recipe
 
 
 @pytest.mark.slow

@@ -277,6 +277,19 @@ def test_in_memory_counts_bad_images_and_refuses_mixed_sizes(data6, tmp_path):
         MemoryImages(manifest, rows)
 
 
+def test_leave_out_fold_trains_on_the_other_half(data6, tmp_path):
+    from webly.data.folds import fold_of
+
+    m = str(data6 / "manifest.parquet")
+    n = len(finetune_data(Manifest(m)).rows)
+    kept = int((fold_of(finetune_data(Manifest(m)).rows, 2) != 0).sum())
+    assert 0 < kept < n
+    assert main(["finetune", m, "-o", str(tmp_path / "f0"), "--backbone", "test_resnet",
+                 "--epochs", "1", *TINY, "--no-tensorboard", "--leave-out-fold", "0/2"]) == 0
+    s = json.loads((tmp_path / "f0/train.summary.json").read_text())
+    assert s["steps"] == kept // 16  # an epoch is the images left in, not all of them
+
+
 def test_ema_weights_are_exported(data6, tmp_path):
     data = finetune_data(Manifest(data6 / "manifest.parquet"))
     cfg = TrainConfig(backbone="test_resnet", img_size=32, batch_size=16, accum_steps=1, workers=0,
