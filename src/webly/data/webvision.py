@@ -40,7 +40,14 @@ import pyarrow.parquet as pq
 
 from webly.data.paths import RootGuard, check_relative
 from webly.data.records import Record, Source, text_from_meta
-from webly.data.textio import count_lines, iter_lines, line_range, parse_label, require
+from webly.data.textio import (
+    count_lines,
+    iter_lines,
+    line_range,
+    parse_label,
+    part_range,
+    require,
+)
 from webly.errors import WeblyError
 
 QUERY_DIR = re.compile(r"^q(\d{4,5})$")
@@ -136,9 +143,13 @@ class WebVisionReader:
         if not mlist.is_file():
             self.stats["train_without_meta_list"] += 1
             mlist = None
-        lo, hi = line_range(flist, part)
-        if mlist and part[1] > 1 and count_lines(mlist) != count_lines(flist):
-            raise WeblyError(f"{flist} and {mlist} differ in length: they must align line by line")
+        lo, hi = 0, None
+        if part[1] > 1:  # a part needs the list's length; its meta list must match it
+            n = count_lines(flist)
+            if mlist and count_lines(mlist) != n:
+                raise WeblyError(f"{flist} and {mlist} differ in length: they must align line "
+                                 "by line")
+            lo, hi = part_range(n, part)
         texts = self._meta_texts(mlist, lo, hi) if mlist else iter(())
         lines = itertools.islice(iter_lines(flist), lo, hi)
         for entry, text in zip_longest(lines, texts):

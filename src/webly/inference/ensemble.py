@@ -142,9 +142,9 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
     for info, d in zip(infos[1:], pred_dirs[1:], strict=True):
         if info["num_classes"] != infos[0]["num_classes"] or info["images"] != infos[0]["images"]:
             raise WeblyError(f"{d} and {pred_dirs[0]} predict different images or class counts")
-    w = _weights(pred_dirs, weights, fit_dirs, fit_labels)
     if oof and (weights or fit_dirs):
         raise WeblyError("an out-of-fold ensemble picks one member per image: no weights or --fit")
+    w = _weights(pred_dirs, weights, fit_dirs, fit_labels)
     # an average has as many distinct classes as its widest member; a pick, its narrowest
     k = min(top_k, (min if oof else max)(info["k"] for info in infos))
     info = {key: v for key, v in infos[0].items() if key not in ("k", "images", "model", "tta")}
