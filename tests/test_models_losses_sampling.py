@@ -4,7 +4,7 @@ import scipy.sparse as sp
 import torch
 
 from webly.errors import WeblyError
-from webly.training.config import per_rank_batch
+from webly.training.config import TrainConfig, per_rank_batch
 from webly.training.losses import cross_entropy, dense_targets, multilabel_bce, weighted_softmax_ce
 from webly.training.models import (
     create_backbone,
@@ -194,6 +194,28 @@ def test_mixup_blends_images_and_targets():
     want = lam * cross_entropy(logits, ids, w) + (1 - lam) * cross_entropy(logits, ids[perm], w)
     assert 0 < lam < 1 and torch.allclose(got, want)
     assert not torch.allclose(got, plain.loss(net, Batch(x, ids, w)))
+
+
+def test_small_loss_selection_leaves_out_the_largest_losses_after_its_ramp():
+    from webly.training.tasks import Batch, Task
+
+    logits = torch.tensor([[4.0, 0.0], [3.0, 0.0], [2.0, 0.0], [1.0, 0.0],
+                           [0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.0, 4.0]])
+    ids = torch.zeros(8, 1, dtype=torch.long)  # label 0: the last rows have the largest losses
+    w = torch.ones(8, 1)
+    per = cross_entropy(logits, ids, w, reduction="none")
+    task = Task(lambda lg, i, ww: cross_entropy(lg, i, ww, reduction="none"),
+                drop_high_loss=0.25, ramp_epochs=2.0)
+    net = torch.nn.Identity()
+    assert [task.drop_rate(e) for e in (0.0, 1.0, 2.0, 5.0)] == [0.0, 0.125, 0.25, 0.25]
+    assert torch.allclose(task.loss(net, Batch(logits, ids, w, epoch=0.0)), per.mean())
+    assert torch.allclose(task.loss(net, Batch(logits, ids, w, epoch=1.0)), per[:7].mean())
+    assert torch.allclose(task.loss(net, Batch(logits, ids, w, epoch=3.0)), per[:6].mean())
+    assert Task(task.criterion, 0.25, ramp_epochs=0).drop_rate(0.0) == 0.25  # no ramp
+    for bad in (dict(drop_high_loss=1.0), dict(drop_high_loss=-0.1),
+                dict(drop_high_loss=0.2, drop_ramp_epochs=-1)):
+        with pytest.raises(WeblyError, match="drop_high_loss"):
+            TrainConfig(**bad).validate()
 
 
 def test_pad_crop_keeps_size_and_shifts_by_at_most_an_eighth():

@@ -37,6 +37,10 @@ class TrainConfig:
                                   "(a labels file written with --soft-k) against its hard label")
     mixup: float = opt(0.0, "mixup alpha: train on blends of two images and of their targets, "
                             "which resists label noise (0: off)")
+    drop_high_loss: float = opt(0.0, "fraction of each micro-batch with the highest losses left "
+                                     "out of the gradient (small-loss selection against wrong "
+                                     "labels; 0: off)")
+    drop_ramp_epochs: float = opt(1.0, "epochs over which drop_high_loss ramps up from 0")
     crop_pct: float = opt(0.875,
                           "evaluation centre crop: resize to img_size/crop_pct, crop img_size "
                           "(1.0: whole image)")
@@ -97,6 +101,8 @@ class TrainConfig:
             (0 <= self.balance <= 1 and 0 <= self.ema < 1, "balance in [0, 1], ema in [0, 1)"),
             (self.mixup >= 0, "mixup (alpha) must not be negative"),
             (0 <= self.soft_labels <= 1, "soft_labels must be within [0, 1]"),
+            (0 <= self.drop_high_loss < 1 and self.drop_ramp_epochs >= 0,
+             "drop_high_loss must be within [0, 1) and drop_ramp_epochs not negative"),
             (not (self.in_memory and self.shards), "in_memory reads image files: not with shards"),
             (min(self.samples_per_epoch, self.max_steps, self.ckpt_every_steps, self.workers) >= 0,
              "counts must not be negative"),

@@ -276,7 +276,8 @@ def run_epoch(s: TrainState) -> bool:
                 s.bad_images.add(s.dataset.path(p), r)
         batch = Batch(normalize_batch(x.to(d.device,
                                            non_blocking=True)).contiguous(memory_format=s.fmt),
-                      ti.to(d.device, non_blocking=True), tw.to(d.device, non_blocking=True))
+                      ti.to(d.device, non_blocking=True), tw.to(d.device, non_blocking=True),
+                      epoch=s.step / s.steps_per_epoch)
         last_micro = (micro + 1) % cfg.accum_steps == 0
         s.lr = lr_at(cfg, s.step, s.steps_per_epoch, s.base_lr)
         for g in s.optimizer.param_groups:

@@ -9,6 +9,9 @@ dataset is never densified; a batch is, only for the BCE variant.
   number of targets (or the weight sum) instead. Averaged over the batch.
 - `multilabel_bce`: binary cross-entropy against the batch's multi-hot targets, for comparison.
 - `cross_entropy`: plain single-label CE with optional label smoothing, for finetuning.
+
+Each returns the batch mean, or with `reduction="none"` one loss per sample (what the training
+tasks use, so a task can weigh or leave out samples before averaging).
 """
 
 from __future__ import annotations
@@ -17,15 +20,19 @@ import torch
 import torch.nn.functional as F
 
 
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    return per_sample if reduction == "none" else per_sample.mean()
+
+
 def weighted_softmax_ce(logits: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
-                        normalise: bool = False) -> torch.Tensor:
+                        normalise: bool = False, reduction: str = "mean") -> torch.Tensor:
     logp = F.log_softmax(logits.float(), dim=1)
     valid = idx >= 0
     picked = logp.gather(1, idx.clamp(min=0)) * valid
     per_sample = -(picked * w).sum(1)
     if normalise:
         per_sample = per_sample / (w * valid).sum(1).clamp(min=1e-6)
-    return per_sample.mean()
+    return _reduce(per_sample, reduction)
 
 
 def dense_targets(idx: torch.Tensor, w: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -34,12 +41,15 @@ def dense_targets(idx: torch.Tensor, w: torch.Tensor, num_classes: int) -> torch
     return out[:, :num_classes]
 
 
-def multilabel_bce(logits: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def multilabel_bce(logits: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
+                   reduction: str = "mean") -> torch.Tensor:
     target = dense_targets(idx, w, logits.shape[1]).clamp(max=1.0)
-    return F.binary_cross_entropy_with_logits(logits.float(), target,
-                                              reduction="sum") / logits.shape[0]
+    per_sample = F.binary_cross_entropy_with_logits(logits.float(), target,
+                                                    reduction="none").sum(1)
+    return _reduce(per_sample, reduction)
 
 
 def cross_entropy(logits: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
-                  label_smoothing: float = 0.0) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), idx[:, 0], label_smoothing=label_smoothing)
+                  label_smoothing: float = 0.0, reduction: str = "mean") -> torch.Tensor:
+    return F.cross_entropy(logits.float(), idx[:, 0], label_smoothing=label_smoothing,
+                           reduction=reduction)
