@@ -144,11 +144,11 @@ def test_sparse_targets_keep_largest_weights_and_batches_pad_to_their_longest_ro
     assert [st.row(i)[0].tolist() for i in range(3)] == [[1, 2], [], [1]]
     assert st.row(0)[1].tolist() == pytest.approx([0.9, 0.5])
     img = torch.zeros(3, 2, 2, dtype=torch.uint8)
-    _, ids, ws, bad, reasons = collate([(img, *st.row(i), -1, "") for i in (2, 1)])
+    _, ids, ws, bad, reasons, pos = collate([(img, *st.row(i), -1, "", i) for i in (2, 1)])
     assert ids.tolist() == [[1], [-1]] and ws.tolist() == [[1.0], [0.0]]  # T = 1 in this batch
-    _, ids, ws, _, _ = collate([(img, *st.row(i), -1, "") for i in range(3)])
+    _, ids, ws, _, _, _ = collate([(img, *st.row(i), -1, "", i) for i in range(3)])
     assert ids.tolist() == [[1, 2], [-1, -1], [1, -1]]
-    assert bad.tolist() == [-1, -1] and reasons == ["", ""]
+    assert bad.tolist() == [-1, -1] and reasons == ["", ""] and pos.tolist() == [2, 1]
 
 
 def test_balanced_epoch_hits_its_targets_and_spreads_repeats():
@@ -215,6 +215,38 @@ def test_small_loss_selection_leaves_out_the_largest_losses_after_its_ramp():
     for bad in (dict(drop_high_loss=1.0), dict(drop_high_loss=-0.1),
                 dict(drop_high_loss=0.2, drop_ramp_epochs=-1)):
         with pytest.raises(WeblyError, match="drop_high_loss"):
+            TrainConfig(**bad).validate()
+
+
+def test_elr_adds_the_pull_towards_each_images_running_average():
+    from webly.training.tasks import Batch, EarlyLearning, make_task
+
+    ce = lambda lg, i, ww: cross_entropy(lg, i, ww, reduction="none")  # noqa: E731
+    task = EarlyLearning(ce, n_samples=5, num_classes=3, lam=3.0, beta=0.7)
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    ids, w, pos = torch.tensor([[0], [2]]), torch.ones(2, 1), torch.tensor([4, 1])
+    p = torch.softmax(logits, 1)
+    batch = Batch(logits, ids, w, positions=pos)
+    first = task.loss(torch.nn.Identity(), batch)  # targets start at 0: t = 0.3 p
+    want = (cross_entropy(logits, ids, w, reduction="none")
+            + 3.0 * torch.log(1 - 0.3 * (p * p).sum(1))).mean()
+    assert torch.allclose(first, want, atol=1e-5)
+    task.loss(torch.nn.Identity(), batch)  # t = 0.7 * 0.3 p + 0.3 p
+    assert torch.allclose(task.targets[pos], 0.51 * p, atol=1e-5)
+    assert task.targets[[0, 2, 3]].abs().sum() == 0  # images not drawn keep no target
+    other = EarlyLearning(ce, 5, 3, lam=3.0)
+    other.load_state_dict(task.state_dict())
+    assert torch.equal(other.targets, task.targets)
+    with pytest.raises(WeblyError, match="do not fit"):
+        EarlyLearning(ce, 4, 3, lam=1.0).load_state_dict(task.state_dict())
+    with pytest.raises(WeblyError, match="positions"):
+        task.loss(torch.nn.Identity(), Batch(logits, ids, w))
+    with pytest.raises(WeblyError, match="small class counts"):
+        EarlyLearning(ce, 16_000_000, 5000, lam=1.0)
+    with pytest.raises(WeblyError, match="elr and mixup"):
+        make_task(TrainConfig(elr=1.0, mixup=0.2), "finetune", 5, 3)
+    for bad in (dict(elr=-1.0), dict(elr=1.0, elr_beta=1.0)):
+        with pytest.raises(WeblyError, match="elr"):
             TrainConfig(**bad).validate()
 
 

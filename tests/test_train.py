@@ -300,3 +300,17 @@ def test_ema_weights_are_exported(data6, tmp_path):
     ema = {k.removeprefix("module."): v for k, v in ck["ema"].items() if k.startswith("module.")}
     assert all(torch.equal(exported[k], ema[k]) for k in exported)
     assert any(not torch.equal(exported[k], ck["model"][k]) for k in exported if k in ck["model"])
+
+
+def test_elr_targets_travel_in_checkpoints_and_a_cut_run_resumes_exactly(data6, tmp_path):
+    data = finetune_data(Manifest(data6 / "manifest.parquet"))
+    common = dict(backbone="test_resnet", img_size=32, batch_size=16, accum_steps=1, workers=0,
+                  epochs=2, elr=3.0, tensorboard=False, lr=0.05)
+    train(data, TrainConfig(**common), tmp_path / "whole", task="finetune")
+    train(data, TrainConfig(**common, max_steps=5), tmp_path / "cut", task="finetune")
+    train(data, TrainConfig(**common), tmp_path / "cut", task="finetune", resume=True)
+    a, b = (checkpoints.load(tmp_path / r / "ckpt/last.pt") for r in ("whole", "cut"))
+    ta, tb = a["task_state"]["elr_targets"], b["task_state"]["elr_targets"]
+    assert ta.shape == (len(data.rows), data.num_classes) and ta.abs().sum() > 0
+    assert torch.equal(ta, tb)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

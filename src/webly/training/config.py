@@ -41,6 +41,9 @@ class TrainConfig:
                                      "out of the gradient (small-loss selection against wrong "
                                      "labels; 0: off)")
     drop_ramp_epochs: float = opt(1.0, "epochs over which drop_high_loss ramps up from 0")
+    elr: float = opt(0.0, "early-learning regularisation weight (ELR: pull each image's "
+                          "prediction towards the running average of its past ones; 0: off)")
+    elr_beta: float = opt(0.7, "ELR: momentum of each image's running-average target")
     crop_pct: float = opt(0.875,
                           "evaluation centre crop: resize to img_size/crop_pct, crop img_size "
                           "(1.0: whole image)")
@@ -101,6 +104,7 @@ class TrainConfig:
             (0 <= self.balance <= 1 and 0 <= self.ema < 1, "balance in [0, 1], ema in [0, 1)"),
             (self.mixup >= 0, "mixup (alpha) must not be negative"),
             (0 <= self.soft_labels <= 1, "soft_labels must be within [0, 1]"),
+            (self.elr >= 0 and 0 <= self.elr_beta < 1, "elr >= 0 and elr_beta in [0, 1)"),
             (0 <= self.drop_high_loss < 1 and self.drop_ramp_epochs >= 0,
              "drop_high_loss must be within [0, 1) and drop_ramp_epochs not negative"),
             (not (self.in_memory and self.shards), "in_memory reads image files: not with shards"),
@@ -147,7 +151,7 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 RESUME_MUST_MATCH = ("task", "backbone", "img_size", "batch_size", "accum_steps",
                      "samples_per_epoch",
                      "sampler", "balance", "seed", "max_targets", "shards", "loss", "ema",
-                     "leave_out_fold")
+                     "leave_out_fold", "elr")
 
 
 def check_resume_config(saved: dict[str, Any], now: dict[str, Any], num_classes: int,

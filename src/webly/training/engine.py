@@ -107,7 +107,7 @@ def validate(model: nn.Module, data: TrainData, cfg: TrainConfig, d: Dist, fmt) 
                                          num_workers=cfg.workers, collate_fn=collate)
     model.eval()
     counts = torch.zeros(3, dtype=torch.float64, device=d.device)
-    for x, i, _, bad_pos, _ in loader:  # bad validation images are left out of the counts
+    for x, i, _, bad_pos, _, _ in loader:  # bad validation images are left out of the counts
         x = normalize_batch(x.to(d.device)).contiguous(memory_format=fmt)
         good = bad_pos < 0
         top5 = model(x).float().topk(min(5, data.num_classes), dim=1).indices.cpu()[good]
@@ -212,7 +212,8 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
     return TrainState(
         cfg=cfg, task=task, run=run, d=d, data=data, model=model, optimizer=optimizer,
         scaler=torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16), ema=ema,
-        objective=make_task(cfg, task), dataset=dataset, sampler=sampler,
+        objective=make_task(cfg, task, len(dataset), data.num_classes), dataset=dataset,
+        sampler=sampler,
         bad_images=BadImages(len(data.rows), cfg.max_bad_fraction,
                              run / "bad_images.tsv" if d.is_primary else None),
         fmt=fmt, dtype=dtype, per_rank=per_rank, steps_per_epoch=steps_per_epoch, base_lr=base_lr,
@@ -268,7 +269,7 @@ def run_epoch(s: TrainState) -> bool:
     nonfinite = torch.zeros((), dtype=torch.bool, device=d.device)
     batches = progress(_loader(s), desc=f"epoch {s.epoch + 1}/{cfg.epochs}", total=micro_left,
                        unit="batch")
-    for x, ti, tw, bad_pos, reasons in batches:
+    for x, ti, tw, bad_pos, reasons, pos in batches:
         if micro == micro_left:
             break
         for p, r in zip(bad_pos.tolist(), reasons, strict=True):
@@ -277,7 +278,7 @@ def run_epoch(s: TrainState) -> bool:
         batch = Batch(normalize_batch(x.to(d.device,
                                            non_blocking=True)).contiguous(memory_format=s.fmt),
                       ti.to(d.device, non_blocking=True), tw.to(d.device, non_blocking=True),
-                      epoch=s.step / s.steps_per_epoch)
+                      pos.to(d.device, non_blocking=True), epoch=s.step / s.steps_per_epoch)
         last_micro = (micro + 1) % cfg.accum_steps == 0
         s.lr = lr_at(cfg, s.step, s.steps_per_epoch, s.base_lr)
         for g in s.optimizer.param_groups:

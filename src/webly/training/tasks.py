@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from webly.errors import WeblyError
 from webly.training import losses
 from webly.training.config import TrainConfig
 
@@ -96,6 +98,62 @@ class Mixup(Task):
                 + (1 - lam) * self.criterion(logits, batch.ids[perm], batch.weights[perm]))
 
 
+class EarlyLearning(Task):
+    """Early-learning regularisation (ELR; Liu et al. 2020, NeurIPS): a network fits the clean
+    labels before the wrong ones, so a running average of its own predictions is a target the
+    wrong labels have not yet corrupted. Each image keeps t = beta t + (1 - beta) p (p its
+    softmax, detached); the loss adds lam * log(1 - <p, t>), whose gradient pulls p towards t
+    and so holds back memorising a label the early network disagreed with. One forward pass, no
+    extra compute; the targets (images x classes, float32) live on the training device and in
+    checkpoints, so a resumed run continues exactly. Under DDP the ranks share each step's
+    updates (all_gather), so every rank holds the same targets.
+
+    The targets are dense: meant for tens of classes (CIFAR-sized sets), refused past
+    `MAX_ELEMENTS` (a WebVision-sized set would need 16M x 5,000 of them)."""
+
+    MAX_ELEMENTS = 1 << 28  # 1 GiB of float32
+
+    def __init__(self, criterion: Criterion, n_samples: int, num_classes: int, lam: float,
+                 beta: float = 0.7, **drop: Any) -> None:
+        super().__init__(criterion, **drop)
+        if n_samples * num_classes > self.MAX_ELEMENTS:
+            raise WeblyError(f"train: elr keeps {n_samples} x {num_classes} targets, over "
+                             f"{self.MAX_ELEMENTS}; it is for small class counts")
+        self.lam, self.beta = lam, beta
+        self.targets = torch.zeros(n_samples, num_classes)
+
+    def per_sample(self, net: nn.Module, batch: Batch) -> torch.Tensor:
+        if batch.positions is None:
+            raise WeblyError("elr needs each batch's dataset positions")
+        logits = net(batch.x)
+        p = torch.softmax(logits.float(), dim=1).clamp(1e-4, 1 - 1e-4)
+        pos, upd = batch.positions, (p / p.sum(1, keepdim=True)).detach()
+        if dist.is_available() and dist.is_initialized():
+            pos, upd = _gather(pos), _gather(upd)
+        if self.targets.device != p.device:
+            self.targets = self.targets.to(p.device)
+        self.targets[pos] = self.beta * self.targets[pos] + (1 - self.beta) * upd
+        t = self.targets[batch.positions]
+        reg = torch.log(1 - (t * p).sum(1))
+        return self.criterion(logits, batch.ids, batch.weights) + self.lam * reg
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elr_targets": self.targets.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "elr_targets" in state:
+            if state["elr_targets"].shape != self.targets.shape:
+                raise WeblyError(f"checkpoint's elr targets {tuple(state['elr_targets'].shape)} "
+                                 f"do not fit {tuple(self.targets.shape)}")
+            self.targets = state["elr_targets"].to(self.targets.device)
+
+
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    out = torch.empty((dist.get_world_size(), *x.shape), dtype=x.dtype, device=x.device)
+    dist.all_gather_into_tensor(out, x.contiguous())
+    return out.flatten(0, 1)
+
+
 def criterion_for(cfg: TrainConfig, task: str) -> Criterion:
     """`loss: auto` is cross-entropy to finetune and the sum of weighted cross-entropies to
     pretrain."""
@@ -111,9 +169,15 @@ def criterion_for(cfg: TrainConfig, task: str) -> Criterion:
                                                            reduction="none")
 
 
-def make_task(cfg: TrainConfig, task: str) -> Task:
-    """The task object for `task` (finetune, pretrain_wt, pretrain_lw) under `cfg`."""
+def make_task(cfg: TrainConfig, task: str, n_samples: int = 0, num_classes: int = 0) -> Task:
+    """The task object for `task` (finetune, pretrain_wt, pretrain_lw) under `cfg`; ELR needs the
+    dataset's size and class count."""
     drop = dict(drop_high_loss=cfg.drop_high_loss, ramp_epochs=cfg.drop_ramp_epochs)
+    if cfg.elr > 0:
+        if cfg.mixup > 0:
+            raise WeblyError("train: elr and mixup together are not supported")
+        return EarlyLearning(criterion_for(cfg, task), n_samples, num_classes, cfg.elr,
+                             cfg.elr_beta, **drop)
     if cfg.mixup > 0:
         return Mixup(criterion_for(cfg, task), cfg.mixup, **drop)
     return Task(criterion_for(cfg, task), **drop)

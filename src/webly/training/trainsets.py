@@ -8,11 +8,12 @@
 Targets are kept as CSR (`SparseTargets`: int32 ids and float32 weights, largest weight first, at
 most `max_targets` a sample: 8 bytes a target, no padding; about 0.6 GB for 16M images with ~5
 keywords each). `TargetDataset` returns (uint8 image, target ids [t], target weights [t], bad
-position, reason); `collate` pads a batch to its own longest row (-1 ids, 0 weights), so nothing is
-densified beyond a batch. A file that
-cannot be decoded is replaced by the next good one (training) or by a blank flagged image
-(evaluation), and reported through the last two fields; `BadImages` logs each once, counts them by
-reason and stops the run when more than `max_bad_fraction` of the images are bad.
+position, reason, position shown); `collate` pads a batch to its own longest row (-1 ids, 0
+weights), so nothing is densified beyond a batch. A file that cannot be decoded is replaced by
+the next good one (training) or by a blank flagged image (evaluation), and reported through the
+bad position and reason; `BadImages` logs each once, counts them by reason and stops the run when
+more than `max_bad_fraction` of the images are bad. The position shown lets a method that keeps
+per-image state (ELR) find its row.
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ def sparse_targets(targets: sp.csr_matrix, max_targets: int) -> SparseTargets:
 
 
 def collate(batch: list[tuple]) -> tuple:
-    """(images, ids [B, T], weights [B, T], bad positions, reasons), T the batch's longest row."""
+    """(images, ids [B, T], weights [B, T], bad positions, reasons, positions shown), T the
+    batch's longest row."""
     T = max(1, max(len(b[1]) for b in batch))
     ids = torch.full((len(batch), T), -1, dtype=torch.int64)
     ws = torch.zeros((len(batch), T), dtype=torch.float32)
@@ -174,7 +176,7 @@ def collate(batch: list[tuple]) -> tuple:
         ids[j, :len(b[1])] = torch.as_tensor(b[1], dtype=torch.int64)
         ws[j, :len(b[2])] = torch.as_tensor(b[2], dtype=torch.float32)
     return (torch.stack([b[0] for b in batch]), ids, ws, torch.tensor([b[3] for b in batch]),
-            [b[4] for b in batch])
+            [b[4] for b in batch], torch.tensor([b[5] for b in batch]))
 
 
 class TargetDataset(torch.utils.data.Dataset):
@@ -224,8 +226,8 @@ class TargetDataset(torch.utils.data.Dataset):
         if img is None:
             size = getattr(self.transform, "size", 32)
             return (torch.zeros(3, size, size, dtype=torch.uint8), *self.targets.row(pos), bad,
-                    reason)
-        return (self.transform(img), *self.targets.row(shown), bad, reason)
+                    reason, pos)
+        return (self.transform(img), *self.targets.row(shown), bad, reason, shown)
 
 
 def train_images(data: TrainData, shards: str | None,
