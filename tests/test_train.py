@@ -155,7 +155,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data6, tmp_path, monkeypa
             Poisoned.calls += 1
             return super().loss(net, batch) * (float("nan") if Poisoned.calls == 4 else 1.0)
 
-    monkeypatch.setattr(engine, "make_task", lambda cfg, task: Poisoned(criterion_for(cfg, task)))
+    monkeypatch.setattr(engine, "make_task",
+                        lambda cfg, task, *_: Poisoned(criterion_for(cfg, task)))
     data = finetune_data(Manifest(data6 / "manifest.parquet"))
     cfg = TrainConfig(backbone="test_resnet", img_size=32, batch_size=8, accum_steps=1, workers=0,
                       ckpt_every_steps=2, tensorboard=False)
@@ -202,11 +203,12 @@ def test_bad_train_config(data6):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_single_process(data6, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--elr", "3"]], ids=["plain", "elr"])
+def test_ddp_two_processes_match_single_process(data6, tmp_path, extra):
     m = str(data6 / "manifest.parquet")
     args = ["finetune", m, "--backbone", "test_vit", "--img-size", "32", "--batch-size", "16",
             "--accum-steps", "2", "--workers", "0", "--no-tensorboard", "--epochs", "1",
-            "--log-every", "1", "--sampler", "shuffle", "--seed", "1"]
+            "--log-every", "1", "--sampler", "shuffle", "--seed", "1", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                 "--master-port", "29533", "-m", "webly.cli"]
@@ -220,6 +222,10 @@ def test_ddp_two_processes_match_single_process(data6, tmp_path):
     assert json.loads((tmp_path / "ddp/train.summary.json").read_text())["world_size"] == 2
     assert len(ddp) == len(one) > 3
     assert np.allclose(ddp, one, rtol=1e-3, atol=1e-4)
+    if extra:  # ELR: every rank saw every image's update, as the single process did
+        a, b = (checkpoints.load(tmp_path / r / "ckpt/last.pt")["task_state"]["elr_targets"]
+                for r in ("ddp", "one"))
+        assert a.abs().sum() > 0 and torch.allclose(a, b, atol=1e-3)
 
 
 def test_shard_fed_balanced_training_resumes_exactly(data6, tmp_path):

@@ -149,9 +149,11 @@ class EarlyLearning(Task):
 
 
 def _gather(x: torch.Tensor) -> torch.Tensor:
-    out = torch.empty((dist.get_world_size(), *x.shape), dtype=x.dtype, device=x.device)
-    dist.all_gather_into_tensor(out, x.contiguous())
-    return out.flatten(0, 1)
+    """Every rank's `x` (equal shapes: ranks draw equal micro-batches), rank order; all_gather
+    of a list works on gloo (CPU) as well as NCCL."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 def criterion_for(cfg: TrainConfig, task: str) -> Criterion:
