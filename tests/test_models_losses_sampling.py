@@ -5,7 +5,13 @@ import torch
 
 from webly.errors import WeblyError
 from webly.training.config import TrainConfig, per_rank_batch
-from webly.training.losses import cross_entropy, dense_targets, multilabel_bce, weighted_softmax_ce
+from webly.training.losses import (
+    cross_entropy,
+    dense_targets,
+    generalized_ce,
+    multilabel_bce,
+    weighted_softmax_ce,
+)
 from webly.training.models import (
     create_backbone,
     head_prefix,
@@ -73,6 +79,31 @@ def test_losses():
     assert multilabel_bce(logits, idx, w).item() == pytest.approx(by_hand, rel=1e-5)
     assert cross_entropy(logits, idx, w).item() == pytest.approx(
         torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).item())
+
+
+def test_generalized_ce_by_hand_and_its_limits():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    idx = torch.tensor([[0, 2], [1, -1]])
+    w = torch.tensor([[1.0, 0.5], [1.0, 0.0]])
+    p = torch.softmax(logits, 1)
+    q = 0.7
+    want = ((1 - p[0, 0] ** q) / q + 0.5 * (1 - p[0, 2] ** q) / q + (1 - p[1, 1] ** q) / q) / 2
+    assert generalized_ce(logits, idx, w, q).item() == pytest.approx(want.item(), rel=1e-5)
+    # q = 1 is the mean absolute error 1 - p_y; q -> 0 approaches CE
+    one = torch.tensor([[0], [1]])
+    assert generalized_ce(logits, one, torch.ones(2, 1), 1.0).item() == pytest.approx(
+        (2 - p[0, 0] - p[1, 1]).item() / 2, rel=1e-5)
+    assert generalized_ce(logits, one, torch.ones(2, 1), 1e-4).item() == pytest.approx(
+        cross_entropy(logits, one, torch.ones(2, 1)).item(), rel=1e-3)
+    # the gradient is CE's scaled by p_y^q: an unlikely (often wrong) label pulls less
+    z = logits.clone().requires_grad_(True)
+    generalized_ce(z, one, torch.ones(2, 1), q, reduction="none")[1].backward()
+    zc = logits.clone().requires_grad_(True)
+    cross_entropy(zc, one, torch.ones(2, 1), reduction="none")[1].backward()
+    assert torch.allclose(z.grad, zc.grad * p[1, 1] ** q, atol=1e-6)
+    for bad in (0.0, 1.5):
+        with pytest.raises(WeblyError, match="gce_q"):
+            TrainConfig(loss="gce", gce_q=bad).validate()
 
 
 def test_balanced_sampler_is_uniform_over_classes():

@@ -64,10 +64,10 @@ class TrainConfig:
                                                   "balanced (class/keyword-balanced) or shuffle "
                                                   "(natural)")
     balance: float = opt(1.0, "balanced sampler: 1 uniform over classes, 0 natural frequencies")
-    loss: Literal["auto", "ce", "softmax_sum", "bce"] = opt("auto",
-                                                            "auto: ce to finetune, softmax_sum "
-                                                            "(WT/LW) to pretrain; bce for "
-                                                            "comparison")
+    loss: Literal["auto", "ce", "softmax_sum", "bce", "gce"] = opt(
+        "auto", "auto: ce to finetune, softmax_sum (WT/LW) to pretrain; gce: generalised CE, "
+                "robust to wrong labels; bce for comparison")
+    gce_q: float = opt(0.7, "gce: exponent q in (0, 1] (towards 0: CE; 1: mean absolute error)")
     normalise_targets: bool = opt(False, "divide the multi-label loss by the number of targets")
     label_smoothing: float = opt(0.0, "finetuning cross-entropy label smoothing")
     max_targets: int = opt(32, "targets kept per image (largest weights first)")
@@ -105,6 +105,7 @@ class TrainConfig:
             (self.mixup >= 0, "mixup (alpha) must not be negative"),
             (0 <= self.soft_labels <= 1, "soft_labels must be within [0, 1]"),
             (self.elr >= 0 and 0 <= self.elr_beta < 1, "elr >= 0 and elr_beta in [0, 1)"),
+            (0 < self.gce_q <= 1, "gce_q must be within (0, 1]"),
             (0 <= self.drop_high_loss < 1 and self.drop_ramp_epochs >= 0,
              "drop_high_loss must be within [0, 1) and drop_ramp_epochs not negative"),
             (not (self.in_memory and self.shards), "in_memory reads image files: not with shards"),

@@ -9,6 +9,7 @@ dataset is never densified; a batch is, only for the BCE variant.
   number of targets (or the weight sum) instead. Averaged over the batch.
 - `multilabel_bce`: binary cross-entropy against the batch's multi-hot targets, for comparison.
 - `cross_entropy`: plain single-label CE with optional label smoothing, for finetuning.
+- `generalized_ce`: the noise-robust generalised cross-entropy (GCE), weighted over targets.
 
 Each returns the batch mean, or with `reduction="none"` one loss per sample (what the training
 tasks use, so a task can weigh or leave out samples before averaging).
@@ -53,3 +54,15 @@ def cross_entropy(logits: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
                   label_smoothing: float = 0.0, reduction: str = "mean") -> torch.Tensor:
     return F.cross_entropy(logits.float(), idx[:, 0], label_smoothing=label_smoothing,
                            reduction=reduction)
+
+
+def generalized_ce(logits: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, q: float = 0.7,
+                   reduction: str = "mean") -> torch.Tensor:
+    """Generalised cross-entropy (Zhang & Sabuncu 2018, NeurIPS): sum_t w_t (1 - p_t^q) / q.
+    Its gradient is CE's times p_t^q, so an image whose label the network finds unlikely (most
+    often a wrong label) pulls less; q -> 0 is CE, q = 1 the mean absolute error."""
+    p = F.softmax(logits.float(), dim=1)
+    valid = idx >= 0
+    picked = p.gather(1, idx.clamp(min=0)).clamp(min=1e-7)
+    per_sample = (((1 - picked.pow(q)) / q) * w * valid).sum(1)
+    return _reduce(per_sample, reduction)

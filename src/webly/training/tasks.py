@@ -165,6 +165,9 @@ def criterion_for(cfg: TrainConfig, task: str) -> Criterion:
     if kind == "ce":
         return lambda logits, i, w: losses.cross_entropy(logits, i, w, cfg.label_smoothing,
                                                          reduction="none")
+    if kind == "gce":
+        return lambda logits, i, w: losses.generalized_ce(logits, i, w, cfg.gce_q,
+                                                          reduction="none")
     if kind == "bce":
         return lambda logits, i, w: losses.multilabel_bce(logits, i, w, reduction="none")
     return lambda logits, i, w: losses.weighted_softmax_ce(logits, i, w, cfg.normalise_targets,
