@@ -168,7 +168,7 @@ def cpu_bf16() -> bool:
 
 
 def recipe_for(root: Path, epochs: int, batch_size: int | None = None,
-               workers: int | None = None) -> dict[str, Any]:
+               workers: int | None = None, seed: int = 0) -> dict[str, Any]:
     from webly.config import load_yaml
 
     recipe = load_yaml(RECIPE)
@@ -186,6 +186,7 @@ def recipe_for(root: Path, epochs: int, batch_size: int | None = None,
             step["samples_per_epoch"] = round(draws / step["epochs"])
             step["batch_size"] = batch_size or step["batch_size"]
             step["amp"] = amp
+            step["seed"] = seed
         if workers is not None and "workers" in step:
             step["workers"] = workers
     return recipe
@@ -329,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, help="override: epochs of one compute unit")
     ap.add_argument("--batch-size", type=int,
                     help="override: training batch (smoke tests on tiny subsets)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="training seed of every step (the label noise and the holdout keep "
+                         "theirs: a second seed measures how much a row's top-1 varies)")
     ap.add_argument("--workers", type=int,
                     help="override: DataLoader workers of every step (0 in the recipe: on 2 "
                          "CPU cores the main process loads in-memory images fastest)")
@@ -339,12 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     n_train = n_train if args.train_images is None else args.train_images
     n_test = n_test if args.test_images is None else args.test_images
     epochs = args.epochs or epochs
-    out = args.out or REPO / f"runs/cifar10n-{name}-{args.noise}"
+    out = args.out or REPO / (f"runs/cifar10n-{name}-{args.noise}"
+                              + (f"-seed{args.seed}" if args.seed else ""))
     t0 = time.time()
     root = prepare(find_root(args.data, args.cache), args.cache, args.noise, n_train, n_test,
                    args.holdout)
-    run_recipe(recipe_for(root, epochs, args.batch_size, args.workers), out)
+    run_recipe(recipe_for(root, epochs, args.batch_size, args.workers, args.seed), out)
     res = collect(out, root, name, args.noise, time.time() - t0)
+    res["seed"] = args.seed
     res["command"] = "python benchmarks/cifar10n.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
     (out / "benchmark.json").write_text(json.dumps(res, indent=1) + "\n")

@@ -135,6 +135,19 @@ def test_prepare_holds_out_noisy_labels_and_scores_on_clean_test(tmp_path):
     assert all((a / p).is_file() for p in train | held)
 
 
+def test_seed_reaches_every_training_step_and_only_them(tmp_path):
+    bench = _bench()
+    data = make_cifar10n_like(tmp_path / "cifar10n", 60, 20)
+    root = bench.prepare(data, tmp_path / "cache", "worst", 30, 10, holdout=15)
+    recipe = bench.recipe_for(root, epochs=2, seed=7)
+    seeds = {s["id"]: s.get("seed") for s in recipe["steps"]}
+    assert {k for k, v in seeds.items() if v == 7} == set(bench.SHARE)
+    assert all(seeds[k] is None for k in seeds if k not in bench.SHARE)
+    default = bench.recipe_for(root, epochs=2)
+    trained = {s["id"]: s.get("seed") for s in default["steps"] if s["id"] in bench.SHARE}
+    assert trained == dict.fromkeys(bench.SHARE, 0)
+
+
 @pytest.mark.parametrize("noise", ["symmetric40", "asym40"])
 def test_generated_noise_rates_and_directions(noise):
     bench = _bench()
