@@ -57,6 +57,7 @@ MODES = {  # training images (0: all but the holdout), test images (0: all), epo
     "full": (0, 0, 60),
 }
 HOLDOUT = 5000
+NATIVE_SIZE = 32  # CIFAR's images: one unit is `epochs` passes over them at this size
 ASYM = {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog", "dog": "cat"}
 
 
@@ -174,14 +175,21 @@ def recipe_for(root: Path, epochs: int, batch_size: int | None = None,
     recipe = load_yaml(RECIPE)
     amp = "bf16" if cpu_bf16() else "auto"  # auto: bf16 on GPUs, fp32 on other CPUs
     n_train = len((root / "info/train_filelist.txt").read_text().splitlines())
+    macs: dict[tuple[str, int], int] = {}
     for step in recipe["steps"]:
         if step["stage"] == "index":
             step["root"] = str(root)
         if step["id"] in SHARE:
             # the step's share of the unit, exactly: whole epochs of the right number of draws
-            # (a fold model draws from half the images; pseudo-labels may drop some)
+            # (a fold model draws from half the images; pseudo-labels may drop some); a step
+            # at a smaller img_size than the images' draws more of them for the same compute
             images = n_train // 2 if step.get("leave_out_fold") else n_train
-            draws = SHARE[step["id"]] * epochs * n_train
+            for size in (NATIVE_SIZE, step["img_size"]):
+                key = (step["backbone"], size)
+                macs[key] = macs.get(key) or macs_per_image(step["backbone"], size, 10)
+            cheaper = (macs[step["backbone"], NATIVE_SIZE]
+                       / macs[step["backbone"], step["img_size"]])
+            draws = SHARE[step["id"]] * epochs * n_train * cheaper
             step["epochs"] = max(1, math.ceil(draws / images - 1e-9))  # epochs of <= 1 pass
             step["samples_per_epoch"] = round(draws / step["epochs"])
             step["batch_size"] = batch_size or step["batch_size"]

@@ -292,3 +292,18 @@ def test_pad_crop_keeps_size_and_shifts_by_at_most_an_eighth():
     assert any(torch.equal(o, img) or torch.equal(o, img.flip(-1)) for o in outs)
     assert len({o.sum().item() for o in outs}) > 5  # crops move
     assert PadCropTransform(32)(torch.zeros(3, 40, 40, dtype=torch.uint8)).shape == (3, 32, 32)
+    # every output is a crop of the reflect-padded image (torch's pad as the oracle), maybe flipped
+    for size in (8, 20):
+        x = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)
+        p = size // 8
+        padded = torch.nn.functional.pad(x[None].float(), (p, p, p, p), mode="reflect")[0]
+        crops = [padded[:, t:t + size, c:c + size].to(torch.uint8) for t in range(2 * p + 1)
+                 for c in range(2 * p + 1)]
+        crops += [c.flip(-1) for c in crops]
+        seen = set()
+        for _ in range(1000):
+            out = PadCropTransform(size)(x)
+            hit = [i for i, c in enumerate(crops) if torch.equal(out, c)]
+            assert hit
+            seen.add(hit[0])
+        assert len(seen) == len(crops)  # every offset and both flips occur

@@ -247,12 +247,14 @@ def test_shard_fed_balanced_training_resumes_exactly(data6, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_in_memory_images_train_exactly_as_files(data6, tmp_path):
+@pytest.mark.parametrize("size", [32, 24])
+def test_in_memory_images_train_exactly_as_files(data6, tmp_path, size):
     """Decoded once into memory or decoded every epoch: the same pixels, the same weights; with
-    pad-crop augmentation and mixup too."""
+    pad-crop augmentation and mixup too, and at a smaller size (resized once in memory)."""
     m = str(data6 / "manifest.parquet")
     args = ["--backbone", "test_resnet", "--epochs", "2", "--samples-per-epoch", "96", *TINY,
-            "--no-tensorboard", "--augment", "pad_crop", "--mixup", "0.4"]
+            "--img-size", str(size), "--no-tensorboard", "--augment", "pad_crop", "--mixup",
+            "0.4"]
     assert main(["finetune", m, "-o", str(tmp_path / "files"), *args]) == 0
     assert main(["finetune", m, "-o", str(tmp_path / "mem"), *args, "--in-memory"]) == 0
     a = load_file(tmp_path / "files/model.safetensors")
@@ -281,6 +283,8 @@ def test_in_memory_counts_bad_images_and_refuses_mixed_sizes(data6, tmp_path):
     Image.new("RGB", (40, 30)).save(root / paths[2], format="JPEG")
     with pytest.raises(WeblyError, match="one size"):
         MemoryImages(manifest, rows)
+    resized = MemoryImages(manifest, rows, size=24)  # resized once: any sizes will do
+    assert resized.pixels(2).shape == resized.pixels(0).shape == (3, 24, 24)
 
 
 def test_leave_out_fold_trains_on_the_other_half(data6, tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from webly.data.images import decode_tensor, try_decode
+from webly.data.images import decode_tensor, resize_uint8, try_decode
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
 from webly.progress import progress
@@ -62,11 +62,13 @@ class ImageFiles:
 class MemoryImages(ImageFiles):
     """`ImageFiles` decoded once into one uint8 tensor [n, 3, H, W] (all images one size), for
     small images such as CIFAR's: 50k 32x32 images are 150 MB, and no epoch decodes again.
-    `pixels(pos)` is the image, or None for one that could not be decoded (`reason(pos)`)."""
+    `pixels(pos)` is the image, or None for one that could not be decoded (`reason(pos)`).
+    With `size`, every image is resized to size x size once here (for an augmentation that
+    resizes the whole image first, such as pad-crop: the same pixels, without a resize a draw)."""
 
     MAX_BYTES = 8 << 30
 
-    def __init__(self, manifest: Manifest, rows: np.ndarray) -> None:
+    def __init__(self, manifest: Manifest, rows: np.ndarray, size: int | None = None) -> None:
         super().__init__(manifest, rows)
         self.array: torch.Tensor | None = None
         self.reasons: dict[int, str] = {}
@@ -75,6 +77,8 @@ class MemoryImages(ImageFiles):
             if img is None:
                 self.reasons[pos] = reason
                 continue
+            if size and img.shape[-2:] != (size, size):
+                img = resize_uint8(img, (size, size))
             if self.array is None:
                 nbytes = len(rows) * img.numel()
                 if nbytes > self.MAX_BYTES:

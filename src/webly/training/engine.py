@@ -200,7 +200,10 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
     targets = sparse_targets(data.targets, cfg.max_targets)
     transform = (PadCropTransform(cfg.img_size) if cfg.augment == "pad_crop"
                  else TrainTransform(cfg.img_size, (cfg.crop_scale, 1.0)))
-    dataset = TargetDataset(train_images(data, cfg.shards, cfg.in_memory), targets, transform)
+    # pad-crop resizes the whole image first: in memory, that is done once
+    size = cfg.img_size if cfg.augment == "pad_crop" else None
+    dataset = TargetDataset(train_images(data, cfg.shards, cfg.in_memory, size), targets,
+                            transform)
     run.mkdir(parents=True, exist_ok=True)
     sampler: BalancedSampler | ShuffleSampler
     if cfg.sampler == "balanced":

@@ -230,11 +230,11 @@ class TargetDataset(torch.utils.data.Dataset):
         return (self.transform(img), *self.targets.row(shown), bad, reason, shown)
 
 
-def train_images(data: TrainData, shards: str | None,
-                 in_memory: bool = False) -> ImageFiles | ShardImages:
-    """The training rows' images: files, files decoded once into memory, or by index from
-    `webly shard` tar shards."""
+def train_images(data: TrainData, shards: str | None, in_memory: bool = False,
+                 size: int | None = None) -> ImageFiles | ShardImages:
+    """The training rows' images: files, files decoded once into memory (resized to `size` once
+    there when given), or by index from `webly shard` tar shards."""
     if shards:
         return ShardImages(shards, data.rows, "train")
-    return MemoryImages(data.manifest, data.rows) if in_memory else ImageFiles(data.manifest,
-                                                                               data.rows)
+    return (MemoryImages(data.manifest, data.rows, size) if in_memory
+            else ImageFiles(data.manifest, data.rows))
