@@ -1,7 +1,7 @@
 """CIFAR-10N: the webly recipe row by row against plain cross-entropy, on real or generated noise.
 
     python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz            # default run
-    python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz --quick    # 9-11 min
+    python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz --quick    # ~11 min
     python benchmarks/cifar10n.py --data DIR --quick --noise symmetric40           # or asym40
     python benchmarks/cifar10n.py --data DIR --full                                # for a GPU
 
@@ -14,10 +14,11 @@ split (every choice reads it, as a user would have to); the clean test images ar
 split and are only scored. The steps are `configs/cifar10n/recipe.yaml`, run by `webly run` (a
 killed benchmark resumes where it stopped); this script fills in the data root and each training
 step's epochs from its share of the compute unit (one unit: `epochs` passes over the training
-images), then reads the scores. The clean training labels are read here, after training, to
-measure what pseudo-labelling corrected; no training step opens them (a test checks). Compute is
-counted as images seen x multiply-adds an image (torch's FlopCounterMode). Prints a table and
-writes RUN/benchmark.json and RUN/benchmark.md.
+images at their 32 px; a step at a smaller `img_size` draws as many more images as its
+multiply-adds allow), then reads the scores. The clean training labels are read here, after
+training, to measure what pseudo-labelling corrected; no training step opens them (a test
+checks). Compute is counted as images seen x multiply-adds an image (torch's FlopCounterMode).
+Prints a table and writes RUN/benchmark.json and RUN/benchmark.md.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ SHARE = {"ce": 1.0, "pre_ce": PRETRAIN, "ft_ce": 1 - PRETRAIN, "lw": PRETRAIN,
          "final": 1 - PRETRAIN}
 assert abs(sum(SHARE[s] for s in ROWS[-1][3]) - sum(SHARE[s] for s in ROWS[-2][3])) < 1e-9
 MODES = {  # training images (0: all but the holdout), test images (0: all), epochs of one unit
-    "quick": (0, 0, 5),  # 3 units of 45k x 5 epochs: 9-11 min measured (2 cores, bf16)
-    "default": (0, 0, 15),  # 3 units of 45k x 15 epochs: 24.5 min measured
+    "quick": (0, 0, 5),  # 3 units of 45k x 5 epochs (at 32 px): 10.5-11.8 min measured
+    "default": (0, 0, 15),  # 3 units of 45k x 15 epochs: DEFW min measured (2 cores, bf16)
     "full": (0, 0, 60),
 }
 HOLDOUT = 5000

@@ -148,6 +148,23 @@ def test_seed_reaches_every_training_step_and_only_them(tmp_path):
     assert trained == dict.fromkeys(bench.SHARE, 0)
 
 
+def test_a_smaller_training_size_draws_more_images_for_the_same_compute(tmp_path, monkeypatch):
+    bench = _bench()
+    data = make_cifar10n_like(tmp_path / "cifar10n", 60, 20)
+    root = bench.prepare(data, tmp_path / "cache", "worst", 40, 10, holdout=15)
+    macs = {32: 1000, 20: 250}  # a model whose cost is exactly 4x less at 20 px
+    monkeypatch.setattr(bench, "macs_per_image", lambda backbone, size, classes: macs[size])
+    for size, ratio in ((32, 1), (20, 4)):
+        monkeypatch.setattr(bench, "RECIPE", tmp_path / f"r{size}.yaml")
+        text = (bench.REPO / "configs/cifar10n/recipe.yaml").read_text()
+        bench.RECIPE.write_text(text.replace("img_size: 20", f"img_size: {size}"))
+        steps = {s["id"]: s for s in bench.recipe_for(root, epochs=3)["steps"]}
+        for sid, share in bench.SHARE.items():
+            draws = steps[sid]["epochs"] * steps[sid]["samples_per_epoch"]
+            assert steps[sid]["img_size"] == size
+            assert draws == pytest.approx(share * 3 * 40 * ratio, abs=steps[sid]["epochs"])
+
+
 @pytest.mark.parametrize("noise", ["symmetric40", "asym40"])
 def test_generated_noise_rates_and_directions(noise):
     bench = _bench()
