@@ -54,7 +54,7 @@ SHARE = {"ce": 1.0, "pre_ce": PRETRAIN, "ft_ce": 1 - PRETRAIN, "lw": PRETRAIN,
 assert abs(sum(SHARE[s] for s in ROWS[-1][3]) - sum(SHARE[s] for s in ROWS[-2][3])) < 1e-9
 MODES = {  # training images (0: all but the holdout), test images (0: all), epochs of one unit
     "quick": (0, 0, 5),  # 3 units of 45k x 5 epochs (at 32 px): 10.5-11.8 min measured
-    "default": (0, 0, 15),  # 3 units of 45k x 15 epochs: DEFW min measured (2 cores, bf16)
+    "default": (0, 0, 15),  # 3 units of 45k x 15 epochs: ~31 min (2 cores, bf16)
     "full": (0, 0, 60),
 }
 HOLDOUT = 5000
