@@ -24,6 +24,7 @@ Prints a table and writes RUN/benchmark.json and RUN/benchmark.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -54,7 +55,7 @@ SHARE = {"ce": 1.0, "pre_ce": PRETRAIN, "ft_ce": 1 - PRETRAIN, "lw": PRETRAIN,
 assert abs(sum(SHARE[s] for s in ROWS[-1][3]) - sum(SHARE[s] for s in ROWS[-2][3])) < 1e-9
 MODES = {  # training images (0: all but the holdout), test images (0: all), epochs of one unit
     "quick": (0, 0, 5),  # 3 units of 45k x 5 epochs (at 32 px): 10.5-11.8 min measured
-    "default": (0, 0, 15),  # 3 units of 45k x 15 epochs: ~31 min (2 cores, bf16)
+    "default": (0, 0, 15),  # 3 units of 45k x 15 epochs: ~31 min alone (estimated from its steps)
     "full": (0, 0, 60),
 }
 HOLDOUT = 5000
@@ -176,7 +177,6 @@ def recipe_for(root: Path, epochs: int, batch_size: int | None = None,
     recipe = load_yaml(RECIPE)
     amp = "bf16" if cpu_bf16() else "auto"  # auto: bf16 on GPUs, fp32 on other CPUs
     n_train = len((root / "info/train_filelist.txt").read_text().splitlines())
-    macs: dict[tuple[str, int], int] = {}
     for step in recipe["steps"]:
         if step["stage"] == "index":
             step["root"] = str(root)
@@ -185,11 +185,8 @@ def recipe_for(root: Path, epochs: int, batch_size: int | None = None,
             # (a fold model draws from half the images; pseudo-labels may drop some); a step
             # at a smaller img_size than the images' draws more of them for the same compute
             images = n_train // 2 if step.get("leave_out_fold") else n_train
-            for size in (NATIVE_SIZE, step["img_size"]):
-                key = (step["backbone"], size)
-                macs[key] = macs.get(key) or macs_per_image(step["backbone"], size, 10)
-            cheaper = (macs[step["backbone"], NATIVE_SIZE]
-                       / macs[step["backbone"], step["img_size"]])
+            cheaper = (macs_per_image(step["backbone"], NATIVE_SIZE, 10)
+                       / macs_per_image(step["backbone"], step["img_size"], 10))
             draws = SHARE[step["id"]] * epochs * n_train * cheaper
             step["epochs"] = max(1, math.ceil(draws / images - 1e-9))  # epochs of <= 1 pass
             step["samples_per_epoch"] = round(draws / step["epochs"])
@@ -207,6 +204,7 @@ def run_recipe(recipe: dict[str, Any], out: Path) -> None:
     run(recipe, out)
 
 
+@functools.cache  # the recipe's scaling and the report both ask, for a few (backbone, size)
 def macs_per_image(backbone: str, size: int, classes: int) -> int:
     """Multiply-adds of one forward pass (FlopCounterMode counts 2 FLOPs a multiply-add)."""
     import torch
@@ -223,15 +221,13 @@ def macs_per_image(backbone: str, size: int, classes: int) -> int:
 def compute(out: Path) -> dict[str, float]:
     """Training compute of each step: images seen x forward multiply-adds x 3 (forward +
     backward), in PFLOP-equivalents of multiply-adds (1e15)."""
-    res, cache = {}, {}
+    res = {}
     for step in SHARE:
         cfg = json.loads((out / step / "train.config.json").read_text())
         summary = json.loads((out / step / "train.summary.json").read_text())
-        key = (cfg["backbone"], cfg["img_size"])
-        if key not in cache:
-            cache[key] = macs_per_image(cfg["backbone"], cfg["img_size"], 10)
+        macs = macs_per_image(cfg["backbone"], cfg["img_size"], 10)
         seen = summary["steps"] * cfg["batch_size"] * cfg["accum_steps"]
-        res[step] = seen * cache[key] * 3 / 1e15
+        res[step] = seen * macs * 3 / 1e15
     return res
 
 

@@ -60,11 +60,11 @@ class ImageFiles:
 
 
 class MemoryImages(ImageFiles):
-    """`ImageFiles` decoded once into one uint8 tensor [n, 3, H, W] (all images one size), for
-    small images such as CIFAR's: 50k 32x32 images are 150 MB, and no epoch decodes again.
-    `pixels(pos)` is the image, or None for one that could not be decoded (`reason(pos)`).
-    With `size`, every image is resized to size x size once here (for an augmentation that
-    resizes the whole image first, such as pad-crop: the same pixels, without a resize a draw)."""
+    """`ImageFiles` decoded once into one uint8 tensor [n, 3, H, W], for small images such as
+    CIFAR's: 50k 32x32 images are 150 MB, and no epoch decodes again. `pixels(pos)` is the
+    image, or None for one that could not be decoded (`reason(pos)`). Without `size` the images
+    must all be one size; with it, each is resized to size x size once here (for an augmentation
+    that resizes the whole image first, such as pad-crop: the same pixels, no resize a draw)."""
 
     MAX_BYTES = 8 << 30
 

@@ -214,18 +214,20 @@ class PadCropTransform:
 
     def __init__(self, size: int) -> None:
         self.size, self.pad = size, max(1, size // 8)
-        # the crop at each offset as indices into the unpadded image (reflect padding): two
-        # index_selects on uint8 instead of a float pad and a copy, ~5x faster a small image
+        # the crop at each offset as indices into the unpadded image (reflect padding), and
+        # flipped: two index_selects on uint8 instead of a float pad and a copy, 4-5x faster a
+        # small image
         i = torch.arange(-self.pad, size + self.pad).abs()
         i = torch.where(i >= size, 2 * (size - 1) - i, i)
         self.index = [i[o:o + size] for o in range(2 * self.pad + 1)]
+        self.flipped = [ix.flip(0) for ix in self.index]
 
     def __call__(self, img: torch.Tensor | Image.Image) -> torch.Tensor:
         x = F.pil_to_tensor(img) if isinstance(img, Image.Image) else img
         if x.shape[-2:] != (self.size, self.size):
             x = resize_uint8(x, (self.size, self.size))
         top, left = (int(v) for v in torch.randint(0, 2 * self.pad + 1, (2,)))
-        cols = self.index[left].flip(0) if torch.rand(1).item() < 0.5 else self.index[left]
+        cols = (self.flipped if torch.rand(1).item() < 0.5 else self.index)[left]
         return x.index_select(1, self.index[top]).index_select(2, cols)
 
 
