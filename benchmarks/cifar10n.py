@@ -1,7 +1,7 @@
 """CIFAR-10N: the webly recipe row by row against plain cross-entropy, on real or generated noise.
 
     python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz            # default run
-    python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz --quick    # ~11 min
+    python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz --quick    # ~13 min
     python benchmarks/cifar10n.py --data DIR --quick --noise symmetric40           # or asym40
     python benchmarks/cifar10n.py --data DIR --full                                # for a GPU
 
@@ -40,22 +40,20 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs/cifar10n/recipe.yaml"
-# row, name, score step, training steps whose compute the row counts
+# row, name, score step, steps whose compute the row counts (training, and inference passes)
 ROWS = [("1", "CE", "score_ce", ("ce",)),
-        ("2", "CE pretraining -> new head -> balanced CE finetune (control)", "score_ft_ce",
-         ("pre_ce", "ft_ce")),
-        ("3", "CE for the full recipe's compute (one unit: row 1's model)", "score_ce", ("ce",)),
-        ("4", "full recipe: LW-Set pretraining -> new head -> balanced CE finetune",
-         "score_final", ("lw", "final"))]
-# each training step's compute in units (one unit: the CE row); the full recipe costs one unit,
-# so CE for its compute is row 1's model (a recipe costing more needs its own CE row and step)
-PRETRAIN = 0.5
-SHARE = {"ce": 1.0, "pre_ce": PRETRAIN, "ft_ce": 1 - PRETRAIN, "lw": PRETRAIN,
-         "final": 1 - PRETRAIN}
-assert abs(sum(SHARE[s] for s in ROWS[-1][3]) - sum(SHARE[s] for s in ROWS[-2][3])) < 1e-9
+        ("2", "CE -> its predictions keep, relabel or drop each training label -> a new model "
+              "on the kept labels, class-balanced", "score_final", ("ce", "train_ce", "final")),
+        ("3", "CE for the full recipe's total compute", "score_ce_long", ("ce_long",)),
+        ("4", "full recipe: rows 1 and 2 averaged", "score_ens", ("ce", "train_ce", "final"))]
+# each training step's compute in units (one unit: the CE row); the full recipe trains two units
+# (row 1's model, then the new one), so CE for its compute trains two
+SHARE = {"ce": 1.0, "ce_long": 2.0, "final": 1.0}
+PASSES = ("train_ce",)  # inference passes a row counts (forward only): the labeller's
+assert sum(SHARE.get(s, 0) for s in ROWS[-1][3]) == sum(SHARE[s] for s in ROWS[-2][3])
 MODES = {  # training images (0: all but the holdout), test images (0: all), epochs of one unit
-    "quick": (0, 0, 5),  # 3 units of 45k x 5 epochs (at 32 px): 10.5-11.8 min measured
-    "default": (0, 0, 15),  # 3 units of 45k x 15 epochs: ~31 min alone (estimated from its steps)
+    "quick": (0, 0, 4),  # 4 units of 45k x 4 epochs (at 32 px): ~13 min (estimated)
+    "default": (0, 0, 15),  # 4 units of 45k x 15 epochs: ~41 min alone (estimated from v6's steps)
     "full": (0, 0, 60),
 }
 HOLDOUT = 5000
@@ -219,8 +217,8 @@ def macs_per_image(backbone: str, size: int, classes: int) -> int:
 
 
 def compute(out: Path) -> dict[str, float]:
-    """Training compute of each step: images seen x forward multiply-adds x 3 (forward +
-    backward), in PFLOP-equivalents of multiply-adds (1e15)."""
+    """Compute of each step in PFLOP-equivalents of multiply-adds (1e15): a training step's images
+    seen x forward multiply-adds x 3 (forward + backward); an inference pass's images x 1."""
     res = {}
     for step in SHARE:
         cfg = json.loads((out / step / "train.config.json").read_text())
@@ -228,6 +226,11 @@ def compute(out: Path) -> dict[str, float]:
         macs = macs_per_image(cfg["backbone"], cfg["img_size"], 10)
         seen = summary["steps"] * cfg["batch_size"] * cfg["accum_steps"]
         res[step] = seen * macs * 3 / 1e15
+    for step in PASSES:
+        summary = json.loads((out / step / "predict.summary.json").read_text())
+        cfg = json.loads((Path(summary["model"]) / "train.config.json").read_text())
+        macs = macs_per_image(cfg["backbone"], summary["img_size"], 10)
+        res[step] = summary["images"] * macs / 1e15
     return res
 
 
