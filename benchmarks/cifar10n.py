@@ -168,6 +168,14 @@ def cpu_bf16() -> bool:
         return False
 
 
+def draw_cost(step: dict[str, Any]) -> float:
+    """Training passes a labelled draw costs: 1, plus, with consistency training, for each of its
+    `unlabeled_ratio` unlabelled images a training pass (the strong view) and a forward pass (the
+    weak view, a third of one)."""
+    ratio = step.get("unlabeled_ratio", 1.0) if step.get("unlabeled_weight") else 0.0
+    return 1.0 + ratio * (1 + 1 / 3)
+
+
 def recipe_for(root: Path, epochs: int, batch_size: int | None = None,
                workers: int | None = None, seed: int = 0) -> dict[str, Any]:
     from webly.config import load_yaml
@@ -181,10 +189,11 @@ def recipe_for(root: Path, epochs: int, batch_size: int | None = None,
         if step["id"] in SHARE:
             # the step's share of the unit, exactly: whole epochs of the right number of draws
             # (a fold model draws from half the images; pseudo-labels may drop some); a step
-            # at a smaller img_size than the images' draws more of them for the same compute
+            # at a smaller img_size than the images' draws more of them for the same compute,
+            # one with unlabelled images in its batches fewer
             images = n_train // 2 if step.get("leave_out_fold") else n_train
             cheaper = (macs_per_image(step["backbone"], NATIVE_SIZE, 10)
-                       / macs_per_image(step["backbone"], step["img_size"], 10))
+                       / macs_per_image(step["backbone"], step["img_size"], 10) / draw_cost(step))
             draws = SHARE[step["id"]] * epochs * n_train * cheaper
             step["epochs"] = max(1, math.ceil(draws / images - 1e-9))  # epochs of <= 1 pass
             step["samples_per_epoch"] = round(draws / step["epochs"])
@@ -218,14 +227,15 @@ def macs_per_image(backbone: str, size: int, classes: int) -> int:
 
 def compute(out: Path) -> dict[str, float]:
     """Compute of each step in PFLOP-equivalents of multiply-adds (1e15): a training step's images
-    seen x forward multiply-adds x 3 (forward + backward); an inference pass's images x 1."""
+    seen x forward multiply-adds x 3 (forward + backward), times `draw_cost`; an inference
+    pass's images x 1."""
     res = {}
     for step in SHARE:
         cfg = json.loads((out / step / "train.config.json").read_text())
         summary = json.loads((out / step / "train.summary.json").read_text())
         macs = macs_per_image(cfg["backbone"], cfg["img_size"], 10)
         seen = summary["steps"] * cfg["batch_size"] * cfg["accum_steps"]
-        res[step] = seen * macs * 3 / 1e15
+        res[step] = seen * draw_cost(cfg) * macs * 3 / 1e15
     for step in PASSES:
         summary = json.loads((out / step / "predict.summary.json").read_text())
         cfg = json.loads((Path(summary["model"]) / "train.config.json").read_text())

@@ -166,10 +166,16 @@ def test_a_smaller_training_size_draws_more_images_for_the_same_compute(tmp_path
     root = bench.prepare(data, tmp_path / "cache", "worst", 40, 10, holdout=15)
     macs = {32: 1000, 20: 250}  # a model whose cost is exactly 4x less at 20 px
     monkeypatch.setattr(bench, "macs_per_image", lambda backbone, size, classes: macs[size])
-    for size, ratio in ((32, 1), (20, 4)):
+    text = (bench.REPO / "configs/cifar10n/recipe.yaml").read_text()
+    # consistency training: each labelled draw brings half an unlabelled image, a training pass
+    # and a forward pass each: 1 + 0.5 x 4/3 = 5/3 the cost of a draw
+    unlabeled = text.replace("    in_memory: true\n", "    in_memory: true\n"
+                             "    unlabeled_weight: 1.0\n    unlabeled_ratio: 0.5\n")
+    assert unlabeled != text
+    for size, ratio, recipe in ((32, 1, text.replace("img_size: 20", "img_size: 32")),
+                                (20, 4, text), (20, 4 * 3 / 5, unlabeled)):
         monkeypatch.setattr(bench, "RECIPE", tmp_path / f"r{size}.yaml")
-        text = (bench.REPO / "configs/cifar10n/recipe.yaml").read_text()
-        bench.RECIPE.write_text(text.replace("img_size: 20", f"img_size: {size}"))
+        bench.RECIPE.write_text(recipe)
         steps = {s["id"]: s for s in bench.recipe_for(root, epochs=3)["steps"]}
         for sid, share in bench.SHARE.items():
             draws = steps[sid]["epochs"] * steps[sid]["samples_per_epoch"]

@@ -307,3 +307,77 @@ def test_pad_crop_keeps_size_and_shifts_by_at_most_an_eighth():
             assert hit
             seen.add(hit[0])
         assert len(seen) == len(crops)  # every offset and both flips occur
+
+
+def test_batched_pad_crop_gives_every_crop_and_flip_of_the_reflect_padded_image():
+    from webly.data.images import pad_crop_batch
+
+    size, p = 8, 1
+    x = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8)
+    padded = torch.nn.functional.pad(x.float(), (p, p, p, p), mode="reflect")[0]
+    crops = [padded[:, t:t + size, c:c + size].to(torch.uint8) for t in range(2 * p + 1)
+             for c in range(2 * p + 1)]
+    crops += [c.flip(-1) for c in crops]
+    out = pad_crop_batch(x.expand(400, -1, -1, -1), torch.Generator().manual_seed(0))
+    hits = [[i for i, c in enumerate(crops) if torch.equal(o, c)] for o in out]
+    assert all(hits) and len({h[0] for h in hits}) == len(crops)
+    many = torch.randint(0, 256, (5, 3, size, size), dtype=torch.uint8)  # each its own crop
+    for o, img in zip(pad_crop_batch(many), many, strict=True):
+        pad = torch.nn.functional.pad(img[None].float(), (p, p, p, p), mode="reflect")[0]
+        assert any(torch.equal(o, c) or torch.equal(o, c.flip(-1)) for c in (
+            pad[:, t:t + size, c:c + size].to(torch.uint8) for t in range(3) for c in range(3)))
+
+
+def test_strong_view_changes_colour_and_cuts_out_a_grey_square_deterministically():
+    from webly.data.images import strong_augment_batch
+
+    x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    a = strong_augment_batch(x, torch.Generator().manual_seed(5))
+    b = strong_augment_batch(x, torch.Generator().manual_seed(5))
+    assert a.shape == x.shape and a.dtype == torch.uint8 and torch.equal(a, b)
+    grey = (a == 128).all(1)  # [N, S, S]: pixels in the cutout (0.5 -> 128 in every channel)
+    assert (grey.flatten(1).sum(1) > 0).float().mean() > 0.9  # nearly every image has one
+    assert grey.flatten(1).sum(1).max() <= 8 * 8  # at most a square of side S/2
+    assert (a != x).float().mean() > 0.5  # colours move
+
+
+def test_consistency_adds_the_masked_loss_of_the_strong_view_and_draws_by_step():
+    from webly.training.tasks import Batch, Consistency, Task, make_task
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    ce = lambda lg, i, ww: cross_entropy(lg, i, ww, reduction="none")  # noqa: E731
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    x, ids, w = torch.randn(4, 3, 8, 8), torch.tensor([[0], [1], [2], [0]]), torch.ones(4, 1)
+    plain = Task(ce).loss(net, Batch(x, ids, w))
+    never = Consistency(ce, images, weight=1.0, ratio=2.0, threshold=1.01, seed=0)
+    assert torch.allclose(never.loss(net, Batch(x, ids, w)), plain)  # no confident prediction
+    assert never.metrics() == {"unlabeled_confident": 0.0}
+    every = Consistency(ce, images, weight=2.0, ratio=2.0, threshold=0.0, seed=0)
+    got = every.loss(net, Batch(x, ids, w, micro_step=7))
+    assert every.metrics() == {"unlabeled_confident": 1.0}
+    # by hand: the same draws (seed, rank 0, step 7), the weak view's argmax as the target
+    from webly.data.images import normalize_batch, pad_crop_batch, strong_augment_batch
+
+    g = torch.Generator().manual_seed(0 * 1_000_000_007 + 7)
+    u = images[torch.randint(0, 20, (8,), generator=g)]
+    weak = pad_crop_batch(u, g)
+    strong = strong_augment_batch(weak, g)
+    target = net(normalize_batch(weak)).argmax(1)
+    want = plain + 2.0 * torch.nn.functional.cross_entropy(net(normalize_batch(strong)), target)
+    assert torch.allclose(got, want, atol=1e-5)
+    again = every.loss(net, Batch(x, ids, w, micro_step=7))
+    assert torch.equal(got, again)  # a pure function of the step: a resumed run draws the same
+    assert not torch.equal(got, every.loss(net, Batch(x, ids, w, micro_step=8)))
+    with pytest.raises(WeblyError, match="every training image has a label"):
+        Consistency(ce, images[:0], 1.0, 1.0, 0.95, 0)
+    with pytest.raises(WeblyError, match="without elr or mixup"):
+        make_task(TrainConfig(unlabeled_weight=1.0, mixup=0.2), "finetune", unlabeled=images)
+    with pytest.raises(WeblyError, match="without elr or mixup"):
+        make_task(TrainConfig(unlabeled_weight=1.0), "pretrain_wt", unlabeled=images)
+    for bad in (dict(unlabeled_weight=-1.0), dict(unlabeled_ratio=0.0),
+                dict(unlabeled_threshold=1.5),
+                dict(unlabeled_weight=1.0, augment="pad_crop"),  # not in memory
+                dict(unlabeled_weight=1.0, in_memory=True)):  # resized-crop augmentation
+        with pytest.raises(WeblyError, match="unlabeled"):
+            TrainConfig(**bad).validate()

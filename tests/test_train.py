@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from webly.cli import main
+from webly.data.folds import fold_of
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
 from webly.demo.synth import SynthConfig, generate
@@ -21,7 +22,7 @@ from webly.labels.tagging import TagConfig, tag
 from webly.training import checkpoints
 from webly.training.config import TrainConfig
 from webly.training.engine import train
-from webly.training.trainsets import finetune_data
+from webly.training.trainsets import finetune_data, leave_out_fold
 
 TINY = ["--img-size", "32", "--batch-size", "16", "--accum-steps", "1", "--workers", "0",
         "--log-every", "1", "--tensorboard", "--lr", "0.05", "--weight-decay", "0"]
@@ -288,7 +289,6 @@ def test_in_memory_counts_bad_images_and_refuses_mixed_sizes(data6, tmp_path):
 
 
 def test_leave_out_fold_trains_on_the_other_half(data6, tmp_path):
-    from webly.data.folds import fold_of
 
     m = str(data6 / "manifest.parquet")
     n = len(finetune_data(Manifest(m)).rows)
@@ -324,3 +324,36 @@ def test_elr_targets_travel_in_checkpoints_and_a_cut_run_resumes_exactly(data6, 
     assert ta.shape == (len(data.rows), data.num_classes) and ta.abs().sum() > 0
     assert torch.equal(ta, tb)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_consistency_learns_from_the_images_without_a_label_and_resumes_exactly(data6, tmp_path):
+    """Labels dropped (-1, as pseudo-label writes) make images unlabelled: consistency training
+    decodes them into memory, draws them by step (a cut run resumes bit-exact), and changes the
+    weights; every unlabelled image is left out of the labelled stream."""
+    m = Manifest(data6 / "manifest.parquet")
+    labels = np.asarray(m.read(["label"]).column(0).fill_null(-1).to_numpy(), np.int64)
+    train_rows = finetune_data(m).rows
+    dropped = train_rows[::3]
+    labels[dropped] = -1
+    data = finetune_data(m, labels)
+    assert np.array_equal(np.sort(data.unlabeled_rows), np.sort(dropped))
+    assert not np.isin(data.rows, dropped).any()
+    common = dict(backbone="test_resnet", img_size=24, batch_size=16, accum_steps=2, workers=0,
+                  epochs=2, tensorboard=False, lr=0.05, in_memory=True, augment="pad_crop",
+                  unlabeled_weight=1.0, unlabeled_ratio=0.5, unlabeled_threshold=0.0)
+    train(data, TrainConfig(**common), tmp_path / "whole", task="finetune")
+    train(data, TrainConfig(**common, max_steps=3), tmp_path / "cut", task="finetune")
+    train(data, TrainConfig(**common), tmp_path / "cut", task="finetune", resume=True)
+    train(data, TrainConfig(**{**common, "unlabeled_weight": 0.0}), tmp_path / "off",
+          task="finetune")
+    a, b, off = (load_file(tmp_path / r / "model.safetensors") for r in ("whole", "cut", "off"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], off[k]) for k in a)
+    epochs = [json.loads(x) for x in (tmp_path / "whole/metrics.jsonl").read_text().splitlines()
+              if '"epoch_end"' in x]
+    assert [e["unlabeled_confident"] for e in epochs] == [1.0, 1.0]  # threshold 0: all
+    with pytest.raises(WeblyError, match="every training image has a label"):
+        train(finetune_data(m), TrainConfig(**common), tmp_path / "none", task="finetune")
+    folded = leave_out_fold(data, "0/2")
+    assert 0 < len(folded.unlabeled_rows) < len(data.unlabeled_rows)
+    assert (fold_of(folded.unlabeled_rows, 2) != 0).all()

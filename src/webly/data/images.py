@@ -231,6 +231,50 @@ class PadCropTransform:
         return x.index_select(1, self.index[top]).index_select(2, cols)
 
 
+def pad_crop_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`PadCropTransform` on a uint8 batch [N, 3, S, S] at once: each image flipped with p 0.5
+    and cropped at its own offset from itself reflect-padded by S/8 (one gather, no padding
+    copy)."""
+    n, s = x.shape[0], x.shape[-1]
+    pad = max(1, s // 8)
+    i = torch.arange(-pad, s + pad).abs()
+    i = torch.where(i >= s, 2 * (s - 1) - i, i)  # reflect
+    off = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
+    rows = i[off[0, :, None] + torch.arange(s)]  # [N, S]
+    cols = i[off[1, :, None] + torch.arange(s)]
+    flip = torch.rand(n, generator=generator) < 0.5
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    n_i = torch.arange(n)[:, None, None, None]
+    c_i = torch.arange(x.shape[1])[None, :, None, None]
+    return x[n_i, c_i, rows[:, None, :, None].to(x.device), cols[:, None, None, :].to(x.device)]
+
+
+def strong_augment_batch(x: torch.Tensor, generator: torch.Generator | None = None
+                         ) -> torch.Tensor:
+    """A strong view of a uint8 batch [N, 3, S, S] for consistency training (FixMatch's "strong"
+    augmentation, made cheap enough to run per micro-batch on a CPU): per image, a random
+    brightness and contrast in [0.5, 1.5], saturation in [0, 1.5] (0: grey), and a cutout of a
+    square of side S/2 (grey), on top of the weak view it is given. Vectorised: one set of
+    tensor ops a batch, no per-image Python."""
+    n, s = x.shape[0], x.shape[-1]
+    u = torch.rand(3, n, 1, 1, 1, generator=generator).to(x.device)
+    y = x.float() / 255
+    grey = (y * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(
+        1, keepdim=True)
+    y = grey + (y - grey) * (1.5 * u[2])  # saturation
+    y = y * (0.5 + u[0])  # brightness
+    mean = y.mean((1, 2, 3), keepdim=True)
+    y = mean + (y - mean) * (0.5 + u[1])  # contrast
+    side = max(1, s // 2)
+    # the square's first row and column; a centre near the edge cuts a smaller part (as cutout)
+    start = torch.randint(0, s, (2, n), generator=generator).to(x.device)[..., None] - side // 2
+    ar = torch.arange(s, device=x.device)
+    inside = (ar >= start) & (ar < start + side)  # [2, N, S]: rows, columns
+    cut = (inside[0, :, :, None] & inside[1, :, None, :])[:, None]  # [N, 1, S, S]
+    y = torch.where(cut, torch.full_like(y, 0.5), y)
+    return (y.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 class EvalTransform:
     """Resize the shorter side to size/crop_pct, centre crop `size` -> uint8 CHW tensor."""
 

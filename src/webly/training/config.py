@@ -44,6 +44,16 @@ class TrainConfig:
     elr: float = opt(0.0, "early-learning regularisation weight (ELR: pull each image's "
                           "prediction towards the running average of its past ones; 0: off)")
     elr_beta: float = opt(0.7, "ELR: momentum of each image's running-average target")
+    unlabeled_weight: float = opt(0.0, "consistency on the training images without a label "
+                                       "(dropped by pseudo-label): weight of the loss that "
+                                       "teaches a strong view the model's confident prediction "
+                                       "on a weak one (FixMatch-style; 0: off; needs in_memory "
+                                       "and pad_crop)")
+    unlabeled_ratio: float = opt(1.0, "unlabelled images drawn per labelled image in a "
+                                      "micro-batch (each costs a forward + backward and a "
+                                      "forward)")
+    unlabeled_threshold: float = opt(0.95, "confidence the weak view's prediction needs to "
+                                           "become a target")
     crop_pct: float = opt(0.875,
                           "evaluation centre crop: resize to img_size/crop_pct, crop img_size "
                           "(1.0: whole image)")
@@ -106,6 +116,12 @@ class TrainConfig:
             (0 <= self.soft_labels <= 1, "soft_labels must be within [0, 1]"),
             (self.elr >= 0 and 0 <= self.elr_beta < 1, "elr >= 0 and elr_beta in [0, 1)"),
             (0 < self.gce_q <= 1, "gce_q must be within (0, 1]"),
+            (self.unlabeled_weight >= 0 and self.unlabeled_ratio > 0
+             and 0 <= self.unlabeled_threshold <= 1,
+             "unlabeled_weight >= 0, unlabeled_ratio > 0, unlabeled_threshold in [0, 1]"),
+            (not self.unlabeled_weight or (self.in_memory and self.augment == "pad_crop"),
+             "unlabeled_weight needs in_memory and augment pad_crop (its views are made "
+             "a batch at a time from the images in memory)"),
             (0 <= self.drop_high_loss < 1 and self.drop_ramp_epochs >= 0,
              "drop_high_loss must be within [0, 1) and drop_ramp_epochs not negative"),
             (not (self.in_memory and self.shards), "in_memory reads image files: not with shards"),
@@ -152,7 +168,8 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 RESUME_MUST_MATCH = ("task", "backbone", "img_size", "batch_size", "accum_steps",
                      "samples_per_epoch",
                      "sampler", "balance", "seed", "max_targets", "shards", "loss", "ema",
-                     "leave_out_fold", "elr")
+                     "leave_out_fold", "elr",
+                     "unlabeled_weight", "unlabeled_ratio")
 
 
 def check_resume_config(saved: dict[str, Any], now: dict[str, Any], num_classes: int,

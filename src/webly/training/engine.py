@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from webly import faults
-from webly.data.datasets import ImageFiles
+from webly.data.datasets import ImageFiles, MemoryImages
 from webly.data.images import (
     BadImages,
     EvalTransform,
@@ -204,6 +204,7 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
     size = cfg.img_size if cfg.augment == "pad_crop" else None
     dataset = TargetDataset(train_images(data, cfg.shards, cfg.in_memory, size), targets,
                             transform)
+    unlabeled = unlabeled_images(data, cfg) if cfg.unlabeled_weight else None
     run.mkdir(parents=True, exist_ok=True)
     sampler: BalancedSampler | ShuffleSampler
     if cfg.sampler == "balanced":
@@ -215,12 +216,26 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
     return TrainState(
         cfg=cfg, task=task, run=run, d=d, data=data, model=model, optimizer=optimizer,
         scaler=torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16), ema=ema,
-        objective=make_task(cfg, task, len(dataset), data.num_classes), dataset=dataset,
+        objective=make_task(cfg, task, len(dataset), data.num_classes, unlabeled),
+        dataset=dataset,
         sampler=sampler,
         bad_images=BadImages(len(data.rows), cfg.max_bad_fraction,
                              run / "bad_images.tsv" if d.is_primary else None),
         fmt=fmt, dtype=dtype, per_rank=per_rank, steps_per_epoch=steps_per_epoch, base_lr=base_lr,
         transfer=transfer, lr=base_lr)
+
+
+def unlabeled_images(data: TrainData, cfg: TrainConfig) -> torch.Tensor:
+    """The training images without a label, decoded into memory at the training size (those that
+    cannot be decoded are left out, and said so)."""
+    if not len(data.unlabeled_rows):
+        return torch.zeros((0, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8)
+    images = MemoryImages(data.manifest, data.unlabeled_rows, cfg.img_size)
+    if images.reasons:
+        print(f"webly: {len(images.reasons)} unlabelled images could not be decoded and are left "
+              "out of consistency training", file=sys.stderr)
+    good = [p for p in range(len(data.unlabeled_rows)) if p not in images.reasons]
+    return images.array[good]
 
 
 def restore(s: TrainState, ck: dict[str, Any], force: bool = False) -> None:
@@ -281,7 +296,8 @@ def run_epoch(s: TrainState) -> bool:
         batch = Batch(normalize_batch(x.to(d.device,
                                            non_blocking=True)).contiguous(memory_format=s.fmt),
                       ti.to(d.device, non_blocking=True), tw.to(d.device, non_blocking=True),
-                      pos.to(d.device, non_blocking=True), epoch=s.step / s.steps_per_epoch)
+                      pos.to(d.device, non_blocking=True), epoch=s.step / s.steps_per_epoch,
+                      micro_step=s.step * cfg.accum_steps + micro % cfg.accum_steps)
         last_micro = (micro + 1) % cfg.accum_steps == 0
         s.lr = lr_at(cfg, s.step, s.steps_per_epoch, s.base_lr)
         for g in s.optimizer.param_groups:
@@ -338,7 +354,8 @@ def end_epoch(s: TrainState) -> None:
     is_best = bool(s.metrics) and s.metrics["val_top1"] > s.best["val_top1"]
     if is_best:
         s.best = {"val_top1": s.metrics["val_top1"], "epoch": number}
-    s.log.epoch(number, {"train_loss": s.last_loss, "lr": s.lr, **s.metrics})
+    s.log.epoch(number, {"train_loss": s.last_loss, "lr": s.lr, **s.metrics,
+                         **s.objective.metrics()})
     if s.d.is_primary:
         checkpoints.save_training(s.checkpoint(), s.run, s.cfg.keep_last, best=is_best)
 

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from webly.data.images import normalize_batch, pad_crop_batch, strong_augment_batch
 from webly.errors import WeblyError
 from webly.training import losses
 from webly.training.config import TrainConfig
@@ -35,6 +36,7 @@ class Batch:
     weights: torch.Tensor
     positions: torch.Tensor | None = None
     epoch: float = 0.0
+    micro_step: int = 0  # micro-batches run before this one (over the whole run)
 
 
 class Task:
@@ -65,11 +67,18 @@ class Task:
         return self.drop_high_loss * ramp
 
     def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
-        per = self.per_sample(net, batch)
-        drop = int(self.drop_rate(batch.epoch) * per.numel())
+        return self.reduce(self.per_sample(net, batch), batch.epoch)
+
+    def reduce(self, per: torch.Tensor, epoch: float) -> torch.Tensor:
+        """The mean of per-sample losses, without the highest `drop_rate(epoch)` of them."""
+        drop = int(self.drop_rate(epoch) * per.numel())
         if drop == 0:
             return per.mean()
         return per.topk(per.numel() - drop, largest=False, sorted=False).values.mean()
+
+    def metrics(self) -> dict[str, float]:
+        """What the method reports at the end of an epoch (logged with the epoch's metrics)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -148,6 +157,64 @@ class EarlyLearning(Task):
             self.targets = state["elr_targets"].to(self.targets.device)
 
 
+class Consistency(Task):
+    """Learning from the training images without a label (FixMatch-style: Sohn et al. 2020; the
+    use DivideMix makes of the images it judges mislabelled, with their labels removed). Each
+    micro-batch of B labelled images draws ratio x B unlabelled ones; the model predicts a weak
+    view (flip + pad-crop) without gradients, and where its confidence reaches `threshold` that
+    class becomes the target of a strong view (`strong_augment_batch`). The loss is the
+    labelled loss + weight x the mean over the unlabelled draws of the masked cross-entropy. The
+    labelled and strong views share one forward pass (one set of BatchNorm statistics).
+
+    The unlabelled images are a uint8 tensor [U, 3, S, S] in memory at the training size (small
+    images; `in_memory` is required). Draws and views are a pure function of (seed, rank,
+    micro-step), so a resumed run draws what the uninterrupted one would, with no state."""
+
+    def __init__(self, criterion: Criterion, images: torch.Tensor, weight: float, ratio: float,
+                 threshold: float, seed: int, **drop: Any) -> None:
+        super().__init__(criterion, **drop)
+        if not len(images):
+            raise WeblyError("unlabeled_weight: every training image has a label; consistency "
+                             "training needs a labels file that drops some (webly pseudo-label)")
+        self.images, self.weight, self.ratio = images, weight, ratio
+        self.threshold, self.seed = threshold, seed
+        self.mask_rate = torch.zeros(())  # share of the last draw confident enough (no sync)
+
+    def metrics(self) -> dict[str, float]:
+        return {"unlabeled_confident": float(self.mask_rate)}
+
+    def unlabeled_loss(self, net: nn.Module, logits: torch.Tensor, weak: torch.Tensor
+                       ) -> torch.Tensor:
+        with torch.no_grad():
+            p = torch.softmax(net(weak).float(), dim=1)
+        conf, target = p.max(1)
+        mask = (conf >= self.threshold).float()
+        self.mask_rate = mask.mean().detach()
+        ce = nn.functional.cross_entropy(logits.float(), target, reduction="none")
+        return (ce * mask).mean()
+
+    def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        g = torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + rank) * 1_000_000_007 + batch.micro_step)
+        n = max(1, round(self.ratio * batch.x.shape[0]))
+        u = self.images[torch.randint(0, len(self.images), (n,), generator=g)]
+        weak = pad_crop_batch(u, g)
+        strong = strong_augment_batch(weak, g)
+        fmt = (torch.channels_last if batch.x.is_contiguous(memory_format=torch.channels_last)
+               and not batch.x.is_contiguous() else torch.contiguous_format)
+        dev = batch.x.device
+
+        def norm(v: torch.Tensor) -> torch.Tensor:
+            return normalize_batch(v.to(dev)).to(batch.x.dtype).contiguous(memory_format=fmt)
+
+        logits = net(torch.cat([batch.x, norm(strong)]))
+        b = batch.x.shape[0]
+        per = self.criterion(logits[:b], batch.ids, batch.weights)
+        return (self.reduce(per, batch.epoch)
+                + self.weight * self.unlabeled_loss(net, logits[b:], norm(weak)))
+
+
 def _gather(x: torch.Tensor) -> torch.Tensor:
     """Every rank's `x` (equal shapes: ranks draw equal micro-batches), rank order; all_gather
     of a list works on gloo (CPU) as well as NCCL."""
@@ -174,10 +241,18 @@ def criterion_for(cfg: TrainConfig, task: str) -> Criterion:
                                                            reduction="none")
 
 
-def make_task(cfg: TrainConfig, task: str, n_samples: int = 0, num_classes: int = 0) -> Task:
+def make_task(cfg: TrainConfig, task: str, n_samples: int = 0, num_classes: int = 0,
+              unlabeled: torch.Tensor | None = None) -> Task:
     """The task object for `task` (finetune, pretrain_wt, pretrain_lw) under `cfg`; ELR needs the
-    dataset's size and class count."""
+    dataset's size and class count, consistency the unlabelled images."""
     drop = dict(drop_high_loss=cfg.drop_high_loss, ramp_epochs=cfg.drop_ramp_epochs)
+    if cfg.unlabeled_weight > 0:
+        if cfg.elr > 0 or cfg.mixup > 0 or task != "finetune":
+            raise WeblyError("train: unlabeled_weight is for finetuning, without elr or mixup")
+        if unlabeled is None:
+            raise WeblyError("train: unlabeled_weight needs the unlabelled images")
+        return Consistency(criterion_for(cfg, task), unlabeled, cfg.unlabeled_weight,
+                           cfg.unlabeled_ratio, cfg.unlabeled_threshold, cfg.seed, **drop)
     if cfg.elr > 0:
         if cfg.mixup > 0:
             raise WeblyError("train: elr and mixup together are not supported")

@@ -18,7 +18,7 @@ per-image state (ELR) find its row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,8 @@ class TrainData:
     class_names: list[str]
     val_rows: np.ndarray
     val_labels: np.ndarray  # -1 where unusable (e.g. WT pretraining: no keyword labels)
+    # training rows without a label (finetune: dropped by pseudo-label), for consistency training
+    unlabeled_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def leave_out_fold(data: TrainData, fold: str) -> TrainData:
@@ -52,7 +54,8 @@ def leave_out_fold(data: TrainData, fold: str) -> TrainData:
     i, k = parse_fold(fold, "train.leave_out_fold")
     keep = fold_of(data.rows, k) != i
     return replace(data, rows=data.rows[keep], targets=data.targets[keep],
-                   membership=sp.csc_matrix(data.membership.tocsr()[keep]))
+                   membership=sp.csc_matrix(data.membership.tocsr()[keep]),
+                   unlabeled_rows=data.unlabeled_rows[fold_of(data.unlabeled_rows, k) != i])
 
 
 def _split_rows(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +75,7 @@ def finetune_data(manifest: Manifest, labels_override: np.ndarray | None = None,
     if labels_override is not None:
         labels = labels_override[rows]
     keep = labels >= 0
+    unlabeled = rows[~keep]
     rows, labels = rows[keep], labels[keep]
     if not len(rows):
         raise WeblyError(f"{manifest.path}: no labelled training images")
@@ -93,7 +97,7 @@ def finetune_data(manifest: Manifest, labels_override: np.ndarray | None = None,
     targets.eliminate_zeros()
     val_rows, val_labels = _split_rows(manifest, "val")
     return TrainData(manifest, rows, targets, groups_from_labels(labels, C), C, manifest.classes,
-                     val_rows, val_labels)
+                     val_rows, val_labels, unlabeled)
 
 
 def pretrain_data(manifest: Manifest, kind: str, source: str | Path) -> TrainData:
