@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -357,3 +358,29 @@ def test_consistency_learns_from_the_images_without_a_label_and_resumes_exactly(
     folded = leave_out_fold(data, "0/2")
     assert 0 < len(folded.unlabeled_rows) < len(data.unlabeled_rows)
     assert (fold_of(folded.unlabeled_rows, 2) != 0).all()
+
+
+def test_export_best_exports_the_best_validation_epoch(data6, tmp_path, capsys):
+    data = finetune_data(Manifest(data6 / "manifest.parquet"))
+    common = dict(backbone="test_resnet", img_size=32, batch_size=16, accum_steps=1, workers=0,
+                  epochs=3, tensorboard=False, lr=0.05, schedule="constant")
+    s = train(data, TrainConfig(**common, export="best"), tmp_path / "best", task="finetune")
+    best = checkpoints.load(tmp_path / "best/ckpt/best.pt")
+    exported = load_file(tmp_path / "best/model.safetensors")
+    assert all(torch.equal(exported[k], best["model"][k]) for k in exported)
+    assert s["exported"] == s["best"] == best["best"] and 1 <= s["best"]["epoch"] <= 3
+    scores = [json.loads(x)["val_top1"] for x in
+              (tmp_path / "best/metrics.jsonl").read_text().splitlines() if '"epoch_end"' in x]
+    assert s["best"]["val_top1"] == max(scores) > scores[-1]  # it peaks early here
+    last = train(data, TrainConfig(**common), tmp_path / "last", task="finetune")
+    assert last["exported"] == {"epoch": 3, "val_top1": scores[-1]}  # same run, bit for bit
+    final = checkpoints.load(tmp_path / "last/ckpt/last.pt")["model"]
+    assert all(torch.equal(load_file(tmp_path / "last/model.safetensors")[k], final[k])
+               for k in exported)
+    unscored = replace(data, val_labels=np.full(len(data.val_labels), -1))
+    capsys.readouterr()
+    none = train(unscored, TrainConfig(**{**common, "epochs": 1}, export="best"),
+                 tmp_path / "none", task="finetune")
+    assert none["exported"]["epoch"] == 1 and "exporting the last epoch" in capsys.readouterr().err
+    with pytest.raises(WeblyError, match="export"):
+        TrainConfig(export="first").validate()

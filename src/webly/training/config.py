@@ -84,6 +84,10 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "fp16", "off"] = opt("auto", "auto: bf16 on GPU, off on CPU")
     channels_last: Literal["auto", "on", "off"] = opt("auto", "auto: all but ResNeSt")
     compile: bool = opt(False, "torch.compile the model")
+    export: Literal["last", "best"] = opt(
+        "last", "the weights model.safetensors holds: the last epoch's, or those of the epoch "
+                "with the best val_top1 (a run that memorises wrong labels peaks before its end; "
+                "with noisy validation labels, the choice a user can make)")
     ema: float = opt(0.0, "EMA decay of the weights (0: off)")
     sync_bn: bool = opt(False, "SyncBatchNorm across ranks")
     drop_rate: float = opt(0.0, "dropout before the classifier")

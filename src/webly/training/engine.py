@@ -368,11 +368,28 @@ def finish(s: TrainState) -> dict[str, Any]:
                "seconds": round(time.time() - s.t_start, 1), "world_size": s.d.world_size,
                **({"transfer": s.transfer} if s.transfer else {})}
     if s.d.is_primary:
+        summary["exported"] = load_exported(s)
         checkpoints.export(s.ema.module if s.ema else s.model, s.run, s.cfg, s.data, s.task)
         s.log.close()
         plot_curves(s.run)
         write_atomic(s.run / "train.summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def load_exported(s: TrainState) -> dict[str, Any]:
+    """With `export: best`, put the best epoch's weights (ckpt/best.pt) back into the model to be
+    exported; which epoch that is, for the summary."""
+    last = {"epoch": s.epoch, "val_top1": s.metrics.get("val_top1")}
+    best = s.run / "ckpt" / "best.pt"
+    if s.cfg.export != "best":
+        return last
+    if s.best["epoch"] == 0 or not best.is_file():
+        print("webly: export best: no validation score was recorded (no labelled val split); "
+              "exporting the last epoch", file=sys.stderr)
+        return last
+    ck = checkpoints.load(best)
+    (s.ema if s.ema else s.model).load_state_dict(ck["ema"] if s.ema else ck["model"])
+    return dict(s.best)
 
 
 def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
