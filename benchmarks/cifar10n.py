@@ -287,14 +287,19 @@ def collect(out: Path, root: Path, mode: str, noise: str, wall: float) -> dict[s
                      "compute_units": round(sum(flops[s] for s in steps) / unit, 2)})
     top1 = {r["row"]: r["top1"] for r in rows}
     last, same = rows[-1]["row"], rows[-2]["row"]
-    holdout = {s: json.loads((out / s / "train.summary.json").read_text()).get("val_top1")
-               for s in SHARE}
+    summaries = {s: json.loads((out / s / "train.summary.json").read_text()) for s in SHARE}
+    # the exported weights' epoch and holdout score (`export: best`: not the last epoch's)
+    exported = {s: v.get("exported", {"epoch": v.get("epochs_done"), "val_top1": v.get("val_top1")})
+                for s, v in summaries.items()}
     return {
         "mode": mode, "noise": noise, "rows": rows,
         "gain_over_ce": round(top1[last] - top1["1"], 2),
         "ce_same_total_compute": top1[same],
         "gain_over_ce_same_total_compute": round(top1[last] - top1[same], 2),
-        "unit_pflop": float(f"{unit:.4g}"), "holdout_top1_noisy": holdout,
+        "unit_pflop": float(f"{unit:.4g}"),
+        "holdout_top1_noisy": {s: e["val_top1"] for s, e in exported.items()},
+        "exported_epoch": {s: [e["epoch"], summaries[s]["epochs_done"]]
+                           for s, e in exported.items()},
         "noise_in_train": json.loads((root / "info/noise.json").read_text()),
         "pseudo_labels": pseudo_label_effect(out, root) if (out / "pl").is_dir() else None,
         "train_seconds": {s: json.loads((out / s / "step.json").read_text())["seconds"]

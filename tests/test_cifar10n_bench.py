@@ -101,6 +101,10 @@ def test_every_stage_ran_and_scored(bench_run):
     assert len(members["members"]) == 2 and members["weights"] == [0.5, 0.5], members
     for step in bench.SHARE:
         assert (out / step / "model.safetensors").is_file()
+        # export: best: the holdout score reported is the exported epoch's
+        best, (epoch, of) = res["holdout_top1_noisy"][step], res["exported_epoch"][step]
+        summary = json.loads((out / step / "train.summary.json").read_text())
+        assert 1 <= epoch <= of and summary["best"] == {"val_top1": best, "epoch": epoch}
     assert "| 4 |" in bench.to_markdown(res)
     p = res["pseudo_labels"]  # measured against the clean labels, after training
     assert p["train_images"] == 1000 and p["kept"] == 1000 - p["dropped"]
