@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from webly import faults
-from webly.data.datasets import ImageFiles, MemoryImages
+from webly.data.datasets import ImageFiles
 from webly.data.images import (
     BadImages,
     EvalTransform,
@@ -60,6 +60,7 @@ from webly.training.trainsets import (
     collate,
     sparse_targets,
     train_images,
+    unlabeled_images,
 )
 
 
@@ -204,7 +205,7 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
     size = cfg.img_size if cfg.augment == "pad_crop" else None
     dataset = TargetDataset(train_images(data, cfg.shards, cfg.in_memory, size), targets,
                             transform)
-    unlabeled = unlabeled_images(data, cfg) if cfg.unlabeled_weight else None
+    unlabeled = unlabeled_images(data, cfg.img_size) if cfg.unlabeled_weight else None
     run.mkdir(parents=True, exist_ok=True)
     sampler: BalancedSampler | ShuffleSampler
     if cfg.sampler == "balanced":
@@ -223,19 +224,6 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
                              run / "bad_images.tsv" if d.is_primary else None),
         fmt=fmt, dtype=dtype, per_rank=per_rank, steps_per_epoch=steps_per_epoch, base_lr=base_lr,
         transfer=transfer, lr=base_lr)
-
-
-def unlabeled_images(data: TrainData, cfg: TrainConfig) -> torch.Tensor:
-    """The training images without a label, decoded into memory at the training size (those that
-    cannot be decoded are left out, and said so)."""
-    if not len(data.unlabeled_rows):
-        return torch.zeros((0, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8)
-    images = MemoryImages(data.manifest, data.unlabeled_rows, cfg.img_size)
-    if images.reasons:
-        print(f"webly: {len(images.reasons)} unlabelled images could not be decoded and are left "
-              "out of consistency training", file=sys.stderr)
-    good = [p for p in range(len(data.unlabeled_rows)) if p not in images.reasons]
-    return images.array[good]
 
 
 def restore(s: TrainState, ck: dict[str, Any], force: bool = False) -> None:

@@ -18,6 +18,7 @@ per-image state (ELR) find its row.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -242,3 +243,16 @@ def train_images(data: TrainData, shards: str | None, in_memory: bool = False,
         return ShardImages(shards, data.rows, "train")
     return (MemoryImages(data.manifest, data.rows, size) if in_memory
             else ImageFiles(data.manifest, data.rows))
+
+
+def unlabeled_images(data: TrainData, size: int) -> torch.Tensor:
+    """The training images without a label (`unlabeled_rows`), decoded into memory at `size` x
+    `size`, for consistency training; those that cannot be decoded are left out, and said so."""
+    if not len(data.unlabeled_rows):
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8)
+    images = MemoryImages(data.manifest, data.unlabeled_rows, size)
+    if images.reasons:
+        print(f"webly: {len(images.reasons)} unlabelled images could not be decoded and are left "
+              "out of consistency training", file=sys.stderr)
+    good = [p for p in range(len(data.unlabeled_rows)) if p not in images.reasons]
+    return images.array[good]
