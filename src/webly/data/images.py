@@ -208,6 +208,13 @@ class TrainTransform:
         return x.flip(-1) if self.hflip and torch.rand(1).item() < 0.5 else x
 
 
+def reflect_index(size: int, pad: int) -> torch.Tensor:
+    """Indices into a `size`-long axis of the axis reflect-padded by `pad` (the padded pixel j
+    is pixel reflect_index[j]): a crop of the padded image without building it."""
+    i = torch.arange(-pad, size + pad).abs()
+    return torch.where(i >= size, 2 * (size - 1) - i, i)
+
+
 class PadCropTransform:
     """Horizontal flip + a random `size` crop of the image reflect-padded by size/8 (4 px at 32):
     the standard augmentation for small images, where a random-resized crop loses too much."""
@@ -217,8 +224,7 @@ class PadCropTransform:
         # the crop at each offset as indices into the unpadded image (reflect padding), and
         # flipped: two index_selects on uint8 instead of a float pad and a copy, 4-5x faster a
         # small image
-        i = torch.arange(-self.pad, size + self.pad).abs()
-        i = torch.where(i >= size, 2 * (size - 1) - i, i)
+        i = reflect_index(size, self.pad)
         self.index = [i[o:o + size] for o in range(2 * self.pad + 1)]
         self.flipped = [ix.flip(0) for ix in self.index]
 
@@ -237,16 +243,16 @@ def pad_crop_batch(x: torch.Tensor, generator: torch.Generator | None = None) ->
     copy)."""
     n, s = x.shape[0], x.shape[-1]
     pad = max(1, s // 8)
-    i = torch.arange(-pad, s + pad).abs()
-    i = torch.where(i >= s, 2 * (s - 1) - i, i)  # reflect
+    i = reflect_index(s, pad)
     off = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
     rows = i[off[0, :, None] + torch.arange(s)]  # [N, S]
     cols = i[off[1, :, None] + torch.arange(s)]
     flip = torch.rand(n, generator=generator) < 0.5
     cols = torch.where(flip[:, None], cols.flip(1), cols)
-    n_i = torch.arange(n)[:, None, None, None]
-    c_i = torch.arange(x.shape[1])[None, :, None, None]
-    return x[n_i, c_i, rows[:, None, :, None].to(x.device), cols[:, None, None, :].to(x.device)]
+    rows, cols = rows.to(x.device), cols.to(x.device)
+    n_i = torch.arange(n, device=x.device)[:, None, None, None]
+    c_i = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return x[n_i, c_i, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def strong_augment_batch(x: torch.Tensor, generator: torch.Generator | None = None

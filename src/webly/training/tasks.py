@@ -198,15 +198,15 @@ class Consistency(Task):
         g = torch.Generator().manual_seed(
             (self.seed * 1_000_003 + rank) * 1_000_000_007 + batch.micro_step)
         n = max(1, round(self.ratio * batch.x.shape[0]))
-        u = self.images[torch.randint(0, len(self.images), (n,), generator=g)]
+        # the views are made where the model runs (random draws stay on the CPU generator)
+        u = self.images[torch.randint(0, len(self.images), (n,), generator=g)].to(batch.x.device)
         weak = pad_crop_batch(u, g)
         strong = strong_augment_batch(weak, g)
         fmt = (torch.channels_last if batch.x.is_contiguous(memory_format=torch.channels_last)
-               and not batch.x.is_contiguous() else torch.contiguous_format)
-        dev = batch.x.device
+               else torch.contiguous_format)
 
         def norm(v: torch.Tensor) -> torch.Tensor:
-            return normalize_batch(v.to(dev)).to(batch.x.dtype).contiguous(memory_format=fmt)
+            return normalize_batch(v).to(batch.x.dtype).contiguous(memory_format=fmt)
 
         logits = net(torch.cat([batch.x, norm(strong)]))
         b = batch.x.shape[0]
