@@ -228,7 +228,10 @@ def macs_per_image(backbone: str, size: int, classes: int) -> int:
 def compute(out: Path) -> dict[str, float]:
     """Compute of each step in PFLOP-equivalents of multiply-adds (1e15): a training step's images
     seen x forward multiply-adds x 3 (forward + backward), times `draw_cost`; an inference
-    pass's images x 1."""
+    pass's images x the forward multiply-adds of every view it predicts (test-time
+    augmentation)."""
+    from webly.inference.predict import view_sizes
+
     res = {}
     for step in SHARE:
         cfg = json.loads((out / step / "train.config.json").read_text())
@@ -239,7 +242,8 @@ def compute(out: Path) -> dict[str, float]:
     for step in PASSES:
         summary = json.loads((out / step / "predict.summary.json").read_text())
         cfg = json.loads((Path(summary["model"]) / "train.config.json").read_text())
-        macs = macs_per_image(cfg["backbone"], summary["img_size"], 10)
+        macs = sum(macs_per_image(cfg["backbone"], size, 10)
+                   for size in view_sizes(summary.get("tta", "center"), summary["img_size"]))
         res[step] = summary["images"] * macs / 1e15
     return res
 

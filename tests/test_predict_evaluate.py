@@ -11,7 +11,7 @@ from webly.data.predictions import load_predictions, write_predictions
 from webly.data.records import Record
 from webly.errors import WeblyError
 from webly.inference.evaluate import evaluate, metrics, submit
-from webly.inference.predict import PredictConfig, predict
+from webly.inference.predict import PredictConfig, _views, predict, view_sizes
 
 
 def _manifest(tmp_path, split="val", labels=(0, 0, 0, 1)):
@@ -91,6 +91,16 @@ def trained(synth_small, synth_manifest, tmp_path_factory):
         backbone="test_resnet", img_size=32, batch_size=16, accum_steps=1, workers=0, epochs=1,
         tensorboard=False), run, task="finetune")
     return run
+
+
+@pytest.mark.parametrize("tta", ["center", "flip", "multiscale"])
+def test_view_sizes_are_the_views_predicted(tta):
+    """Compute is counted from view_sizes: it must be what _views feeds the model."""
+    import torch
+
+    for size in (16, 20, 23, 32, 224, 299, 380):
+        got = [v.shape[-1] for v in _views(torch.zeros(1, 3, size, size), tta, size)]
+        assert got == view_sizes(tta, size), (tta, size)
 
 
 @pytest.mark.parametrize("tta", ["center", "multiscale"])
