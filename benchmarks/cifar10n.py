@@ -243,7 +243,7 @@ def compute(out: Path) -> dict[str, float]:
         summary = json.loads((out / step / "predict.summary.json").read_text())
         cfg = json.loads((Path(summary["model"]) / "train.config.json").read_text())
         macs = sum(macs_per_image(cfg["backbone"], size, 10)
-                   for size in view_sizes(summary.get("tta", "center"), summary["img_size"]))
+                   for size in view_sizes(summary["tta"], summary["img_size"]))
         res[step] = summary["images"] * macs / 1e15
     return res
 

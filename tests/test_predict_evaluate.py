@@ -101,6 +101,8 @@ def test_view_sizes_are_the_views_predicted(tta):
     for size in (16, 20, 23, 32, 224, 299, 380):
         got = [v.shape[-1] for v in _views(torch.zeros(1, 3, size, size), tta, size)]
         assert got == view_sizes(tta, size), (tta, size)
+    expected = {"center": [20], "flip": [20, 20], "multiscale": [20, 20, 23, 23]}[tta]
+    assert view_sizes(tta, 20) == expected  # the benchmark's labeller: two views at 20 px
 
 
 @pytest.mark.parametrize("tta", ["center", "multiscale"])

@@ -12,7 +12,6 @@ Under torchrun each rank predicts every world-th image into a part file; rank 0 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from dataclasses import dataclass
 from itertools import zip_longest
@@ -92,25 +91,20 @@ class _Images(torch.utils.data.Dataset):
         return self.transform(img), i, ""
 
 
-MULTISCALE = 1.15  # the larger views' scale
-
-
-def view_sizes(tta: str, size: int) -> list[int]:
-    """Side of each view `tta` predicts an image at: what a prediction pass costs (compute is
-    counted per view)."""
-    big = math.floor(size * MULTISCALE)
-    return {"center": [size], "flip": [size, size], "multiscale": [size, size, big, big]}[tta]
-
-
 def _views(x: torch.Tensor, tta: str, size: int) -> list[torch.Tensor]:
     views = [x]
     if tta in ("flip", "multiscale"):
         views.append(x.flip(-1))
     if tta == "multiscale":
-        big = torch.nn.functional.interpolate(x, scale_factor=MULTISCALE, mode="bilinear",
-                                              antialias=True)
+        big = torch.nn.functional.interpolate(x, scale_factor=1.15, mode="bilinear", antialias=True)
         views += [big, big.flip(-1)]
     return views
+
+
+def view_sizes(tta: str, size: int) -> list[int]:
+    """Side of each view `tta` predicts a `size` image at (what a prediction pass costs), read off
+    the views themselves so the count cannot drift from what is predicted."""
+    return [v.shape[-1] for v in _views(torch.zeros(1, 3, size, size), tta, size)]
 
 
 @torch.no_grad()
