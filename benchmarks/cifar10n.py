@@ -40,20 +40,24 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs/cifar10n/recipe.yaml"
+# the full recipe's training steps and inference passes: two rounds of labelling
+RECIPE_STEPS = ("ce", "train_ce", "final", "train_final", "final2")
 # row, name, score step, steps whose compute the row counts (training, and inference passes)
 ROWS = [("1", "CE", "score_ce", ("ce",)),
         ("2", "CE -> its predictions keep, relabel or drop each training label -> a new model "
               "on the kept labels, class-balanced", "score_final", ("ce", "train_ce", "final")),
-        ("3", "CE for the full recipe's total compute", "score_ce_long", ("ce_long",)),
-        ("4", "full recipe: rows 1 and 2 averaged", "score_ens", ("ce", "train_ce", "final"))]
-# each training step's compute in units (one unit: the CE row); the full recipe trains two units
-# (row 1's model, then the new one), so CE for its compute trains two
-SHARE = {"ce": 1.0, "ce_long": 2.0, "final": 1.0}
-PASSES = ("train_ce",)  # inference passes a row counts (forward only): the labeller's
+        ("3", "rows 1 and 2 (averaged) label again -> a third model on the kept labels, "
+              "class-balanced", "score_final2", RECIPE_STEPS),
+        ("4", "CE for the full recipe's total compute", "score_ce_long", ("ce_long",)),
+        ("5", "full recipe: rows 1, 2 and 3 averaged", "score_ens", RECIPE_STEPS)]
+# each training step's compute in units (one unit: the CE row); the full recipe trains three
+# units (row 1's model, then one a round), so CE for its compute trains three
+SHARE = {"ce": 1.0, "ce_long": 3.0, "final": 1.0, "final2": 1.0}
+PASSES = ("train_ce", "train_final")  # inference passes a row counts (forward only): labellers'
 assert sum(SHARE.get(s, 0) for s in ROWS[-1][3]) == sum(SHARE[s] for s in ROWS[-2][3])
 MODES = {  # training images (0: all but the holdout), test images (0: all), epochs of one unit
-    "quick": (0, 0, 4),  # 4 units of 45k x 4 epochs (at 32 px): 11.9-12.0 min measured
-    "default": (0, 0, 15),  # 4 units of 45k x 15 epochs: 43.2 min measured
+    "quick": (0, 0, 3),  # 6 units of 45k x 3 epochs (at 32 px)
+    "default": (0, 0, 15),  # 6 units of 45k x 15 epochs
     "full": (0, 0, 60),
 }
 HOLDOUT = 5000
@@ -248,8 +252,9 @@ def compute(out: Path) -> dict[str, float]:
     return res
 
 
-def pseudo_label_effect(out: Path, root: Path) -> dict[str, Any]:
-    """Against the clean labels (read here only): how many wrong labels pseudo-labelling fixed."""
+def pseudo_label_effect(out: Path, root: Path, pl: str = "pl") -> dict[str, Any]:
+    """Against the clean labels (read here only): how many wrong labels pseudo-labelling (step
+    `pl`) fixed."""
     import pyarrow.parquet as pq
 
     from webly.data.manifest import Manifest
@@ -257,7 +262,7 @@ def pseudo_label_effect(out: Path, root: Path) -> dict[str, Any]:
     paths = Manifest(out / "manifest/manifest.parquet").read(["path"]).column(0).to_pylist()
     clean = dict(line.split() for line in
                  (root / "info/train_clean_filelist.txt").read_text().splitlines())
-    t = pq.read_table(out / "pl/labels.parquet", columns=["row", "label", "original_label",
+    t = pq.read_table(out / pl / "labels.parquet", columns=["row", "label", "original_label",
                                                           "source"]).to_pydict()
     true = np.array([int(clean[paths[r]]) for r in t["row"]])
     orig, new = np.array(t["original_label"]), np.array(t["label"])
@@ -305,7 +310,7 @@ def collect(out: Path, root: Path, mode: str, noise: str, wall: float) -> dict[s
         "exported_epoch": {s: [e["epoch"], summaries[s]["epochs_done"]]
                            for s, e in exported.items()},
         "noise_in_train": json.loads((root / "info/noise.json").read_text()),
-        "pseudo_labels": pseudo_label_effect(out, root) if (out / "pl").is_dir() else None,
+        "pseudo_labels": {pl: pseudo_label_effect(out, root, pl) for pl in ("pl", "pl2")},
         "train_seconds": {s: json.loads((out / s / "step.json").read_text())["seconds"]
                           for s in SHARE},
         "wall_seconds": round(wall, 1),
@@ -325,11 +330,10 @@ def to_markdown(res: dict[str, Any]) -> str:
               f"(last row) over CE (row 1): {res['gain_over_ce']:+.2f} points; over CE for the "
               f"same total compute: {res['gain_over_ce_same_total_compute']:+.2f}. One unit = "
               f"{res['unit_pflop']:.3g} PFLOP (multiply-adds x 3 for training)."]
-    p = res["pseudo_labels"]
-    if p:
+    for rnd, p in enumerate(res["pseudo_labels"].values(), 1):
         lines.append(
-            f"Pseudo-labels: {p['wrong_labels_before']} of {p['train_images']} labels wrong "
-            f"({100 * p['noise_before']:.1f}%); relabelled {p['relabelled']} "
+            f"Pseudo-labels, round {rnd}: {p['wrong_labels_before']} of {p['train_images']} "
+            f"labels wrong ({100 * p['noise_before']:.1f}%); relabelled {p['relabelled']} "
             f"({p['relabelled_to_true']} to the true class, {p['relabelled_away_from_true']} away "
             f"from it), dropped {p['dropped']} ({p['dropped_that_were_wrong']} of them wrong); "
             f"kept {p['kept']} with {100 * p['noise_after']:.1f}% wrong: "

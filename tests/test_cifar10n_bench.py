@@ -83,33 +83,42 @@ def bench_run(tmp_path_factory):
 def test_every_stage_ran_and_scored(bench_run):
     bench, root, out = bench_run
     res = bench.collect(out, root, "test", "worst", 0.0)
-    assert [r["row"] for r in res["rows"]] == ["1", "2", "3", "4"]
+    assert [r["row"] for r in res["rows"]] == ["1", "2", "3", "4", "5"]
     for r in res["rows"]:
         assert 0 <= r["top1"] <= r["top5"] <= 100
     units = {r["row"]: r["compute_units"] for r in res["rows"]}
-    # up to whole batches; the recipe adds a forward pass over the training images, two views
+    # up to whole batches; each round adds a forward pass over the training images, two views
     # (flip): 2/(2 epochs x 3) of a unit, at 20 px instead of 32
-    assert units["1"] == pytest.approx(1, abs=0.1) and units["3"] == pytest.approx(2, abs=0.1)
-    assert units["2"] == units["4"] == pytest.approx(2, abs=0.2), units
+    assert units["1"] == pytest.approx(1, abs=0.1) and units["4"] == pytest.approx(3, abs=0.15)
+    assert units["2"] == pytest.approx(2, abs=0.2), units
+    assert units["3"] == units["5"] == pytest.approx(3, abs=0.3), units
+    assert units["3"] > units["2"] + 0.9
     flops = bench.compute(out)
     cheaper = bench.macs_per_image("cifar_resnet9", 20, 10) / bench.macs_per_image(
         "cifar_resnet9", 32, 10)
-    assert flops["train_ce"] / flops["ce"] == pytest.approx(2 * cheaper / 6, rel=0.15)
-    assert res["ce_same_total_compute"] == res["rows"][2]["top1"]
-    assert res["gain_over_ce"] == pytest.approx(res["rows"][3]["top1"] - res["rows"][0]["top1"])
+    for labeller in ("train_ce", "train_final"):
+        assert flops[labeller] / flops["ce"] == pytest.approx(2 * cheaper / 6, rel=0.15)
+    assert res["ce_same_total_compute"] == res["rows"][3]["top1"]
+    assert res["gain_over_ce"] == pytest.approx(res["rows"][4]["top1"] - res["rows"][0]["top1"])
     members = json.loads((out / "test_ens/step.json").read_text())["summary"]
-    assert len(members["members"]) == 2 and members["weights"] == [0.5, 0.5], members
+    assert len(members["members"]) == 3, members
+    assert members["weights"] == pytest.approx([1 / 3] * 3, abs=1e-4), members
+    # round 2 labels the original noisy labels from both models' averaged predictions
+    labellers = json.loads((out / "train_ens/step.json").read_text())["summary"]["members"]
+    assert [Path(m).name for m in labellers] == ["train_ce", "train_final"], labellers
     for step in bench.SHARE:
         assert (out / step / "model.safetensors").is_file()
         # export: best: the holdout score reported is the exported epoch's
         best, (epoch, of) = res["holdout_top1_noisy"][step], res["exported_epoch"][step]
         summary = json.loads((out / step / "train.summary.json").read_text())
         assert 1 <= epoch <= of and summary["best"] == {"val_top1": best, "epoch": epoch}
-    assert "| 4 |" in bench.to_markdown(res)
-    p = res["pseudo_labels"]  # measured against the clean labels, after training
-    assert p["train_images"] == 1000 and p["kept"] == 1000 - p["dropped"]
-    assert p["relabelled_to_true"] + p["relabelled_away_from_true"] <= p["relabelled"]
-    assert 0 <= p["noise_after"] <= 1
+    md = bench.to_markdown(res)
+    assert "| 5 |" in md and "round 2:" in md
+    assert list(res["pseudo_labels"]) == ["pl", "pl2"]
+    for p in res["pseudo_labels"].values():  # measured against the clean labels, after training
+        assert p["train_images"] == 1000 and p["kept"] == 1000 - p["dropped"]
+        assert p["relabelled_to_true"] + p["relabelled_away_from_true"] <= p["relabelled"]
+        assert 0 <= p["noise_after"] <= 1
 
 
 @pytest.mark.slow
