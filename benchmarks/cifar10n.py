@@ -56,8 +56,8 @@ SHARE = {"ce": 1.0, "ce_long": 3.0, "final": 1.0, "final2": 1.0}
 PASSES = ("train_ce", "train_final")  # inference passes a row counts (forward only): labellers'
 assert sum(SHARE.get(s, 0) for s in ROWS[-1][3]) == sum(SHARE[s] for s in ROWS[-2][3])
 MODES = {  # training images (0: all but the holdout), test images (0: all), epochs of one unit
-    "quick": (0, 0, 3),  # 6 units of 45k x 3 epochs (at 32 px): 14.7 min measured
-    "default": (0, 0, 15),  # 6 units of 45k x 15 epochs
+    "quick": (0, 0, 3),  # 6 units of 45k x 3 epochs (at 32 px): 13.9-14.8 min measured
+    "default": (0, 0, 15),  # 6 units of 45k x 15 epochs: ~68 min (estimated from step times)
     "full": (0, 0, 60),
 }
 HOLDOUT = 5000
