@@ -54,6 +54,7 @@ ROWS = [("1", "CE", "score_ce", ("ce",)),
 # units (row 1's model, then one a round), so CE for its compute trains three
 SHARE = {"ce": 1.0, "ce_long": 3.0, "final": 1.0, "final2": 1.0}
 PASSES = ("train_ce", "train_final")  # inference passes a row counts (forward only): labellers'
+PSEUDO_LABELS = ("pl", "pl2")  # each round's labels, measured against the clean ones after training
 assert sum(SHARE.get(s, 0) for s in ROWS[-1][3]) == sum(SHARE[s] for s in ROWS[-2][3])
 MODES = {  # training images (0: all but the holdout), test images (0: all), epochs of one unit
     "quick": (0, 0, 3),  # 6 units of 45k x 3 epochs (at 32 px): 13.9-14.8 min measured
@@ -252,19 +253,25 @@ def compute(out: Path) -> dict[str, float]:
     return res
 
 
-def pseudo_label_effect(out: Path, root: Path, pl: str = "pl") -> dict[str, Any]:
-    """Against the clean labels (read here only): how many wrong labels pseudo-labelling (step
-    `pl`) fixed."""
-    import pyarrow.parquet as pq
-
+def pseudo_label_effect(out: Path, root: Path) -> dict[str, dict[str, Any]]:
+    """Against the clean labels (read here only, once): how many wrong labels each
+    pseudo-labelling round (`PSEUDO_LABELS`) fixed."""
     from webly.data.manifest import Manifest
 
     paths = Manifest(out / "manifest/manifest.parquet").read(["path"]).column(0).to_pylist()
     clean = dict(line.split() for line in
                  (root / "info/train_clean_filelist.txt").read_text().splitlines())
-    t = pq.read_table(out / pl / "labels.parquet", columns=["row", "label", "original_label",
-                                                          "source"]).to_pydict()
-    true = np.array([int(clean[paths[r]]) for r in t["row"]])
+    true_of_row = np.array([int(clean.get(p, -1)) for p in paths])  # -1: not a training image
+    return {pl: _label_effect(out / pl / "labels.parquet", true_of_row) for pl in PSEUDO_LABELS}
+
+
+def _label_effect(labels: Path, true_of_row: np.ndarray) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(labels, columns=["row", "label", "original_label", "source"]).to_pydict()
+    true = true_of_row[np.array(t["row"])]
+    if (true < 0).any():
+        raise ValueError(f"{labels} labels images without a clean training label")
     orig, new = np.array(t["original_label"]), np.array(t["label"])
     src = np.array(t["source"])
     kept, dropped, pseudo = new >= 0, src == "dropped", src == "pseudo"
@@ -310,7 +317,7 @@ def collect(out: Path, root: Path, mode: str, noise: str, wall: float) -> dict[s
         "exported_epoch": {s: [e["epoch"], summaries[s]["epochs_done"]]
                            for s, e in exported.items()},
         "noise_in_train": json.loads((root / "info/noise.json").read_text()),
-        "pseudo_labels": {pl: pseudo_label_effect(out, root, pl) for pl in ("pl", "pl2")},
+        "pseudo_labels": pseudo_label_effect(out, root),
         "train_seconds": {s: json.loads((out / s / "step.json").read_text())["seconds"]
                           for s in SHARE},
         "wall_seconds": round(wall, 1),
