@@ -19,7 +19,7 @@ LAYERS = [
     ("webly.training",),
     ("webly.inference",),
     ("webly.stages",),
-    ("webly.pipeline", "webly.plan", "webly.launch"),
+    ("webly.pipeline", "webly.plan", "webly.launch", "webly.report"),
     ("webly.demo",),
     ("webly.cli",),
 ]

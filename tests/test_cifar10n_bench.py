@@ -68,12 +68,12 @@ def bench_run(tmp_path_factory):
     bench = _bench()
     tmp = tmp_path_factory.mktemp("c10n")
     data = make_cifar10n_like(tmp / "cifar10n", 1200, 300)
-    root = bench.prepare(bench.find_root(data, tmp / "cache"), tmp / "cache", "worst", 0, 0,
-                         holdout=200)
+    root = bench.prepare(bench.harness.find_root(data, tmp / "cache", "cifar10n"), tmp / "cache",
+                         "worst", 0, 0, holdout=200)
     out = tmp / "run"
     GUARD["on"] = True
     try:
-        bench.run_recipe(bench.recipe_for(root, epochs=2, batch_size=64), out)
+        bench.harness.run_recipe(bench.recipe_for(root, epochs=2, batch_size=64), out)
     finally:
         GUARD["on"] = False
     return bench, root, out
@@ -82,7 +82,7 @@ def bench_run(tmp_path_factory):
 @pytest.mark.slow
 def test_every_stage_ran_and_scored(bench_run):
     bench, root, out = bench_run
-    res = bench.collect(out, root, "test", "worst", 0.0)
+    res = bench.harness.collect(bench.SPEC, out, root, "test", "worst", 0.0)
     assert [r["row"] for r in res["rows"]] == ["1", "2", "3", "4", "5"]
     for r in res["rows"]:
         assert 0 <= r["top1"] <= r["top5"] <= 100
@@ -93,9 +93,9 @@ def test_every_stage_ran_and_scored(bench_run):
     assert units["2"] == pytest.approx(2, abs=0.2), units
     assert units["3"] == units["5"] == pytest.approx(3, abs=0.3), units
     assert units["3"] > units["2"] + 0.9
-    flops = bench.compute(out)
-    cheaper = bench.macs_per_image("cifar_resnet9", 20, 10) / bench.macs_per_image(
-        "cifar_resnet9", 32, 10)
+    flops = bench.harness.compute(bench.SPEC, out)
+    cheaper = bench.harness.macs_per_image("cifar_resnet9", 20, 10) / \
+        bench.harness.macs_per_image("cifar_resnet9", 32, 10)
     for labeller in ("train_ce", "train_final"):
         assert flops[labeller] / flops["ce"] == pytest.approx(2 * cheaper / 6, rel=0.15)
     assert res["ce_same_total_compute"] == res["rows"][3]["top1"]
@@ -112,8 +112,8 @@ def test_every_stage_ran_and_scored(bench_run):
         best, (epoch, of) = res["holdout_top1_noisy"][step], res["exported_epoch"][step]
         summary = json.loads((out / step / "train.summary.json").read_text())
         assert 1 <= epoch <= of and summary["best"] == {"val_top1": best, "epoch": epoch}
-    md = bench.to_markdown(res)
-    assert "| 5 |" in md and "round 2:" in md
+    md = bench.harness.to_markdown(bench.SPEC, res)
+    assert "| 5 |" in md and "Pseudo-labels (pl2):" in md
     assert list(res["pseudo_labels"]) == ["pl", "pl2"]
     for p in res["pseudo_labels"].values():  # measured against the clean labels, after training
         assert p["train_images"] == 1000 and p["kept"] == 1000 - p["dropped"]
@@ -178,7 +178,8 @@ def test_a_smaller_training_size_draws_more_images_for_the_same_compute(tmp_path
     data = make_cifar10n_like(tmp_path / "cifar10n", 60, 20)
     root = bench.prepare(data, tmp_path / "cache", "worst", 40, 10, holdout=15)
     macs = {32: 1000, 20: 250}  # a model whose cost is exactly 4x less at 20 px
-    monkeypatch.setattr(bench, "macs_per_image", lambda backbone, size, classes: macs[size])
+    monkeypatch.setattr(bench.harness, "macs_per_image",
+                        lambda backbone, size, classes: macs[size])
     text = (bench.REPO / "configs/cifar10n/recipe.yaml").read_text()
     # consistency training: each labelled draw brings half an unlabelled image, a training pass
     # and a forward pass each: 1 + 0.5 x 4/3 = 5/3 the cost of a draw

@@ -82,7 +82,7 @@ def test_keyword_support_names_or_below_only():
 def test_label_weight_formula():
     import scipy.sparse as sp
 
-    cfg = WeighConfig(absent=0.5, boost=1.0, min_weight=0.05)
+    cfg = WeighConfig(absent=0.5, boost=1.0, min_weight=0.05, label_share=0)
     labels = np.array([0, 0, -1])
     keywords = sp.csr_matrix(np.array([[0, 1], [0, 0], [1, 1]], np.uint8))
     support = sp.csr_matrix(np.array([[1.0, 0, 0], [0, 1.0, 0]], np.float32))  # kw1 supports c1
@@ -95,6 +95,16 @@ def test_label_weight_formula():
     assert w[1].tolist() == pytest.approx([1.0, 0.4, 0.0])  # unsupported: .8 * .5
     assert w[2].tolist() == [0, 0, 0]  # no label, no weights
     assert stats["labelled_images"] == 2
+    # label_share: the neighbours are scaled down together so the label keeps that share
+    cfg.label_share = 0.75
+    w, stats = label_weights(labels, keywords, support, nb_idx, nb_sim, cfg)
+    w = w.toarray()
+    assert w[0].tolist() == pytest.approx([1.0, 1 / 3, 0.0])  # 1.0 capped at (1 - .75) / .75
+    assert w[1].tolist() == pytest.approx([1.0, 1 / 3, 0.0])  # 0.4 likewise
+    assert stats["label_share_of_mass"] == pytest.approx(0.75, abs=1e-4)
+    cfg.label_share = 0.5
+    w = label_weights(labels, keywords, support, nb_idx, nb_sim, cfg)[0].toarray()
+    assert w[1].tolist() == pytest.approx([1.0, 0.4, 0.0])  # under the cap: untouched
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +134,8 @@ def test_siblings_weigh_more_than_unrelated(weighed, synth_manifest, synth_small
         for c in range(len(concepts)):
             if c != y:
                 (sib if concepts[c].family == concepts[y].family else other).append(w[i, c])
-    assert np.mean(sib) > 0.2 and np.mean(other) < np.mean(sib) / 4
+    assert np.mean(sib) > 0.1 and np.mean(other) < np.mean(sib) / 4
+    assert stats["label_share_of_mass"] >= 0.75 - 1e-4  # the label keeps most of the mass
     assert stats["concepts"] == 12 and (d / "weights/neighbours.tsv").is_file()
     assert w.shape == (len(labels), 12)
 

@@ -1,5 +1,5 @@
 """`webly` command line: one subcommand per stage, derived from the stage records (`webly.stages`),
-plus the commands `run`, `demo`, `neighbours`, `wordnet` and `config show`.
+plus the commands `run`, `demo`, `report`, `neighbours`, `wordnet` and `config show`.
 
 Options come from the stage's dataclass defaults, then the `--config FILE` YAML section named after
 the stage, then flags (flags win). Every stage writes its resolved config (`STAGE.config.yaml`) and
@@ -171,8 +171,22 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     return run_demo(Path(args.out), fresh=args.fresh, seed=args.seed)
 
 
+def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.report import write_report
+
+    result = write_report(Path(args.run))
+    print(f"report: {Path(result['report']).resolve()}", file=sys.stderr)
+    return {k: v for k, v in result.items() if k != "ablation"}
+
+
 def add_commands(sub: Any) -> None:
     """The commands that are not stages."""
+    sp = sub.add_parser("report", help="report.html / report.md for a run folder: results, "
+                                       "examples with text, keywords and labels, keyword audit",
+                        formatter_class=FMT)
+    sp.set_defaults(fn=cmd_report)
+    sp.add_argument("run", help="run folder (a recipe's, the demo's or a benchmark's)")
+
     sp = sub.add_parser("demo", help="the built-in demo: generated data through every stage",
                         formatter_class=FMT)
     sp.set_defaults(fn=cmd_demo)

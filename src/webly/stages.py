@@ -134,8 +134,11 @@ STAGES: tuple[Stage, ...] = (
           "webly.inference.pseudolabel:PseudoLabelConfig",
           "webly.inference.pseudolabel:run_pseudo_label",
           (MANIFEST, _in("preds", "predictions on the train split (one model or an ensemble)",
-                         positional=True)),
-          "train predictions", "`labels.parquet` for `finetune --labels`, report, suspects"),
+                         positional=True),
+           _in("text", "tags folder from `webly tag`: the text's evidence joins the images' "
+                       "(out-of-fold keyword classifier)", required=False)),
+          "train predictions (+ WT-Set)",
+          "`labels.parquet` for `finetune --labels`, `scores.parquet`, report, suspects"),
     Stage("submit", "write the WebVision submission file from test predictions",
           "webly.inference.evaluate:SubmitConfig", "webly.inference.evaluate:run_submit", (PREDS,),
           "test predictions", "the WebVision submission file", output="predictions.txt"),

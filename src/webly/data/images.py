@@ -19,6 +19,7 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -281,17 +282,75 @@ def strong_augment_batch(x: torch.Tensor, generator: torch.Generator | None = No
     return (y.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-class EvalTransform:
-    """Resize the shorter side to size/crop_pct, centre crop `size` -> uint8 CHW tensor."""
+RESIZE_MODES = ("crop", "squash")
 
-    def __init__(self, size: int, crop_pct: float = 0.875) -> None:
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The evaluation preprocessing a model was trained for: what `model.json` records and every
+    consumer (validation during training, `predict`, later tools) reads, so a 60x80 photo is
+    seen the same way in training and prediction.
+
+    resize "crop": the shorter side to size/crop_pct, then the centre size x size (timm's eval,
+    for models trained on random-resized crops); "squash": the whole image to (size/crop_pct)^2,
+    then the centre crop (for models trained with pad_crop, which squashes the whole image to a
+    square). Both with bilinear antialiased resizing of uint8 pixels, then (x/255 - mean) / std.
+    """
+
+    size: int
+    resize: str = "crop"
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    antialias: bool = True
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def to_json(self) -> dict:
+        return {"size": self.size, "resize": self.resize, "crop_pct": self.crop_pct,
+                "interpolation": self.interpolation, "antialias": self.antialias,
+                "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_meta(cls, meta: dict, size: int = 0) -> Preprocess:
+        """From model.json (`preprocess`; a model written before it: its img_size and crop_pct
+        with a centre crop, as prediction did then); `size` overrides the input size."""
+        p = dict(meta.get("preprocess") or {"size": meta["img_size"],
+                                            "crop_pct": meta.get("crop_pct", 0.875),
+                                            "mean": meta.get("mean", IMAGENET_MEAN),
+                                            "std": meta.get("std", IMAGENET_STD)})
+        if size:
+            p["size"] = size
+        p["mean"], p["std"] = tuple(p["mean"]), tuple(p["std"])
+        if p.get("resize", "crop") not in RESIZE_MODES:
+            raise WeblyError(f"model.json: unknown preprocess.resize {p['resize']!r}")
+        return cls(**p)
+
+
+def resize_for(augment: str) -> str:
+    """The evaluation resize that matches a training augmentation (see `Preprocess`)."""
+    return "squash" if augment == "pad_crop" else "crop"
+
+
+class EvalTransform:
+    """`Preprocess`'s resize and centre crop -> uint8 CHW tensor (normalising is per batch)."""
+
+    def __init__(self, size: int, crop_pct: float = 0.875, resize: str = "crop") -> None:
         self.size, self.resize = size, int(round(size / crop_pct))
+        self.mode = resize
+
+    @classmethod
+    def of(cls, pre: Preprocess) -> EvalTransform:
+        return cls(pre.size, pre.crop_pct, pre.resize)
 
     def __call__(self, img: torch.Tensor | Image.Image) -> torch.Tensor:
         x = F.pil_to_tensor(img) if isinstance(img, Image.Image) else img
         h, w = x.shape[-2:]
-        s = self.resize / min(h, w)
-        x = resize_uint8(x, (max(1, round(h * s)), max(1, round(w * s))))
+        if self.mode == "squash":
+            if (h, w) != (self.resize, self.resize):
+                x = resize_uint8(x, (self.resize, self.resize))
+        else:
+            s = self.resize / min(h, w)
+            x = resize_uint8(x, (max(1, round(h * s)), max(1, round(w * s))))
         return F.center_crop(x, [self.size, self.size])
 
 

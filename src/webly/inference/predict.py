@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from webly import faults
 from webly.config import check_choices, opt
-from webly.data.images import BadImages, EvalTransform, normalize_batch, try_decode
+from webly.data.images import BadImages, EvalTransform, Preprocess, normalize_batch, try_decode
 from webly.data.manifest import Manifest
 from webly.data.predictions import PredictionWriter, iter_predictions
 from webly.errors import WeblyError
@@ -158,10 +158,11 @@ def _predict_into(writer: PredictionWriter, model: torch.nn.Module, meta: dict[s
     fmt = torch.channels_last if meta.get("channels_last") else torch.contiguous_format
     model = model.to(d.device, memory_format=fmt)
     dtype = torch.bfloat16 if d.device.type == "cuda" else None
-    images = _Images(root, paths, EvalTransform(size, meta.get("crop_pct", 0.875)))
+    pre = Preprocess.from_meta(meta, size)  # the one place prediction reads preprocessing
+    images = _Images(root, paths, EvalTransform.of(pre))
     loader = torch.utils.data.DataLoader(images, batch_size=cfg.batch_size, num_workers=cfg.workers)
     for x, idx, err in progress(loader, desc=f"predict {cfg.split}", unit="batch"):
-        x = normalize_batch(x.to(d.device)).contiguous(memory_format=fmt)
+        x = normalize_batch(x.to(d.device), pre.mean, pre.std).contiguous(memory_format=fmt)
         p = torch.zeros(x.shape[0], meta["num_classes"], device=d.device)
         views = _views(x, cfg.tta, size)
         for v in views:

@@ -6,6 +6,17 @@ class differs from its label is relabelled when the prediction is confident: pro
 class's images. With `drop_inconsistent`, an image whose prediction disagrees with its label but
 is not confident enough to relabel is dropped (label -1); otherwise it keeps its label.
 
+Text as a check on the label (`--text TAGS`, beyond the seed): a title that names another class
+than the label is evidence the label is wrong. A keyword-only classifier is trained out-of-fold on
+the noisy labels (webly.labels.textclf: no image's label vouches for itself), and each image's
+class probabilities become the product of experts
+
+    log p(c) = (1 - text_weight) log p_image(c) + text_weight log p_text(c) + const
+
+(an image without keywords: p_text uniform, the image's alone). Decisions (agree, relabel, drop)
+and the suspects' ranking then read p. The text classifier holds images x classes float32 in
+memory: fine to ~10^8 entries (a few million images on 53 classes), not WebVision's 16M x 5,000.
+
 Outputs in the folder:
     labels.parquet   row, id, label (new; -1 = dropped), original_label, source
                      (original | pseudo | dropped), confidence, and with `soft_k` the top soft_k
@@ -14,6 +25,9 @@ Outputs in the folder:
     report.json      labels changed per class, estimated noise rate per class (how often the
                      models disagree with the given label), the most-changed classes
     suspects.tsv     images whose label the models doubt most, with scores, for checking by hand
+    scores.parquet   row, id, label, and the given label's probability under the images
+                     (p_image), the text (p_text, with --text) and both (p_label): 1 - p_label
+                     ranks the labels most likely wrong (what a label-issue view sorts by)
 """
 
 from __future__ import annotations
@@ -43,18 +57,24 @@ class PseudoLabelConfig:
     suspects: int = opt(1000, "rows in suspects.tsv")
     soft_k: int = opt(0, "also store each image's top soft_k classes and probabilities (soft "
                          "targets); 0: hard labels only")
+    text_weight: float = opt(0.5, "with --text: weight of the text's evidence against the "
+                                  "images' (0: images only, 1: text only)")
+    text_folds: int = opt(5, "with --text: folds of the out-of-fold text classifier")
 
     def validate(self) -> None:
         if not 0 <= self.threshold <= 1 or not 0 <= self.top_fraction <= 1:
             raise WeblyError("pseudo-label: threshold and top_fraction must be within [0, 1]")
         if self.soft_k < 0 or self.suspects < 0:
             raise WeblyError("pseudo-label: soft_k and suspects must not be negative")
+        if not 0 <= self.text_weight <= 1 or self.text_folds < 2:
+            raise WeblyError("pseudo-label: text_weight must be within [0, 1], text_folds >= 2")
 
 
 def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str | Path,
-                 cfg: PseudoLabelConfig) -> dict[str, Any]:
+                 cfg: PseudoLabelConfig, text: str | Path | None = None) -> dict[str, Any]:
     """Two passes over the predictions, a row group at a time: decide (from each image's top-1
-    and confidence: 17 bytes an image), then write labels.parquet with the ids and soft targets."""
+    and confidence: 17 bytes an image, or with `text` the product of experts), then write
+    labels.parquet with the ids and soft targets."""
     cfg.validate()
     manifest = Manifest(manifest_path)
     info = read_info(preds_dir)
@@ -63,9 +83,12 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
                          "train")
     if cfg.soft_k > info["k"]:
         raise WeblyError(f"soft_k {cfg.soft_k} > the {info['k']} classes the predictions keep")
-    rows, pred, conf, ok = _first_pass(preds_dir)
-    labels = manifest.read(["label"])["label"].fill_null(-1).to_numpy()
-    original = np.asarray(labels, np.int64)[rows]
+    labels = np.asarray(manifest.read(["label"])["label"].fill_null(-1).to_numpy(), np.int64)
+    text_probs = None
+    if text is not None:
+        text_probs = _text_probs(text, preds_dir, labels, manifest.num_classes, cfg.text_folds)
+    rows, pred, conf, ok, given = _first_pass(preds_dir, labels, text_probs, cfg.text_weight)
+    original = labels[rows]
     ok &= original >= 0
     disagree = ok & (pred != original)
     confident = _top_fraction(pred, conf, ok, cfg.top_fraction) if cfg.top_fraction > 0 \
@@ -78,19 +101,91 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     suspects = suspects[np.argsort(-conf[suspects], kind="stable")][: cfg.suspects]
     out = Path(out_dir)
     suspect_ids = _write_labels(out, preds_dir, cfg.soft_k, new, original, source, conf, suspects)
+    _write_scores(out, preds_dir, original, given)
     report = _report(manifest, original, pred, ok, disagree, relabel, drop)
     write_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     names = manifest.class_names
     lines = [f"{suspect_ids[i]}\t{names[original[i]]}\t{names[pred[i]]}\t{conf[i]:.3f}\n"
              for i in suspects]
     write_atomic(out / "suspects.tsv", "id\tgiven_label\tpredicted\tconfidence\n" + "".join(lines))
-    return {k: v for k, v in report.items() if k not in ("per_class",)}
+    report = {k: v for k, v in report.items() if k not in ("per_class",)}
+    if text is not None:
+        report["text"] = {"tags": str(text), "weight": cfg.text_weight, "folds": cfg.text_folds}
+    return report
 
 
-def _first_pass(preds_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    parts = [(p.rows, p.top_i[:, 0].astype(np.int64), p.top_p[:, 0].astype(np.float64), p.ok)
-             for p in iter_predictions(preds_dir)]
-    return tuple(np.concatenate(c) for c in zip(*parts, strict=True))  # type: ignore[return-value]
+def _text_probs(tags: str | Path, preds_dir: str | Path, labels: np.ndarray, num_classes: int,
+                folds: int) -> dict[int, np.ndarray]:
+    """Out-of-fold keyword-classifier probabilities of the predicted rows: row -> [C]."""
+    from webly.labels import textclf
+    from webly.labels.tagging import load_tags
+
+    keywords, _ = load_tags(tags)
+    if keywords.shape[0] != len(labels):
+        raise WeblyError(f"{tags} has {keywords.shape[0]} rows but the manifest {len(labels)}: "
+                         "tag this manifest")
+    rows = np.concatenate([p.rows for p in iter_predictions(preds_dir)])
+    probs = textclf.out_of_fold(keywords[rows], labels[rows], rows, num_classes, folds)
+    return {"rows": rows, "probs": probs}  # type: ignore[dict-item]
+
+
+def dense_probs(top_i: np.ndarray, top_p: np.ndarray, rest: np.ndarray,
+                num_classes: int) -> np.ndarray:
+    """[n, C] probabilities from top-k ones, the leftover mass spread evenly over the others."""
+    n, k = top_i.shape
+    fill = rest / max(num_classes - k, 1) if num_classes > k else np.zeros(n, np.float32)
+    out = np.repeat(fill[:, None].astype(np.float32), num_classes, axis=1)
+    np.put_along_axis(out, top_i.astype(np.int64), top_p.astype(np.float32), axis=1)
+    return out
+
+
+def _first_pass(preds_dir: str | Path, labels: np.ndarray, text: dict | None = None,
+                weight: float = 0.0) -> tuple[np.ndarray, ...]:
+    """rows, top-1, its probability, ok, and the given label's probability under the images, the
+    text and both ([n, 3]; NaN where there is no text or no label)."""
+    parts, pos = [], 0
+    for p in iter_predictions(preds_dir):
+        n, C = len(p.rows), p.info["num_classes"]
+        y = labels[p.rows]
+        has = y >= 0
+        given = np.full((n, 3), np.nan, np.float32)
+        # the given label's probability from the top-k alone (no [n, C] array without text)
+        hit = p.top_i == y[:, None]
+        rest = p.rest / max(C - p.top_i.shape[1], 1)
+        given[has, 0] = np.where(hit.any(1), (p.top_p * hit).sum(1), rest)[has]
+        pred, conf = p.top_i[:, 0].astype(np.int64), p.top_p[:, 0].astype(np.float64)
+        if text is not None:
+            tp = text["probs"][pos:pos + n]
+            if not np.array_equal(text["rows"][pos:pos + n], p.rows):
+                raise WeblyError(f"{preds_dir}: predictions changed while reading them")
+            img = dense_probs(p.top_i, p.top_p, p.rest, C)
+            logp = (1 - weight) * np.log(np.maximum(img, 1e-8)) + weight * np.log(
+                np.maximum(tp, 1e-8))
+            comb = np.exp(logp - logp.max(1, keepdims=True))
+            comb /= comb.sum(1, keepdims=True)
+            given[has, 1] = tp[has, y[has]]
+            given[has, 2] = comb[has, y[has]]
+            pred, conf = comb.argmax(1).astype(np.int64), comb.max(1).astype(np.float64)
+        else:
+            given[:, 2] = given[:, 0]
+        parts.append((p.rows, pred, conf, p.ok, given))
+        pos += n
+    return tuple(np.concatenate(c) for c in zip(*parts, strict=True))
+
+
+def _write_scores(out: Path, preds_dir: str | Path, original: np.ndarray,
+                  given: np.ndarray) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from webly.files import atomic_path
+
+    rows = np.concatenate([p.rows for p in iter_predictions(preds_dir)])
+    ids = [i for p in iter_predictions(preds_dir) for i in p.ids]
+    table = pa.table({"row": rows, "id": pa.array(ids, pa.string()), "label": original,
+                      "p_image": given[:, 0], "p_text": given[:, 1], "p_label": given[:, 2]})
+    with atomic_path(out / "scores.parquet") as tmp:
+        pq.write_table(table, tmp)
 
 
 def _top_fraction(pred: np.ndarray, conf: np.ndarray, ok: np.ndarray,
@@ -152,6 +247,6 @@ def _most_common_targets(names: list[str], targets: np.ndarray) -> dict[str, int
 
 
 def run_pseudo_label(*, manifest: str, preds: str, cfg: PseudoLabelConfig,
-                     out: Path) -> dict[str, Any]:
+                     out: Path, text: str | None = None) -> dict[str, Any]:
     """The `pseudo-label` stage."""
-    return pseudo_label(manifest, preds, out, cfg)
+    return pseudo_label(manifest, preds, out, cfg, text)

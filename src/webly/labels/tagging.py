@@ -7,14 +7,22 @@ redone. `--shard i/n` does only tasks i, i+n, ... so n machines share the work.
 
 Merge (`webly tag merge`, or at the end of an unsharded run): document frequencies from all parts,
 then the vocabulary: drop keywords in more than `max_df` of the images that have any keyword
-(val/test
-images without text do not dilute it) and the `drop_top` most common,
-drop those in fewer than `min_count`, keep the `max_vocab` most frequent. Pass 2 encodes each
-part against it into one CSR matrix. Memory is bounded by one task's rows, the distinct-keyword
-count and the output matrix: never a dense images x keywords array.
+(val/test images without text do not dilute it) and the `drop_top` most common, drop those in
+fewer than `min_count`, keep the `max_vocab` most frequent. A word above `max_df` is kept all the
+same when it says something about the labels: when the (noisy) class distribution of its images
+differs from the prior by at least `keep_informative` bits (KL divergence). The seed drops the most
+common words of 16M texts over 5,000 classes, which there are mostly words like "photo" that
+spread over every class; on 53 classes a common word is often one that names a class or half the
+label space ("t-shirt", "woman"), and a fixed document fraction threw those away. Pass 2 encodes
+each part against the vocabulary into one CSR matrix. Memory is bounded by one task's rows, the
+distinct-keyword count and the output matrix: never a dense images x keywords array.
+
+Senses in context (`webly.labels.senses`): a keyword's WordNet sense is the one closest to the
+classes of the images it appears in, or none when no sense fits ("nike" is the goddess in WordNet,
+"puma" the cat: on product titles neither fits, and the word stays a plain token).
 
 Outputs in the tags folder (each written whole or not at all; `stats.json` last):
-    vocab.tsv            keyword, doc_frequency, synset (wnid when the keyword has one sense)
+    vocab.tsv            keyword, doc_frequency, synset (its sense in context, or empty), sense_fit
     keywords.npz         scipy.sparse CSR uint8, images x keywords, row order = manifest order
     stats.json           images, vocabulary size, keywords per image (mean/median/histogram),
                          images with none, the recogniser used, text fields fixed
@@ -44,7 +52,7 @@ from webly.config import check_choices, opt, parse_part
 from webly.data.manifest import Manifest
 from webly.errors import WeblyError
 from webly.files import atomic_path, save_figure, write_atomic
-from webly.labels.text import MAX_TAG_CHARS, KeywordRecogniser, text_segments
+from webly.labels.text import MAX_TAG_CHARS, KeywordRecogniser, WordNetPOS, text_segments
 from webly.progress import progress
 
 TEXT_COLUMNS = ["title", "description", "tags", "query_text"]
@@ -52,11 +60,18 @@ TEXT_COLUMNS = ["title", "description", "tags", "query_text"]
 
 @dataclass
 class TagConfig:
-    max_df: float = opt(0.1, "drop keywords found in more than this fraction of images")
+    max_df: float = opt(0.1, "drop keywords found in more than this fraction of images...")
+    keep_informative: float = opt(0.1, "...unless their images' class distribution differs from "
+                                       "the prior by this many bits (KL; 0: drop them all)")
     drop_top: int = opt(0, "also drop this many most common keywords")
     min_count: int = opt(5, "drop keywords found in fewer images than this")
     max_vocab: int = opt(35000, "keep at most this many keywords (most frequent first)")
     use_query: bool = opt(True, "add the search query's text to each image's text")
+    keep_unknown: bool = opt(True, "keep words WordNet does not know (brands, loan words such "
+                                   "as 'kurta') as plain keyword tokens")
+    sense_fit: float = opt(0.5, "a keyword gets a WordNet sense only when the sense's mean "
+                                "similarity to its images' classes reaches this (0: the most "
+                                "frequent sense that is no proper name)")
     chunk_rows: int = opt(16384, "rows per task (memory bound per worker)")
     workers: int = opt(1, "processes tagging in parallel")
     tagger: Literal["auto", "wordnet", "perceptron"] = opt("auto",
@@ -65,8 +80,10 @@ class TagConfig:
     shard: str = opt("", "'i/n': do only every n-th task from i, then run `webly tag merge`")
 
     def validate(self) -> None:
-        if not 0 < self.max_df <= 1:
-            raise WeblyError("tag.max_df must be in (0, 1]")
+        if not 0 < self.max_df <= 1 or not 0 <= self.sense_fit <= 1:
+            raise WeblyError("tag.max_df must be in (0, 1] and sense_fit in [0, 1]")
+        if self.keep_informative < 0:
+            raise WeblyError("tag.keep_informative must not be negative")
         if min(self.drop_top, self.min_count) < 0 or self.max_vocab < 1 or self.chunk_rows < 1:
             raise WeblyError("tag: drop_top, min_count >= 0; max_vocab, chunk_rows >= 1")
         check_choices(self, "tag")
@@ -93,14 +110,14 @@ def plan_tasks(manifest: Manifest, chunk_rows: int) -> list[Task]:
     return tasks
 
 
-_RECOGNISER: KeywordRecogniser | None = None
+_RECOGNISERS: dict[tuple[str, bool], KeywordRecogniser] = {}  # one a process and setting
 
 
-def _recogniser(tagger: str) -> KeywordRecogniser:
-    global _RECOGNISER
-    if _RECOGNISER is None:
-        _RECOGNISER = KeywordRecogniser(tagger=tagger)
-    return _RECOGNISER
+def _recogniser(tagger: str, keep_unknown: bool = True) -> KeywordRecogniser:
+    key = (tagger, keep_unknown)
+    if key not in _RECOGNISERS:
+        _RECOGNISERS[key] = KeywordRecogniser(tagger=tagger, keep_unknown=keep_unknown)
+    return _RECOGNISERS[key]
 
 
 def _worker_init() -> None:
@@ -117,7 +134,7 @@ def _worker_init() -> None:
 
 def _tag_task(args: tuple[str, Task, Path, TagConfig]) -> tuple[int, dict[str, int]]:
     manifest_path, task, parts, cfg = args
-    rec = _recogniser(cfg.tagger)
+    rec = _recogniser(cfg.tagger, cfg.keep_unknown)
     table = pq.ParquetFile(manifest_path).read_row_group(task.row_group, columns=TEXT_COLUMNS)
     table = table.slice(task.start, task.stop - task.start)
     counts: Counter = Counter()
@@ -147,10 +164,12 @@ def tag_parts(manifest_path: str | Path, out_dir: str | Path, cfg: TagConfig) ->
     shard_i, shards = parse_part(cfg.shard, "tag.shard") if cfg.shard else (0, 1)
     tasks = plan_tasks(manifest, cfg.chunk_rows)
     write_atomic(parts / "plan.json", json.dumps({"tasks": len(tasks), "rows": len(manifest),
-                                                 "chunk_rows": cfg.chunk_rows}))
+                                                 "chunk_rows": cfg.chunk_rows,
+                                                 "manifest": str(Path(manifest.path).resolve())}))
     todo = [t for t in tasks if t.index % shards == shard_i
             and not (parts / f"part-{t.index:06d}.parquet").is_file()]
-    rec = _recogniser(cfg.tagger)  # loaded before forking: workers inherit a warm WordNet
+    # loaded before forking: workers inherit a warm WordNet
+    rec = _recogniser(cfg.tagger, cfg.keep_unknown)
     counts: Counter = Counter()
     jobs = [(str(manifest.path), t, parts, cfg) for t in todo]
     if cfg.workers > 1 and len(jobs) > 1:
@@ -182,29 +201,81 @@ def _part_files(out_dir: Path) -> list[Path]:
     return files
 
 
-def select_vocab(df: Counter, documents: int, cfg: TagConfig) -> list[tuple[str, int]]:
+def informative(files: list[Path], words: list[str], labels: np.ndarray | None,
+                num_classes: int) -> dict[str, float]:
+    """KL divergence (bits) of each word's images' class distribution from the class prior, over
+    the labelled images: how much knowing the word says about the label."""
+    if not words or labels is None or not (labels >= 0).any():
+        return dict.fromkeys(words, 0.0)
+    value_set = pa.array(words, pa.string())
+    counts = np.zeros((len(words), num_classes))
+    pos = 0
+    for f in files:
+        col = pq.read_table(f, columns=["keywords"]).column(0).combine_chunks()
+        lengths = pc.list_value_length(col).fill_null(0).to_numpy()
+        ids = pc.index_in(col.flatten(), value_set=value_set).fill_null(-1).to_numpy()
+        y = np.repeat(labels[pos:pos + len(col)], lengths)
+        hit = (ids >= 0) & (y >= 0)
+        np.add.at(counts, (ids[hit], y[hit]), 1)
+        pos += len(col)
+    prior = np.bincount(labels[labels >= 0], minlength=num_classes) / (labels >= 0).sum()
+    q = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = np.where(q > 0, q * np.log2(q / np.maximum(prior, 1e-12)), 0).sum(1)
+    return {w: round(float(v), 4) for w, v in zip(words, kl, strict=True)}
+
+
+def select_vocab(df: Counter, documents: int, cfg: TagConfig,
+                 info: dict[str, float] | None = None) -> list[tuple[str, int]]:
+    """Keywords kept (see the module docstring); `info`: bits of the words above max_df."""
     ranked = sorted(df.items(), key=lambda kv: (-kv[1], kv[0]))
     ranked = ranked[cfg.drop_top:]
-    keep = [(k, n) for k, n in ranked if n <= cfg.max_df * documents and n >= cfg.min_count]
+    info = info or {}
+
+    def common_but_kept(k: str) -> bool:
+        return cfg.keep_informative > 0 and info.get(k, 0.0) >= cfg.keep_informative
+
+    keep = [(k, n) for k, n in ranked if n >= cfg.min_count
+            and (n <= cfg.max_df * documents or common_but_kept(k))]
     return keep[: cfg.max_vocab]
 
 
-def _synset_of(keyword: str, wn) -> str:
-    lemma = keyword.replace(" ", "_")
-    for pos in ("n", "a"):
-        syns = wn.synsets(lemma, pos)
-        if syns:
-            if len(syns) == 1:
-                return f"{syns[0].pos().replace('s', 'a')}{syns[0].offset():08d}"
-            return ""
-    return ""
+def _manifest_labels(out: Path) -> tuple[np.ndarray | None, list[str]]:
+    """The labels (-1: none) and class wnids of the manifest the parts were tagged from, when it
+    is still there (the context for max_df and senses); (None, []) otherwise."""
+    plan = json.loads((out / "parts/plan.json").read_text())
+    path = plan.get("manifest")
+    if not path or not Path(path).is_file():
+        return None, []
+    manifest = Manifest(path)
+    if len(manifest) != plan["rows"]:
+        return None, []
+    labels = manifest.read(["label"]).column(0).fill_null(-1).to_numpy()
+    return np.asarray(labels, np.int64), list(manifest.classes)
+
+
+def _senses(vocab: list[tuple[str, int]], mat: sp.csr_matrix, labels: np.ndarray | None,
+            classes: list[str], cfg: TagConfig) -> tuple[list[str], np.ndarray]:
+    """Each keyword's sense in the context of its images' classes (webly.labels.senses)."""
+    from webly.labels import senses
+    from webly.labels.weighing import concept_synsets
+
+    words = [k for k, _ in vocab]
+    counts = None
+    if labels is not None and classes:
+        has = labels >= 0
+        y = sp.csr_matrix((np.ones(int(has.sum())), (np.flatnonzero(has), labels[has])),
+                          shape=(len(labels), len(classes)))
+        counts = (mat.T.astype(np.float64) @ y).tocsr()  # keywords x classes image counts
+        concepts, _ = concept_synsets(classes, allow_unknown=True, warn=False)
+    else:
+        concepts = []
+    return senses.choose(words, counts, concepts, cfg.sense_fit)
 
 
 def merge(out_dir: str | Path, cfg: TagConfig,
           extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Vocabulary from all parts, then the CSR matrix, stats and plots."""
-    from webly.labels.wordnet import wordnet
-
     out = Path(out_dir)
     files = _part_files(out)
     df: Counter = Counter()
@@ -219,7 +290,10 @@ def merge(out_dir: str | Path, cfg: TagConfig,
         counts = pc.value_counts(col.flatten())  # keywords are unique within an image: df
         df.update(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
                            strict=True)))
-    vocab = select_vocab(df, documents, cfg)
+    labels, classes = _manifest_labels(out)
+    common = sorted(k for k, n in df.items() if n > cfg.max_df * documents)
+    info = informative(files, common, labels, len(classes)) if cfg.keep_informative > 0 else {}
+    vocab = select_vocab(df, documents, cfg, info)
     vocab_arr = pa.array([k for k, _ in vocab], pa.string())
 
     # pass 2, vectorised per part: keyword strings -> vocabulary ids, rows -> CSR offsets
@@ -238,14 +312,31 @@ def merge(out_dir: str | Path, cfg: TagConfig,
     mat = sp.csr_matrix((np.ones(len(ind), np.uint8), ind, indptr.astype(np.int64)),
                         shape=(images, len(vocab)))
     mat.sort_indices()
-    wn = wordnet()
+    senses, fits = _senses(vocab, mat, labels, classes, cfg)
+    # a word that is a verb or adverb first ("tie", "clutch") is a keyword only where a noun sense
+    # of it fits its images' classes (webly.labels.text): drop the others' columns
+    pos = WordNetPOS()
+    keep = [bool(s) or (pos.lookup(k) or ("", "n"))[1] not in ("v", "r")
+            for (k, _), s in zip(vocab, senses, strict=True)]
+    if not all(keep):
+        cols = np.flatnonzero(keep)
+        vocab, senses, fits = [vocab[c] for c in cols], [senses[c] for c in cols], fits[cols]
+        mat = mat[:, cols].tocsr()
+        mat.sort_indices()
     # every output is written in full beside its final name first, then renamed, stats.json last:
     # a failure (disk full, kill) leaves the previous tag set whole, never a mix of two
-    write_atomic(out / ".vocab.new.tsv", "keyword\tdoc_frequency\tsynset\n" + "".join(
-        f"{k}\t{n}\t{_synset_of(k, wn)}\n" for k, n in vocab))
+    write_atomic(out / ".vocab.new.tsv", "keyword\tdoc_frequency\tsynset\tsense_fit\n" + "".join(
+        f"{k}\t{n}\t{s}\t{'' if f < 0 else f}\n"
+        for (k, n), s, f in zip(vocab, senses, fits, strict=True)))
     with atomic_path(out / ".keywords.new.npz") as tmp:
         sp.save_npz(tmp, mat, compressed=True)
     stats = keyword_stats(mat, df, images, documents, cfg, recogniser)
+    kept = {k for k, _ in vocab}
+    stats["filters"]["above_max_df"] = {k: {"images": df[k], "bits": info.get(k, 0.0),
+                                            "kept": k in kept} for k in common}
+    stats["senses"] = {"rule": "in-context" if labels is not None and cfg.sense_fit > 0
+                       else "most-frequent", "sense_fit": cfg.sense_fit,
+                       "keywords_with_a_sense": sum(1 for x in senses if x)}
     stats.update(extra or {})
     write_atomic(out / ".stats.new.json", json.dumps(stats, indent=1) + "\n")
     plot_keywords(df, vocab, mat, out)
@@ -328,6 +419,16 @@ def load_tags(tags_dir: str | Path) -> tuple[sp.csr_matrix, list[str]]:
         raise WeblyError(f"{d}: keywords.npz has {mat.shape[1]} keyword columns but vocab.tsv "
                          f"{len(vocab)} keywords (a mixed tag set): rerun `webly tag merge`")
     return mat, vocab
+
+
+def load_senses(tags_dir: str | Path) -> list[str] | None:
+    """Each vocabulary keyword's sense (wnid, or "" for none) when the tag set chose senses in
+    context; None for a tag set from before that (its synset column meant "the only sense")."""
+    d = Path(tags_dir)
+    if "senses" not in json.loads((d / "stats.json").read_text()):
+        return None
+    rows = [line.split("\t") for line in (d / "vocab.tsv").read_text().splitlines()[1:]]
+    return [r[2] if len(r) > 2 else "" for r in rows]
 
 
 def run_tag(*, manifest: str, cfg: TagConfig, out: Path) -> dict[str, Any]:

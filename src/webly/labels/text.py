@@ -12,7 +12,10 @@ otherwise, as on machines without NLTK's downloads, a WordNet recogniser: a word
 WordNet's morphology (`morphy`), and its part of speech is the one whose senses were seen most in
 WordNet's sense-tagged corpus (`cntlist` counts via `index.sense`, plus 0.5 a sense so unseen
 senses still count), ties going noun > adjective > verb > adverb. Nouns and adjectives are kept;
-stop words and one-letter words are not. Multi-word WordNet nouns in the text ("mule deer",
+stop words and one-letter words are not. A word WordNet does not know at all (a brand, a loan word
+such as "kurta", a shop's coinage) is kept as a plain token (part of speech "x") when it has at
+least three letters: on real titles those are often the words that name the thing (with
+`keep_unknown` off they are dropped, as before). Multi-word WordNet nouns in the text ("mule deer",
 "big cat", "national park") become one keyword. Every word's answer is cached: a 16M-image corpus
 has a vocabulary of a few hundred thousand distinct words, so WordNet is asked once per word.
 """
@@ -87,7 +90,12 @@ def text_segments(title: str, description: str, tags: Iterable[str],
 
 
 POS_ORDER = ("n", "a", "v", "r")  # tie-break order
-KEEP_POS = ("n", "a")
+# x: a word WordNet does not know, kept as a token; nv: a word that is a verb or adverb first but
+# also a noun ("tie", "clutch"): kept here, and in the vocabulary only where a noun sense of it fits
+# the classes of its images (webly.labels.tagging, webly.labels.senses)
+KEEP_POS = ("n", "a", "x", "nv")
+MIN_TOKEN_CHARS = 3  # unknown words shorter than this are mostly fragments ("xl", "ss")
+MAX_TOKEN_CHARS = 24  # and longer ones run-together junk ("xxxxxxxx...", glued hashtags)
 
 
 class WordNetPOS:
@@ -116,14 +124,22 @@ class WordNetPOS:
 class KeywordRecogniser:
     """Cleaned text segments -> unique keywords (noun/adjective lemmas, multi-word nouns)."""
 
-    def __init__(self, *, cache: bool = True, tagger: str = "auto") -> None:
+    def __init__(self, *, cache: bool = True, tagger: str = "auto",
+                 keep_unknown: bool = True) -> None:
         self.pos = WordNetPOS()
+        self.keep_unknown = keep_unknown
         self.cache: dict[str, tuple[str, str] | None] | None = {} if cache else None
         self.multiword = {name for name in self.pos.wn.all_lemma_names("n") if "_" in name}
         self.multi_len: dict[str, int] = {}  # first word -> longest multi-word noun it starts
         for name in self.multiword:
             first, n = name.split("_", 1)[0], name.count("_") + 1
             self.multi_len[first] = max(n, self.multi_len.get(first, 0))
+        # "flip-flop" written as two words ("flip flops") is the same noun
+        self.hyphenated = {n for n in self.pos.wn.all_lemma_names("n") if n.count("-") == 1
+                           and "_" not in n}
+        for name in self.hyphenated:
+            first = name.split("-", 1)[0]
+            self.multi_len[first] = max(2, self.multi_len.get(first, 0))
         self.perceptron = _perceptron_tagger() if tagger in ("auto", "perceptron") else None
         if tagger == "perceptron" and self.perceptron is None:
             from webly.errors import WeblyError
@@ -142,9 +158,16 @@ class KeywordRecogniser:
     def _word(self, word: str) -> tuple[str, str] | None:
         if len(word) < 2 or word in STOP_WORDS:
             return None
+        if word.endswith("'s") and len(word) > 3:  # a possessive: "men's" is man, not men's room
+            word = word[:-2]
         found = self.pos.lookup(word)
-        if found is None and word.endswith("'s"):
-            found = self.pos.lookup(word[:-2])
+        if found is None and self.keep_unknown and \
+                MIN_TOKEN_CHARS <= len(word) <= MAX_TOKEN_CHARS and word not in STOP_WORDS:
+            return word, "x"
+        if found is not None and found[1] in ("v", "r"):
+            nouns = self.pos.wn._morphy(word, "n")  # "tie", "clutch": verbs first, nouns too
+            if nouns:
+                return nouns[0], "nv"
         return found
 
     def keywords(self, segments: Iterable[str]) -> list[str]:
@@ -160,7 +183,7 @@ class KeywordRecogniser:
                     i = j
                     continue
                 found = self.word(tokens[i])
-                if found and (found[1] in KEEP_POS if tags is None
+                if found and (found[1] in KEEP_POS if tags is None or found[1] == "x"
                               else tags[i][1][:2] in ("NN", "JJ")):
                     out[found[0].replace("_", " ")] = None
                 i += 1
@@ -170,14 +193,16 @@ class KeywordRecogniser:
         """(end, lemma) of the longest multi-word WordNet noun starting at token i, or (0, "")."""
         longest = self.multi_len.get(tokens[i], 0)
         for j in range(min(len(tokens), i + min(longest, MAX_NGRAM)), i + 1, -1):
-            joined = "_".join(tokens[i:j])
-            if joined in self.multiword:
-                return j, joined.replace("_", " ")
+            heads = [tokens[j - 1]]
             last = self.word(tokens[j - 1])  # plural head: "big cats" -> big cat
-            if last and last[1] == "n" and last[0] != tokens[j - 1]:
-                joined = "_".join([*tokens[i:j - 1], last[0]])
-                if joined in self.multiword:
-                    return j, joined.replace("_", " ")
+            if last and last[1] in ("n", "nv") and last[0] != tokens[j - 1]:
+                heads.append(last[0])
+            for head in heads:
+                words = [*tokens[i:j - 1], head]
+                if "_".join(words) in self.multiword:
+                    return j, " ".join(words)
+                if j == i + 2 and "-".join(words) in self.hyphenated:
+                    return j, "-".join(words)
         return 0, ""
 
 

@@ -25,8 +25,13 @@ Per-image weights. For image i with (noisy) label y and keywords K_i from the WT
     e(i, c) = min(1, sum_{k in K_i} a(k, c))                      support, saturating at 1
     w(i, c) = min(1, s(y, c)^power * (absent + boost * e(i, c)))  for c in N(y)
 
-kept when w(i, c) >= `min_weight`. With the defaults (absent 0.5, boost 1.0, power 1) a neighbour
-the text does not support gets half its similarity, one the text fully supports 1.5x (capped at 1).
+then, so that the label keeps at least `label_share` of the image's weight mass, the neighbours'
+weights are scaled down together when they sum past (1 - label_share) / label_share, and kept when
+w(i, c) >= `min_weight`. With the defaults (absent 0.5, boost 1.0, power 1) a neighbour the text
+does not support gets half its similarity, one the text fully supports 1.5x (capped at 1). Without
+the cap, on 53 fashion concepts 7.8 neighbours of similarity 0.7-0.9 carried 3.46 of weight per
+image against the label's 1: the loss taught the neighbours more than the label (label_share 0
+restores that).
 Rows without a label (test images) are empty. Row order = manifest order.
 """
 
@@ -66,12 +71,14 @@ class WeighConfig:
     support_min: float = opt(0.8, "keyword-concept similarity needed to count as support")
     keyword_senses: int = opt(3, "noun senses of a keyword considered (most frequent first)")
     allow_unknown: bool = opt(False, "concepts unknown to WordNet get identity-only weights")
+    label_share: float = opt(0.75, "the label keeps at least this share of an image's weight "
+                                   "mass (neighbours scaled down together; 0: no cap)")
 
     def validate(self) -> None:
         check_choices(self, "weigh")
         if self.top_k < 0 or self.keyword_senses < 1:
             raise WeblyError("weigh.top_k must be >= 0 and keyword_senses >= 1")
-        for name in ("min_similarity", "absent", "min_weight", "support_min"):
+        for name in ("min_similarity", "absent", "min_weight", "support_min", "label_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise WeblyError(f"weigh.{name} must be within [0, 1]")
         if self.boost < 0 or self.power <= 0:
@@ -183,7 +190,8 @@ def neighbours(sim: np.ndarray, top_k: int, min_sim: float) -> tuple[np.ndarray,
 
 
 # -- concepts and keywords -------------------------------------------------------------------------
-def concept_synsets(wnids: list[str], allow_unknown: bool) -> tuple[list, list[str]]:
+def concept_synsets(wnids: list[str], allow_unknown: bool,
+                    warn: bool = True) -> tuple[list, list[str]]:
     synsets, unknown = [], []
     for w in wnids:
         try:
@@ -194,14 +202,17 @@ def concept_synsets(wnids: list[str], allow_unknown: bool) -> tuple[list, list[s
                                  "pass --allow-unknown to give it identity-only weights") from None
             synsets.append(None)
             unknown.append(w)
-    if unknown:
+    if unknown and warn:
         warnings.warn(f"{len(unknown)} concepts unknown to WordNet get identity-only weights: "
                       f"{', '.join(unknown[:5])}", stacklevel=2)
     return synsets, unknown
 
 
-def keyword_support(vocab: list[str], concepts: list, cfg: WeighConfig) -> sp.csr_matrix:
-    """Sparse V x C support a(k, c) (see the module docstring).
+def keyword_support(vocab: list[str], concepts: list, cfg: WeighConfig,
+                    senses: list[str] | None = None) -> sp.csr_matrix:
+    """Sparse V x C support a(k, c) (see the module docstring). With `senses` (the tag set's
+    sense of each keyword in context, "" for none) a keyword supports through that sense alone:
+    "puma" on shoes is no big cat, and supports no cat concept.
 
     Walking up from each keyword sense finds exactly the concepts it names or lies below, so no
     pair search is needed: cost is (keyword senses) x (ancestors per sense).
@@ -210,8 +221,11 @@ def keyword_support(vocab: list[str], concepts: list, cfg: WeighConfig) -> sp.cs
     index = {syn: c for c, syn in enumerate(concepts) if syn is not None}
     best: dict[tuple[int, int], float] = {}
     for k, word in enumerate(vocab):
-        lemma = word.replace(" ", "_")
-        for sense in wn.synsets(lemma, "n")[: cfg.keyword_senses]:
+        if senses is not None:
+            mine = [synset_from_wnid(senses[k])] if senses[k].startswith("n") else []
+        else:
+            mine = wn.synsets(word.replace(" ", "_"), "n")[: cfg.keyword_senses]
+        for sense in mine:
             for node, d in ancestors(sense).items():
                 c = index.get(node)
                 if c is None:
@@ -258,7 +272,12 @@ def label_weights(labels: np.ndarray, keywords: sp.csr_matrix, support: sp.csr_m
             rr, cc = np.nonzero(valid)
             ev[rr, cc] = np.asarray(e[rows[rr], nb[rr, cc]]).ravel()
         ev = np.minimum(ev, 1.0)
-        w = np.minimum(1.0, s ** cfg.power * (cfg.absent + cfg.boost * ev))
+        w = np.where(valid, np.minimum(1.0, s ** cfg.power * (cfg.absent + cfg.boost * ev)), 0)
+        w = np.where(w >= cfg.min_weight, w, 0)  # weights too small to keep take no mass
+        if cfg.label_share > 0:
+            room = (1 - cfg.label_share) / cfg.label_share  # neighbours' mass against the label's 1
+            mass = w.sum(1, keepdims=True)
+            w = w * np.minimum(1.0, room / np.maximum(mass, 1e-12))
         keep = valid & (w >= cfg.min_weight)
         supported += int((keep & (ev > 0)).sum())
         considered += int(keep.sum())
@@ -274,6 +293,7 @@ def label_weights(labels: np.ndarray, keywords: sp.csr_matrix, support: sp.csr_m
         "images": n, "labelled_images": labelled,
         "labels_per_labelled_image": round(mat.nnz / max(labelled, 1), 3),
         "neighbour_weight_mass_per_image": round(float(nonown) / max(labelled, 1), 4),
+        "label_share_of_mass": round(labelled / max(float(mat.sum()), 1e-12), 4),
         "neighbour_weights_supported_by_keywords": round(supported / max(considered, 1), 4),
     }
 
@@ -288,14 +308,16 @@ def weigh(manifest_path: str | Path, tags_dir: str | Path | None, out_dir: str |
     import pyarrow.compute as pc
 
     from webly.data.manifest import Manifest
-    from webly.labels.tagging import load_tags
+    from webly.labels.tagging import load_senses, load_tags
 
     t0 = time.time()
     manifest = Manifest(manifest_path)
+    senses = None
     if tags_dir is None:
         keywords, vocab = sp.csr_matrix((len(manifest), 0), dtype=np.uint8), []
     else:
         keywords, vocab = load_tags(tags_dir)
+        senses = load_senses(tags_dir)
     if keywords.shape[0] != len(manifest):
         raise WeblyError(f"{tags_dir} has {keywords.shape[0]} rows but {manifest_path} has "
                          f"{len(manifest)}: tag this manifest first")
@@ -303,7 +325,7 @@ def weigh(manifest_path: str | Path, tags_dir: str | Path | None, out_dir: str |
     sim = concept_similarity(synsets, cfg.measure)
     nb_idx, nb_sim = neighbours(sim, cfg.top_k, cfg.min_similarity)
     t_sim = time.time() - t0
-    support = keyword_support(vocab, synsets, cfg)
+    support = keyword_support(vocab, synsets, cfg, senses)
     if labels_path is not None:
         from webly.data.labels import load_labels
 

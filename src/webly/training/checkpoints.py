@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from webly import faults
-from webly.data.images import IMAGENET_MEAN, IMAGENET_STD
+from webly.data.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, resize_for
 from webly.errors import WeblyError
 from webly.files import atomic_path, write_atomic
 from webly.training.models import head_prefix, uses_channels_last
@@ -78,6 +78,11 @@ def save_training(state: dict[str, Any], run_dir: Path, keep: int, *, best: bool
     return step_path
 
 
+def preprocess_of(cfg: TrainConfig) -> Preprocess:
+    """The evaluation preprocessing of a training config (validation and model.json)."""
+    return Preprocess(cfg.img_size, resize_for(cfg.augment), cfg.crop_pct)
+
+
 def export(model: nn.Module, run: Path, cfg: TrainConfig, data: TrainData, task: str) -> None:
     """model.safetensors + model.json: what prediction needs, no pickles."""
     from safetensors.torch import save_file
@@ -89,5 +94,6 @@ def export(model: nn.Module, run: Path, cfg: TrainConfig, data: TrainData, task:
         "backbone": cfg.backbone, "task": task, "num_classes": data.num_classes,
         "classes": list(data.class_names), "img_size": cfg.img_size, "crop_pct": cfg.crop_pct,
         "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD, "channels_last": uses_channels_last(cfg.backbone, cfg.channels_last),
+        "std": IMAGENET_STD, "preprocess": preprocess_of(cfg).to_json(),
+        "channels_last": uses_channels_last(cfg.backbone, cfg.channels_last),
         "classifier": head_prefix(model)}, indent=1))

@@ -103,7 +103,7 @@ def validate(model: nn.Module, data: TrainData, cfg: TrainConfig, d: Dist, fmt) 
     rows = data.val_rows[ok][d.rank::d.world_size]
     labels = data.val_labels[ok][d.rank::d.world_size]
     ds = TargetDataset(ImageFiles(data.manifest, rows), SparseTargets.from_labels(labels),
-                       EvalTransform(cfg.img_size, cfg.crop_pct), substitute=False)
+                       EvalTransform.of(checkpoints.preprocess_of(cfg)), substitute=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=max(1, cfg.batch_size // d.world_size),
                                          num_workers=cfg.workers, collate_fn=collate)
     model.eval()

@@ -1,0 +1,258 @@
+"""fashion53: the seed's text half (WT-Set, LW-Set) on real shop photos and their real titles.
+
+    python benchmarks/fashion53.py --data ../shared/data/fashion53.tar.gz --quick   # <= 20 min
+    python benchmarks/fashion53.py --data ../shared/data/fashion53.tar.gz           # <= 90 min
+    python benchmarks/fashion53.py --data DIR --quick --noise title40              # other labels
+    python benchmarks/fashion53.py --data DIR --full                               # for a GPU
+
+`--data` is the tarball (extracted once into a cache keyed by its bytes) or any folder in its
+layout (WebVision 2.0: info/, train/, val/, test/, meta/). The training labels are that folder's
+`info/train_filelist.txt` (`--noise shipped`), or made from its clean ones with a fixed seed:
+`symmetric40` (40% to a uniformly chosen other class), `wordnet40` (40% to one of the three
+classes closest to the true one in WordNet) or `title40` (40% to the class the title's own words
+point to most after the true one: text-correlated noise, where the text cannot vouch for the
+label). The prepared copy (hard links, cached by a hash of the label files and options) keeps the
+clean val split for every choice and the clean test split for scoring; a second copy with the
+clean training labels feeds row 7, the ceiling, and nothing else. The steps are
+`configs/fashion53/recipe.yaml`, run by `webly run` on the shared harness (benchmarks/harness.py).
+After training, the clean training labels are read (here only) to measure: the keyword audit (a
+keyword-only classifier trained out-of-fold on the noisy labels, balanced top-1 against the clean
+ones), wrong-label detection (average precision of 1 - p(label), and precision at k = the number
+of wrong labels, for the images alone, the text alone and both) and what pseudo-labelling kept.
+Prints a table and writes RUN/benchmark.json and RUN/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402 (the benchmarks folder is no package)
+from harness import Row, Spec  # noqa: E402
+
+RECIPE = harness.REPO / "configs/fashion53/recipe.yaml"
+SYSTEM = ("pre_lw", "ft_lw", "pre_wt", "ft_wt", "train_lw", "train_wt", "final")
+ROWS = [Row("1", "CE on the noisy labels, no pretraining (w/o)", "score_ce", ("ce",)),
+        Row("2", "CE pretraining on the noisy labels -> new head -> class-balanced finetune",
+            "score_ft_ce", ("pre_ce", "ft_ce")),
+        Row("3", "LW-Set pretraining -> new head -> class-balanced finetune", "score_ft_lw",
+            ("pre_lw", "ft_lw")),
+        Row("4", "WT-Set pretraining -> new head -> class-balanced finetune", "score_ft_wt",
+            ("pre_wt", "ft_wt")),
+        Row("5", "system: rows 3 + 4 label the training images, text as evidence -> a new head "
+                 "on the WT-Set backbone on the kept labels; rows 3, 4 and it averaged",
+            "score_system", SYSTEM),
+        Row("6", "CE for the system's total compute", "score_ce_long", ("ce_long",)),
+        Row("7", "CE on the clean labels (ceiling, measuring only)", "score_ce_clean",
+            ("ce_clean",))]
+SHARE = {"ce": 1.0, "pre_ce": 0.5, "ft_ce": 0.5, "pre_lw": 0.5, "ft_lw": 0.5, "pre_wt": 0.5,
+         "ft_wt": 0.5, "final": 0.5, "ce_long": 2.5, "ce_clean": 1.0}
+PASSES = ("train_lw", "train_wt")
+assert SHARE["ce_long"] == sum(SHARE.get(s, 0) for s in SYSTEM)
+EPOCHS = {  # epochs of one unit; 8.3 units a run (fp32 on 2 cores: ~400 img/s at 32 px)
+    "quick": 1,  # ~16 min (estimated from the first run's step times)
+    "default": 6,  # ~70 min (estimated)
+    "full": 40,
+}
+NATIVE_SIZE = 32  # one unit: `epochs` passes over the training images at 32 px
+NOISES = ("shipped", "symmetric40", "wordnet40", "title40")
+FRACTION = 0.4
+
+
+def _titles(root: Path) -> list[str]:
+    """Training titles in train_filelist order (through train_meta_list and meta/*.json)."""
+    cache: dict[str, list] = {}
+    out = []
+    for line in (root / "info/train_meta_list.txt").read_text().splitlines():
+        if not line.strip():
+            continue
+        name, row = line.split()
+        if name not in cache:
+            cache[name] = json.loads((root / "meta" / name).read_text())
+        out.append(cache[name][int(row) - 1].get("title", ""))
+    return out
+
+
+def title_noise(clean: np.ndarray, titles: list[str], C: int, flip: np.ndarray) -> np.ndarray:
+    """For the flipped images, the class the title's words point to most after the true one
+    (multinomial naive Bayes on the clean labels: the way a text search errs, by construction)."""
+    words = [set(re.findall(r"[a-z]+", t.lower())) for t in titles]
+    vocab = {w: i for i, w in enumerate(sorted(set().union(*words)))}
+    counts = np.ones((len(vocab), C))  # add-one smoothing
+    for ws, y in zip(words, clean, strict=True):
+        for w in ws:
+            counts[vocab[w], y] += 1
+    logp = np.log(counts / counts.sum(0, keepdims=True))
+    out = clean.copy()
+    for i in np.flatnonzero(flip):
+        score = logp[[vocab[w] for w in words[i]]].sum(0) if words[i] else np.zeros(C)
+        score[clean[i]] = -np.inf
+        out[i] = int(np.argmax(score))
+    return out
+
+
+def wordnet_noise(clean: np.ndarray, wnids: list[str], flip: np.ndarray,
+                  rng: np.random.Generator) -> np.ndarray:
+    """For the flipped images, one of the three classes most similar to the true one (Wu-Palmer)."""
+    from webly.labels.weighing import concept_similarity, concept_synsets
+
+    sim = concept_similarity(concept_synsets(wnids, allow_unknown=True, warn=False)[0], "wup")
+    np.fill_diagonal(sim, -1)
+    near = np.argsort(-sim, axis=1, kind="stable")[:, :3]
+    out = clean.copy()
+    out[flip] = near[clean[flip], rng.integers(0, 3, int(flip.sum()))]
+    return out
+
+
+def make_noise(root: Path, noise: str, seed: int = 0) -> np.ndarray:
+    """The training labels of a label set, in train_filelist order."""
+    _, given = harness.read_list(root / "info/train_filelist.txt")
+    if noise == "shipped":
+        return given
+    _, clean = harness.read_list(root / "info/train_clean_filelist.txt")
+    if noise == "clean":
+        return clean
+    wnids = [line.split()[0] for line in (root / "info/synsets.txt").read_text().splitlines()
+             if line.strip()]
+    rng = np.random.default_rng(seed)
+    flip = np.zeros(len(clean), bool)
+    flip[rng.choice(len(clean), size=round(FRACTION * len(clean)), replace=False)] = True
+    if noise == "symmetric40":
+        out = clean.copy()
+        out[flip] = (clean[flip] + rng.integers(1, len(wnids), int(flip.sum()))) % len(wnids)
+        return out
+    if noise == "wordnet40":
+        return wordnet_noise(clean, wnids, flip, rng)
+    if noise == "title40":
+        return title_noise(clean, _titles(root), len(wnids), flip)
+    raise SystemExit(f"unknown --noise {noise!r}: {', '.join(NOISES)}")
+
+
+def prepare(root: Path, cache: Path, noise: str, seed: int = 0) -> Path:
+    """A cached copy (hard links) with the label set's training labels; val and test as given
+    (clean). The clean copy (`noise` "clean") is prepared the same way."""
+    target = harness.prepared_folder(root, cache, noise, seed=seed)
+    if (target / ".complete").is_file():
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    paths, _ = harness.read_list(root / "info/train_filelist.txt")
+    clean_paths, clean = harness.read_list(root / "info/train_clean_filelist.txt")
+    if clean_paths != paths:
+        raise SystemExit(f"{root}: train_filelist and train_clean_filelist list different images")
+    labels = make_noise(root, noise, seed)
+    (target / "info").mkdir(parents=True)
+    for name in ("synsets.txt", "train_meta_list.txt", "val_filelist.txt", "test_filelist.txt",
+                 "train_clean_filelist.txt"):
+        shutil.copy(root / "info" / name, target / "info" / name)
+    harness.write_list(target / "info/train_filelist.txt", zip(paths, labels, strict=True))
+    for folder in ("train", "val", "test", "meta"):
+        for f in (root / folder).iterdir():
+            harness.link(f, target / folder / f.name)
+    wrong = float(np.mean(labels != clean))
+    (target / "info/noise.json").write_text(json.dumps(
+        {"noise": noise, "train_images": len(paths), "wrong": round(wrong, 4)}) + "\n")
+    (target / ".complete").write_text("")
+    return target
+
+
+def _prepare(data: Path, cache: Path, noise: str, args: argparse.Namespace) -> dict[str, Path]:
+    root = harness.find_root(data, cache, "fashion53")
+    return {"DATA": prepare(root, cache, noise), "DATA_CLEAN": prepare(root, cache, "clean")}
+
+
+# -- what the text says, measured against the clean labels after training ----------------------
+def average_precision(score: np.ndarray, positive: np.ndarray) -> float:
+    """AP of ranking by `score` (highest first) for finding `positive` (ties: stable order)."""
+    order = np.argsort(-score, kind="stable")
+    hits = positive[order]
+    if not hits.any():
+        return 0.0
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())
+
+
+def detection(scores: dict[str, np.ndarray], wrong: np.ndarray) -> dict[str, dict[str, float]]:
+    """AP and precision at k = the number of wrong labels, of each ranking (1 - p(label))."""
+    k = int(wrong.sum())
+    out = {}
+    for name, p in scores.items():
+        score = 1 - np.nan_to_num(p, nan=1.0)
+        top = np.argsort(-score, kind="stable")[:k]
+        out[name] = {"ap": round(average_precision(score, wrong), 4),
+                     "precision_at_k": round(float(wrong[top].mean()) if k else 0.0, 4)}
+    return out
+
+
+def text_results(out: Path, root: Path, true_of_row: np.ndarray) -> dict[str, Any]:
+    """The keyword audit and wrong-label detection (images, text, both) of this run."""
+    import pyarrow.parquet as pq
+
+    from webly.data.manifest import Manifest
+    from webly.labels import textclf
+    from webly.labels.tagging import load_tags
+
+    manifest = Manifest(out / "manifest/manifest.parquet")
+    labels = np.asarray(manifest.read(["label"]).column(0).fill_null(-1).to_numpy(), np.int64)
+    rows = np.flatnonzero(true_of_row >= 0)
+    keywords, vocab = load_tags(out / "tags")
+    stats = json.loads((out / "tags/stats.json").read_text())
+    res: dict[str, Any] = {
+        "keywords": {"vocabulary": len(vocab),
+                     "per_training_image": round(float(keywords[rows].sum() / len(rows)), 3),
+                     "training_images_without": int((np.diff(keywords[rows].indptr) == 0).sum()),
+                     "with_a_sense": stats.get("senses", {}).get("keywords_with_a_sense")},
+        "keyword_audit": textclf.audit(keywords[rows], labels[rows], true_of_row[rows], rows,
+                                       manifest.num_classes),
+        "label_weights": {k: v for k, v in json.loads((out / "lw/stats.json").read_text()).items()
+                          if k in ("neighbours_per_concept", "neighbour_weight_mass_per_image",
+                                   "label_share_of_mass")},
+    }
+    t = pq.read_table(out / "pl/scores.parquet").to_pydict()
+    r = np.array(t["row"])
+    wrong = np.array(t["label"]) != true_of_row[r]
+    res["wrong_label_detection"] = detection(
+        {"images": np.array(t["p_image"], float), "text": np.array(t["p_text"], float),
+         "images_and_text": np.array(t["p_label"], float)}, wrong)
+    res["wrong_labels"] = int(wrong.sum())
+    return res
+
+
+def _markdown(res: dict[str, Any]) -> list[str]:
+    a, k, d = res["keyword_audit"], res["keywords"], res["wrong_label_detection"]
+    lw = res["label_weights"]
+    return [
+        f"Keywords: {k['vocabulary']} in the vocabulary, {k['per_training_image']:.2f} a training "
+        f"image ({k['training_images_without']} without any), {k['with_a_sense']} with a WordNet "
+        f"sense. Keyword audit (keyword-only classifier, out-of-fold on the noisy labels, against "
+        f"the clean ones): balanced top-1 {a['balanced_top1']:.2f}%, top-1 {a['top1']:.2f}%.",
+        f"LW-Set: {lw['neighbours_per_concept']} neighbours a concept, their weight "
+        f"{lw['neighbour_weight_mass_per_image']} an image against the label's 1 (the label "
+        f"keeps {100 * lw['label_share_of_mass']:.1f}% of the mass).",
+        f"Wrong-label detection ({res['wrong_labels']} wrong labels), AP / precision at k: "
+        + "; ".join(f"{name.replace('_', ' ')} {v['ap']:.3f} / {v['precision_at_k']:.3f}"
+                    for name, v in d.items()) + "."]
+
+
+def _pl_image(out: Path, root: Path, true_of_row: np.ndarray) -> dict[str, Any]:
+    res = text_results(out, root, true_of_row)
+    res["pseudo_labels_images_only"] = harness.label_effect(out / "pl_image/labels.parquet",
+                                                            true_of_row)
+    return res
+
+
+SPEC = Spec(name="fashion53", recipe=RECIPE, rows=ROWS, share=SHARE, passes=PASSES,
+            pseudo_labels=("pl",), epochs=EPOCHS, native_size=NATIVE_SIZE, noises=NOISES,
+            prepare=_prepare, ce_row="1", system_row="5", same_compute_row="6", clean_row="7",
+            clean_steps=("manifest_clean", "ce_clean", "test_ce_clean", "score_ce_clean"),
+            extra=_pl_image, extra_markdown=_markdown)
+
+if __name__ == "__main__":
+    raise SystemExit(harness.main(SPEC, doc=__doc__))

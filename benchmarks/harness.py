@@ -1,0 +1,409 @@
+"""The noisy-label benchmark harness: one path for every dataset (CIFAR-10N, fashion53, ...).
+
+A dataset brings a `Spec`: its recipe (configs/DATASET/recipe.yaml), its rows (which step scores
+each row, which training steps and inference passes its compute counts), each training step's
+share of the compute unit, its modes, its label sets (`--noise`) and a `prepare` function that
+turns the data folder into a cached, prepared copy in the WebVision layout. The harness does the
+rest the same way for all: caches (keyed by content, never by a name), the recipe's epochs from
+each step's share of the unit, `webly run` (a killed benchmark resumes), compute counting, the
+clean-label measurements made after training, and `benchmark.json` / `benchmark.md` in one schema.
+
+Compute is counted as images seen x multiply-adds an image (torch's FlopCounterMode): a training
+step's draws x forward multiply-adds x 3 (forward + backward), an inference pass's images x the
+forward multiply-adds of every view it predicts. One unit: `epochs` passes over the training
+images at the dataset's native size; a step at a smaller size draws as many more images as its
+multiply-adds allow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = ("quick", "default", "full")
+
+
+@dataclass(frozen=True)
+class Row:
+    num: str
+    name: str
+    score: str  # the evaluate step that scores it
+    steps: tuple[str, ...]  # training steps and inference passes its compute counts
+
+
+@dataclass
+class Spec:
+    """What a dataset brings to the harness."""
+
+    name: str
+    recipe: Path
+    rows: list[Row]
+    share: dict[str, float]  # training step -> its compute in units
+    passes: tuple[str, ...]  # inference passes (predict steps) some row counts
+    pseudo_labels: tuple[str, ...]  # pseudo-label steps, measured against the clean labels
+    epochs: dict[str, int]  # mode -> epochs of one unit
+    native_size: int
+    noises: tuple[str, ...]
+    # (data root, cache, noise, seed, args) -> the prepared folder the recipe's DATA names
+    prepare: Callable[..., Path]
+    ce_row: str = "1"
+    system_row: str = ""  # the method's row (default: the last)
+    same_compute_row: str = ""  # CE for the system's compute
+    clean_row: str = ""  # CE on the clean labels (the ceiling), when the dataset has one
+    clean_steps: tuple[str, ...] = ()  # steps allowed to read the clean copy (DATA_CLEAN)
+    extra: Callable[..., dict[str, Any]] | None = None  # (out, root, res) -> more results
+    extra_markdown: Callable[[dict[str, Any]], list[str]] | None = None
+    options: Callable[[argparse.ArgumentParser], None] | None = None
+    mode_notes: dict[str, str] = field(default_factory=dict)
+
+    def row(self, num: str) -> Row:
+        return next(r for r in self.rows if r.num == num)
+
+
+# -- data: extraction and caches keyed by content ------------------------------------------------
+def digest(*parts: bytes | str, files: tuple[Path, ...] = ()) -> str:
+    """A short content hash of strings and files: cache folders are named by what is in them."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else p)
+        h.update(b"\0")
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:12]
+
+
+def find_root(data: Path, cache: Path, layout: str) -> Path:
+    """The folder holding info/ (the `layout` folder inside a tarball or a folder): a tarball is
+    extracted into the cache once, under a name holding a hash of its bytes."""
+    if data.is_file():
+        target = cache / f"{data.name.split('.')[0]}-{digest(files=(data,))}"
+        if not (target / ".complete").is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            with tarfile.open(data) as tar:
+                tar.extractall(target, filter="data")
+            (target / ".complete").write_text("")
+        data = target
+    for cand in (data, data / layout):
+        if (cand / "info/train_filelist.txt").is_file():
+            return cand
+    raise SystemExit(f"{data}: no info/train_filelist.txt (expected the {layout} layout)")
+
+
+def prepared_folder(root: Path, cache: Path, noise: str, **options: Any) -> Path:
+    """The cache folder of a prepared copy: named by the noise and a hash of every list file of
+    the source (labels included) and the options, so two sources never share one."""
+    lists = tuple(sorted((root / "info").glob("*.txt")))
+    key = digest(json.dumps(options, sort_keys=True), noise, files=lists)
+    return cache / f"{root.name}-{noise}-{key}"
+
+
+def read_list(path: Path) -> tuple[list[str], np.ndarray]:
+    pairs = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return [p[0] for p in pairs], np.array([int(p[1]) for p in pairs], np.int64)
+
+
+def write_list(path: Path, pairs: list[tuple[str, int]] | zip) -> None:
+    path.write_text("".join(f"{p} {int(y)}\n" for p, y in pairs))
+
+
+def link(src: Path, dst: Path) -> None:
+    """A hard link (a copy on another filesystem)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        pass
+    except OSError:
+        shutil.copy(src, dst)
+
+
+# -- the recipe ----------------------------------------------------------------------------------
+def cpu_bf16() -> bool:
+    """bf16 autocast where the CPU computes bf16 natively (AVX512-BF16, AMX): about 2x the
+    training rate of fp32 for cifar_resnet9 on 2 cores. Elsewhere it is emulated and slower."""
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    try:  # a private check (torch has no public one); a build without it counts as no
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def draw_cost(step: dict[str, Any]) -> float:
+    """Training passes a labelled draw costs: 1, plus, with consistency training, for each of its
+    `unlabeled_ratio` unlabelled images a training pass (the strong view) and a forward pass (the
+    weak view, a third of one)."""
+    ratio = step.get("unlabeled_ratio", 1.0) if step.get("unlabeled_weight") else 0.0
+    return 1.0 + ratio * (1 + 1 / 3)
+
+
+@functools.cache  # the recipe's scaling and the report both ask, for a few (backbone, size)
+def _macs(backbone: str, size: int, classes: int) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from webly.training.models import create_backbone
+
+    model = create_backbone(backbone, classes).eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    return fc.get_total_flops() // 2
+
+
+def macs_per_image(backbone: str, size: int, classes: int) -> int:
+    """Multiply-adds of one forward pass (FlopCounterMode counts 2 FLOPs a multiply-add)."""
+    return _macs(backbone, size, classes)
+
+
+def recipe_for(spec: Spec, roots: dict[str, Path], epochs: int, batch_size: int | None = None,
+               workers: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """The dataset's recipe with its data roots (DATA, DATA_CLEAN, ...) filled in and each
+    training step's epochs from its share of the unit: whole epochs of the right number of
+    draws (a fold model draws from half the images; pseudo-labels may drop some)."""
+    from webly.config import load_yaml
+
+    recipe = load_yaml(spec.recipe)
+    amp = "bf16" if cpu_bf16() else "auto"  # auto: bf16 on GPUs, fp32 on other CPUs
+    n_train = len((roots["DATA"] / "info/train_filelist.txt").read_text().splitlines())
+    for step in recipe["steps"]:
+        if step["stage"] == "index":
+            step["root"] = str(roots[step["root"]])
+        if step["id"] in spec.share:
+            images = n_train // 2 if step.get("leave_out_fold") else n_train
+            cheaper = (macs_per_image(step["backbone"], spec.native_size, 10)
+                       / macs_per_image(step["backbone"], step["img_size"], 10) / draw_cost(step))
+            draws = spec.share[step["id"]] * epochs * n_train * cheaper
+            step["epochs"] = max(1, math.ceil(draws / images - 1e-9))  # epochs of <= 1 pass
+            step["samples_per_epoch"] = round(draws / step["epochs"])
+            step["batch_size"] = batch_size or step["batch_size"]
+            step["amp"] = amp
+            step["seed"] = seed
+        if workers is not None and "workers" in step:
+            step["workers"] = workers
+    return recipe
+
+
+def run_recipe(recipe: dict[str, Any], out: Path) -> None:
+    from webly.pipeline import run
+
+    run(recipe, out)
+
+
+# -- measuring -----------------------------------------------------------------------------------
+def compute(spec: Spec, out: Path) -> dict[str, float]:
+    """Compute of each step in PFLOP-equivalents of multiply-adds (1e15): a training step's images
+    seen x forward multiply-adds x 3 (forward + backward), times `draw_cost`; an inference
+    pass's images x the forward multiply-adds of every view it predicts (test-time
+    augmentation)."""
+    from webly.inference.predict import view_sizes
+
+    res = {}
+    for step in spec.share:
+        cfg = json.loads((out / step / "train.config.json").read_text())
+        summary = json.loads((out / step / "train.summary.json").read_text())
+        macs = macs_per_image(cfg["backbone"], cfg["img_size"], 10)
+        seen = summary["steps"] * cfg["batch_size"] * cfg["accum_steps"]
+        res[step] = seen * draw_cost(cfg) * macs * 3 / 1e15
+    for step in spec.passes:
+        summary = json.loads((out / step / "predict.summary.json").read_text())
+        cfg = json.loads((Path(summary["model"]) / "train.config.json").read_text())
+        macs = sum(macs_per_image(cfg["backbone"], size, 10)
+                   for size in view_sizes(summary["tta"], summary["img_size"]))
+        res[step] = summary["images"] * macs / 1e15
+    return res
+
+
+def true_labels_of_rows(out: Path, root: Path) -> np.ndarray:
+    """The clean training label of every manifest row (-1: not a training image). Read here, after
+    training, for measuring only."""
+    from webly.data.manifest import Manifest
+
+    paths = Manifest(out / "manifest/manifest.parquet").read(["path"]).column(0).to_pylist()
+    clean = dict(line.split() for line in
+                 (root / "info/train_clean_filelist.txt").read_text().splitlines())
+    return np.array([int(clean.get(p, -1)) for p in paths])
+
+
+def label_effect(labels: Path, true_of_row: np.ndarray) -> dict[str, Any]:
+    """What one pseudo-labelling step did to the wrong labels, against the clean ones."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(labels, columns=["row", "label", "original_label", "source"]).to_pydict()
+    true = true_of_row[np.array(t["row"])]
+    if (true < 0).any():
+        raise ValueError(f"{labels} labels images without a clean training label")
+    orig, new = np.array(t["original_label"]), np.array(t["label"])
+    src = np.array(t["source"])
+    kept, dropped, pseudo = new >= 0, src == "dropped", src == "pseudo"
+    wrong_before, wrong_after = int((orig != true).sum()), int((new[kept] != true[kept]).sum())
+    return {
+        "train_images": len(true), "wrong_labels_before": wrong_before,
+        "noise_before": round(wrong_before / len(true), 4),
+        "relabelled": int(pseudo.sum()),
+        "relabelled_to_true": int((pseudo & (new == true) & (orig != true)).sum()),
+        "relabelled_away_from_true": int((pseudo & (new != true) & (orig == true)).sum()),
+        "dropped": int(dropped.sum()),
+        "dropped_that_were_wrong": int((dropped & (orig != true)).sum()),
+        "kept": int(kept.sum()), "kept_share": round(int(kept.sum()) / len(true), 4),
+        "wrong_labels_after": wrong_after,
+        "noise_after": round(wrong_after / max(int(kept.sum()), 1), 4),
+        "wrong_labels_removed": round(1 - wrong_after / max(wrong_before, 1), 4),
+    }
+
+
+def collect(spec: Spec, out: Path, root: Path, mode: str, noise: str,
+            wall: float) -> dict[str, Any]:
+    """Every row's scores and compute, the gains, the pseudo-labels' effect and the timings."""
+    import torch
+
+    flops = compute(spec, out)
+    unit = flops["ce"]
+    rows = []
+    for r in spec.rows:
+        m = json.loads((out / r.score / "metrics.json").read_text())
+        rows.append({"row": r.num, "model": r.name,
+                     "top1": round(100 * m["top1"], 2), "top5": round(100 * m["top5"], 2),
+                     "balanced_top1": round(100 * m["balanced_top1"], 2),
+                     "balanced_top5": round(100 * m["balanced_top5"], 2),
+                     "compute_units": round(sum(flops[s] for s in r.steps) / unit, 2)})
+    by = {r["row"]: r for r in rows}
+    system = spec.system_row or rows[-1]["row"]
+    same = spec.same_compute_row
+    key = "balanced_top1" if spec.clean_row else "top1"  # the metric the dataset is judged on
+    if spec.clean_row:
+        floor, ceiling = by[spec.ce_row][key], by[spec.clean_row][key]
+        for r in rows:
+            r["damage_recovered"] = round((r[key] - floor) / (ceiling - floor), 3) \
+                if ceiling != floor else None
+    summaries = {s: json.loads((out / s / "train.summary.json").read_text()) for s in spec.share}
+    # the exported weights' epoch and held-out score (`export: best`: not the last epoch's)
+    exported = {s: v.get("exported", {"epoch": v.get("epochs_done"), "val_top1": v.get("val_top1")})
+                for s, v in summaries.items()}
+    true_of_row = true_labels_of_rows(out, root)
+    res = {
+        "benchmark": spec.name, "mode": mode, "noise": noise, "metric": key, "rows": rows,
+        "system_row": system, "same_compute_row": same,
+        "gain_over_ce": round(by[system][key] - by[spec.ce_row][key], 2),
+        "ce_same_total_compute": by[same][key] if same else None,
+        "gain_over_ce_same_total_compute": round(by[system][key] - by[same][key], 2)
+        if same else None,
+        "unit_pflop": float(f"{unit:.4g}"),
+        "holdout_top1": {s: e["val_top1"] for s, e in exported.items()},
+        "exported_epoch": {s: [e["epoch"], summaries[s]["epochs_done"]]
+                           for s, e in exported.items()},
+        "noise_in_train": json.loads((root / "info/noise.json").read_text()),
+        "pseudo_labels": {pl: label_effect(out / pl / "labels.parquet", true_of_row)
+                          for pl in spec.pseudo_labels},
+        "train_seconds": {s: json.loads((out / s / "step.json").read_text())["seconds"]
+                          for s in spec.share},
+        "wall_seconds": round(wall, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                   f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
+    }
+    if spec.extra:
+        res.update(spec.extra(out, root, true_of_row))
+    return res
+
+
+def to_markdown(spec: Spec, res: dict[str, Any]) -> str:
+    damage = bool(spec.clean_row)
+    head = ("| row | model | compute (units) | test top-1 | test top-5 | balanced top-1 | "
+            "balanced top-5 |" + (" damage recovered |" if damage else ""))
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if damage else "")]
+    for r in res["rows"]:
+        line = (f"| {r['row']} | {r['model']} | {r['compute_units']:.2f} | {r['top1']:.2f} | "
+                f"{r['top5']:.2f} | {r['balanced_top1']:.2f} | {r['balanced_top5']:.2f} |")
+        if damage:
+            d = r.get("damage_recovered")
+            line += f" {'' if d is None else f'{d:.2f}'} |"
+        lines.append(line)
+    metric = "balanced top-1" if res["metric"] == "balanced_top1" else "top-1"
+    lines += ["", f"Noise: {res['noise']} ({100 * res['noise_in_train']['wrong']:.1f}% of "
+                  f"{res['noise_in_train']['train_images']} training labels wrong). System (row "
+                  f"{res['system_row']}) over CE (row {spec.ce_row}), {metric}: "
+                  f"{res['gain_over_ce']:+.2f} points"
+              + (f"; over CE for the same total compute (row {res['same_compute_row']}): "
+                 f"{res['gain_over_ce_same_total_compute']:+.2f}"
+                 if res["same_compute_row"] else "")
+              + f". One unit = {res['unit_pflop']:.3g} PFLOP (multiply-adds x 3 for training)."]
+    for step, p in res["pseudo_labels"].items():
+        lines.append(
+            f"Pseudo-labels ({step}): {p['wrong_labels_before']} of {p['train_images']} "
+            f"labels wrong ({100 * p['noise_before']:.1f}%); relabelled {p['relabelled']} "
+            f"({p['relabelled_to_true']} to the true class, {p['relabelled_away_from_true']} away "
+            f"from it), dropped {p['dropped']} ({p['dropped_that_were_wrong']} of them wrong); "
+            f"kept {p['kept']} ({100 * p['kept_share']:.1f}%) with {100 * p['noise_after']:.1f}% "
+            f"wrong: {100 * p['wrong_labels_removed']:.1f}% of the wrong labels removed.")
+    if spec.extra_markdown:
+        lines += spec.extra_markdown(res)
+    lines.append(f"Wall time {res['wall_seconds'] / 60:.1f} min on {res['machine']} "
+                 f"({res['mode']} mode).")
+    return "\n".join(lines) + "\n"
+
+
+# -- the command line ----------------------------------------------------------------------------
+def main(spec: Spec, argv: list[str] | None = None, doc: str = "") -> int:
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, type=Path,
+                    help=f"{spec.name}.tar.gz or a folder in its layout")
+    ap.add_argument("--noise", default=spec.noises[0], choices=spec.noises)
+    ap.add_argument("--out", type=Path, help=f"run directory (default runs/{spec.name}-MODE-NOISE)")
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/webly/data")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true",
+                      help=f"{spec.epochs['quick']}-epoch unit "
+                           f"{spec.mode_notes.get('quick', '')}".strip())
+    mode.add_argument("--full", action="store_true",
+                      help=f"{spec.epochs['full']}-epoch unit (for a GPU)")
+    ap.add_argument("--epochs", type=int, help="override: epochs of one compute unit")
+    ap.add_argument("--batch-size", type=int,
+                    help="override: training batch (smoke tests on tiny subsets)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="training seed of every step (the label noise keeps its own: a second "
+                         "seed measures how much a row varies)")
+    ap.add_argument("--workers", type=int,
+                    help="override: DataLoader workers of every step (0 in the recipes: on 2 "
+                         "CPU cores the main process loads in-memory images fastest)")
+    if spec.options:
+        spec.options(ap)
+    args = ap.parse_args(argv)
+
+    name = "quick" if args.quick else "full" if args.full else "default"
+    epochs = args.epochs or spec.epochs[name]
+    out = args.out or REPO / (f"runs/{spec.name}-{name}-{args.noise}"
+                              + (f"-seed{args.seed}" if args.seed else ""))
+    t0 = time.time()
+    roots = spec.prepare(args.data, args.cache, args.noise, args)
+    run_recipe(recipe_for(spec, roots, epochs, args.batch_size, args.workers, args.seed), out)
+    res = collect(spec, out, roots["DATA"], name, args.noise, time.time() - t0)
+    res["seed"] = args.seed
+    res["command"] = f"python benchmarks/{spec.name}.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    (out / "benchmark.json").write_text(json.dumps(res, indent=1) + "\n")
+    md = to_markdown(spec, res)
+    (out / "benchmark.md").write_text(md)
+    print(md, end="")
+    return 0
