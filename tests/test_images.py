@@ -97,3 +97,32 @@ def test_decode_tensor_exif_draft_and_garbage(tmp_path):
     p.write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(OSError):  # PIL's UnidentifiedImageError: a clear reason to log and skip
         decode_tensor(p)
+
+
+def test_one_preprocessing_for_non_square_images():
+    """A 60x80 photo: a pad_crop model saw it squashed whole, so prediction squashes it too (a
+    centre crop would cut the top and bottom off); the recorded preprocessing says which."""
+    from webly.data.images import EvalTransform, PadCropTransform, Preprocess, resize_for
+
+    x = torch.randint(0, 256, (3, 80, 60), dtype=torch.uint8)
+    pre = Preprocess(32, resize_for("pad_crop"), crop_pct=1.0)
+    assert pre.resize == "squash" and resize_for("resized_crop") == "crop"
+    seen_in_training = PadCropTransform(32)
+    torch.manual_seed(0)
+    train_view = seen_in_training(x)
+    # the training view is a flip and a shift of the squashed image: its pixels are the eval view's
+    eval_view = EvalTransform.of(pre)(x)
+    assert eval_view.shape == (3, 32, 32)
+    assert set(train_view.flatten().tolist()) <= set(eval_view.flatten().tolist())
+    crop_view = EvalTransform.of(Preprocess(32, "crop", crop_pct=1.0))(x)
+    assert not torch.equal(crop_view, eval_view)  # the old centre crop saw other pixels
+    # model.json round trip; a model from before `preprocess` predicts as it did (centre crop)
+    meta = {"img_size": 32, "crop_pct": 1.0, "preprocess": pre.to_json()}
+    assert Preprocess.from_meta(meta) == pre
+    assert Preprocess.from_meta(meta, size=24).size == 24
+    legacy = Preprocess.from_meta({"img_size": 32, "crop_pct": 0.9})
+    assert legacy.resize == "crop" and legacy.crop_pct == 0.9
+    from webly.errors import WeblyError
+
+    with pytest.raises(WeblyError, match="unknown preprocess.resize"):
+        Preprocess.from_meta({"preprocess": {**pre.to_json(), "resize": "stretch"}})

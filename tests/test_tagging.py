@@ -126,3 +126,60 @@ def test_bad_tag_options():
         with pytest.raises(WeblyError):
             TagConfig(**bad).validate()
     assert json.loads(json.dumps(TagConfig().__dict__))["max_vocab"] == 35000
+
+
+def test_common_words_kept_only_when_they_say_something_about_the_labels(tmp_path):
+    """The seed's cut of the most common words, on a many-class set: a word in every image
+    ("photo") or spread evenly over the classes ("stock") goes; a common word that names a group
+    of classes ("bird": 20% of the images, all in a fifth of the classes) stays."""
+    import itertools
+
+    names = ["q" + "".join(p) for p in itertools.product("abcdefghij", repeat=3)][:200]
+    recs = []
+    for i in range(4000):
+        y = i % 200
+        words = [names[y], "photo"] + (["stock"] if (i // 200) % 2 else []) + \
+            (["bird"] if y < 40 else [])
+        recs.append(Record(id=str(i), path=f"{i}.jpg", split="train", label=y,
+                           title=" ".join(words)))
+    m = tmp_path / "m.parquet"
+    write_manifest(m, recs, {"root": str(tmp_path),
+                             "classes": [f"n{9000000 + c:08d}" for c in range(200)]})
+    stats = tag(m, tmp_path / "t", TagConfig(min_count=5, workers=1))
+    vocab = set(load_tags(tmp_path / "t")[1])
+    assert "bird" in vocab and "photo" not in vocab and "stock" not in vocab
+    common = stats["filters"]["above_max_df"]
+    assert common["bird"]["bits"] > 2 > 0.01 > common["photo"]["bits"]
+    assert common["stock"]["bits"] < 0.1 and not common["stock"]["kept"]
+    off = tag(m, tmp_path / "t0", TagConfig(min_count=5, workers=1, keep_informative=0))
+    assert "bird" not in set(load_tags(tmp_path / "t0")[1]) and off["vocabulary"] == 200
+
+
+def test_senses_chosen_in_the_context_of_the_images_classes(tmp_path):
+    """'puma' on shoes is no cat and 'nike' (in WordNet only the goddess, an instance) no
+    goddess: no sense, plain tokens; 'cheetah' among big cats takes its sense; 'tie' (a verb
+    first) is a keyword where the necktie fits its images, and not where nothing fits."""
+    from webly.labels.wordnet import wordnet
+
+    recs = []
+    for i in range(40):
+        shoe = i % 2 == 0
+        title = "nike puma running shoe" if shoe else "cheetah lion tie"
+        recs.append(Record(id=str(i), path=f"{i}.jpg", split="train", label=0 if shoe else 1,
+                           title=title))
+    m = tmp_path / "m.parquet"
+    write_manifest(m, recs, {"root": str(tmp_path), "classes": ["n04120489", "n02129165"]})
+    tag(m, tmp_path / "t", TagConfig(min_count=2, max_df=1.0))
+    rows = [line.split("\t") for line in (tmp_path / "t/vocab.tsv").read_text().splitlines()[1:]]
+    sense = {r[0]: r[2] for r in rows}
+    wn = wordnet()
+    cheetah = wn.synset("cheetah.n.01")
+    assert sense["puma"] == "" and sense["nike"] == ""
+    assert sense["cheetah"] == f"n{cheetah.offset():08d}"
+    assert "tie" not in sense  # among lions no sense of "tie" fits: the verb is no keyword
+    necktie = [Record(id=str(i), path=f"{i}.jpg", split="train", label=0, title="silk tie")
+               for i in range(10)]
+    write_manifest(tmp_path / "n.parquet", necktie, {"root": str(tmp_path),
+                                                     "classes": ["n03815615"]})  # necktie
+    tag(tmp_path / "n.parquet", tmp_path / "n", TagConfig(min_count=2, max_df=1.0))
+    assert "tie" in load_tags(tmp_path / "n")[1]

@@ -67,6 +67,11 @@ def test_wt_pretrain_then_finetune_learns(data6, capsys):
     assert list((data6 / "ft/tb").iterdir())
     meta = json.loads((data6 / "ft/model.json").read_text())
     assert meta["num_classes"] == 6 and meta["backbone"] == "test_resnet"
+    # the full evaluation preprocessing, as prediction reads it (random-resized crops: crop)
+    assert meta["preprocess"] == {"size": meta["img_size"], "resize": "crop",
+                                  "crop_pct": meta["crop_pct"], "interpolation": "bilinear",
+                                  "antialias": True, "mean": list(meta["mean"]),
+                                  "std": list(meta["std"])}
 
 
 def test_large_resolution_stage_continues_lr(data6, tmp_path):

@@ -316,7 +316,8 @@ def merge(out_dir: str | Path, cfg: TagConfig,
     # a word that is a verb or adverb first ("tie", "clutch") is a keyword only where a noun sense
     # of it fits its images' classes (webly.labels.text): drop the others' columns
     pos = WordNetPOS()
-    keep = [bool(s) or (pos.lookup(k) or ("", "n"))[1] not in ("v", "r")
+    in_context = cfg.sense_fit > 0 and labels is not None  # else no context: drop them all
+    keep = [(bool(s) and in_context) or (pos.lookup(k) or ("", "n"))[1] not in ("v", "r")
             for (k, _), s in zip(vocab, senses, strict=True)]
     if not all(keep):
         cols = np.flatnonzero(keep)

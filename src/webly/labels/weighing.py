@@ -25,10 +25,11 @@ Per-image weights. For image i with (noisy) label y and keywords K_i from the WT
     e(i, c) = min(1, sum_{k in K_i} a(k, c))                      support, saturating at 1
     w(i, c) = min(1, s(y, c)^power * (absent + boost * e(i, c)))  for c in N(y)
 
-then, so that the label keeps at least `label_share` of the image's weight mass, the neighbours'
-weights are scaled down together when they sum past (1 - label_share) / label_share, and kept when
-w(i, c) >= `min_weight`. With the defaults (absent 0.5, boost 1.0, power 1) a neighbour the text
-does not support gets half its similarity, one the text fully supports 1.5x (capped at 1). Without
+kept when w(i, c) >= `min_weight`; then, so that the label keeps at least `label_share` of the
+image's weight mass, the kept neighbours' weights are scaled down together when they sum past
+(1 - label_share) / label_share. With the defaults (absent 0.5, boost 1.0, power 1) a neighbour
+the text does not support gets half its similarity, one the text fully supports 1.5x (capped at
+1). Without
 the cap, on 53 fashion concepts 7.8 neighbours of similarity 0.7-0.9 carried 3.46 of weight per
 image against the label's 1: the loss taught the neighbours more than the label (label_share 0
 restores that).
@@ -278,7 +279,7 @@ def label_weights(labels: np.ndarray, keywords: sp.csr_matrix, support: sp.csr_m
             room = (1 - cfg.label_share) / cfg.label_share  # neighbours' mass against the label's 1
             mass = w.sum(1, keepdims=True)
             w = w * np.minimum(1.0, room / np.maximum(mass, 1e-12))
-        keep = valid & (w >= cfg.min_weight)
+        keep = valid & (w > 0)  # min_weight filtered before the cap: the cap keeps what it scaled
         supported += int((keep & (ev > 0)).sum())
         considered += int(keep.sum())
         r_own = rows[has]
