@@ -67,6 +67,9 @@ class Spec:
     same_compute_row: str = ""  # CE for the system's compute
     clean_row: str = ""  # CE on the clean labels (the ceiling), when the dataset has one
     clean_steps: tuple[str, ...] = ()  # steps allowed to read the clean copy (DATA_CLEAN)
+    # a step whose share is the compute of other steps (CE for the system's compute): their
+    # training shares plus their inference passes (views x multiply-adds, forward only)
+    match: dict[str, tuple[str, ...]] = field(default_factory=dict)
     extra: Callable[..., dict[str, Any]] | None = None  # (out, root, res) -> more results
     extra_markdown: Callable[[dict[str, Any]], list[str]] | None = None
     options: Callable[[argparse.ArgumentParser], None] | None = None
@@ -187,6 +190,7 @@ def recipe_for(spec: Spec, roots: dict[str, Path], epochs: int, batch_size: int 
     recipe = load_yaml(spec.recipe)
     amp = "bf16" if cpu_bf16() else "auto"  # auto: bf16 on GPUs, fp32 on other CPUs
     n_train = len((roots["DATA"] / "info/train_filelist.txt").read_text().splitlines())
+    share = shares(spec, recipe, epochs)
     for step in recipe["steps"]:
         if step["stage"] == "index":
             step["root"] = str(roots[step["root"]])
@@ -194,7 +198,7 @@ def recipe_for(spec: Spec, roots: dict[str, Path], epochs: int, batch_size: int 
             images = n_train // 2 if step.get("leave_out_fold") else n_train
             cheaper = (macs_per_image(step["backbone"], spec.native_size, 10)
                        / macs_per_image(step["backbone"], step["img_size"], 10) / draw_cost(step))
-            draws = spec.share[step["id"]] * epochs * n_train * cheaper
+            draws = share[step["id"]] * epochs * n_train * cheaper
             step["epochs"] = max(1, math.ceil(draws / images - 1e-9))  # epochs of <= 1 pass
             step["samples_per_epoch"] = round(draws / step["epochs"])
             step["batch_size"] = batch_size or step["batch_size"]
@@ -203,6 +207,28 @@ def recipe_for(spec: Spec, roots: dict[str, Path], epochs: int, batch_size: int 
         if workers is not None and "workers" in step:
             step["workers"] = workers
     return recipe
+
+
+def shares(spec: Spec, recipe: dict[str, Any], epochs: int) -> dict[str, float]:
+    """Each training step's units; a `match` step's from the steps it matches, their inference
+    passes over the training images included (a pass of v views at size s: sum of the views'
+    multiply-adds / (3 x epochs x a native image's), forward only against a unit's training)."""
+    from webly.inference.predict import view_sizes
+
+    share = dict(spec.share)
+    by_id = {s["id"]: s for s in recipe["steps"]}
+    native = None
+    for target, steps in spec.match.items():
+        units = sum(spec.share.get(s, 0.0) for s in steps)
+        for sid in (s for s in steps if s in spec.passes):
+            step = by_id[sid]
+            model = by_id[step["model"].lstrip("@")]
+            native = native or macs_per_image(model["backbone"], spec.native_size, 10)
+            sizes = view_sizes(step.get("tta", "center"), step.get("img_size") or model["img_size"])
+            units += sum(macs_per_image(model["backbone"], v, 10) for v in sizes) / (
+                3 * epochs * native)
+        share[target] = units
+    return share
 
 
 def run_recipe(recipe: dict[str, Any], out: Path) -> None:

@@ -9,13 +9,19 @@ is not confident enough to relabel is dropped (label -1); otherwise it keeps its
 Text as a check on the label (`--text TAGS`, beyond the seed): a title that names another class
 than the label is evidence the label is wrong. A keyword-only classifier is trained out-of-fold on
 the noisy labels (webly.labels.textclf: no image's label vouches for itself), and each image's
-class probabilities become the product of experts
+class probabilities become the product of the two
 
-    log p(c) = (1 - text_weight) log p_image(c) + text_weight log p_text(c) + const
+    log p(c) = log p_image(c) + text_weight log p_text(c) + const
 
-(an image without keywords: p_text uniform, the image's alone). Decisions (agree, relabel, drop)
-and the suspects' ranking then read p. The text classifier holds images x classes float32 in
-memory: fine to ~10^8 entries (a few million images on 53 classes), not WebVision's 16M x 5,000.
+the Bayes posterior of both views taken as independent given the class: the image models are
+trained class-balanced (as the seed finetunes: a uniform prior), the text classifier on the label
+frequencies (their prior), so the product counts the prior once. An image without keywords gets
+p_text uniform: the images' alone. Decisions (agree, relabel, drop) and the suspects' ranking then
+read p. Measured on fashion53 at --quick (one labeller): relabelling at p >= 0.5 kept 95.5% of the
+training images with 2.4% wrong labels, against 44.4% with 5.7% from the images alone and 75.9%
+with 0.6% from a geometric mean (text_weight 0.5 on both). The text classifier holds images x
+classes float32 in memory: fine to ~10^8 entries (a few million images on 53 classes), not
+WebVision's 16M x 5,000.
 
 Outputs in the folder:
     labels.parquet   row, id, label (new; -1 = dropped), original_label, source
@@ -57,8 +63,8 @@ class PseudoLabelConfig:
     suspects: int = opt(1000, "rows in suspects.tsv")
     soft_k: int = opt(0, "also store each image's top soft_k classes and probabilities (soft "
                          "targets); 0: hard labels only")
-    text_weight: float = opt(0.5, "with --text: weight of the text's evidence against the "
-                                  "images' (0: images only, 1: text only)")
+    text_weight: float = opt(1.0, "with --text: weight of the text's evidence in the product "
+                                  "with the images' (0: images only; 1: independent views)")
     text_folds: int = opt(5, "with --text: folds of the out-of-fold text classifier")
 
     def validate(self) -> None:
@@ -66,8 +72,8 @@ class PseudoLabelConfig:
             raise WeblyError("pseudo-label: threshold and top_fraction must be within [0, 1]")
         if self.soft_k < 0 or self.suspects < 0:
             raise WeblyError("pseudo-label: soft_k and suspects must not be negative")
-        if not 0 <= self.text_weight <= 1 or self.text_folds < 2:
-            raise WeblyError("pseudo-label: text_weight must be within [0, 1], text_folds >= 2")
+        if not 0 <= self.text_weight <= 10 or self.text_folds < 2:
+            raise WeblyError("pseudo-label: text_weight must be within [0, 10], text_folds >= 2")
 
 
 def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str | Path,
@@ -159,8 +165,7 @@ def _first_pass(preds_dir: str | Path, labels: np.ndarray, text: dict | None = N
             if not np.array_equal(text["rows"][pos:pos + n], p.rows):
                 raise WeblyError(f"{preds_dir}: predictions changed while reading them")
             img = dense_probs(p.top_i, p.top_p, p.rest, C)
-            logp = (1 - weight) * np.log(np.maximum(img, 1e-8)) + weight * np.log(
-                np.maximum(tp, 1e-8))
+            logp = np.log(np.maximum(img, 1e-8)) + weight * np.log(np.maximum(tp, 1e-8))
             comb = np.exp(logp - logp.max(1, keepdims=True))
             comb /= comb.sum(1, keepdims=True)
             given[has, 1] = tp[has, y[has]]
