@@ -197,7 +197,10 @@ def test_every_row_is_scored_and_measured(bench_run):
         assert 0 <= r["balanced_top1"] <= r["balanced_top5"] <= 100
     for row in ("1", "2", "3", "4", "7"):
         assert units[row] == pytest.approx(1, abs=0.15), units
-    assert units["5"] == pytest.approx(2.5, abs=0.4) and units["6"] == pytest.approx(2.5, abs=0.3)
+    # the system: 3 units of training and two labelling passes of two views (2 / (3 x 2 epochs)
+    # of a unit each); CE for its compute matches both
+    assert units["5"] == pytest.approx(3 + 2 * 2 / 6, abs=0.3), units
+    assert units["6"] == pytest.approx(units["5"], abs=0.3), units
     assert res["rows"][6]["damage_recovered"] == 1.0 and res["rows"][0]["damage_recovered"] == 0
     assert res["metric"] == "balanced_top1"
     assert 0 < res["keyword_audit"]["balanced_top1"] <= 100
