@@ -216,6 +216,7 @@ def test_every_row_is_scored_and_measured(bench_run):
     assert summary["records"]["train"] == 360
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not REAL.is_file(), reason=f"{REAL} is not here (the shared data)")
 def test_real_titles_keep_brands_out_of_wordnet(tmp_path):
     """On fashion53's real titles: brands get no unrelated WordNet sense (nike is no goddess,

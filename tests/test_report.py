@@ -35,6 +35,7 @@ def small_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_report_shows_what_the_run_has(small_run, capsys):
     assert main(["report", str(small_run)]) == 0
     page = (small_run / "report.html").read_text()
