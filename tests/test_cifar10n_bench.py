@@ -5,37 +5,24 @@ Asserts that every stage ran and produced metrics (not a score), and that no tra
 DataLoader workers inherit the hook).
 """
 
-import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchtools import GUARD, load_bench, run_guarded
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR = [("n02691156", "airplane"), ("n02958343", "automobile"), ("n01503061", "bird"),
          ("n02121620", "cat"), ("n02430045", "deer"), ("n02084071", "dog"), ("n01639765", "frog"),
          ("n02374451", "horse"), ("n04194289", "ship"), ("n04490091", "truck")]
-GUARD = {"on": False, "opened": []}
-
-
-def _audit(event: str, args: tuple) -> None:
-    if GUARD["on"] and event == "open" and "train_clean_filelist" in str(args[0]):
-        GUARD["opened"].append(str(args[0]))
-        raise PermissionError(f"training opened the clean labels: {args[0]}")
-
-
-sys.addaudithook(_audit)
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("cifar10n_bench", REPO / "benchmarks/cifar10n.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("cifar10n")
+
 
 
 def make_cifar10n_like(root: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
@@ -71,11 +58,7 @@ def bench_run(tmp_path_factory):
     root = bench.prepare(bench.harness.find_root(data, tmp / "cache", "cifar10n"), tmp / "cache",
                          "worst", 0, 0, holdout=200)
     out = tmp / "run"
-    GUARD["on"] = True
-    try:
-        bench.harness.run_recipe(bench.recipe_for(root, epochs=2, batch_size=64), out)
-    finally:
-        GUARD["on"] = False
+    run_guarded(bench, bench.recipe_for(root, epochs=2, batch_size=64), out)
     return bench, root, out
 
 
@@ -180,7 +163,7 @@ def test_a_smaller_training_size_draws_more_images_for_the_same_compute(tmp_path
     macs = {32: 1000, 20: 250}  # a model whose cost is exactly 4x less at 20 px
     monkeypatch.setattr(bench.harness, "macs_per_image",
                         lambda backbone, size, classes: macs[size])
-    text = (bench.REPO / "configs/cifar10n/recipe.yaml").read_text()
+    text = bench.RECIPE.read_text()
     # consistency training: each labelled draw brings half an unlabelled image, a training pass
     # and a forward pass each: 1 + 0.5 x 4/3 = 5/3 the cost of a draw
     unlabeled = text.replace("    in_memory: true\n", "    in_memory: true\n"

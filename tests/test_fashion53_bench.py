@@ -7,15 +7,14 @@ that only the ceiling's steps reach the clean copy. The cache tests check that t
 same name never share a cache. Tests that read the real data skip when ../shared/data is absent.
 """
 
-import importlib.util
 import json
 import random
-import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchtools import GUARD, load_bench, run_guarded
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,24 +25,11 @@ CLASSES = [("n04197391", "Shirts", "shirt"), ("n03595614", "Tshirts", "t-shirt")
            ("n03262349", "Earrings", "earring"), ("n02774152", "Handbags", "handbag")]
 BRANDS = ["nike", "puma", "zorbo", "lavie", "fastrack", "wildcraft"]
 COLOURS = ["black", "blue", "red", "green", "white", "grey"]
-GUARD = {"on": False, "opened": []}
-
-
-def _audit(event: str, args: tuple) -> None:
-    if GUARD["on"] and event == "open" and "train_clean_filelist" in str(args[0]):
-        GUARD["opened"].append(str(args[0]))
-        raise PermissionError(f"training opened the clean labels: {args[0]}")
-
-
-sys.addaudithook(_audit)
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("fashion53_bench",
-                                                  REPO / "benchmarks/fashion53.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("fashion53")
+
 
 
 def make_fashion_like(root: Path, n_train: int, n_eval: int, seed: int = 0,
@@ -174,15 +160,11 @@ def bench_run(tmp_path_factory):
     data = make_fashion_like(tmp / "fashion53", 360, 60)
     roots = bench._prepare(data, tmp / "cache", "shipped", None)
     out = tmp / "run"
-    GUARD["on"] = True
-    try:
-        recipe = bench.harness.recipe_for(bench.SPEC, roots, epochs=2, batch_size=60)
-        for step in recipe["steps"]:
-            if step["stage"] == "tag":
-                step["min_count"] = 2
-        bench.harness.run_recipe(recipe, out)
-    finally:
-        GUARD["on"] = False
+    recipe = bench.harness.recipe_for(bench.SPEC, roots, epochs=2, batch_size=60)
+    for step in recipe["steps"]:
+        if step["stage"] == "tag":
+            step["min_count"] = 2
+    run_guarded(bench, recipe, out)
     return bench, roots, out
 
 

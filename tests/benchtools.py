@@ -1,0 +1,36 @@
+"""What the noisy-label benchmark tests share: loading a benchmark script (benchmarks/ is no
+package) and the guard that fails any open of `train_clean_filelist` while it is on (an audit
+hook, inherited by forked DataLoader workers): training must never read the clean labels."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GUARD = {"on": False, "opened": []}
+
+
+def _audit(event: str, args: tuple) -> None:
+    if GUARD["on"] and event == "open" and "train_clean_filelist" in str(args[0]):
+        GUARD["opened"].append(str(args[0]))
+        raise PermissionError(f"training opened the clean labels: {args[0]}")
+
+
+sys.addaudithook(_audit)
+
+
+def load_bench(name: str):
+    """benchmarks/NAME.py as a module."""
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO / f"benchmarks/{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_guarded(bench, recipe: dict, out: Path) -> None:
+    """The benchmark's recipe run with the guard on."""
+    GUARD["on"] = True
+    try:
+        bench.harness.run_recipe(recipe, out)
+    finally:
+        GUARD["on"] = False
