@@ -60,12 +60,25 @@ class Run:
     """A run folder's steps by stage, in the order they finished."""
 
     def __init__(self, path: Path) -> None:
+        from webly.stages import STAGES
+
         self.path = path
-        records = [json.loads(p.read_text()) for p in
-                   sorted(path.glob("*/step.json"), key=lambda p: p.stat().st_mtime_ns)]
-        if not records:
-            raise WeblyError(f"{path}: no finished steps (no */step.json): not a run folder")
-        self.steps = {r["id"]: r for r in records}
+        found = []  # (finished, record): a recipe's step.json, or a stage run by hand's summary
+        for d in (p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []:
+            if (d / "step.json").is_file():
+                found.append(((d / "step.json").stat().st_mtime_ns,
+                              json.loads((d / "step.json").read_text())))
+                continue
+            for st in STAGES:
+                f = d / f"{st.name}.summary.json"
+                if f.is_file():
+                    found.append((f.stat().st_mtime_ns, {"id": d.name, "stage": st.name,
+                                                         "summary": json.loads(f.read_text())}))
+                    break
+        if not found:
+            raise WeblyError(f"{path}: no finished steps (no */step.json, no stage summaries): "
+                             "not a run folder")
+        self.steps = {r["id"]: r for _, r in sorted(found, key=lambda x: x[0])}
         manifests = self.of("index")
         self.manifest = Manifest(path / manifests[0] / "manifest.parquet") if manifests else None
 

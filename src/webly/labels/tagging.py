@@ -53,6 +53,7 @@ from webly.data.manifest import Manifest
 from webly.errors import WeblyError
 from webly.files import atomic_path, save_figure, write_atomic
 from webly.labels.text import MAX_TAG_CHARS, KeywordRecogniser, WordNetPOS, text_segments
+from webly.labels.vocab import choose_senses, informative, manifest_labels, select_vocab
 from webly.progress import progress
 
 TEXT_COLUMNS = ["title", "description", "tags", "query_text"]
@@ -201,78 +202,6 @@ def _part_files(out_dir: Path) -> list[Path]:
     return files
 
 
-def informative(files: list[Path], words: list[str], labels: np.ndarray | None,
-                num_classes: int) -> dict[str, float]:
-    """KL divergence (bits) of each word's images' class distribution from the class prior, over
-    the labelled images: how much knowing the word says about the label."""
-    if not words or labels is None or not (labels >= 0).any():
-        return dict.fromkeys(words, 0.0)
-    value_set = pa.array(words, pa.string())
-    counts = np.zeros((len(words), num_classes))
-    pos = 0
-    for f in files:
-        col = pq.read_table(f, columns=["keywords"]).column(0).combine_chunks()
-        lengths = pc.list_value_length(col).fill_null(0).to_numpy()
-        ids = pc.index_in(col.flatten(), value_set=value_set).fill_null(-1).to_numpy()
-        y = np.repeat(labels[pos:pos + len(col)], lengths)
-        hit = (ids >= 0) & (y >= 0)
-        np.add.at(counts, (ids[hit], y[hit]), 1)
-        pos += len(col)
-    prior = np.bincount(labels[labels >= 0], minlength=num_classes) / (labels >= 0).sum()
-    q = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kl = np.where(q > 0, q * np.log2(q / np.maximum(prior, 1e-12)), 0).sum(1)
-    return {w: round(float(v), 4) for w, v in zip(words, kl, strict=True)}
-
-
-def select_vocab(df: Counter, documents: int, cfg: TagConfig,
-                 info: dict[str, float] | None = None) -> list[tuple[str, int]]:
-    """Keywords kept (see the module docstring); `info`: bits of the words above max_df."""
-    ranked = sorted(df.items(), key=lambda kv: (-kv[1], kv[0]))
-    ranked = ranked[cfg.drop_top:]
-    info = info or {}
-
-    def common_but_kept(k: str) -> bool:
-        return cfg.keep_informative > 0 and info.get(k, 0.0) >= cfg.keep_informative
-
-    keep = [(k, n) for k, n in ranked if n >= cfg.min_count
-            and (n <= cfg.max_df * documents or common_but_kept(k))]
-    return keep[: cfg.max_vocab]
-
-
-def _manifest_labels(out: Path) -> tuple[np.ndarray | None, list[str]]:
-    """The labels (-1: none) and class wnids of the manifest the parts were tagged from, when it
-    is still there (the context for max_df and senses); (None, []) otherwise."""
-    plan = json.loads((out / "parts/plan.json").read_text())
-    path = plan.get("manifest")
-    if not path or not Path(path).is_file():
-        return None, []
-    manifest = Manifest(path)
-    if len(manifest) != plan["rows"]:
-        return None, []
-    labels = manifest.read(["label"]).column(0).fill_null(-1).to_numpy()
-    return np.asarray(labels, np.int64), list(manifest.classes)
-
-
-def _senses(vocab: list[tuple[str, int]], mat: sp.csr_matrix, labels: np.ndarray | None,
-            classes: list[str], cfg: TagConfig) -> tuple[list[str], np.ndarray]:
-    """Each keyword's sense in the context of its images' classes (webly.labels.senses)."""
-    from webly.labels import senses
-    from webly.labels.weighing import concept_synsets
-
-    words = [k for k, _ in vocab]
-    counts = None
-    if labels is not None and classes:
-        has = labels >= 0
-        y = sp.csr_matrix((np.ones(int(has.sum())), (np.flatnonzero(has), labels[has])),
-                          shape=(len(labels), len(classes)))
-        counts = (mat.T.astype(np.float64) @ y).tocsr()  # keywords x classes image counts
-        concepts, _ = concept_synsets(classes, allow_unknown=True, warn=False)
-    else:
-        concepts = []
-    return senses.choose(words, counts, concepts, cfg.sense_fit)
-
-
 def merge(out_dir: str | Path, cfg: TagConfig,
           extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Vocabulary from all parts, then the CSR matrix, stats and plots."""
@@ -290,7 +219,7 @@ def merge(out_dir: str | Path, cfg: TagConfig,
         counts = pc.value_counts(col.flatten())  # keywords are unique within an image: df
         df.update(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
                            strict=True)))
-    labels, classes = _manifest_labels(out)
+    labels, classes = manifest_labels(out)
     common = sorted(k for k, n in df.items() if n > cfg.max_df * documents)
     info = informative(files, common, labels, len(classes)) if cfg.keep_informative > 0 else {}
     vocab = select_vocab(df, documents, cfg, info)
@@ -312,7 +241,7 @@ def merge(out_dir: str | Path, cfg: TagConfig,
     mat = sp.csr_matrix((np.ones(len(ind), np.uint8), ind, indptr.astype(np.int64)),
                         shape=(images, len(vocab)))
     mat.sort_indices()
-    senses, fits = _senses(vocab, mat, labels, classes, cfg)
+    senses, fits = choose_senses(vocab, mat, labels, classes, cfg)
     # a word that is a verb or adverb first ("tie", "clutch") is a keyword only where a noun sense
     # of it fits its images' classes (webly.labels.text): drop the others' columns
     pos = WordNetPOS()
