@@ -28,7 +28,8 @@ def load_bench(name: str):
 
 
 def run_guarded(bench, recipe: dict, out: Path) -> None:
-    """The benchmark's recipe run with the guard on."""
+    """The benchmark's recipe run with the guard on (what it caught: GUARD["opened"])."""
+    GUARD["opened"] = []
     GUARD["on"] = True
     try:
         bench.harness.run_recipe(recipe, out)

@@ -92,7 +92,7 @@ def test_every_stage_ran_and_scored(bench_run):
     for step in bench.SHARE:
         assert (out / step / "model.safetensors").is_file()
         # export: best: the holdout score reported is the exported epoch's
-        best, (epoch, of) = res["holdout_top1_noisy"][step], res["exported_epoch"][step]
+        best, (epoch, of) = res["holdout_top1"][step], res["exported_epoch"][step]
         summary = json.loads((out / step / "train.summary.json").read_text())
         assert 1 <= epoch <= of and summary["best"] == {"val_top1": best, "epoch": epoch}
     md = bench.harness.to_markdown(bench.SPEC, res)
