@@ -1,7 +1,7 @@
 """fashion53: the seed's text half (WT-Set, LW-Set) on real shop photos and their real titles.
 
-    python benchmarks/fashion53.py --data ../shared/data/fashion53.tar.gz --quick   # <= 20 min
-    python benchmarks/fashion53.py --data ../shared/data/fashion53.tar.gz           # <= 90 min
+    python benchmarks/fashion53.py --data ../shared/data/fashion53.tar.gz --quick   # ~19 min
+    python benchmarks/fashion53.py --data ../shared/data/fashion53.tar.gz           # ~76 min
     python benchmarks/fashion53.py --data DIR --quick --noise title40              # other labels
     python benchmarks/fashion53.py --data DIR --full                               # for a GPU
 
@@ -58,9 +58,9 @@ SHARE = {"ce": 1.0, "pre_ce": 0.5, "ft_ce": 0.5, "pre_lw": 0.5, "ft_lw": 0.5, "p
 PASSES = ("train_lw", "train_wt")
 # ce_long's share is the system's: its training (3 units) and its two labelling passes (each
 # image and its mirror: 2 / (3 x epochs) of a unit each), set by the harness (Spec.match)
-EPOCHS = {  # epochs of one unit; 8.3 units a run (fp32 on 2 cores: ~400 img/s at 32 px)
-    "quick": 1,  # ~16 min (estimated from the first run's step times)
-    "default": 6,  # ~70 min (estimated)
+EPOCHS = {  # epochs of one unit; ~10 units a run (fp32 on 2 cores: ~400 img/s at 32 px)
+    "quick": 1,  # ~19.4 min (v1 measured 18.0; v2's two longer steps add ~1.4)
+    "default": 6,  # ~76 min (estimated from the quick steps' times; not measured yet)
     "full": 40,
 }
 NATIVE_SIZE = 32  # one unit: `epochs` passes over the training images at 32 px
