@@ -106,8 +106,8 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     suspects = np.flatnonzero(disagree)  # the given label's probability low, another's high
     suspects = suspects[np.argsort(-conf[suspects], kind="stable")][: cfg.suspects]
     out = Path(out_dir)
-    suspect_ids = _write_labels(out, preds_dir, cfg.soft_k, new, original, source, conf, suspects)
-    _write_scores(out, preds_dir, original, given)
+    suspect_ids = _write_labels(out, preds_dir, cfg.soft_k, new, original, source, conf,
+                                suspects, given)
     report = _report(manifest, original, pred, ok, disagree, relabel, drop)
     write_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     names = manifest.class_names
@@ -178,21 +178,6 @@ def _first_pass(preds_dir: str | Path, labels: np.ndarray, text: dict | None = N
     return tuple(np.concatenate(c) for c in zip(*parts, strict=True))
 
 
-def _write_scores(out: Path, preds_dir: str | Path, original: np.ndarray,
-                  given: np.ndarray) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from webly.files import atomic_path
-
-    rows = np.concatenate([p.rows for p in iter_predictions(preds_dir)])
-    ids = [i for p in iter_predictions(preds_dir) for i in p.ids]
-    table = pa.table({"row": rows, "id": pa.array(ids, pa.string()), "label": original,
-                      "p_image": given[:, 0], "p_text": given[:, 1], "p_label": given[:, 2]})
-    with atomic_path(out / "scores.parquet") as tmp:
-        pq.write_table(table, tmp)
-
-
 def _top_fraction(pred: np.ndarray, conf: np.ndarray, ok: np.ndarray,
                   fraction: float) -> np.ndarray:
     """The most confident `fraction` of each predicted class's images (ties: the earlier row),
@@ -210,24 +195,45 @@ def _top_fraction(pred: np.ndarray, conf: np.ndarray, ok: np.ndarray,
 
 def _write_labels(out: Path, preds_dir: str | Path, soft_k: int, new: np.ndarray,
                   original: np.ndarray, source: np.ndarray, conf: np.ndarray,
-                  suspects: np.ndarray) -> dict[int, str]:
-    """Second pass: labels.parquet row group by row group; returns the suspects' ids."""
+                  suspects: np.ndarray, given: np.ndarray) -> dict[int, str]:
+    """Second pass: labels.parquet and scores.parquet row group by row group (never every id in
+    memory); returns the suspects' ids."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from webly.files import atomic_path
+
     writer, pos, wanted, ids = LabelsWriter(out, soft_k), 0, set(suspects.tolist()), {}
-    try:
-        for p in iter_predictions(preds_dir):
-            sl = slice(pos, pos + len(p.ids))
-            cols = {"row": p.rows, "id": p.ids, "label": new[sl], "original_label": original[sl],
-                    "source": source[sl].tolist(), "confidence": conf[sl].astype(np.float32)}
-            if soft_k:
-                cols.update(soft_idx=p.top_i[:, :soft_k], soft_prob=p.top_p[:, :soft_k])
-            writer.write(cols)
-            ids.update({pos + j: p.ids[j] for j in range(len(p.ids)) if pos + j in wanted})
-            pos += len(p.ids)
-    except BaseException:
-        writer.abort()
-        raise
+    with atomic_path(out / "scores.parquet") as tmp:
+        scores = None
+        try:
+            for p in iter_predictions(preds_dir):
+                sl = slice(pos, pos + len(p.ids))
+                table = pa.table({"row": p.rows, "id": pa.array(p.ids, pa.string()),
+                                  "label": original[sl], "p_image": given[sl, 0],
+                                  "p_text": given[sl, 1], "p_label": given[sl, 2]})
+                scores = scores or pq.ParquetWriter(tmp, table.schema)
+                scores.write_table(table)
+                _write_part(writer, p, sl, soft_k, new, original, source, conf)
+                ids.update({pos + j: p.ids[j] for j in range(len(p.ids)) if pos + j in wanted})
+                pos += len(p.ids)
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            if scores is not None:
+                scores.close()
     writer.close()
     return ids
+
+
+def _write_part(writer: LabelsWriter, p: Any, sl: slice, soft_k: int, new: np.ndarray,
+                original: np.ndarray, source: np.ndarray, conf: np.ndarray) -> None:
+    cols = {"row": p.rows, "id": p.ids, "label": new[sl], "original_label": original[sl],
+            "source": source[sl].tolist(), "confidence": conf[sl].astype(np.float32)}
+    if soft_k:
+        cols.update(soft_idx=p.top_i[:, :soft_k], soft_prob=p.top_p[:, :soft_k])
+    writer.write(cols)
 
 
 def _report(manifest: Manifest, original: np.ndarray, pred: np.ndarray, ok: np.ndarray,
