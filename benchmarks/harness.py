@@ -192,8 +192,10 @@ def recipe_for(spec: Spec, roots: dict[str, Path], epochs: int, batch_size: int 
     n_train = len((roots["DATA"] / "info/train_filelist.txt").read_text().splitlines())
     share = shares(spec, recipe, epochs)
     for step in recipe["steps"]:
-        if step["stage"] == "index":
-            step["root"] = str(roots[step["root"]])
+        for key, value in step.items():  # DATA, DATA/info/val_filelist.txt: the prepared folder
+            if isinstance(value, str) and value.split("/")[0] in roots:
+                head, _, rest = value.partition("/")
+                step[key] = str(roots[head] / rest) if rest else str(roots[head])
         if step["id"] in spec.share:
             images = n_train // 2 if step.get("leave_out_fold") else n_train
             cheaper = (macs_per_image(step["backbone"], spec.native_size, 10)
