@@ -22,7 +22,7 @@ fi
 echo "[setup] creating .venv and installing webly (first run only, a few minutes)" >&2
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 log=.venv/install.log
-if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[dev]"; } >"$log" 2>&1; then
+if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[dev,export]"; } >"$log" 2>&1; then
   tail -n 30 "$log" >&2
   echo "[setup] pip install failed; full log in $log" >&2
   exit 1

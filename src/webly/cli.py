@@ -1,5 +1,6 @@
 """`webly` command line: one subcommand per stage, derived from the stage records (`webly.stages`),
-plus the commands `run`, `demo`, `report`, `neighbours`, `wordnet` and `config show`.
+plus the commands `run`, `demo`, `report`, `classify`, `export`, `neighbours`, `wordnet` and
+`config show`.
 
 Options come from the stage's dataclass defaults, then the `--config FILE` YAML section named after
 the stage, then flags (flags win). Every stage writes its resolved config (`STAGE.config.yaml`) and
@@ -179,8 +180,51 @@ def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "ablation"}
 
 
+def cmd_classify(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.inference.classify import ClassifyConfig, classify
+
+    cfg = ClassifyConfig(top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
+                         tta=args.tta, device=args.device)
+    result = classify(args.model, args.inputs, args.output, cfg, list_file=args.list)
+    print(f"classified {result['classified']} images into {args.output}; skipped "
+          f"{result['skipped']} (listed in {result['skipped_list']})", file=sys.stderr)
+    return result
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from webly.inference.export import export
+
+    return export(args.model, args.format, args.output)
+
+
 def add_commands(sub: Any) -> None:
     """The commands that are not stages."""
+    sp = sub.add_parser("classify", help="classify image files, folders (recursively) or a list "
+                                         "of paths with a trained model: CSV or JSONL of top-k "
+                                         "classes; unreadable files skipped and listed",
+                        formatter_class=FMT)
+    sp.set_defaults(fn=cmd_classify)
+    sp.add_argument("model", help="a training run folder (model.safetensors + model.json)")
+    sp.add_argument("inputs", nargs="*", help="image files and folders")
+    sp.add_argument("--list", help="a file of image paths, one a line")
+    sp.add_argument("-o", "--output", default="classified.csv",
+                    help="CSV (path, class_1, prob_1, ...) or, ending in .jsonl, JSON lines; the "
+                         "skipped files go to OUTPUT.skipped.tsv")
+    sp.add_argument("--top-k", type=int, default=5, help="classes written per image")
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--workers", type=int, default=2, help="processes decoding images")
+    sp.add_argument("--tta", default="center", choices=["center", "flip", "multiscale"],
+                    help="test-time augmentation, as predict's")
+    sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    sp = sub.add_parser("export", help="a trained model as ONNX or TorchScript, with its "
+                                       "preprocessing and class names in FILE.json",
+                        formatter_class=FMT)
+    sp.set_defaults(fn=cmd_export)
+    sp.add_argument("model", help="a training run folder (model.safetensors + model.json)")
+    sp.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    sp.add_argument("-o", "--output", required=True, help="the exported file (.onnx, .pt)")
+
     sp = sub.add_parser("report", help="report.html / report.md for a run folder: results, "
                                        "examples with text, keywords and labels, keyword audit",
                         formatter_class=FMT)

@@ -14,6 +14,7 @@ the training device (`normalize_batch`), not per image in the CPU workers.
 
 from __future__ import annotations
 
+import errno
 import io
 import sys
 import warnings
@@ -131,6 +132,8 @@ def bad_image_reason(e: BaseException) -> str:
         return "truncated"
     if isinstance(e, Image.UnidentifiedImageError):
         return "not an image"
+    if isinstance(e, OSError) and e.errno is not None:  # a file the system cannot read
+        return "symlink loop" if e.errno == errno.ELOOP else (e.strerror or "unreadable").lower()
     return type(e).__name__
 
 

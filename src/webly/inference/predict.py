@@ -108,6 +108,23 @@ def view_sizes(tta: str, size: int) -> list[int]:
 
 
 @torch.no_grad()
+def probabilities(model: torch.nn.Module, x: torch.Tensor, pre: Preprocess, tta: str,
+                  device: torch.device, fmt: torch.memory_format = torch.contiguous_format,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Class probabilities of a uint8 NCHW batch already resized and cropped by `pre`: normalised,
+    averaged over the `tta` views. The one forward pass of `predict`, `classify` and `webly.load`,
+    so they cannot disagree."""
+    x = normalize_batch(x.to(device), pre.mean, pre.std).contiguous(memory_format=fmt)
+    views = _views(x, tta, pre.size)
+    p = None
+    for v in views:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            q = model(v).float().softmax(1)
+        p = q if p is None else p + q
+    return p / len(views)
+
+
+@torch.no_grad()
 def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Path,
             cfg: PredictConfig) -> dict[str, Any]:
     """Predict one split, writing each batch as it comes (memory: a batch, not the split).
@@ -154,22 +171,15 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
 def _predict_into(writer: PredictionWriter, model: torch.nn.Module, meta: dict[str, Any],
                   cfg: PredictConfig, d: Dist, root: Path, mine: np.ndarray, paths: pa.Array,
                   ids: pa.Array, bad: BadImages) -> None:
-    size = cfg.img_size or meta["img_size"]
     fmt = torch.channels_last if meta.get("channels_last") else torch.contiguous_format
     model = model.to(d.device, memory_format=fmt)
     dtype = torch.bfloat16 if d.device.type == "cuda" else None
-    pre = Preprocess.from_meta(meta, size)  # the one place prediction reads preprocessing
+    pre = Preprocess.from_meta(meta, cfg.img_size)  # the one place prediction reads preprocessing
     images = _Images(root, paths, EvalTransform.of(pre))
     loader = torch.utils.data.DataLoader(images, batch_size=cfg.batch_size, num_workers=cfg.workers)
     for x, idx, err in progress(loader, desc=f"predict {cfg.split}", unit="batch"):
-        x = normalize_batch(x.to(d.device), pre.mean, pre.std).contiguous(memory_format=fmt)
-        p = torch.zeros(x.shape[0], meta["num_classes"], device=d.device)
-        views = _views(x, cfg.tta, size)
-        for v in views:
-            with torch.autocast(d.device.type, dtype=dtype or torch.float32,
-                                enabled=dtype is not None):
-                p += model(v).float().softmax(1)
-        tp, ti = (p / len(views)).cpu().topk(writer.k, dim=1)
+        p = probabilities(model, x, pre, cfg.tta, d.device, fmt, dtype)
+        tp, ti = p.cpu().topk(writer.k, dim=1)
         status = []
         for j, e in zip(idx.tolist(), err, strict=True):
             status.append(f"skipped: {e}" if e else "ok")
