@@ -94,7 +94,7 @@ def test_every_stage_is_a_subcommand_with_its_inputs_and_options():
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert [st.name for st in STAGES] == [n for n in sub.choices if n in BY_NAME]
     assert set(sub.choices) - set(BY_NAME) == {"demo", "run", "plan", "neighbours", "wordnet",
-                                               "config", "report"}
+                                               "config", "report", "classify", "export"}
     for st in STAGES:
         dests = {a.dest for a in sub.choices[st.name]._actions}
         assert {i.name for i in st.inputs} | {"output", "config"} <= dests, st.name

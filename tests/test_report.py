@@ -53,11 +53,115 @@ def test_report_shows_what_the_run_has(small_run, capsys):
     import pyarrow.parquet as pq
 
     t = pq.read_table(scores).to_pydict()
-    assert set(t) == {"row", "id", "label", "p_image", "p_text", "p_label"}
+    assert set(t) == {"row", "id", "label", "p_image", "p_text", "p_label", "predicted",
+                      "p_predicted"}
     assert json.loads((small_run / "pl/step.json").read_text())["summary"]["text"]["folds"] == 2
+    # the label-issue explorer: every labelled training image ranked, least likely label first
+    li = result["label_issues"]
+    assert li["step"] == "pl" and li["has_text"] and 0 <= li["ap"] <= 1
+    import csv
+
+    with open(small_run / "label_issues.csv", newline="") as f:
+        ranking = list(csv.reader(f))
+    assert ranking[0][:7] == ["rank", "row", "id", "path", "given", "predicted", "p_label"]
+    p = [float(r[6]) for r in ranking[1:]]
+    assert len(p) == li["images"] == sum(x >= 0 for x in t["label"]) and p == sorted(p)
+    assert "id='label-issues'" in page and "issues-data" in page
 
 
 def test_report_of_a_folder_that_is_no_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no finished steps" in err and "Traceback" not in err
+
+
+def test_average_precision_by_hand():
+    import numpy as np
+
+    from webly.report import average_precision
+
+    # ranked: wrong, right, wrong -> precision 1 at the first hit, 2/3 at the second
+    ap = average_precision(np.array([0.9, 0.5, 0.4]), np.array([True, False, True]))
+    assert ap == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision(np.array([0.1, 0.2]), np.array([False, True])) == 1.0
+
+
+def _big_run(tmp_path, n=20_000):
+    """A run folder of `n` training images (a handful of real JPEGs) with pseudo-label scores,
+    as the explorer finds it: the manifest, a tag-less pseudo-label step, clean labels."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from webly.data.manifest import write_manifest
+    from webly.data.records import Record
+
+    data = tmp_path / "data"
+    (data / "img").mkdir(parents=True)
+    for c in range(5):
+        Image.new("RGB", (24, 24), (50 * c, 255 - 50 * c, 90)).save(data / f"img/{c}.jpg")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, n)
+    recs = [Record(id=f"i{i}", path=f"img/{labels[i]}.jpg", split="train", label=int(labels[i]),
+                   title=f"photo {i} <b>&</b>") for i in range(n)]
+    write_manifest(data / "manifest.parquet", recs,
+                   {"root": str(data), "classes": [f"n{c}" for c in range(5)],
+                    "class_names": [f"class {c}" for c in range(5)]})
+    true = np.where(rng.random(n) < 0.3, (labels + 1) % 5, labels)
+    (data / "truth").mkdir()
+    (data / "truth/train_true_labels.txt").write_text(
+        "".join(f"i{i} {true[i]}\n" for i in range(n)))
+    run = tmp_path / "run"
+    for sid, stage in (("manifest", "index"), ("pl", "pseudo-label")):
+        (run / sid).mkdir(parents=True)
+        (run / sid / "step.json").write_text(json.dumps({"id": sid, "stage": stage}))
+    (data / "manifest.parquet").rename(run / "manifest/manifest.parquet")
+    p_label = np.where(true != labels, rng.uniform(0, 0.6, n), rng.uniform(0.3, 1, n))
+    pq.write_table(pa.table({"row": np.arange(n), "id": [f"i{i}" for i in range(n)],
+                             "label": labels, "p_image": p_label,
+                             "p_text": np.full(n, np.nan), "p_label": p_label,
+                             "predicted": true, "p_predicted": rng.uniform(0.3, 1, n)}),
+                   run / "pl/scores.parquet")
+    pq.write_table(pa.table({"row": np.arange(n), "label": labels, "original_label": labels,
+                             "source": ["original"] * n}), run / "pl/labels.parquet")
+    return run, n
+
+
+def test_explorer_pages_twenty_thousand_ranked_images(tmp_path):
+    run, n = _big_run(tmp_path)
+    result = write_report(run)
+    li = result["label_issues"]
+    assert li["images"] == n and not li["has_text"] and 0.5 < li["ap"] <= 1
+    page = (run / "report.html").read_text()
+    data = page[page.index("id='issues-data'>") + 17:page.index("</script>", page.index(
+        "id='issues-data'"))]
+    items = json.loads(data)["items"]
+    assert len(items) == n and items[0][6] <= items[1][6] <= items[-1][6]
+    assert "<" not in data  # web text is data for textContent: it cannot end the script
+    assert (run / items[0][1]).is_file()  # thumbnails link to the image files
+
+
+@pytest.mark.slow
+def test_explorer_renders_in_chromium(tmp_path):
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed (CI installs Debian's chromium; .ci/run)")
+    run, n = _big_run(tmp_path)
+    write_report(run)
+    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chrome'}", "--allow-file-access-from-files"]
+    dom = subprocess.run(args + ["--dump-dom", (run / "report.html").as_uri()], check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    assert f"1-50 of {n}" in dom  # the script ran: the first page of the ranking
+    body = dom[dom.index("id=\"issues-body\""):]
+    assert body[:body.index("</tbody>")].count("<tr>") == 50
+    shot = tmp_path / "shot.png"
+    subprocess.run(args + [f"--screenshot={shot}", "--window-size=1100,3000",
+                           (run / "report.html").as_uri() + "#label-issues"],
+                   check=True, capture_output=True, timeout=120)
+    assert shot.stat().st_size > 20_000

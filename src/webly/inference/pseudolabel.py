@@ -33,7 +33,9 @@ Outputs in the folder:
     suspects.tsv     images whose label the models doubt most, with scores, for checking by hand
     scores.parquet   row, id, label, and the given label's probability under the images
                      (p_image), the text (p_text, with --text) and both (p_label): 1 - p_label
-                     ranks the labels most likely wrong (what a label-issue view sorts by)
+                     ranks the labels most likely wrong (what `webly report`'s label-issue
+                     explorer sorts by); the class the evidence believes (predicted) and its
+                     probability (p_predicted)
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     suspects = suspects[np.argsort(-conf[suspects], kind="stable")][: cfg.suspects]
     out = Path(out_dir)
     suspect_ids = _write_labels(out, preds_dir, cfg.soft_k, new, original, source, conf,
-                                suspects, given)
+                                suspects, given, pred)
     report = _report(manifest, original, pred, ok, disagree, relabel, drop)
     write_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     names = manifest.class_names
@@ -195,7 +197,8 @@ def _top_fraction(pred: np.ndarray, conf: np.ndarray, ok: np.ndarray,
 
 def _write_labels(out: Path, preds_dir: str | Path, soft_k: int, new: np.ndarray,
                   original: np.ndarray, source: np.ndarray, conf: np.ndarray,
-                  suspects: np.ndarray, given: np.ndarray) -> dict[int, str]:
+                  suspects: np.ndarray, given: np.ndarray, pred: np.ndarray
+                  ) -> dict[int, str]:
     """Second pass: labels.parquet and scores.parquet row group by row group (never every id in
     memory); returns the suspects' ids."""
     import pyarrow as pa
@@ -211,7 +214,8 @@ def _write_labels(out: Path, preds_dir: str | Path, soft_k: int, new: np.ndarray
                 sl = slice(pos, pos + len(p.ids))
                 table = pa.table({"row": p.rows, "id": pa.array(p.ids, pa.string()),
                                   "label": original[sl], "p_image": given[sl, 0],
-                                  "p_text": given[sl, 1], "p_label": given[sl, 2]})
+                                  "p_text": given[sl, 1], "p_label": given[sl, 2],
+                                  "predicted": pred[sl], "p_predicted": conf[sl]})
                 scores = scores or pq.ParquetWriter(tmp, table.schema)
                 scores.write_table(table)
                 _write_part(writer, p, sl, soft_k, new, original, source, conf)
