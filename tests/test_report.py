@@ -161,7 +161,7 @@ def test_explorer_renders_in_chromium(tmp_path):
     body = dom[dom.index("id=\"issues-body\""):]
     assert body[:body.index("</tbody>")].count("<tr>") == 50
     shot = tmp_path / "shot.png"
-    subprocess.run(args + [f"--screenshot={shot}", "--window-size=1100,3000",
-                           (run / "report.html").as_uri() + "#label-issues"],
+    subprocess.run(args + [f"--screenshot={shot}", "--window-size=1100,4200",
+                           "--virtual-time-budget=5000", (run / "report.html").as_uri()],
                    check=True, capture_output=True, timeout=120)
     assert shot.stat().st_size > 20_000

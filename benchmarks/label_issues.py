@@ -1,0 +1,145 @@
+"""How well webly's label-issue ranking finds the wrong labels, beside cleanlab's on the same
+predictions (a benchmark-only comparison: `pip install "webly[bench]"`).
+
+    python benchmarks/label_issues.py runs/fashion53-default-shipped --preds train_wt
+    python benchmarks/label_issues.py runs/cifar10n-quick-worst --preds train_ce
+
+RUN is a finished run folder whose data has clean training labels (the benchmarks' prepared copies:
+`info/train_clean_filelist.txt`, read here only to score). webly ranks by the pseudo-label step's
+`scores.parquet` (1 - p(label): the images' predictions and, where the run has text, the title's
+keyword classifier); cleanlab gets the same image predictions as full probability vectors (PREDS
+must keep every class: `predict --top-k C`) and the same noisy labels: its label quality score
+(self-confidence and normalised margin: AP over the whole ranking) and `find_label_issues`
+(the set it flags: precision, recall). Metrics: average precision against the clean labels
+and precision at k = the number of wrong labels. With --browser, also the time Chromium takes
+to load and run RUN/report.html (the explorer's page) against an empty page. Prints a table;
+writes RUN/label_issues.benchmark.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from webly.data.predictions import iter_predictions
+from webly.inference.pseudolabel import dense_probs
+from webly.report import Run, average_precision, write_report
+
+
+def precision_at_k(score: np.ndarray, wrong: np.ndarray) -> float:
+    k = int(wrong.sum())
+    top = np.argsort(-score, kind="stable")[:k]
+    return float(wrong[top].mean()) if k else float("nan")
+
+
+def load(run: Path, pl: str, preds: str) -> dict[str, np.ndarray]:
+    r = Run(run)
+    truth = r.truth()
+    if truth is None:
+        sys.exit(f"{run}: its data has no clean training labels to score against")
+    s = pq.read_table(run / pl / "scores.parquet").to_pydict()
+    rows = np.asarray(s["row"])
+    probs, prow = [], []
+    for p in iter_predictions(run / preds):
+        if p.top_i.shape[1] < p.info["num_classes"]:
+            sys.exit(f"{run / preds} keeps {p.top_i.shape[1]} of {p.info['num_classes']} classes:"
+                     " cleanlab needs full probability vectors (predict --top-k C)")
+        probs.append(dense_probs(p.top_i, p.top_p, p.rest, p.info["num_classes"]))
+        prow.append(p.rows)
+    probs, prow = np.concatenate(probs), np.concatenate(prow)
+    if not np.array_equal(prow, rows):
+        sys.exit(f"{preds} and {pl} cover different images")
+    label = np.asarray(s["label"])
+    keep = (label >= 0) & (truth[rows] >= 0)
+    return {"label": label[keep], "wrong": (truth[rows] != label)[keep],
+            "p_label": np.asarray(s["p_label"], np.float64)[keep],
+            "p_image": np.asarray(s["p_image"], np.float64)[keep], "probs": probs[keep]}
+
+
+def measure(d: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    wrong, out = d["wrong"], {}
+    probs = d["probs"] / d["probs"].sum(1, keepdims=True)
+    rankings = {"webly (images and text)" if np.isfinite(d["p_label"]).all()
+                and not np.allclose(d["p_label"], d["p_image"]) else "webly": 1 - d["p_label"],
+                "webly, images only": 1 - d["p_image"]}
+    for method in ("self_confidence", "normalized_margin"):
+        rankings[f"cleanlab {method}"] = -get_label_quality_scores(d["label"], probs,
+                                                                   method=method)
+    for name, score in rankings.items():
+        out[name] = {"ap": round(average_precision(score, wrong), 4),
+                     "precision_at_k": round(precision_at_k(score, wrong), 4)}
+    t0 = time.time()
+    flagged = find_label_issues(d["label"], probs)
+    out["cleanlab find_label_issues (its flagged set)"] = {
+        "flagged": int(flagged.sum()), "precision": round(float(wrong[flagged].mean()), 4),
+        "recall": round(float(flagged[wrong].mean()), 4), "seconds": round(time.time() - t0, 1)}
+    return out
+
+
+def browser_load(page: Path) -> dict[str, float] | None:
+    """Seconds Chromium takes to load RUN/report.html and run its scripts (--dump-dom), minus an
+    empty page's (the browser's own start), median of 3."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        blank = Path(tmp) / "blank.html"
+        blank.write_text("<!doctype html><html><body></body></html>")
+
+        def once(p: Path) -> float:
+            t0 = time.time()
+            subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                            "--no-first-run", f"--user-data-dir={tmp}/chrome", "--dump-dom",
+                            p.as_uri()], check=True, capture_output=True, timeout=300)
+            return time.time() - t0
+
+        base = float(np.median([once(blank) for _ in range(3)]))
+        full = float(np.median([once(page) for _ in range(3)]))
+    return {"seconds": round(full - base, 2), "empty_page_seconds": round(base, 2),
+            "bytes": page.stat().st_size}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--pl", default="pl", help="the pseudo-label step")
+    ap.add_argument("--preds", required=True, help="its train-split predictions step")
+    ap.add_argument("--browser", action="store_true", help="time the report in Chromium")
+    args = ap.parse_args()
+    d = load(args.run, args.pl, args.preds)
+    res = {"run": str(args.run), "images": len(d["wrong"]), "wrong_labels": int(d["wrong"].sum()),
+           "rankings": measure(d)}
+    if args.browser:
+        report = write_report(args.run)["label_issues"]
+        res["report"] = {"ranked_on_page": min(report["images"], 20_000),
+                         "load": browser_load(args.run / "report.html")}
+    (args.run / "label_issues.benchmark.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(f"{res['images']} training labels, {res['wrong_labels']} wrong "
+          f"({100 * res['wrong_labels'] / res['images']:.1f}%)")
+    print(f"{'ranking':48s} {'AP':>7s} {'P@k':>7s}")
+    for name, m in res["rankings"].items():
+        if "ap" in m:
+            print(f"{name:48s} {m['ap']:7.3f} {m['precision_at_k']:7.3f}")
+        else:
+            print(f"{name:48s} flagged {m['flagged']}: precision {m['precision']:.3f}, "
+                  f"recall {m['recall']:.3f}")
+    if "report" in res:
+        print(f"report with the explorer: {json.dumps(res['report'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
