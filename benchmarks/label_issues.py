@@ -31,8 +31,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from webly.data.predictions import iter_predictions
+from webly.explorer import average_precision
 from webly.inference.pseudolabel import dense_probs
-from webly.report import Run, average_precision, write_report
+from webly.report import Run, write_report
 
 
 def precision_at_k(score: np.ndarray, wrong: np.ndarray) -> float:

@@ -42,7 +42,10 @@ def demo_run(tmp_path_factory):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert main(["demo", "--out", str(out)]) == 0
-    return out, json.loads(buf.getvalue().split("\n", 1)[1])
+    printed = buf.getvalue()
+    assert printed.startswith("webly demo: ") and "report: " in printed and "{" not in printed
+    assert "WT-Set + pseudo-labels" in printed and "pseudo-labels: " in printed
+    return out, json.loads((out / "demo.json").read_text())
 
 
 @pytest.mark.slow

@@ -78,7 +78,7 @@ def test_report_of_a_folder_that_is_no_run(tmp_path, capsys):
 def test_average_precision_by_hand():
     import numpy as np
 
-    from webly.report import average_precision
+    from webly.explorer import average_precision
 
     # ranked: wrong, right, wrong -> precision 1 at the first hit, 2/3 at the second
     ap = average_precision(np.array([0.9, 0.5, 0.4]), np.array([True, False, True]))

@@ -169,7 +169,8 @@ def cmd_config_show(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from webly.demo.recipe import run_demo
 
-    return run_demo(Path(args.out), fresh=args.fresh, seed=args.seed)
+    run_demo(Path(args.out), fresh=args.fresh, seed=args.seed)  # prints its own table
+    return {}
 
 
 def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,8 +198,8 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     return export(args.model, args.format, args.output)
 
 
-def add_commands(sub: Any) -> None:
-    """The commands that are not stages."""
+def _add_after_training(sub: Any) -> None:
+    """`classify` and `export`: what a user does with a trained model."""
     sp = sub.add_parser("classify", help="classify image files, folders (recursively) or a list "
                                          "of paths with a trained model: CSV or JSONL of top-k "
                                          "classes; unreadable files skipped and listed",
@@ -225,6 +226,10 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--format", required=True, choices=["onnx", "torchscript"])
     sp.add_argument("-o", "--output", required=True, help="the exported file (.onnx, .pt)")
 
+
+def add_commands(sub: Any) -> None:
+    """The commands that are not stages."""
+    _add_after_training(sub)
     sp = sub.add_parser("report", help="report.html / report.md for a run folder: results, "
                                        "examples with text, keywords and labels, keyword audit",
                         formatter_class=FMT)

@@ -9,6 +9,7 @@ it to a few minutes on a 2-core CPU. A second run reuses every finished step.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -65,7 +66,10 @@ def demo_recipe(seed: int = 0) -> dict[str, Any]:
 
 
 def run_demo(out: Path, *, fresh: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Run the demo (reusing finished steps), write its report and `RUN/demo.json`, and end with
+    a short table a person reads: the rows, what pseudo-labelling did, where the report is."""
     from webly.demo.report import write_report
+    from webly.files import write_atomic
     from webly.pipeline import run
 
     if fresh and out.exists():
@@ -74,5 +78,32 @@ def run_demo(out: Path, *, fresh: bool = False, seed: int = 0) -> dict[str, Any]
     run(demo_recipe(seed), out)
     result = write_report(out)
     result["seconds"] = round(time.time() - t0, 1)
-    print(f"demo report: {Path(result['report']).resolve()}")
+    write_atomic(out / "demo.json", json.dumps(result, indent=1) + "\n")
+    print(summary_table(result, out))
     return result
+
+
+def summary_table(result: dict[str, Any], out: Path) -> str:
+    """The demo's last word: the rows (in %, the clean validation split), the pseudo-label
+    effect, the label issues and where the report and the numbers are."""
+    lines = [f"webly demo: {result['seconds']:.0f} s, {out}", "",
+             f"{'model':28s} {'top-1':>6s} {'top-5':>6s} {'bal. top-1':>11s} {'bal. top-5':>11s}"]
+    lines += [f"{r['model']:28s} {100 * r['top1']:6.1f} {100 * r['top5']:6.1f} "
+              f"{100 * r['balanced_top1']:11.1f} {100 * r['balanced_top5']:11.1f}"
+              for r in result["ablation"]]
+    pl = result.get("pseudo_labels") or {}
+    if pl:
+        line = (f"pseudo-labels: {pl['relabelled']} of {pl['train_images']} training labels "
+                f"changed, {pl['dropped']} dropped")
+        if "wrong_labels_before" in pl:
+            line += (f"; wrong labels {pl['wrong_labels_before']} -> {pl['wrong_labels_after']} "
+                     "(against the generator's truth)")
+        lines += ["", line]
+    li = result.get("label_issues") or {}
+    if li:
+        lines.append(f"label issues: {li['images']} training labels ranked in "
+                     f"{out / li['csv']}" + (f" (average precision {li['ap']:.2f})"
+                                             if li.get("ap") is not None else ""))
+    lines += [f"report: {Path(result['report']).resolve()}",
+              f"numbers: {(out / 'demo.json').resolve()}"]
+    return "\n".join(lines)
