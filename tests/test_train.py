@@ -74,6 +74,33 @@ def test_wt_pretrain_then_finetune_learns(data6, capsys):
                                   "std": list(meta["std"])}
 
 
+def test_pretrained_and_continue_from_take_a_folder_its_weights_or_a_checkpoint(data6, tmp_path,
+                                                                                capsys):
+    """A run folder means what a recipe's "@wt" means (its ckpt/last.pt); its model.safetensors
+    and a checkpoint load the same weights; a file of another kind is a one-line error."""
+    m = str(data6 / "manifest.parquet")
+    base = ["--backbone", "test_resnet", "--max-steps", "1", *TINY]
+    assert main(["finetune", m, "-o", str(tmp_path / "a"), *base]) == 0
+    a = tmp_path / "a"
+    forms = [a, a / "model.safetensors", a / "ckpt/last.pt"]
+    w = [checkpoints.load_weights(f)[0] for f in forms]
+    assert all(w[0].keys() == x.keys() and all(torch.equal(w[0][k], x[k]) for k in w[0])
+               for x in w[1:])
+    for i, f in enumerate(forms):
+        for flag in ("--pretrained", "--continue-from"):
+            assert main(["finetune", m, "-o", str(tmp_path / f"b{i}{flag}"), flag, str(f),
+                         *base]) == 0, (flag, f)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("hello")
+    for wrong in (tmp_path / "empty", tmp_path / "notes.txt", Path(m), tmp_path / "x.safetensors",
+                  data6 / "tags"):
+        capsys.readouterr()
+        assert main(["finetune", m, "-o", str(tmp_path / "c"), "--pretrained", str(wrong),
+                     *base]) == 2, wrong
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "error" in err[0] and "Traceback" not in err[0], err
+
+
 def test_large_resolution_stage_continues_lr(data6, tmp_path):
     m = str(data6 / "manifest.parquet")
     base = ["--backbone", "test_resnet", "--img-size", "32", "--batch-size", "16", "--accum-steps",

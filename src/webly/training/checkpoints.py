@@ -50,6 +50,34 @@ def load(path: str | Path) -> dict[str, Any]:
                          f"{str(e).splitlines()[0][:200]})") from None
 
 
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(model weights, the rest of the checkpoint) from what a user has at hand: a training run
+    folder (its ckpt/last.pt, else its model.safetensors), a .safetensors file or a checkpoint.
+    Anything else is a one-line error naming what was expected."""
+    p = Path(path)
+    if p.is_dir():
+        found = [c for c in (p / "ckpt" / "last.pt", p / "model.safetensors") if c.is_file()]
+        if not found:
+            raise WeblyError(f"{p}: neither ckpt/last.pt nor model.safetensors in it: not a "
+                             "training run folder")
+        p = found[0]
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        if not p.is_file():
+            raise WeblyError(f"weights not found: {p}")
+        try:
+            state = load_file(str(p))
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the user's wrong input
+            raise WeblyError(f"{p}: not a readable safetensors file ({type(e).__name__})") from None
+        return {k.removeprefix("module."): v for k, v in state.items()}, {}
+    ck = load(p)
+    if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict):
+        raise WeblyError(f"{p}: not a webly checkpoint (no model weights in it); give a training "
+                         "run folder, its model.safetensors or a ckpt/*.pt file")
+    return ck["model"], ck
+
+
 def latest(run_dir: Path) -> Path | None:
     last = run_dir / "ckpt" / "last.pt"
     return last if last.is_file() else None

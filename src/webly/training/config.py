@@ -17,11 +17,12 @@ from webly.errors import WeblyError
 @dataclass
 class TrainConfig:
     backbone: str = opt("resnest101e", "timm model name (built without downloads)")
-    pretrained: str | None = opt(None, "webly checkpoint to finetune from: all weights but the "
-                                       "last layer")
+    pretrained: str | None = opt(None, "what to finetune from, all weights but the last layer: a "
+                                       "training run folder, its model.safetensors or a "
+                                       "ckpt/*.pt")
     continue_from: str | None = opt(None,
-                                    "checkpoint to continue from with all weights "
-                                    "(large-resolution stage)")
+                                    "what to continue from with all weights (large-resolution "
+                                    "stage): a run folder, its model.safetensors or a ckpt/*.pt")
     img_size: int = opt(224, "training crop size")
     crop_scale: float = opt(0.08,
                             "smallest area fraction of the random-resized crop (0.08: ImageNet's; "

@@ -78,13 +78,13 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_f
     model = create_backbone(cfg.backbone, num_classes, drop_rate=cfg.drop_rate)
     report: dict[str, Any] = {}
     if cfg.pretrained:
-        state = checkpoints.load(cfg.pretrained)
-        r = load_all_but_head(model, state["model"])
+        weights, _ = checkpoints.load_weights(cfg.pretrained)
+        r = load_all_but_head(model, weights)
         report = {"loaded_tensors": r.loaded, "reinitialised": r.reinitialised}
     if cfg.continue_from:
-        state = checkpoints.load(cfg.continue_from)
+        weights, state = checkpoints.load_weights(cfg.continue_from)
         try:
-            model.load_state_dict(state["model"])
+            model.load_state_dict(weights)
         except RuntimeError as e:
             raise WeblyError(f"{cfg.continue_from} does not fit {cfg.backbone} with {num_classes} "
                              f"classes: {str(e).splitlines()[0]}") from None
