@@ -419,3 +419,36 @@ def test_export_best_exports_the_best_validation_epoch(data6, tmp_path, capsys):
     assert none["exported"]["epoch"] == 1 and "exporting the last epoch" in capsys.readouterr().err
     with pytest.raises(WeblyError, match="export"):
         TrainConfig(export="first").validate()
+
+
+def test_the_plan_warns_on_runs_that_cannot_work():
+    from webly.training.plan import plan_of
+
+    # the calibration: WebVision's accumulation of 8 on 31,306 images for 6 epochs
+    cfg = TrainConfig(backbone="cifar_resnet9", img_size=32, epochs=6, batch_size=128,
+                      accum_steps=8, lr=0.1, schedule="step")
+    p = plan_of(cfg, 31_306, 53, 31_306)
+    assert (p.effective_batch, p.steps_per_epoch, p.optimizer_steps) == (1024, 30, 180)
+    text = " ".join(p.warnings)
+    assert "only 180 optimizer steps" in text and "never decays" in text
+    assert "0 decays in this run" in p.schedule
+    ok = plan_of(replace(cfg, accum_steps=1, schedule="cosine"), 31_306, 53, 31_306)
+    assert ok.warnings == [] and ok.optimizer_steps == 1464 and "cosine to 1.15e-07" in ok.schedule
+    assert any("warmup" in w for w in plan_of(replace(cfg, accum_steps=1, schedule="cosine",
+                                                      warmup_epochs=6), 31_306, 53,
+                                              31_306).warnings)
+    assert any("head" in w for w in plan_of(replace(cfg, accum_steps=1, epochs=100), 200, 53,
+                                            200).warnings)
+    big = plan_of(replace(cfg, accum_steps=1, epochs=200), 2000, 10, 2000)
+    assert any("effective batch" in w for w in big.warnings)
+
+
+def test_training_prints_its_plan_and_keeps_it_in_the_summary(data6, tmp_path, capsys):
+    m = str(data6 / "manifest.parquet")
+    assert main(["finetune", m, "-o", str(tmp_path / "a"), "--backbone", "test_resnet",
+                 "--epochs", "1", *TINY[:4], "--accum-steps", "8", *TINY[6:]]) == 0
+    err = capsys.readouterr().err
+    assert "[webly] plan: " in err and "effective batch 128" in err
+    assert "[webly] warning: only 1 optimizer steps" in err and "53% of the 242 images" in err
+    plan = json.loads((tmp_path / "a/train.summary.json").read_text())["plan"]
+    assert plan["optimizer_steps"] == 1 and len(plan["warnings"]) >= 2

@@ -51,6 +51,7 @@ from webly.training.config import (
 from webly.training.distributed import Dist, all_reduce_sum, init_distributed
 from webly.training.logs import MetricsLog, plot_curves
 from webly.training.models import create_backbone, load_all_but_head, uses_channels_last
+from webly.training.plan import TrainPlan, plan_of
 from webly.training.sampling import BalancedSampler, SeededSampler, ShuffleSampler
 from webly.training.tasks import Batch, Task, make_task
 from webly.training.trainsets import (
@@ -97,11 +98,10 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_f
 @torch.no_grad()
 def validate(model: nn.Module, data: TrainData, cfg: TrainConfig, d: Dist, fmt) -> dict[str, float]:
     """top-1/top-5 on the labelled validation rows (this rank's share, summed over ranks)."""
-    ok = data.val_labels >= 0
-    if not ok.any():
+    if not (ok := data.val_labels >= 0).any():
         return {}
-    rows = data.val_rows[ok][d.rank::d.world_size]
-    labels = data.val_labels[ok][d.rank::d.world_size]
+    mine = slice(d.rank, None, d.world_size)
+    rows, labels = data.val_rows[ok][mine], data.val_labels[ok][mine]
     ds = TargetDataset(ImageFiles(data.manifest, rows), SparseTargets.from_labels(labels),
                        EvalTransform.of(checkpoints.preprocess_of(cfg)), substitute=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=max(1, cfg.batch_size // d.world_size),
@@ -144,13 +144,13 @@ class TrainState:
     steps_per_epoch: int
     base_lr: float
     transfer: dict[str, Any]
+    plan: TrainPlan | None = None  # what the run will do, printed before it starts
     net: nn.Module | None = None  # the model as run: compiled and/or DDP-wrapped (`wrap`)
     log: MetricsLog | None = None
     epoch: int = 0
     step_in_epoch: int = 0
     step: int = 0
-    best: dict[str, Any] = field(default_factory=lambda: {"val_top1": -1.0,
-                                                          "epoch": 0})  # epoch 0: none
+    best: dict[str, Any] = field(default_factory=lambda: {"val_top1": -1.0, "epoch": 0})
     lr: float = 0.0
     last_loss: float = float("nan")
     metrics: dict[str, float] = field(default_factory=dict)
@@ -223,7 +223,9 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
         bad_images=BadImages(len(data.rows), cfg.max_bad_fraction,
                              run / "bad_images.tsv" if d.is_primary else None),
         fmt=fmt, dtype=dtype, per_rank=per_rank, steps_per_epoch=steps_per_epoch, base_lr=base_lr,
-        transfer=transfer, lr=base_lr)
+        transfer=transfer, lr=base_lr,
+        plan=plan_of(cfg, len(data.rows), data.num_classes, n_samples, base_lr,
+                     quiet=not d.is_primary))
 
 
 def restore(s: TrainState, ck: dict[str, Any], force: bool = False) -> None:
@@ -259,11 +261,10 @@ def wrap(s: TrainState) -> None:
 
 
 def _loader(s: TrainState):
-    common = dict(batch_size=s.per_rank, drop_last=True, num_workers=s.cfg.workers,
-                  pin_memory=s.d.device.type == "cuda", collate_fn=collate,
-                  prefetch_factor=4 if s.cfg.workers else None)
-    return torch.utils.data.DataLoader(s.dataset, sampler=SeededSampler(s.sampler, s.cfg.seed),
-                                       **common)
+    return torch.utils.data.DataLoader(
+        s.dataset, sampler=SeededSampler(s.sampler, s.cfg.seed), batch_size=s.per_rank,
+        drop_last=True, num_workers=s.cfg.workers, pin_memory=s.d.device.type == "cuda",
+        collate_fn=collate, prefetch_factor=4 if s.cfg.workers else None)
 
 
 def run_epoch(s: TrainState) -> bool:
@@ -281,10 +282,9 @@ def run_epoch(s: TrainState) -> bool:
         for p, r in zip(bad_pos.tolist(), reasons, strict=True):
             if p >= 0:
                 s.bad_images.add(s.dataset.path(p), r)
-        batch = Batch(normalize_batch(x.to(d.device,
-                                           non_blocking=True)).contiguous(memory_format=s.fmt),
-                      ti.to(d.device, non_blocking=True), tw.to(d.device, non_blocking=True),
-                      pos.to(d.device, non_blocking=True), epoch=s.step / s.steps_per_epoch,
+        ti, tw, pos = (t.to(d.device, non_blocking=True) for t in (ti, tw, pos))
+        x = normalize_batch(x.to(d.device, non_blocking=True)).contiguous(memory_format=s.fmt)
+        batch = Batch(x, ti, tw, pos, epoch=s.step / s.steps_per_epoch,
                       micro_step=s.step * cfg.accum_steps + micro % cfg.accum_steps)
         last_micro = (micro + 1) % cfg.accum_steps == 0
         s.lr = lr_at(cfg, s.step, s.steps_per_epoch, s.base_lr)
@@ -315,8 +315,7 @@ def optimizer_step(s: TrainState, loss: torch.Tensor, nonfinite: torch.Tensor,
                                     loss.detach().float()]).tolist()  # one sync a step
     if bad:
         raise WeblyError(f"loss is not finite at step {s.step} (epoch {s.epoch + 1}); stopped. The "
-                         "last good "
-                         f"checkpoint is {checkpoints.latest(s.run) or 'none (none written yet)'}")
+                         f"last good checkpoint is {checkpoints.latest(s.run) or 'none yet'}")
     s.scaler.step(s.optimizer)
     s.scaler.update()
     s.optimizer.zero_grad(set_to_none=True)
@@ -325,6 +324,7 @@ def optimizer_step(s: TrainState, loss: torch.Tensor, nonfinite: torch.Tensor,
         s.ema.update_parameters(s.model)
     s.step += 1
     s.step_in_epoch += 1
+    s.plan.tick(s.step)
     faults.point("train.step")
     if s.step % cfg.log_every == 0:  # every rank reaches this: the mean over ranks is logged
         mean_loss = all_reduce_sum(loss.detach().float().clone(), s.d).item() / s.d.world_size
@@ -354,6 +354,7 @@ def finish(s: TrainState) -> dict[str, Any]:
                **s.metrics,
                "best": s.best, "bad_images": s.bad_images.counts(),
                "seconds": round(time.time() - s.t_start, 1), "world_size": s.d.world_size,
+               "plan": s.plan.to_json(),
                **({"transfer": s.transfer} if s.transfer else {})}
     if s.d.is_primary:
         summary["exported"] = load_exported(s)
@@ -387,6 +388,7 @@ def train(data: TrainData, cfg: TrainConfig, run_dir: str | Path, *, task: str,
     if resume and checkpoints.latest(s.run):
         restore(s, checkpoints.load(checkpoints.latest(s.run)), force)
     wrap(s)
+    s.plan.announce()
     while s.epoch < cfg.epochs:
         done = run_epoch(s)
         end_epoch(s)
