@@ -33,3 +33,19 @@ def test_seed_settings_in_webvision_recipes():
                                                                                                256,
                                                                                                8)
     assert ft["sampler"] == "balanced" and cfg["tag"]["max_vocab"] == 35000
+
+
+def test_shipped_recipes_run_the_configs_they_are_pinned_to():
+    """A change of a default changes no shipped recipe: every option the pinned resolution
+    (tests/data/resolved_configs.json, written by `python tests/resolved.py`) holds is the same
+    today. Options added later are not pinned; a recipe changed on purpose is pinned again."""
+    import json
+
+    from resolved import REPO, resolved_configs
+
+    pinned = json.loads((REPO / "tests/data/resolved_configs.json").read_text())
+    now = resolved_configs()
+    changed = [f"{recipe} {step}.{key}: {value!r} -> {now[recipe][step].get(key)!r}"
+               for recipe, steps in pinned.items() for step, cfg in steps.items()
+               for key, value in cfg.items() if now[recipe][step].get(key) != value]
+    assert not changed, "\n".join(changed)

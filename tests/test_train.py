@@ -67,8 +67,10 @@ def test_wt_pretrain_then_finetune_learns(data6, capsys):
     assert list((data6 / "ft/tb").iterdir())
     meta = json.loads((data6 / "ft/model.json").read_text())
     assert meta["num_classes"] == 6 and meta["backbone"] == "test_resnet"
-    # the full evaluation preprocessing, as prediction reads it (random-resized crops: crop)
-    assert meta["preprocess"] == {"size": meta["img_size"], "resize": "crop",
+    # the full evaluation preprocessing, as prediction reads it (augment auto at 32 px:
+    # pad-and-crop, evaluated on the whole image squashed)
+    assert meta["crop_pct"] == 1.0
+    assert meta["preprocess"] == {"size": meta["img_size"], "resize": "squash",
                                   "crop_pct": meta["crop_pct"], "interpolation": "bilinear",
                                   "antialias": True, "mean": list(meta["mean"]),
                                   "std": list(meta["std"])}
@@ -105,8 +107,8 @@ def test_large_resolution_stage_continues_lr(data6, tmp_path):
     m = str(data6 / "manifest.parquet")
     base = ["--backbone", "test_resnet", "--img-size", "32", "--batch-size", "16", "--accum-steps",
             "1",
-            "--workers", "0", "--no-tensorboard", "--epochs", "2", "--schedule", "step",
-            "--step-epochs", "1"]
+            "--workers", "0", "--no-tensorboard", "--lr", "0.01", "--epochs", "2", "--schedule",
+            "step", "--step-epochs", "1"]
     assert main(["finetune", m, "-o", str(tmp_path / "a"), *base]) == 0
     last_lr = checkpoints.load(tmp_path / "a/ckpt/last.pt")["last_lr"]
     assert last_lr == pytest.approx(0.001)  # 0.01 decayed once

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 TRAIN = dict(backbone="test_resnet", img_size=32, batch_size=32, accum_steps=1, lr=0.05,
-             weight_decay=0.0, schedule="cosine", workers=2, log_every=5)
+             weight_decay=0.0, schedule="cosine", augment="resized_crop", crop_pct=0.875,
+             workers=2, log_every=5)
 
 
 def demo_recipe(seed: int = 0) -> dict[str, Any]:

@@ -4,7 +4,7 @@ step, the batch per rank, the autocast type, and which options a resumed run mus
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -12,6 +12,8 @@ import torch
 from webly.config import check_choices, opt
 from webly.data.folds import parse_fold
 from webly.errors import WeblyError
+
+SMALL_IMAGE = 64  # px: up to this size, augment auto pads and crops the whole image
 
 
 @dataclass
@@ -27,9 +29,10 @@ class TrainConfig:
     crop_scale: float = opt(0.08,
                             "smallest area fraction of the random-resized crop (0.08: ImageNet's; "
                             "larger for 32x32 images)")
-    augment: Literal["resized_crop", "pad_crop"] = opt(
-        "resized_crop", "training augmentation: random-resized crop + flip, or (small images) "
-                        "flip + a crop of the image reflect-padded by img_size/8")
+    augment: Literal["auto", "resized_crop", "pad_crop"] = opt(
+        "auto", "training augmentation: random-resized crop + flip, or (small images) flip + a "
+                "crop of the image reflect-padded by img_size/8; auto: pad_crop up to "
+                f"{SMALL_IMAGE} px, else resized_crop")
     in_memory: bool = opt(False, "decode every training image once into memory (small images "
                                  "such as CIFAR's: no decoding per epoch)")
     leave_out_fold: str = opt("", "'i/k': train without the i-th of k folds of the training "
@@ -55,17 +58,20 @@ class TrainConfig:
                                       "forward)")
     unlabeled_threshold: float = opt(0.95, "confidence the weak view's prediction needs to "
                                            "become a target")
-    crop_pct: float = opt(0.875,
+    crop_pct: float = opt(0.0,
                           "evaluation centre crop: resize to img_size/crop_pct, crop img_size "
-                          "(1.0: whole image)")
-    epochs: int = opt(180, "epochs (the seed decays lr every 90)")
+                          "(1.0: whole image; 0: 1.0 with pad_crop, else 0.875)")
+    epochs: int = opt(30, "epochs (the WebVision recipes: 180, the lr decayed every 90)")
     samples_per_epoch: int = opt(0, "samples drawn per epoch (0: the number of training images)")
     batch_size: int = opt(256, "global batch per micro-step, split over ranks (the seed's 256)")
-    accum_steps: int = opt(8, "micro-steps per optimizer step (the seed accumulates 8)")
-    lr: float = opt(0.01, "base learning rate (the seed's 0.01)")
+    accum_steps: int = opt(1, "micro-steps per optimizer step (the WebVision recipes: 8, the "
+                              "seed's)")
+    lr: float = opt(0.0, "base learning rate (0: 0.1 x effective batch / 256, the linear "
+                         "scaling rule; the WebVision recipes: the seed's 0.01)")
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(1e-4, "weight decay (not on norms and biases)")
-    schedule: Literal["step", "cosine", "constant"] = opt("step", "lr schedule")
+    schedule: Literal["step", "cosine", "constant"] = opt(
+        "cosine", "lr schedule: cosine ends at 0 where the run ends (the WebVision recipes: step)")
     step_epochs: int = opt(90, "step schedule: decay every this many epochs")
     gamma: float = opt(0.1, "step schedule: decay factor")
     warmup_epochs: float = opt(0.0, "linear warmup (cosine and step)")
@@ -106,16 +112,30 @@ class TrainConfig:
     dist_timeout_s: int = opt(600, "a dead rank fails the job after this many seconds")
     tensorboard: bool = opt(True, "write TensorBoard scalars under RUN/tb")
 
+    def concrete_augment(self) -> str:
+        if self.augment != "auto":
+            return self.augment
+        return "pad_crop" if self.img_size <= SMALL_IMAGE else "resized_crop"
+
+    def concrete(self) -> TrainConfig:
+        """A validated copy with every automatic value decided: augment, crop_pct and lr (see
+        their help). What a run records and trains with."""
+        self.validate()
+        augment = self.concrete_augment()
+        crop_pct = self.crop_pct or (1.0 if augment == "pad_crop" else 0.875)
+        lr = self.lr or 0.1 * self.batch_size * self.accum_steps / 256
+        return replace(self, augment=augment, crop_pct=crop_pct, lr=lr)
+
     def validate(self) -> None:
         check_choices(self, "train")
         checks = [
             (min(self.img_size, self.epochs, self.batch_size, self.accum_steps) >= 1,
              "img_size, epochs, batch_size and accum_steps must be positive"),
-            (0 < self.crop_scale <= 1 and 0 < self.crop_pct <= 1,
-             "crop_scale and crop_pct must be in (0, 1]"),
+            (0 < self.crop_scale <= 1 and 0 <= self.crop_pct <= 1,
+             "crop_scale must be in (0, 1], crop_pct in [0, 1] (0: automatic)"),
             (0 <= self.max_bad_fraction <= 1, "max_bad_fraction must be within [0, 1]"),
-            (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0,
-             "lr > 0, 0 <= momentum < 1"),
+            (self.lr >= 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0,
+             "lr >= 0 (0: automatic), 0 <= momentum < 1"),
             (0 <= self.balance <= 1 and 0 <= self.ema < 1, "balance in [0, 1], ema in [0, 1)"),
             (self.mixup >= 0, "mixup (alpha) must not be negative"),
             (0 <= self.soft_labels <= 1, "soft_labels must be within [0, 1]"),
@@ -124,7 +144,8 @@ class TrainConfig:
             (self.unlabeled_weight >= 0 and self.unlabeled_ratio > 0
              and 0 <= self.unlabeled_threshold <= 1,
              "unlabeled_weight >= 0, unlabeled_ratio > 0, unlabeled_threshold in [0, 1]"),
-            (not self.unlabeled_weight or (self.in_memory and self.augment == "pad_crop"),
+            (not self.unlabeled_weight or (self.in_memory and self.concrete_augment()
+                                           == "pad_crop"),
              "unlabeled_weight needs in_memory and augment pad_crop (its views are made "
              "a batch at a time from the images in memory)"),
             (0 <= self.drop_high_loss < 1 and self.drop_ramp_epochs >= 0,

@@ -176,7 +176,7 @@ class TrainState:
 
 def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState:
     """Model, optimizer and data stream of a fresh run (seeded: the same on every rank)."""
-    cfg.validate()
+    cfg = cfg.concrete()  # validated, automatic values decided
     d = init_distributed(cfg.device, cfg.dist_timeout_s)
     per_rank = per_rank_batch(cfg.batch_size, d.world_size)
     torch.manual_seed(cfg.seed)
