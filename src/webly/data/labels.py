@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from webly.data.textio import iter_lines, require
@@ -60,15 +61,27 @@ class LabelsWriter:
         self.target.discard()
 
 
+def _read_labels(p: Path, columns: list[str]) -> pa.Table:
+    """Columns of a labels.parquet, or a one-line error for anything else."""
+    if not p.is_file():
+        raise WeblyError(f"labels file not found: {p} (make it with `webly pseudo-label`)")
+    try:
+        return pq.read_table(p, columns=columns)
+    except (pa.ArrowInvalid, KeyError, OSError) as e:
+        raise WeblyError(f"{p}: not a labels file of `webly pseudo-label` "
+                         f"({str(e).splitlines()[0][:120]})") from None
+
+
 def load_labels(path: str | Path, num_rows: int) -> np.ndarray:
     """A labels.parquet (or its folder) -> labels indexed by manifest row (-1: absent or
     dropped)."""
     p = Path(path)
     if p.is_dir():
         p = p / "labels.parquet"
-    if not p.is_file():
-        raise WeblyError(f"labels file not found: {p} (make it with `webly pseudo-label`)")
-    t = pq.read_table(p, columns=["row", "label"])
+    t = _read_labels(p, ["row", "label"])
+    if len(t) and int(pc.max(t["row"]).as_py()) >= num_rows:
+        raise WeblyError(f"{p} labels rows beyond the manifest's {num_rows}: the labels of "
+                         "another manifest")
     out = np.full(num_rows, -1, np.int64)
     out[t["row"].to_numpy()] = t["label"].to_numpy()
     return out
@@ -78,11 +91,10 @@ def load_soft_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
     """(rows, soft_idx [n, s], soft_prob [n, s]) of a labels.parquet written with soft targets."""
     p = Path(path)
     p = p / "labels.parquet" if p.is_dir() else p
-    if not p.is_file():
-        raise WeblyError(f"labels file not found: {p} (make it with `webly pseudo-label`)")
+    _read_labels(p, ["row"])  # a labels file at all
     if "soft_idx" not in pq.read_schema(p).names:
         raise WeblyError(f"{p} has no soft targets (write it with `webly pseudo-label --soft-k`)")
-    t = pq.read_table(p, columns=["row", "soft_idx", "soft_prob"])
+    t = _read_labels(p, ["row", "soft_idx", "soft_prob"])
     s = t.schema.field("soft_idx").type.list_size
     flat = lambda c: t[c].combine_chunks().flatten().to_numpy(zero_copy_only=False)  # noqa: E731
     return (t["row"].to_numpy(), flat("soft_idx").reshape(-1, s),

@@ -44,7 +44,10 @@ def parse_label(token: str, path: Path, lineno: int, num_classes: int) -> int:
     return label
 
 
-def require(path: Path, what: str) -> Path:
+def require(path: Path, what: str, folder: bool = False) -> Path:
+    """`path`, or a one-line error saying what was expected there (a file unless `folder`)."""
     if not path.exists():
         raise WeblyError(f"missing {path}: expected {what}")
+    if path.is_dir() and not folder:
+        raise WeblyError(f"{path} is a folder: expected a file of {what}")
     return path

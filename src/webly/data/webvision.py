@@ -99,7 +99,8 @@ class WebVisionReader:
         self.guard = RootGuard(self.root)
         if not self.root.is_dir():
             raise WeblyError(f"dataset root not found: {self.root} (expected a folder with info/)")
-        self.info = require(self.root / "info", "the WebVision info/ folder of list files")
+        self.info = require(self.root / "info", "the WebVision info/ folder of list files",
+                            folder=True)
         self.classes, self.class_names = read_synsets(self.info / "synsets.txt")
         self.queries = read_queries(self.info)
         self.train_list = train_list
