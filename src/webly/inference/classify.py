@@ -18,6 +18,7 @@ give the same probabilities for the same file.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import time
@@ -117,7 +118,7 @@ def iter_inputs(inputs: Iterable[str | Path], list_file: str | Path | None = Non
     reading it (missing, a symlink loop), in the order given; folders sorted by name."""
     sources: Iterable[str | Path] = list(inputs)
     if list_file is not None:
-        sources = _chain(sources, _listed(Path(list_file)))
+        sources = itertools.chain(sources, _listed(Path(list_file)))
     for src in sources:
         p = Path(src)
         if p.is_dir():
@@ -126,11 +127,6 @@ def iter_inputs(inputs: Iterable[str | Path], list_file: str | Path | None = Non
             yield str(p), ""
         else:
             yield str(p), "missing file"
-
-
-def _chain(*its: Iterable[str | Path]) -> Iterator[str | Path]:
-    for it in its:
-        yield from it
 
 
 def _listed(path: Path) -> Iterator[str]:
@@ -239,6 +235,8 @@ def classify(model_path: str | Path, inputs: list[str], out: str | Path,
     cfg.validate()
     if not inputs and list_file is None:
         raise WeblyError("classify: give image files, folders or --list FILE")
+    if list_file is not None and not Path(list_file).is_file():  # before the workers read it
+        raise WeblyError(f"--list {list_file}: no such file")
     clf = Classifier.load(model_path, cfg.device, cfg.tta)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
