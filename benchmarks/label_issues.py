@@ -103,7 +103,7 @@ def browser_load(page: Path) -> dict[str, float] | None:
             t0 = time.time()
             subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
                             "--no-first-run", f"--user-data-dir={tmp}/chrome", "--dump-dom",
-                            p.as_uri()], check=True, capture_output=True, timeout=300)
+                            p.resolve().as_uri()], check=True, capture_output=True, timeout=300)
             return time.time() - t0
 
         base = float(np.median([once(blank) for _ in range(3)]))
@@ -125,6 +125,9 @@ def main() -> int:
            "rankings": measure(d)}
     if args.browser:
         report = write_report(args.run)["label_issues"]
+        if not report:
+            sys.exit(f"{args.run}: the report has no explorer (no pseudo-label step, or its "
+                     "scores.parquet predates the explorer: rerun `webly pseudo-label`)")
         res["report"] = {"ranked_on_page": min(report["images"], 20_000),
                          "load": browser_load(args.run / "report.html")}
     (args.run / "label_issues.benchmark.json").write_text(json.dumps(res, indent=1) + "\n")
