@@ -12,6 +12,7 @@ timm backbones need no export to leave webly: `timm.create_model(backbone, num_c
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ def export(model_path: str | Path, fmt: str, out: str | Path, opset: int = 18) -
     out.parent.mkdir(parents=True, exist_ok=True)
     x = torch.zeros(2, 3, pre.size, pre.size)
     if fmt == "torchscript":
-        with torch.no_grad():
+        # deprecated in torch 2.14 for torch.export, but what C++ and older runtimes still load
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
             torch.jit.trace(model, x).save(str(out))
     else:
         try:
