@@ -55,7 +55,7 @@ def test_unknown_key_in_a_config_file(small, tmp_path, capsys):
 
 def test_resume_with_changed_options(small, tmp_path, capfd):
     data = finetune_data(Manifest(small / "m.parquet"))
-    train(data, _cfg(), tmp_path, task="finetune")
+    train(data, _cfg(lr=0.01), tmp_path, task="finetune")
     train(data, _cfg(epochs=2, lr=0.02), tmp_path, task="finetune", resume=True)  # harmless: warned
     assert "resuming with a changed option: lr: 0.01 -> 0.02" in capfd.readouterr().err
     with pytest.raises(WeblyError, match=r"another config: batch_size 16 -> 8 .*--force"):
