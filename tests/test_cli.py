@@ -27,6 +27,7 @@ def test_each_stage_help_shows_defaults(stage, capsys):
         assert "(default:" in out
 
 
+@pytest.mark.slow  # subprocesses: in the whole suite, not the fast subset
 def test_console_script_entry_point():
     r = subprocess.run([sys.executable, "-m", "webly.cli", "wordnet", "--offline", "n02432511"],
                        capture_output=True, text=True, check=True)

@@ -59,6 +59,7 @@ def test_line_and_duration_format():
     assert [duration(s) for s in (7.4, 125, 3725)] == ["7s", "2m05s", "1h02m"]
 
 
+@pytest.mark.slow  # subprocesses: in the whole suite, not the fast subset
 def test_training_in_a_pipe_shows_progress(synth_manifest, tmp_path):
     env = {"PATH": "/usr/bin:/bin", "WEBLY_PROGRESS": "auto", "WEBLY_PROGRESS_EVERY": "0",
            "OMP_NUM_THREADS": "1"}

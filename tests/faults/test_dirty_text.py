@@ -124,6 +124,7 @@ def test_index_keeps_every_dirty_record(tmp_path_factory, items):
     assert all(valid(r.title) and valid(r.description) and all(map(valid, r.tags)) for r in recs)
 
 
+@pytest.mark.slow  # subprocesses: in the whole suite, not the fast subset
 def test_dirty_tree_through_the_cli_indexes_tags_weighs_and_reports(tmp_path):
     clean = ["cheetah on the savanna", "a mule deer in the forest", "spotted cheetah running",
              "mule deer grazing", "cheetah cub", "deer herd"]
