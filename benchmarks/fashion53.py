@@ -1,9 +1,12 @@
 """fashion53: the seed's text half (WT-Set, LW-Set) on real shop photos and their real titles.
 
-    python benchmarks/fashion53.py --data ../shared/data/fashion53.tar.gz --quick   # ~19 min
-    python benchmarks/fashion53.py --data ../shared/data/fashion53.tar.gz           # ~76 min
+    python benchmarks/fashion53.py --data ../shared/data/fashion53.tar.gz --quick   # 8 min*
+    python benchmarks/fashion53.py --data ../shared/data/fashion53.tar.gz           # 40 min*
     python benchmarks/fashion53.py --data DIR --quick --noise title40              # other labels
     python benchmarks/fashion53.py --data DIR --full                               # for a GPU
+
+(* measured on a 2-core VM with one thread each, two runs side by side: OMP_NUM_THREADS=1 for
+both gets 1.4x the throughput of one 2-thread run.)
 
 `--data` is the tarball (extracted once into a cache keyed by its bytes) or any folder in its
 layout (WebVision 2.0: info/, train/, val/, test/, meta/). The training labels are that folder's
@@ -60,8 +63,8 @@ PASSES = ("train_wt",)
 # ce_long's share is the system's: its training (3 units) and its labelling pass (each image and
 # its mirror: 2 / (3 x epochs) of a unit), set by the harness (Spec.match)
 EPOCHS = {  # epochs of one unit; ~10 units a run (fp32 on 2 cores: ~400 img/s at 32 px)
-    "quick": 1,  # ~19.4 min (v1 measured 18.0; v2's two longer steps add ~1.4)
-    "default": 6,  # ~76 min (estimated from the quick steps' times; not measured yet)
+    "quick": 1,  # v3: 8.2 min measured (one thread, beside another run on the other core)
+    "default": 6,  # v3: 42.5 and 38.1 min measured (two seeds side by side, one thread each)
     "full": 40,
 }
 NATIVE_SIZE = 32  # one unit: `epochs` passes over the training images at 32 px
