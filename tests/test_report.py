@@ -5,6 +5,7 @@ a one-line error."""
 import json
 
 import pytest
+from smallrun import first_steps
 
 import webly.pipeline as pipeline
 from webly.cli import main
@@ -18,11 +19,7 @@ TRAIN = dict(backbone="test_resnet", img_size=32, epochs=1, batch_size=16, accum
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     pipeline.run({"steps": [
-        {"id": "data", "stage": "synth", "families": 2, "per_family": 2, "max_per_class": 12,
-         "min_per_class": 8, "val_per_class": 2, "test_per_class": 2, "image_width": 32,
-         "image_height": 32},
-        {"id": "manifest", "stage": "index", "root": "@data"},
-        {"id": "tags", "stage": "tag", "manifest": "@manifest", "min_count": 1, "max_df": 0.9},
+        *first_steps(per_family=2, max_per_class=12, min_per_class=8),
         {"id": "ft", "stage": "finetune", "manifest": "@manifest", **TRAIN},
         {"id": "train_ft", "stage": "predict", "model": "@ft", "manifest": "@manifest",
          "split": "train", "workers": 0},

@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 
 import pytest
+from smallrun import first_steps
 
 import webly.pipeline as pipeline
 from webly.cli import main
@@ -24,11 +25,7 @@ FAST = ["--backbone", "test_resnet", "--img-size", "32", "--batch-size", "8", "-
 def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
     pipeline.run({"steps": [
-        {"id": "data", "stage": "synth", "families": 2, "per_family": 3, "max_per_class": 10,
-         "min_per_class": 6, "val_per_class": 2, "test_per_class": 2, "image_width": 32,
-         "image_height": 32},
-        {"id": "manifest", "stage": "index", "root": "@data"},
-        {"id": "tags", "stage": "tag", "manifest": "@manifest", "min_count": 1, "max_df": 0.9},
+        *first_steps(per_family=3, max_per_class=10, min_per_class=6),
         {"id": "lw", "stage": "weigh", "manifest": "@manifest", "tags": "@tags"},
         {"id": "ft", "stage": "finetune", "manifest": "@manifest", **TRAIN},
         {"id": "train", "stage": "predict", "model": "@ft", "manifest": "@manifest",
