@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402 (the benchmarks folder is no package)
 from harness import Row, Spec  # noqa: E402
 
+from webly.explorer import average_precision, precision_at_k  # noqa: E402
+
 RECIPE = harness.REPO / "configs/fashion53/recipe.yaml"
 SYSTEM = ("pre_wt", "ft_wt", "train_wt", "final")
 ROWS = [Row("1", "CE on the noisy labels, no pretraining (w/o)", "score_ce", ("ce",)),
@@ -174,25 +176,13 @@ def _prepare(data: Path, cache: Path, noise: str, args: argparse.Namespace) -> d
 
 
 # -- what the text says, measured against the clean labels after training ----------------------
-def average_precision(score: np.ndarray, positive: np.ndarray) -> float:
-    """AP of ranking by `score` (highest first) for finding `positive` (ties: stable order)."""
-    order = np.argsort(-score, kind="stable")
-    hits = positive[order]
-    if not hits.any():
-        return 0.0
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float(precision[hits].mean())
-
-
 def detection(scores: dict[str, np.ndarray], wrong: np.ndarray) -> dict[str, dict[str, float]]:
     """AP and precision at k = the number of wrong labels, of each ranking (1 - p(label))."""
-    k = int(wrong.sum())
     out = {}
     for name, p in scores.items():
         score = 1 - np.nan_to_num(p, nan=1.0)
-        top = np.argsort(-score, kind="stable")[:k]
         out[name] = {"ap": round(average_precision(score, wrong), 4),
-                     "precision_at_k": round(float(wrong[top].mean()) if k else 0.0, 4)}
+                     "precision_at_k": round(precision_at_k(score, wrong), 4)}
     return out
 
 

@@ -31,15 +31,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from webly.data.predictions import iter_predictions
-from webly.explorer import average_precision
+from webly.explorer import average_precision, precision_at_k
 from webly.inference.pseudolabel import dense_probs
 from webly.report import Run, write_report
-
-
-def precision_at_k(score: np.ndarray, wrong: np.ndarray) -> float:
-    k = int(wrong.sum())
-    top = np.argsort(-score, kind="stable")[:k]
-    return float(wrong[top].mean()) if k else float("nan")
 
 
 def load(run: Path, pl: str, preds: str) -> dict[str, np.ndarray]:

@@ -37,6 +37,12 @@ def average_precision(score: np.ndarray, positive: np.ndarray) -> float:
     return float((precision * hits).sum() / hits.sum())
 
 
+def precision_at_k(score: np.ndarray, positive: np.ndarray) -> float:
+    """Precision of the top k by `score` (highest first), k = the number of positives."""
+    k = int(positive.sum())
+    return float(positive[np.argsort(-score, kind="stable")[:k]].mean()) if k else float("nan")
+
+
 def label_issues(run: Run, ctx: dict[str, Any]) -> dict[str, Any] | None:
     """The training labels ranked most likely wrong first, from the last pseudo-label step's
     scores; writes the whole ranking to RUN/label_issues.csv."""
@@ -77,7 +83,7 @@ def label_issues(run: Run, ctx: dict[str, Any]) -> dict[str, Any] | None:
         k = int(wrong.sum())
         score = 1 - ranked["p_label"].to_numpy()[known]
         res.update(wrong_labels=k, ap=round(average_precision(score, wrong), 4),
-                   precision_at_k=round(float(wrong[:k].mean()), 4) if k else None)
+                   precision_at_k=round(precision_at_k(score, wrong), 4) if k else None)
     with open(run.path / "label_issues.csv", "wb") as f:
         pacsv.write_csv(pa.table(table_cols), f)
     res["page"] = _explorer_items(run, ranked.slice(0, EXPLORER_MAX), paths[:EXPLORER_MAX],

@@ -61,26 +61,30 @@ class LabelsWriter:
         self.target.discard()
 
 
-def _read_labels(p: Path, columns: list[str]) -> pa.Table:
-    """Columns of a labels.parquet, or a one-line error for anything else."""
+def _labels_file(path: str | Path) -> pq.ParquetFile:
+    """A labels.parquet (or its folder) opened once, or a one-line error for anything else."""
+    p = Path(path)
+    p = p / "labels.parquet" if p.is_dir() else p
     if not p.is_file():
         raise WeblyError(f"labels file not found: {p} (make it with `webly pseudo-label`)")
     try:
-        return pq.read_table(p, columns=columns)
-    except (pa.ArrowInvalid, KeyError, OSError) as e:
+        f = pq.ParquetFile(p)
+    except (pa.ArrowInvalid, OSError) as e:
         raise WeblyError(f"{p}: not a labels file of `webly pseudo-label` "
                          f"({str(e).splitlines()[0][:120]})") from None
+    if not {"row", "label"} <= set(f.schema_arrow.names):
+        raise WeblyError(f"{p}: not a labels file of `webly pseudo-label` (no row and label "
+                         "columns)")
+    return f
 
 
 def load_labels(path: str | Path, num_rows: int) -> np.ndarray:
     """A labels.parquet (or its folder) -> labels indexed by manifest row (-1: absent or
     dropped)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "labels.parquet"
-    t = _read_labels(p, ["row", "label"])
+    f = _labels_file(path)
+    t = f.read(columns=["row", "label"])
     if len(t) and int(pc.max(t["row"]).as_py()) >= num_rows:
-        raise WeblyError(f"{p} labels rows beyond the manifest's {num_rows}: the labels of "
+        raise WeblyError(f"{path} labels rows beyond the manifest's {num_rows}: the labels of "
                          "another manifest")
     out = np.full(num_rows, -1, np.int64)
     out[t["row"].to_numpy()] = t["label"].to_numpy()
@@ -89,12 +93,11 @@ def load_labels(path: str | Path, num_rows: int) -> np.ndarray:
 
 def load_soft_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, soft_idx [n, s], soft_prob [n, s]) of a labels.parquet written with soft targets."""
-    p = Path(path)
-    p = p / "labels.parquet" if p.is_dir() else p
-    _read_labels(p, ["row"])  # a labels file at all
-    if "soft_idx" not in pq.read_schema(p).names:
-        raise WeblyError(f"{p} has no soft targets (write it with `webly pseudo-label --soft-k`)")
-    t = _read_labels(p, ["row", "soft_idx", "soft_prob"])
+    f = _labels_file(path)
+    if "soft_idx" not in f.schema_arrow.names:
+        raise WeblyError(f"{path} has no soft targets (write it with `webly pseudo-label "
+                         "--soft-k`)")
+    t = f.read(columns=["row", "soft_idx", "soft_prob"])
     s = t.schema.field("soft_idx").type.list_size
     flat = lambda c: t[c].combine_chunks().flatten().to_numpy(zero_copy_only=False)  # noqa: E731
     return (t["row"].to_numpy(), flat("soft_idx").reshape(-1, s),
