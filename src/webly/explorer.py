@@ -55,17 +55,18 @@ def label_issues(run: Run, ctx: dict[str, Any]) -> dict[str, Any] | None:
         return None
     step = steps[-1]
     cols = ["row", "id", "label", "p_image", "p_text", "p_label", "predicted", "p_predicted"]
-    t = pq.read_table(run.path / step / "scores.parquet")
-    if "predicted" not in t.column_names:  # written before the explorer: no belief recorded
+    scores = run.path / step / "scores.parquet"
+    if "predicted" not in pq.read_schema(scores).names:  # written before the explorer
         return None
-    t = t.select(cols)
+    t = pq.read_table(scores, columns=cols)
     p_label = t["p_label"].to_numpy(zero_copy_only=False)
     keep = np.flatnonzero((t["label"].to_numpy() >= 0) & ~np.isnan(p_label))
     order = keep[np.argsort(p_label[keep], kind="stable")]  # least likely label first
     ranked = t.take(pa.array(order))
     rows = ranked["row"].to_numpy()
     names = np.array(run.manifest.class_names, dtype=object)
-    paths = run.manifest.read(["path"]).column(0).take(pa.array(rows))
+    m = run.manifest.read(["path", "title"]).take(pa.array(rows))
+    paths = m["path"]
     given, pred = ranked["label"].to_numpy(), ranked["predicted"].to_numpy()
     truth = ctx["truth"]
     table_cols = {"rank": np.arange(1, len(rows) + 1), "row": rows, "id": ranked["id"],
@@ -86,18 +87,19 @@ def label_issues(run: Run, ctx: dict[str, Any]) -> dict[str, Any] | None:
                    precision_at_k=round(precision_at_k(score, wrong), 4) if k else None)
     with open(run.path / "label_issues.csv", "wb") as f:
         pacsv.write_csv(pa.table(table_cols), f)
-    res["page"] = _explorer_items(run, ranked.slice(0, EXPLORER_MAX), paths[:EXPLORER_MAX],
+    res["page"] = _explorer_items(run, ranked.slice(0, EXPLORER_MAX), m.slice(0, EXPLORER_MAX),
                                   truth)
     return res
 
 
-def _explorer_items(run: Run, ranked: Any, paths: Any, truth: np.ndarray | None
+def _explorer_items(run: Run, ranked: Any, m: Any, truth: np.ndarray | None
                     ) -> list[list[Any]]:
-    """[row, thumbnail href, title, keywords, given, predicted, p_label, p_predicted, true]."""
+    """[row, thumbnail href, title, keywords, given, predicted, p_label, p_predicted, true] of
+    the `ranked` scores, `m` their manifest rows (path, title)."""
     from webly.labels.tagging import load_tags
 
     rows = ranked["row"].to_numpy()
-    titles = run.manifest.read(["title"]).column(0).take(rows).to_pylist()
+    titles, paths = m["title"].to_pylist(), m["path"]
     keywords, vocab = (load_tags(run.path / run.of("tag")[0]) if run.of("tag") else (None, []))
     root = Path(run.manifest.root)
     given, pred = ranked["label"].to_numpy(), ranked["predicted"].to_numpy()
@@ -114,7 +116,7 @@ def _explorer_items(run: Run, ranked: Any, paths: Any, truth: np.ndarray | None
 
 EXPLORER_JS = """
 const D = JSON.parse(document.getElementById('issues-data').textContent);
-const PAGE = D.page_size; let page = 0, view = D.items;
+const PAGE = D.page_size, ALL = D.items.map((_, i) => i); let page = 0, view = ALL;
 const sel = document.getElementById('issues-class'), body = document.getElementById('issues-body');
 D.classes.forEach((c, i) => { const o = document.createElement('option'); o.value = i;
   o.textContent = c; sel.appendChild(o); });
@@ -122,9 +124,9 @@ function cell(tr, value) { const td = document.createElement('td'); td.textConte
   tr.appendChild(td); return td; }
 function render() {
   body.textContent = '';
-  view.slice(page * PAGE, (page + 1) * PAGE).forEach(r => {
-    const tr = document.createElement('tr');
-    cell(tr, D.items.indexOf(r) + 1);
+  view.slice(page * PAGE, (page + 1) * PAGE).forEach(i => {
+    const r = D.items[i], tr = document.createElement('tr');
+    cell(tr, i + 1);
     const img = document.createElement('img'); img.loading = 'lazy'; img.src = r[1];
     img.alt = r[1]; cell(tr, '').appendChild(img);
     const t = cell(tr, r[2]); const kw = document.createElement('small');
@@ -140,7 +142,8 @@ function render() {
 function go(d) { const last = Math.max(0, Math.ceil(view.length / PAGE) - 1);
   page = Math.min(last, Math.max(0, page + d)); render(); }
 sel.onchange = () => { const c = +sel.value;
-  view = c < 0 ? D.items : D.items.filter(r => r[4] === c || r[5] === c); page = 0; render(); };
+  view = c < 0 ? ALL : ALL.filter(i => D.items[i][4] === c || D.items[i][5] === c); page = 0;
+  render(); };
 document.getElementById('issues-prev').onclick = () => go(-1);
 document.getElementById('issues-next').onclick = () => go(1);
 render();

@@ -43,14 +43,7 @@ from webly.data.images import (
 from webly.errors import WeblyError
 from webly.inference.predict import load_model, probabilities
 from webly.progress import progress
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise WeblyError("device cuda asked for, but torch sees no GPU")
-    return torch.device(device)
+from webly.training.distributed import resolve_device
 
 
 class Classifier:

@@ -31,6 +31,7 @@ from webly.data.manifest import Manifest
 from webly.data.predictions import PredictionWriter, iter_predictions
 from webly.errors import WeblyError
 from webly.progress import progress
+from webly.training.checkpoints import load_weights
 from webly.training.distributed import Dist, init_distributed
 from webly.training.models import create_backbone
 
@@ -59,8 +60,6 @@ class PredictConfig:
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A run directory (model.safetensors + model.json) or a .safetensors file beside its .json."""
-    from safetensors.torch import load_file
-
     p = Path(path)
     weights = p / "model.safetensors" if p.is_dir() else p
     meta_path = weights.with_suffix(".json")
@@ -68,8 +67,7 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         raise WeblyError(f"{p}: expected a run directory with model.safetensors and model.json")
     meta = json.loads(meta_path.read_text())
     model = create_backbone(meta["backbone"], meta["num_classes"])
-    state = {k.removeprefix("module."): v for k, v in load_file(str(weights)).items()}
-    model.load_state_dict(state)
+    model.load_state_dict(load_weights(weights)[0])
     return model.eval(), meta
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from webly.errors import WeblyError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -31,12 +33,21 @@ class Dist:
         return self.world_size > 1
 
 
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """"auto": this rank's GPU when torch sees one, else the CPU; "cuda" without a GPU is an
+    error."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise WeblyError(f"device {device} asked for, but torch sees no GPU")
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    return torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+
+
 def init_distributed(device: str = "auto", timeout_s: int = 600) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     local = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    dev = resolve_device(device, local)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
