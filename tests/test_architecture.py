@@ -19,7 +19,8 @@ LAYERS = [
     ("webly.training",),
     ("webly.inference",),
     ("webly.stages",),
-    ("webly.pipeline", "webly.plan", "webly.launch", "webly.report", "webly.explorer"),
+    ("webly.pipeline", "webly.plan", "webly.launch", "webly.report", "webly.explorer",
+     "webly.own"),
     ("webly.demo",),
     ("webly.cli",),
 ]

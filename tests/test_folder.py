@@ -53,3 +53,56 @@ def test_folder_bad_inputs(tmp_path):
     bad.write_text('{"path": "cat/0.jpg"}\n{nope\n')
     with pytest.raises(WeblyError, match="bad.jsonl:2: invalid JSON"):
         FolderReader(root, sidecar=bad)
+
+
+def _classes(root, names, n, size=(8, 8)):
+    for cls in names:
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", size).save(root / cls / f"{i}.png")
+
+
+def test_holdout_is_stratified_fixed_and_disjoint(tmp_path):
+    root = tmp_path / "d"
+    _classes(root, ["a", "b"], 20)
+    _classes(root, ["c"], 1)  # a one-image class keeps its image for training
+    out = tmp_path / "m.parquet"
+    summary = index_dataset(root, out, IndexConfig(holdout=0.25))
+    assert summary["records"] == {"train": 31, "val": 10}
+    recs = list(Manifest(out).iter_records())
+    val = sorted(r.path for r in recs if r.split == "val")
+    train = {r.path for r in recs if r.split == "train"}
+    assert not train & set(val) and len(train | set(val)) == 41
+    assert sum(p.startswith("a/") for p in val) == 5 and "c/0.png" in train
+    index_dataset(root, tmp_path / "m2.parquet", IndexConfig(holdout=0.25))
+    again = sorted(r.path for r in Manifest(tmp_path / "m2.parquet").iter_records()
+                   if r.split == "val")
+    assert again == val
+
+
+def test_split_folders(tmp_path):
+    root = tmp_path / "d"
+    _classes(root / "train", ["a", "b"], 4)
+    _classes(root / "test", ["b"], 2)
+    out = tmp_path / "m.parquet"
+    summary = index_dataset(root, out, IndexConfig(holdout=0.25))
+    assert summary["records"] == {"train": 6, "val": 2, "test": 2}
+    recs = list(Manifest(out).iter_records())
+    assert {r.path for r in recs if r.split == "test"} == {"test/b/0.png", "test/b/1.png"}
+    assert all(r.label == 1 for r in recs if r.split == "test")
+    assert all(r.path.startswith("train/") for r in recs if r.split == "val")
+    _classes(root / "val", ["a"], 1)  # a val folder is kept: nothing is held out
+    summary = index_dataset(root, tmp_path / "m2.parquet", IndexConfig(holdout=0.25))
+    assert summary["records"] == {"train": 8, "val": 1, "test": 2}
+
+
+def test_split_folders_bad_inputs(tmp_path):
+    root = tmp_path / "d"
+    _classes(root / "train", ["a"], 2)
+    _classes(root / "test", ["zebra"], 1)
+    with pytest.raises(WeblyError, match=r"class folder\(s\) \['zebra'\] not in"):
+        FolderReader(root)
+    with pytest.raises(WeblyError, match="holdout must be within"):
+        FolderReader(tmp_path / "d" / "train", holdout=1.0)
+    with pytest.raises(WeblyError, match="index.holdout"):
+        IndexConfig(holdout=-0.1).validate()

@@ -114,10 +114,22 @@ def cmd_neighbours(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
+def _own_out(args: argparse.Namespace) -> str:
+    return args.output or f"runs/{Path(args.data).resolve().name or 'own'}"
+
+
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     from webly.launch import Launch
     from webly.pipeline import run
 
+    if bool(args.recipe) == bool(args.data):
+        raise WeblyError("webly run takes a recipe or --data DIR (your own data), one of them")
+    if args.data:
+        from webly.own import run_own
+
+        return run_own(args.data, _own_out(args), args.budget, dry_run=args.dry_run)
+    if args.budget:
+        raise WeblyError("--budget plans your own data: webly run --data DIR --budget 30m")
     launch = Launch(args.nproc_per_node, args.nnodes, args.node_rank, args.master_addr,
                     args.master_port)
     return run(args.recipe, args.output, start=args.start, until=args.until, dry_run=args.dry_run,
@@ -127,6 +139,12 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_plan(args: argparse.Namespace) -> dict[str, Any]:
     from webly.plan import WEBVISION2, plan, table_text
 
+    if bool(args.recipe) == bool(args.data):
+        raise WeblyError("webly plan takes a recipe or --data DIR (your own data), one of them")
+    if args.data:
+        from webly.own import run_own
+
+        return run_own(args.data, _own_out(args), args.budget, dry_run=True)
     images = dict(WEBVISION2)
     for part in (args.images or "").split(","):
         if part:
@@ -249,8 +267,14 @@ def add_commands(sub: Any) -> None:
                              "rest",
                         formatter_class=FMT)
     sp.set_defaults(fn=cmd_run)
-    sp.add_argument("recipe", help="recipe YAML (see webly.pipeline)")
-    sp.add_argument("-o", "--output", help="run directory (default: the recipe's run_dir)")
+    sp.add_argument("recipe", nargs="?", help="recipe YAML (see webly.pipeline)")
+    sp.add_argument("--data", help="your own data instead of a recipe: class folders (optional "
+                    "text.jsonl/text.csv sidecar) or a WebVision tree; the recipe is sized from "
+                    "it (webly.own)")
+    sp.add_argument("--budget", help="with --data: the whole run's time, e.g. 30m, 1h30m "
+                    "(epochs and image size chosen to fit, from a measured training rate)")
+    sp.add_argument("-o", "--output", help="run directory (default: the recipe's run_dir; with "
+                    "--data, runs/<data folder name>)")
     sp.add_argument("--from", dest="start", help="(re)run from this step on")
     sp.add_argument("--until", help="stop after this step")
     sp.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
@@ -265,7 +289,12 @@ def add_commands(sub: Any) -> None:
     sp = sub.add_parser("plan", help="what a recipe costs: image passes and GPU-hours per step",
                         formatter_class=FMT)
     sp.set_defaults(fn=cmd_plan)
-    sp.add_argument("recipe", help="recipe YAML")
+    sp.add_argument("recipe", nargs="?", help="recipe YAML")
+    sp.add_argument("--data", help="plan your own data instead (see webly run --data): index, "
+                    "measure, print the plan, train nothing")
+    sp.add_argument("--budget", help="with --data: the whole run's time, e.g. 30m")
+    sp.add_argument("-o", "--output", help="with --data: run directory (default: "
+                    "runs/<data folder name>)")
     sp.add_argument("--images", help="images per split, e.g. train=16000000,val=250000 "
                     "(default: WebVision 2.0's)")
     sp.add_argument("--throughput", help="measured rates, JSON {\"backbone@size\": img_s} "

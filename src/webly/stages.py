@@ -128,7 +128,8 @@ STAGES: tuple[Stage, ...] = (
            _in("fit",
                "validation predictions folders of the same models, in the same order, to fit "
                       "the weights on", required=False, many=True),
-           _in("fit_labels", "'name label' file for --fit", required=False)),
+           _in("fit_labels", "'name label' file for --fit, or a manifest (its labels)",
+               required=False)),
           "predictions", "averaged predictions", renamed=(("weights", "model_weights"),)),
     Stage("pseudo-label", "relabel confident training images (labels.parquet)",
           "webly.inference.pseudolabel:PseudoLabelConfig",

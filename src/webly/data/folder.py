@@ -1,5 +1,12 @@
 """Reader for ImageFolder-style datasets (`class_name/xxx.jpg`), with optional sidecar text.
 
+Two layouts: `root/<class>/...` (every image is a training image), or split folders
+`root/train/<class>/...` with optional `root/val/<class>/...` and `root/test/<class>/...` (the
+classes are the training split's). `holdout` > 0 moves that fraction of each class's training
+images (at least one image is always left to train on) into split `val`, chosen by a fixed hash
+of the path: the same images in every run and on every machine. A dataset with a val folder keeps
+it and holds nothing out.
+
 The sidecar is a JSONL file (one object per line) or a CSV file with a `path` column (relative to
 the root) and any of `title`, `description`, `tags` (a JSON list, or a string split on `|` / `,`).
 Class index = position of the class folder in sorted order, as torchvision's ImageFolder does.
@@ -9,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 from collections import Counter
@@ -17,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from webly.data.paths import RootGuard
-from webly.data.records import Record, clean_field, clean_tags, has_surrogates
+from webly.data.records import SPLITS, Record, clean_field, clean_tags, has_surrogates
 from webly.data.textio import part_range
 from webly.errors import WeblyError
 
@@ -56,24 +64,53 @@ def _read_sidecar(path: Path, counts: Counter) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _held_out(paths: list[str], fraction: float) -> set[str]:
+    """The `floor(fraction * n)` paths of one class with the smallest hashes (never all)."""
+    k = min(int(fraction * len(paths)), len(paths) - 1)
+    if k <= 0:
+        return set()
+    return set(sorted(paths, key=lambda p: hashlib.blake2b(p.encode(), digest_size=8).digest())[:k])
+
+
+def split_folders(root: Path) -> list[str]:
+    """The split folders of `root` (train first) when it has the split layout, else []."""
+    names = {d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith(".")}
+    if "train" in names and names <= set(SPLITS):
+        return [s for s in SPLITS if s in names]
+    return []
+
+
 class FolderReader:
-    """`root/<class>/<image>` -> records of split `split`, labels from sorted class folders."""
+    """Class folders -> records, labels from the sorted class folders (of `train/` in the split
+    layout); see the module docstring for splits and the holdout."""
 
     def __init__(self, root: str | Path, *, sidecar: str | Path | None = None,
-                 split: str = "train") -> None:
+                 split: str = "train", holdout: float = 0.0) -> None:
         self.root = Path(root)
         self.guard = RootGuard(self.root)
         if not self.root.is_dir():
             raise WeblyError(f"dataset root not found: {self.root} (expected class folders)")
-        self._dirs = sorted(d.name for d in os.scandir(self.root)
+        if not 0 <= holdout < 1:
+            raise WeblyError(f"holdout must be within [0, 1), got {holdout}")
+        self.splits = split_folders(self.root)
+        self.prefix = "train/" if self.splits else ""
+        top = self.root / "train" if self.splits else self.root
+        self._dirs = sorted(d.name for d in os.scandir(top)
                             if d.is_dir() and not d.name.startswith("."))
         if not self._dirs:
-            raise WeblyError(f"{self.root}: no class folders found (expected root/<class>/<image>)")
+            raise WeblyError(f"{top}: no class folders found (expected {top}/<class>/<image>)")
+        for other in self.splits[1:]:
+            extra = sorted({d.name for d in os.scandir(self.root / other) if d.is_dir()}
+                           - set(self._dirs))
+            if extra:
+                raise WeblyError(f"{self.root / other}: class folder(s) {extra[:5]} not in "
+                                 f"{top} (the classes are the training split's)")
         # a folder name that is not UTF-8 arrives with lone surrogates (surrogateescape): shown
         # with U+FFFD; its images are skipped and counted below, as Parquet cannot store the path
         self.classes = [clean_field(c) for c in self._dirs]
         self.class_names = list(self.classes)
         self.split = split
+        self.holdout = 0.0 if "val" in self.splits else holdout
         self.stats: Counter = Counter()
         self.text = _read_sidecar(Path(sidecar), self.stats) if sidecar else {}
 
@@ -82,28 +119,49 @@ class FolderReader:
         return len(self.classes)
 
     def available_splits(self) -> list[str]:
-        return [self.split]
+        if not self.splits:
+            return [self.split, "val"] if self.holdout else [self.split]
+        return sorted(set(self.splits) | ({"val"} if self.holdout else set()), key=SPLITS.index)
+
+    def _folder_of(self, split: str) -> tuple[Path, str]:
+        """The folder a split's images are read from and their paths' prefix."""
+        if not self.splits:
+            return self.root, ""
+        real = "train" if split == "val" and self.holdout else split
+        return self.root / real, real + "/"
+
+    def _files(self, top: Path, prefix: str, cls: str) -> Iterator[str]:
+        for dirpath, dirnames, filenames in os.walk(top / cls):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if os.path.splitext(name)[1].lower() not in IMAGE_EXTS:
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, name), top).replace(os.sep, "/")
+                yield prefix + rel
 
     def iter_records(self, split: str, part: tuple[int, int] = (0, 1)) -> Iterator[Record]:
         """Records in sorted class-folder order; `part` (i, n): the i-th of n contiguous ranges of
         class folders (so the parts, concatenated in order, are the whole)."""
-        if split != self.split:
+        if split not in self.available_splits():
             return
+        top, prefix = self._folder_of(split)
+        held = self.holdout and split in ("train", "val") and (not self.splits or
+                                                                 prefix == "train/")
         lo, hi = part_range(len(self._dirs), part)
         for label, cls in enumerate(self._dirs[lo:hi], start=lo):
-            for dirpath, dirnames, filenames in os.walk(self.root / cls):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    if os.path.splitext(name)[1].lower() not in IMAGE_EXTS:
-                        continue
-                    rel = os.path.relpath(os.path.join(dirpath, name), self.root)
-                    rel = rel.replace(os.sep, "/")
-                    if has_surrogates(rel):
-                        self.stats["skipped_path_not_utf8"] += 1
-                        continue
-                    self.guard.check(rel, f"{self.root / rel}")
-                    text = self.text.get(rel, {})
-                    yield Record(id=rel, path=rel, split=split, label=label,
-                                 title=text.get("title", ""),
-                                 description=text.get("description", ""),
-                                 tags=list(text.get("tags", [])))
+            if not (top / cls).is_dir():
+                continue
+            files = list(self._files(top, prefix, cls))
+            if held:
+                out = _held_out(files, self.holdout)
+                files = [f for f in files if (f in out) == (split == "val")]
+            for rel in files:
+                if has_surrogates(rel):
+                    self.stats["skipped_path_not_utf8"] += 1
+                    continue
+                self.guard.check(rel, f"{self.root / rel}")
+                text = self.text.get(rel, {})
+                yield Record(id=rel, path=rel, split=split, label=label,
+                             title=text.get("title", ""),
+                             description=text.get("description", ""),
+                             tags=list(text.get("tags", [])))

@@ -35,6 +35,9 @@ class IndexConfig:
     splits: list[str] = opt(["train", "val", "test"], "splits to index (those present)")
     train_list: Literal["all", "google", "flickr"] = opt("all", "WebVision train list")
     sidecar: str | None = opt(None, "folder layout: JSONL/CSV of text fields keyed by 'path'")
+    holdout: float = opt(0.0, "folder layout without a val folder: this fraction of each class's "
+                              "training images becomes split val (a noisy holdout; fixed by a "
+                              "hash of the path)")
     skip_bad: bool = opt(False, "skip records with broken metadata (counted) instead of failing")
     chunk_size: int = opt(65536, "rows per Parquet row group (memory bound while indexing)")
     workers: int = opt(1, "processes parsing WebVision metadata JSON files")
@@ -46,6 +49,8 @@ class IndexConfig:
         bad = [s for s in self.splits if s not in SPLITS]
         if bad:
             raise WeblyError(f"index.splits: unknown split(s) {bad}; valid: {list(SPLITS)}")
+        if not 0 <= self.holdout < 1:
+            raise WeblyError(f"index.holdout must be within [0, 1), got {self.holdout}")
         if self.chunk_size < 1 or self.workers < 1:
             raise WeblyError("index.chunk_size and index.workers must be positive")
         if self.shard:
@@ -63,7 +68,7 @@ def open_reader(root: str | Path, cfg: IndexConfig) -> WebVisionReader | FolderR
     if layout == "webvision":
         return WebVisionReader(root, train_list=cfg.train_list, skip_bad=cfg.skip_bad,
                                workers=cfg.workers)
-    return FolderReader(root, sidecar=cfg.sidecar)
+    return FolderReader(root, sidecar=cfg.sidecar, holdout=cfg.holdout)
 
 
 def parts_dir(out: str | Path) -> Path:

@@ -178,14 +178,27 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
                                      "max": round(dropped_max, 6)}}
 
 
+def _fit_labels(path: str, fit_dir: str) -> dict[str, int]:
+    """The labels of the fitted images: a 'name label' file, or a manifest (the labels of the
+    images the first --fit folder predicts: a noisy holdout's own labels)."""
+    from webly.data.labels import read_name_labels
+
+    if not str(path).endswith(".parquet"):
+        return read_name_labels(path)
+    from webly.data.manifest import Manifest
+
+    table = Manifest(path).read(["id", "label"])
+    wanted = set(load_predictions(fit_dir).ids)
+    return {i: int(y) for i, y in zip(table["id"].to_pylist(), table["label"].to_pylist(),
+                                      strict=True) if i in wanted}
+
+
 def run_ensemble(*, preds: list[str], cfg: EnsembleConfig, out: Path, fit: list[str] | None = None,
                  fit_labels: str | None = None) -> dict[str, Any]:
     """The `ensemble` stage: --fit validation predictions need --fit-labels."""
-    from webly.data.labels import read_name_labels
-
     if fit and not fit_labels:
         raise WeblyError("--fit needs --fit-labels (a 'name label' file, e.g. "
-                         "info/val_filelist.txt)")
+                         "info/val_filelist.txt, or the manifest)")
     return ensemble(list(preds), out, cfg.model_weights, list(fit) if fit else None,
-                    read_name_labels(fit_labels) if fit else None, top_k=cfg.top_k,
+                    _fit_labels(fit_labels, fit[0]) if fit else None, top_k=cfg.top_k,
                     oof=cfg.out_of_fold)

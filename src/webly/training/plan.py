@@ -23,6 +23,7 @@ MIN_STEPS = 300  # fewer optimizer steps than this rarely train a network from s
 MAX_BATCH_SHARE = 0.05  # an effective batch above 5% of the data: few steps per epoch
 MIN_IMAGES_PER_CLASS = 5  # a head over more classes than the data can show
 ESTIMATE_AFTER = 20  # optimizer steps timed before the whole run's time is estimated
+WARM_STEPS = 3  # first steps left out of the timing (allocator and thread-pool warm-up)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class TrainPlan:
     schedule: str
     warnings: list[str] = field(default_factory=list)
     estimated_seconds: float | None = None
+    seconds_per_step: float | None = None
     quiet: bool = False  # a DDP rank other than 0: plans, prints nothing
     _t0: float = field(default=0.0, repr=False)
 
@@ -56,13 +58,17 @@ class TrainPlan:
         self._t0 = time.monotonic()
 
     def tick(self, step: int) -> None:
-        """After the first ESTIMATE_AFTER steps of this process: the whole run's time."""
-        if step == ESTIMATE_AFTER and self._t0 and self.optimizer_steps > step and not self.quiet:
-            self.estimated_seconds = round((time.monotonic() - self._t0) / step
-                                           * self.optimizer_steps, 1)
+        """Times ESTIMATE_AFTER optimizer steps of this process after its first WARM_STEPS, then
+        prints the whole run's time."""
+        if step == WARM_STEPS and self._t0:
+            self._t0 = time.monotonic()
+        last = WARM_STEPS + ESTIMATE_AFTER
+        if step == last and self._t0 and self.optimizer_steps > step and not self.quiet:
+            self.seconds_per_step = (time.monotonic() - self._t0) / ESTIMATE_AFTER
+            self.estimated_seconds = round(self.seconds_per_step * self.optimizer_steps, 1)
             print(f"[webly] estimated: {duration(self.estimated_seconds)} for "
-                  f"{self.optimizer_steps} optimizer steps (from the first {step}; validation "
-                  "not counted)", file=sys.stderr, flush=True)
+                  f"{self.optimizer_steps} optimizer steps (from steps {WARM_STEPS + 1}-{last}; "
+                  "validation not counted)", file=sys.stderr, flush=True)
 
 
 def schedule_shape(cfg: TrainConfig, base_lr: float, steps_per_epoch: int, steps: int) -> str:
