@@ -63,9 +63,11 @@ def make_folders(root: Path, dataset: str, out: Path) -> Path:
         harness.link(root / p, target / rel)
         if titles:
             rows.append({"path": rel, "title": titles[i]})
-    test_list = "test_filelist.txt" if dataset == "fashion53" else "val_filelist.txt"
-    for p, y in zip(*harness.read_list(root / "info" / test_list), strict=True):
-        harness.link(root / p, target / f"test/{_safe(names[y])}/{Path(p).name}")
+    # WebVision lists the val/test images by name alone; they live in val/ and test/
+    split = "test" if dataset == "fashion53" else "val"
+    for p, y in zip(*harness.read_list(root / "info" / f"{split}_filelist.txt"), strict=True):
+        src = root / p if (root / p).is_file() else root / split / Path(p).name
+        harness.link(src, target / f"test/{_safe(names[y])}/{Path(p).name}")
     if rows:
         (target / "text.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (target / ".complete").write_text("")

@@ -10,7 +10,8 @@ DIR is class folders (`DIR/<class>/...`, or `DIR/train/<class>/...` with optiona
 2. the text: with titles/tags on at least half the training images, tag them (`RUN/tags`) and
    use the WT-Set chain; otherwise the images alone.
 3. the image size: the largest of `SIZES` up to the images' own (median short side) at which the
-   budget still affords `MIN_PASSES` passes over the training images per compute unit; the
+   budget still affords `MIN_PASSES` passes over the training images per compute unit, and not
+   below `MIN_SCALE` of the images' size (the smallest such size when none affords them); the
    backbone follows the size (`backbone_for`). With no budget: the images' own size and 30 passes.
 4. the epochs: the training time per image is measured on this machine (a short run of the real
    training loop on the real images, `measure`); each step's epochs (and draws per epoch, so a
@@ -38,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import redirect_stderr
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,11 @@ from webly.files import write_atomic
 from webly.progress import duration
 
 SIZES = (16, 20, 24, 32, 40, 48, 64, 96, 128, 160, 192, 224)
+# The size rule's two numbers come from the CIFAR-10N holdout sweep at equal compute (v6, in
+# configs/cifar10n/recipe.yaml): 24 px at 8.9 passes lost to 20 px at 13.8, and 16 px (half the
+# images' size) at 20 passes lost to 20 px too.
 MIN_PASSES = 10.0  # passes per unit below which a smaller image size buys more passes
+MIN_SCALE = 0.6  # ...but never smaller than this share of the images' own size
 NO_BUDGET_PASSES = 30.0
 MAX_PASSES = 200.0  # a budget beyond this many passes per unit is left unspent (said so)
 HOLDOUT = 0.1
@@ -203,7 +209,9 @@ def measure(manifest_path: Path, size: int, batch: int) -> Rate:
     cfg = train_config(size, batch, epochs=1, samples_per_epoch=batch * (steps + 1),
                        max_steps=steps, tensorboard=False, export="last",
                        warmup_epochs=0.0)
-    with tempfile.TemporaryDirectory() as tmp:
+    # the short run's own plan and progress (and its few-steps warning) go to a log, not the user
+    log = Path(manifest_path).parent.parent / f"measure_{size}px.log"
+    with tempfile.TemporaryDirectory() as tmp, open(log, "w") as f, redirect_stderr(f):
         summary = train(sub, cfg, Path(tmp) / "measure", task="finetune")
     plan = summary["plan"]
     if not plan.get("seconds_per_step"):
@@ -267,7 +275,8 @@ def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: floa
     text = facts.text_share >= MIN_TEXT_SHARE
     units = TEXT_STEPS if text else IMAGE_STEPS
     batch = batch_for(facts.images["train"])
-    sizes = [s for s in SIZES if s <= facts.side] or [SIZES[0]]
+    sizes = [s for s in SIZES if MIN_SCALE * facts.side <= s <= facts.side]
+    sizes = sizes or [max([s for s in SIZES if s <= facts.side] or [SIZES[0]])]
     notes = [f"{facts.text_share:.0%} of the training images have text"
              + ("" if text else f" (under {MIN_TEXT_SHARE:.0%}: images only)")]
     if budget_s is None:

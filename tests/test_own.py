@@ -1,0 +1,171 @@
+"""`webly run --data DIR --budget B` (webly.own): the plan's rules with a given training rate (no
+timing in the assertions), the recipe it writes, its bad inputs, and the README's lines run on
+generated class folders."""
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from ownfolders import make_folders
+
+from webly import own
+from webly.cli import main
+from webly.errors import WeblyError
+from webly.pipeline import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def facts(train=10_000, val=1_000, test=0, classes=10, text=0.0, side=32):
+    images = {"train": train, "val": val, **({"test": test} if test else {})}
+    return own.Facts(images, classes, text, side, "folder")
+
+
+def fixed_rate(per_image_at_32: float):
+    """A measure function with a given cost: a draw at 32 px costs `per_image_at_32` seconds
+    (scaling with the pixels), a decode 0.1 ms. Records the sizes it was asked for."""
+    asked = []
+
+    def measure_fn(manifest, size, batch):
+        asked.append(size)
+        return own.Rate("cifar_resnet9" if size <= 64 else "resnet18", size,
+                        per_image_at_32 * (size / 32) ** 2, 1e-4)
+
+    measure_fn.asked = asked
+    return measure_fn
+
+
+@pytest.mark.parametrize("text,want", [("30m", 1800), ("1h30m", 5400), ("90s", 90),
+                                       ("2h", 7200), ("1.5m", 90)])
+def test_parse_budget(text, want):
+    assert own.parse_budget(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "30", "m", "-5m", "0s", "30 minutes", "1d"])
+def test_parse_budget_rejects(text):
+    with pytest.raises(WeblyError, match="--budget"):
+        own.parse_budget(text)
+
+
+def test_a_fast_machine_keeps_the_images_size_and_fills_the_budget():
+    f = facts(side=32)
+    m = fixed_rate(1e-3)
+    plan = own.plan_for(f, Path("m.parquet"), 1800, 60, measure_fn=m)
+    assert plan.size == 32 and plan.backbone == "cifar_resnet9" and not plan.text
+    assert plan.passes >= own.MIN_PASSES and m.asked == [32]
+    rate = own.Rate("cifar_resnet9", 32, 1e-3, 1e-4)
+    used = own.seconds(plan.steps, rate, f, False)
+    assert 0.95 * (1800 - 60) <= used <= 1800 - 60  # fills what is left, never more
+    assert set(plan.steps) == {"ce", "final"}
+    assert plan.estimated_s == pytest.approx(60 + used, abs=1)
+
+
+def test_a_slow_machine_trades_size_for_passes_but_not_below_the_floor():
+    slow = own.plan_for(facts(side=32), Path("m"), 1800, 0, measure_fn=fixed_rate(2e-2))
+    assert slow.size < 32 and slow.size >= own.MIN_SCALE * 32 and slow.passes >= own.MIN_PASSES
+    slower = own.plan_for(facts(side=32), Path("m"), 300, 0, measure_fn=fixed_rate(2e-2))
+    assert slower.size == 20 and slower.passes < own.MIN_PASSES  # the floor: 0.6 x 32
+    starved = own.plan_for(facts(side=32), Path("m"), 60, 0, measure_fn=fixed_rate(2e-2))
+    assert starved.passes < 1 and any("expect a weak model" in n for n in starved.notes)
+
+
+def test_large_images_get_the_larger_backbone_and_each_is_measured():
+    m = fixed_rate(1e-6)
+    plan = own.plan_for(facts(side=300), Path("m"), 3600, 0, measure_fn=m)
+    assert plan.size == 224 and plan.backbone == "resnet18"
+    assert m.asked[0] == 96 and m.asked[-1] == 224  # measured small, then at the chosen size
+
+
+def test_text_decides_the_chain_and_a_huge_budget_is_capped():
+    plan = own.plan_for(facts(text=0.9), Path("m"), 10**7, 0, measure_fn=fixed_rate(1e-4))
+    assert plan.text and set(plan.steps) == {"pre_wt", "ft_wt", "final"}
+    assert plan.passes == own.MAX_PASSES and any("unspent" in n for n in plan.notes)
+    assert plan.steps["final"]["units"] == 2.0
+
+
+def test_no_budget_measures_nothing():
+    m = fixed_rate(1.0)
+    plan = own.plan_for(facts(side=60), Path("m"), None, 0, measure_fn=m)
+    assert m.asked == [] and plan.size == 48 and plan.passes == own.NO_BUDGET_PASSES
+
+
+def test_step_sizes_spend_fractions_of_an_epoch():
+    steps = own.step_sizes({"a": 0.5, "b": 2.0}, 1.3, 10_000, 128)
+    assert steps["a"] == {"units": 0.5, "epochs": 1, "draws": 6500}
+    b = steps["b"]
+    assert b["epochs"] == 3 and abs(b["epochs"] * b["draws"] - 26_000) < 3
+    tiny = own.step_sizes({"a": 1.0}, 0.001, 1_000, 128)
+    assert tiny["a"]["draws"] == 128  # never less than one optimizer step
+
+
+@pytest.mark.parametrize("text,test", [(False, 0), (True, 500)])
+def test_recipe_validates_and_reads_the_holdout(text, test, tmp_path):
+    f = facts(text=0.9 if text else 0.0, test=test)
+    plan = own.plan_for(f, Path("m"), 1800, 0, measure_fn=fixed_rate(1e-4))
+    recipe = own.recipe_for(plan, f, tmp_path, tmp_path / "text.jsonl" if text else None)
+    _, steps = load_recipe(recipe)  # every stage, option and reference is valid
+    by_id = {s.id: s for s in steps}
+    assert ("tags" in by_id) == text and ("pre_wt" in by_id) == text
+    assert by_id["manifest"].inputs["root"] == str(tmp_path.resolve())
+    assert by_id["manifest"].options["holdout"] == own.HOLDOUT
+    assert (by_id["pl"].inputs.get("text") == "@tags") == text
+    scored = "test" if test else "val"
+    assert by_id["score_ensemble"].inputs["preds"] == f"@{scored}_ensemble"
+    assert by_id[f"{scored}_ensemble"].inputs["fit_labels"] == "@manifest"
+    first = "ft_wt" if text else "ce"
+    for sid in (first, "final"):
+        opts = by_id[sid].options
+        assert opts["epochs"] == plan.steps[sid]["epochs"] and opts["export"] == "best"
+        assert opts["samples_per_epoch"] == plan.steps[sid]["draws"]
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(WeblyError, match="not a folder"):
+        own.prepare(tmp_path / "nothing", tmp_path / "run")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(WeblyError, match="not a folder"):
+        own.prepare(tmp_path / "file.txt", tmp_path / "run")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "own_plan.json").write_text(json.dumps({"data": "/elsewhere", "plan": {}}))
+    (run / "recipe.yaml").write_text("steps: []\n")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(WeblyError, match="holds a run of /elsewhere"):
+        own.prepare(tmp_path / "d", run)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["run"], "a recipe or --data"),
+    (["run", "configs/tiny/pipeline.yaml", "--data", "x"], "a recipe or --data"),
+    (["run", "configs/tiny/pipeline.yaml", "--budget", "5m"], "--budget plans your own data"),
+    (["plan"], "a recipe or --data"),
+    (["run", "--data", "x", "--budget", "soon"], "not a folder|--budget"),
+])
+def test_cli_rules(argv, match, capsys):
+    assert main(argv) != 0
+    assert re.search(match, capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_readme_own_data_lines_run(tmp_path, monkeypatch):
+    """The README's section, line by line, on generated class folders with titles (its budget
+    cut to one minute); then the plan, the report and the classified photos are there."""
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- own-data -->\n```bash\n(.*?)```", text, re.S).group(1)
+    lines = [ln.split("#")[0].strip() for ln in block.splitlines()]
+    lines = [ln for ln in lines if ln]
+    assert len(block.strip().splitlines()) == 5 and len(lines) == 3
+    make_folders(tmp_path / "my_photos", per_class=30)
+    make_folders(tmp_path / "new_photos", per_class=2, titles=False)
+    monkeypatch.chdir(tmp_path)
+    for line in lines:
+        argv = shlex.split(line.replace("30m", "1m"))
+        assert argv[0] == ".venv/bin/webly"
+        assert main(argv[1:]) == 0, line
+    plan = json.loads((tmp_path / "runs/my_photos/own_plan.json").read_text())
+    assert plan["plan"]["text"] and plan["facts"]["images"]["val"] > 0
+    assert (tmp_path / "runs/my_photos/report.html").is_file()
+    rows = (tmp_path / "new_photos.csv").read_text().splitlines()
+    assert len(rows) == 1 + 12  # a header, then one row an image
