@@ -169,3 +169,17 @@ def test_readme_own_data_lines_run(tmp_path, monkeypatch):
     assert (tmp_path / "runs/my_photos/report.html").is_file()
     rows = (tmp_path / "new_photos.csv").read_text().splitlines()
     assert len(rows) == 1 + 12  # a header, then one row an image
+
+
+def test_a_webvision_tree_keeps_its_val_and_a_rerun_reads_the_plan_back(synth_small, tmp_path):
+    root, _ = synth_small
+    out = tmp_path / "run"
+    plan, recipe = own.prepare(root, out)  # no budget: nothing is measured
+    saved = json.loads((out / "own_plan.json").read_text())
+    assert saved["facts"]["layout"] == "webvision" and saved["facts"]["images"]["val"] > 0
+    assert plan.text and (out / "tags").is_dir() and plan.passes == own.NO_BUDGET_PASSES
+    assert {s["id"] for s in recipe["steps"]} >= {"manifest", "tags", "pre_wt", "final"}
+    said = []
+    again, recipe2 = own.prepare(root, out, "5m", log=said.append)
+    assert again == plan and recipe2 == recipe
+    assert any("planned for another budget: kept" in s for s in said)
