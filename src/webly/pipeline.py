@@ -18,6 +18,11 @@ options, and the hashes of the steps it reads) in RUN/<id>/step.json; a rerun sk
 hash is unchanged, reruns those whose inputs or options changed (clearing the step's folder first),
 and resumes an interrupted training step from its last checkpoint when it was started with the
 same hash (RUN/<id>/step.started); otherwise it starts over. Ctrl-C leaves the run resumable.
+
+Decisions: a step with `when: "@GATE"` (a `gate` step: a decision made on the holdout, see
+`webly.inference.gate`) runs only when the gate passed, `when: "not @GATE"` only when it did not.
+A skipped step records why in its step.json; a step that needs a skipped step's output is skipped
+too, and a list of inputs (an ensemble's members) loses only the skipped ones.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class Step:
     options: dict[str, Any]
     refs: list[str] = field(default_factory=list)
     hash: str = ""
+    when: str = ""  # "@gate" or "not @gate": run only when the gate step passed (or did not)
 
 
 def load_recipe(path: str | Path) -> tuple[dict[str, Any], list[Step]]:
@@ -79,8 +85,10 @@ def _warn(message: str) -> None:
 def validate(raw: list[dict[str, Any]]) -> list[Step]:
     steps: list[Step] = []
     seen: set[str] = set()
+    gates: set[str] = set()
     for n, s in enumerate(raw, 1):
         sid, name = s.pop("id", None), s.pop("stage", None)
+        when = s.pop("when", "")
         where = f"step {n} ({sid or '?'})"
         if not sid or not isinstance(sid, str) or "/" in sid:
             raise WeblyError(f"{where}: needs an 'id' (a folder name)")
@@ -105,9 +113,50 @@ def validate(raw: list[dict[str, Any]]) -> list[Step]:
                              "earlier step")
         resolve_config(load(st.config), {k: v for k, v in s.items() if not _refs(v)},
                        where=f"{where} {name}")
-        steps.append(Step(sid, name, inputs, s, refs))
+        if when:
+            gate = _gate_of(when, where)
+            if gate not in gates:
+                raise WeblyError(f"{where}: when {when!r}: {gate!r} is not an earlier gate step")
+            refs = [*refs, gate]
+        steps.append(Step(sid, name, inputs, s, refs, when=when))
+        if name == "gate":
+            gates.add(sid)
         seen.add(sid)
     return steps
+
+
+def _gate_of(when: Any, where: str) -> str:
+    """'@gate' or 'not @gate' -> 'gate'."""
+    text = when.strip() if isinstance(when, str) else ""
+    name = text.removeprefix("not ").strip()
+    if not name.startswith("@") or len(name) < 2:
+        raise WeblyError(f"{where}: when takes '@GATE' or 'not @GATE' (a gate step), got {when!r}")
+    return name[1:]
+
+
+def skip_reason(step: Step, root: Path, skipped: dict[str, str]) -> str:
+    """Why `step` does not run ('' when it runs): its gate decided so, or a step it needs was
+    skipped (a list of inputs, such as an ensemble's members, only loses the skipped ones)."""
+    if step.when:
+        gate = _gate_of(step.when, step.id)
+        if gate in skipped:
+            return f"its gate {gate} was skipped"
+        passed = json.loads((root / gate / "gate.json").read_text())["pass"]
+        if passed == step.when.strip().startswith("not "):
+            return f"gate {gate} {'passed' if passed else 'did not pass'} (when: {step.when})"
+    for value in [*step.inputs.values(), *step.options.values()]:
+        if isinstance(value, str) and value[1:] in skipped and value.startswith("@"):
+            return f"it needs {value}, which was skipped"
+        if isinstance(value, list) and value and all(r in skipped for r in _refs(value)):
+            return f"every one of {value} was skipped"
+    return ""
+
+
+def _drop_skipped(value: Any, skipped: dict[str, str]) -> Any:
+    if isinstance(value, list):
+        return [v for v in value if not (isinstance(v, str) and v.startswith("@")
+                                         and v[1:] in skipped)]
+    return value
 
 
 def _resolve(value: Any, key: str, outputs: dict[str, Path]) -> Any:
@@ -119,13 +168,26 @@ def _resolve(value: Any, key: str, outputs: dict[str, Path]) -> Any:
     return value
 
 
+def _record_skip(step: Step, root: Path, why: str) -> None:
+    """A skipped step leaves only its step.json (what an earlier run left there is removed)."""
+    out = root / step.id
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    write_atomic(out / "step.json", json.dumps({"id": step.id, "stage": step.stage,
+                                                "hash": step.hash, "skipped": why}) + "\n")
+
+
 def _run_step(step: Step, status: str, root: Path, outputs: dict[str, Path],
-              launch: Launch) -> dict[str, Any]:
+              launch: Launch, skipped: dict[str, str] | None = None) -> dict[str, Any]:
     """One step into root/step.id; node 0 writes step.json last. Other nodes join launched steps
     and wait for the rest."""
     st = BY_NAME[step.stage]
-    inputs = {key: _resolve(v, key, outputs) for key, v in step.inputs.items()}
-    options = {key: _resolve(v, key, outputs) for key, v in step.options.items()}
+    skipped = skipped or {}
+    inputs = {key: _resolve(_drop_skipped(v, skipped), key, outputs)
+              for key, v in step.inputs.items()}
+    options = {key: _resolve(_drop_skipped(v, skipped), key, outputs)
+               for key, v in step.options.items()}
     cfg = resolve_config(load(st.config), options, where=step.id)
     out = root / step.id
     if launch.node_rank > 0:
@@ -198,15 +260,30 @@ def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *,
     planned = plan(steps, root)
     outputs = {s.id: root / s.id / BY_NAME[s.stage].output_file for s in steps}
     summaries: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
     for k, (step, status) in enumerate(planned):
+        head = f"[{k + 1}/{len(steps)}] {step.id} ({step.stage})"
+        if status == "done":
+            why = json.loads((root / step.id / "step.json").read_text()).get("skipped")
+            if why:
+                skipped[step.id] = why
+                if first <= k <= last:
+                    log(f"{head}: skipped earlier: {why}")
+                continue
         if k < first or k > last:
             if k < first and status != "done" and not dry_run:
                 raise WeblyError(f"--from {start}: earlier step {step.id} is not done ({status})")
             continue
+        if not dry_run and (why := skip_reason(step, root, skipped)):
+            skipped[step.id] = why
+            log(f"{head}: skipped: {why}")
+            _record_skip(step, root, why)
+            continue
         forced = start is not None and k >= first and status == "done"
         action = "run (forced by --from)" if forced else status
-        log(f"[{k + 1}/{len(steps)}] {step.id} ({step.stage}): {action}")
+        log(f"{head}: {action}" + (f" (when {step.when})" if dry_run and step.when else ""))
         if dry_run or (status == "done" and not forced):
             continue
-        summaries[step.id] = _run_step(step, status, root, outputs, launch or Launch())
-    return {"run_dir": str(root), "steps": len(steps), "ran": list(summaries)}
+        summaries[step.id] = _run_step(step, status, root, outputs, launch or Launch(), skipped)
+    return {"run_dir": str(root), "steps": len(steps), "ran": list(summaries),
+            **({"skipped": skipped} if skipped else {})}

@@ -19,9 +19,10 @@ cannot be ranked, which matters only when that bound is large.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy.optimize import minimize
@@ -48,6 +49,10 @@ class EnsembleConfig:
     out_of_fold: bool = opt(False, "member i was trained without fold i of k = the members: "
                                    "each image takes the prediction of the member that left its "
                                    "fold out")
+    fit_metric: Literal["nll", "top1"] = opt(
+        "nll", "--fit: minimise the log-likelihood of the labels (a clean val split), or "
+               "maximise top-1 over a grid of weights (a noisy holdout: its likelihood favours "
+               "the member that learnt the noise; a member may get weight 0 and is left out)")
 
     def validate(self) -> None:
         if self.model_weights is not None and (min(self.model_weights, default=0) < 0
@@ -55,6 +60,8 @@ class EnsembleConfig:
             raise WeblyError("ensemble.model_weights must be non-negative and not all zero")
         if self.top_k < 1:
             raise WeblyError("ensemble.top_k must be positive")
+        if self.fit_metric not in ("nll", "top1"):
+            raise WeblyError(f"ensemble.fit_metric: nll or top1, got {self.fit_metric!r}")
 
 
 def average_topk(members: list[Predictions], weights: np.ndarray, k: int
@@ -101,8 +108,32 @@ def fit_weights(val_preds: list[Predictions], labels: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
+def simplex_grid(m: int, steps: int) -> np.ndarray:
+    """Every weight vector of m members in multiples of 1/steps (stars and bars)."""
+    rows = [np.diff([-1, *bars, steps + m - 1]) - 1
+            for bars in itertools.combinations(range(steps + m - 1), m - 1)]
+    return np.asarray(rows, np.float64) / steps
+
+
+def fit_top1(val_preds: list[Predictions], labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """The grid weights (tenths; fifths above 4 members) with the best top-1 of `labels`; ties
+    go to the weights closest to equal. Returns the weights and their top-1."""
+    cand = np.concatenate([p.top_i for p in val_preds], 1)  # N x (M k): classes any member kept
+    probs = [np.where(cand[:, :, None] == p.top_i[:, None, :], p.top_p[:, None, :], 0).sum(2)
+             for p in val_preds]  # member m's probability of each candidate class
+    steps = 10 if len(val_preds) <= 4 else 5
+    best, best_key = None, None
+    for w in simplex_grid(len(val_preds), steps):
+        score = sum(wi * pm for wi, pm in zip(w, probs, strict=True))
+        top1 = float((cand[np.arange(len(cand)), score.argmax(1)] == labels).mean())
+        key = (round(top1, 9), -float(np.abs(w - 1 / len(w)).sum()))
+        if best_key is None or key > best_key:
+            best, best_key = w, key
+    return best, best_key[0]
+
+
 def _weights(pred_dirs: list[str], weights: list[float] | None, fit_dirs: list[str] | None,
-             fit_labels: dict[str, int] | None) -> np.ndarray:
+             fit_labels: dict[str, int] | None, metric: str = "nll") -> np.ndarray:
     if fit_dirs:
         from webly.inference.evaluate import align
 
@@ -113,7 +144,8 @@ def _weights(pred_dirs: list[str], weights: list[float] | None, fit_dirs: list[s
         for v, d in zip(val[1:], fit_dirs[1:], strict=True):
             if v.ids != val[0].ids:
                 raise WeblyError(f"{d} and {fit_dirs[0]} predict different images")
-        return fit_weights(val, align(val[0], fit_labels or {}))
+        y = align(val[0], fit_labels or {})
+        return fit_top1(val, y)[0] if metric == "top1" else fit_weights(val, y)
     if weights:
         if len(weights) != len(pred_dirs) or min(weights) < 0 or sum(weights) <= 0:
             raise WeblyError("model_weights needs one non-negative weight per model, not all zero")
@@ -135,16 +167,18 @@ def out_of_fold(members: list[Predictions], k: int) -> tuple[np.ndarray, np.ndar
 
 def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | None = None,
              fit_dirs: list[str] | None = None, fit_labels: dict[str, int] | None = None,
-             top_k: int = 50, oof: bool = False) -> dict[str, Any]:
-    if len(pred_dirs) < 2:
-        raise WeblyError("an ensemble needs at least two predictions folders")
+             top_k: int = 50, oof: bool = False, fit_metric: str = "nll") -> dict[str, Any]:
+    """Average (or, out of fold, pick) the members' predictions into `out_dir`. One member is
+    allowed: a recipe's decisions may leave one (its predictions pass through)."""
+    if not pred_dirs:
+        raise WeblyError("an ensemble needs at least one predictions folder")
     infos = [read_info(d) for d in pred_dirs]
     for info, d in zip(infos[1:], pred_dirs[1:], strict=True):
         if info["num_classes"] != infos[0]["num_classes"] or info["images"] != infos[0]["images"]:
             raise WeblyError(f"{d} and {pred_dirs[0]} predict different images or class counts")
     if oof and (weights or fit_dirs):
         raise WeblyError("an out-of-fold ensemble picks one member per image: no weights or --fit")
-    w = _weights(pred_dirs, weights, fit_dirs, fit_labels)
+    w = _weights(pred_dirs, weights, fit_dirs, fit_labels, fit_metric)
     # an average has as many distinct classes as its widest member; a pick, its narrowest
     k = min(top_k, (min if oof else max)(info["k"] for info in infos))
     info = {key: v for key, v in infos[0].items() if key not in ("k", "images", "model", "tta")}
@@ -173,12 +207,13 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
         writer.abort()
         raise
     writer.close()
-    return {"members": pred_dirs, "weights": [round(x, 4) for x in w.tolist()], "images": n,
+    return {"members": pred_dirs, "weights": [round(x, 4) for x in w.tolist()],
+            "left_out": [d for d, wi in zip(pred_dirs, w, strict=True) if wi == 0], "images": n,
             "k": k, "dropped_mass": {"mean": round(dropped_sum / max(n, 1), 6),
                                      "max": round(dropped_max, 6)}}
 
 
-def _fit_labels(path: str, fit_dir: str) -> dict[str, int]:
+def fit_labels_of(path: str, fit_dir: str) -> dict[str, int]:
     """The labels of the fitted images: a 'name label' file, or a manifest (the labels of the
     images the first --fit folder predicts: a noisy holdout's own labels)."""
     from webly.data.labels import read_name_labels
@@ -200,5 +235,5 @@ def run_ensemble(*, preds: list[str], cfg: EnsembleConfig, out: Path, fit: list[
         raise WeblyError("--fit needs --fit-labels (a 'name label' file, e.g. "
                          "info/val_filelist.txt, or the manifest)")
     return ensemble(list(preds), out, cfg.model_weights, list(fit) if fit else None,
-                    _fit_labels(fit_labels, fit[0]) if fit else None, top_k=cfg.top_k,
-                    oof=cfg.out_of_fold)
+                    fit_labels_of(fit_labels, fit[0]) if fit else None, top_k=cfg.top_k,
+                    oof=cfg.out_of_fold, fit_metric=cfg.fit_metric)

@@ -1,0 +1,146 @@
+"""`webly run --data DIR [--budget 30m]`: the recipe for one's own data, sized from the data and
+the time it may take.
+
+DIR is class folders (`DIR/<class>/...`, or `DIR/train/<class>/...` with optional `val/` and
+`test/`) with an optional sidecar of titles/tags (`DIR/text.jsonl` or `DIR/text.csv`, see
+`webly.data.folder`), or a WebVision-layout tree. What is decided, in order:
+
+1. index the data (`RUN/manifest`); without a val split, 10% of each class's training images
+   are held out with their labels (a noisy holdout): every choice below is read there.
+2. the text: with titles/tags on at least half the training images, tag them (`RUN/tags`) and
+   use the WT-Set chain; otherwise the images alone.
+3. the image size: the largest of `SIZES` up to the images' own (median short side) at which the
+   budget still affords `MIN_PASSES` passes over the training images per compute unit, and not
+   below `MIN_SCALE` of the images' size (the smallest such size when none affords them); the
+   backbone follows the size (`backbone_for`). With no budget: the images' own size and 30 passes.
+4. the epochs: the training time per image is measured on this machine (a short run of the real
+   training loop on the real images, `measure`); each step's epochs (and draws per epoch, so a
+   fraction of an epoch counts) fill the budget left after indexing, tagging and measuring,
+   counting validation, inference passes and decoding too.
+
+The recipe (`RUN/recipe.yaml`) and the plan behind it (`RUN/own_plan.json`) are written once; a
+rerun reads them back (nothing is measured again) and resumes, like any recipe.
+
+The steps. With text (the fashion53 system, BENCHMARKS.md): WT-Set pretraining (1/2 unit) ->
+new head, class-balanced finetune (1/2) -> it labels the training images with the title's
+evidence (`pseudo-label --text`) -> a new head on the WT-Set backbone finetunes on what is kept
+(2 units) -> the two averaged with weights fitted on the holdout. Without text: CE (1 unit) ->
+pseudo-labels -> a new model on what is kept (1 unit) -> the two averaged, fitted on the
+holdout. LW-Set pretraining is left out: on the real-text benchmark it did not beat plain CE.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from webly.errors import WeblyError
+from webly.files import write_atomic
+from webly.own.measure import measure, train_config
+from webly.own.plan import (
+    HOLDOUT,
+    IMAGE_STEPS,
+    MAX_PASSES,
+    MIN_PASSES,
+    MIN_SCALE,
+    MIN_TEXT_SHARE,
+    NO_BUDGET_PASSES,
+    SIDECARS,
+    SIZES,
+    TEXT_STEPS,
+    Facts,
+    Plan,
+    Rate,
+    backbone_for,
+    batch_for,
+    facts_of,
+    parse_budget,
+    plan_for,
+    seconds,
+    solve_passes,
+    step_sizes,
+)
+from webly.own.recipe import data_steps, recipe_for, report_names
+from webly.progress import duration
+
+__all__ = ["HOLDOUT", "IMAGE_STEPS", "MAX_PASSES", "MIN_PASSES", "MIN_SCALE", "MIN_TEXT_SHARE",
+           "NO_BUDGET_PASSES", "SIDECARS", "SIZES", "TEXT_STEPS", "Facts", "Plan", "Rate",
+           "backbone_for", "batch_for", "data_steps", "facts_of", "measure", "parse_budget",
+           "plan_for", "prepare", "recipe_for", "report_names", "run_own", "seconds",
+           "solve_passes", "step_sizes", "train_config"]
+
+
+def _log(message: str) -> None:
+    print(f"[webly] {message}", file=sys.stderr, flush=True)
+
+
+def _sidecar(data: Path) -> Path | None:
+    found = [data / n for n in SIDECARS if (data / n).is_file()]
+    return found[0] if found else None
+
+
+def prepare(data: str | Path, out: str | Path, budget: str | None = None,
+            log: Any = _log) -> tuple[Plan, dict[str, Any]]:
+    """Index (and tag) the data, measure, plan: the recipe and its plan, written to `out` (or
+    read back from there when an earlier run wrote them)."""
+    from webly.pipeline import run
+
+    data, out = Path(data), Path(out)
+    if not data.is_dir():
+        raise WeblyError(f"--data {data}: not a folder (expected class folders, or a WebVision "
+                         "tree with info/)")
+    plan_file, recipe_file = out / "own_plan.json", out / "recipe.yaml"
+    if plan_file.is_file() and recipe_file.is_file():
+        saved = json.loads(plan_file.read_text())
+        if saved["data"] != str(data.resolve()):
+            raise WeblyError(f"{out} holds a run of {saved['data']}, not {data}: choose another "
+                             "-o, or delete it")
+        if budget and parse_budget(budget) != saved["plan"]["budget_s"]:
+            log(f"{plan_file} was planned for another budget: kept (delete it to plan again)")
+        return Plan(**saved["plan"]), yaml.safe_load(recipe_file.read_text())
+    budget_s = parse_budget(budget) if budget else None
+    t0 = time.monotonic()
+    sidecar = _sidecar(data)
+    run({"steps": data_steps(data, sidecar, False)}, out, log=log)
+    facts = facts_of(out / "manifest" / "manifest.parquet")
+    if "val" not in facts.images:
+        raise WeblyError(f"{data}: no val split and none held out (too few images a class?)")
+    if facts.text_share >= MIN_TEXT_SHARE:
+        run({"steps": data_steps(data, sidecar, True)}, out, log=log)
+    if budget_s:
+        log("measuring the training loop on this machine's cores, with these images")
+    plan = plan_for(facts, out / "manifest" / "manifest.parquet", budget_s,
+                    time.monotonic() - t0)
+    recipe = recipe_for(plan, facts, data, sidecar)
+    write_atomic(recipe_file, yaml.safe_dump(recipe, sort_keys=False))
+    write_atomic(plan_file, json.dumps({"data": str(data.resolve()), "facts": asdict(facts),
+                                        "plan": asdict(plan)}, indent=1) + "\n")
+    return plan, recipe
+
+
+def run_own(data: str | Path, out: str | Path, budget: str | None = None, *,
+            dry_run: bool = False, log: Any = _log) -> dict[str, Any]:
+    """`webly run --data DIR`: plan (once), run the recipe, write the report."""
+    from webly.pipeline import run
+    from webly.report import write_report
+
+    t0 = time.time()
+    out = Path(out)
+    plan, recipe = prepare(data, out, budget, log)
+    for line in plan.lines():
+        log(line)
+    if dry_run:
+        return {"run_dir": str(out), "plan": str(out / "own_plan.json")}
+    result = run(out / "recipe.yaml", out, log=log)
+    facts = Facts(**json.loads((out / "own_plan.json").read_text())["facts"])
+    report = write_report(out, report_names(plan, facts), title=f"webly: {Path(data).name}")
+    log(f"done in {duration(time.time() - t0)} (this call); the model: {out / 'final'} "
+        f"(webly classify {out / 'final'} ...); report: {report['report']}")
+    return {**result, "plan": str(out / "own_plan.json"), "report": report["report"],
+            "scores": {r["model"]: round(100 * r["balanced_top1"], 2) for r in report["ablation"]}}

@@ -1,0 +1,237 @@
+"""The own-data plan: what the data are (`facts_of`), what a draw costs (`Rate`, measured by
+`webly.own.measure`), and the rules that turn both and a budget into image size, backbone, batch
+and epochs (`plan_for`; the package docstring says them in words)."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from webly.errors import WeblyError
+from webly.progress import duration
+
+SIZES = (16, 20, 24, 32, 40, 48, 64, 96, 128, 160, 192, 224)
+# The size rule's two numbers come from the CIFAR-10N holdout sweep at equal compute (v6, in
+# configs/cifar10n/recipe.yaml): 24 px at 8.9 passes lost to 20 px at 13.8, and 16 px (half the
+# images' size) at 20 passes lost to 20 px too.
+MIN_PASSES = 10.0  # passes per unit below which a smaller image size buys more passes
+MIN_SCALE = 0.6  # ...but never smaller than this share of the images' own size
+NO_BUDGET_PASSES = 30.0
+MAX_PASSES = 200.0  # a budget beyond this many passes per unit is left unspent (said so)
+HOLDOUT = 0.1
+MIN_TEXT_SHARE = 0.5
+STEP_OVERHEAD_S = 3.0  # a step's start: manifest, model, loader
+FORWARD_SPEEDUP = 3.0  # a forward pass costs about a third of a training step
+SIDECARS = ("text.jsonl", "text.csv")
+
+
+
+def parse_budget(text: str) -> float:
+    """'30m', '1h30m', '90s', '2h' -> seconds."""
+    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*"
+                         r"(?:(\d+(?:\.\d+)?)s)?\s*", text or "")
+    if not text or not parts or not any(parts.groups()):
+        raise WeblyError(f"--budget takes a time such as 30m, 1h30m or 90s; got {text!r}")
+    h, m, s = (float(x or 0) for x in parts.groups())
+    seconds = 3600 * h + 60 * m + s
+    if seconds <= 0:
+        raise WeblyError(f"--budget must be positive, got {text!r}")
+    return seconds
+
+
+def backbone_for(size: int) -> str:
+    """Small images: webly's CIFAR ResNet-9; larger: timm's ResNet-18 (trained from scratch on
+    a user's 1k-1M images, a small network is the sound default)."""
+    return "cifar_resnet9" if size <= 64 else "resnet18"
+
+
+def batch_for(images: int) -> int:
+    """128 (the benchmarks' batch), smaller for small data: at least ~40 steps an epoch."""
+    return int(min(128, max(16, 2 ** math.floor(math.log2(max(images / 40, 1))))))
+
+
+@dataclass
+class Facts:
+    """What the plan reads off the indexed data."""
+
+    images: dict[str, int]
+    classes: int
+    text_share: float
+    side: int  # median short side of the training images, px
+    layout: str
+
+
+@dataclass
+class Rate:
+    """Seconds a training draw costs (measured) and a decode (measured), at one size."""
+
+    backbone: str
+    size: int
+    train_s: float
+    decode_s: float
+
+
+@dataclass
+class Plan:
+    budget_s: float | None
+    spent_s: float
+    text: bool
+    size: int
+    backbone: str
+    batch: int
+    passes: float  # passes over the training images per compute unit
+    steps: dict[str, dict[str, Any]]
+    estimated_s: float
+    rates: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        lines = [f"own data: {'with text (WT-Set chain)' if self.text else 'images only'}; "
+                 f"{self.backbone} at {self.size} px, batch {self.batch}; "
+                 f"{self.passes:.1f} passes a unit"]
+        lines += [f"  {sid}: {s['epochs']} epochs of {s['draws']} draws ({s['units']:g} units)"
+                  for sid, s in self.steps.items()]
+        budget = f" of a {duration(self.budget_s)} budget" if self.budget_s else ""
+        lines.append(f"estimated {duration(self.estimated_s)} in all{budget} "
+                     f"({duration(self.spent_s)} spent indexing, tagging and measuring)")
+        return lines + [f"note: {n}" for n in self.notes]
+
+
+def facts_of(manifest_path: Path, sample: int = 200) -> Facts:
+    from PIL import Image
+
+    from webly.data.manifest import Manifest
+
+    m = Manifest(manifest_path)
+    t = m.read(["split", "path", "title", "description", "tags"])
+    split = t["split"].to_pylist()
+    images = {s: split.count(s) for s in ("train", "val", "test") if s in split}
+    train = [i for i, s in enumerate(split) if s == "train"]
+    if not train:
+        raise WeblyError(f"{manifest_path}: no training images")
+    titles, descs, tags = (t[c].to_pylist() for c in ("title", "description", "tags"))
+    with_text = sum(bool(titles[i] or descs[i] or tags[i]) for i in train)
+    paths = t["path"].to_pylist()
+    sides = []
+    for i in train[:: max(len(train) // sample, 1)][:sample]:
+        try:
+            with Image.open(m.image_path(paths[i])) as img:
+                sides.append(min(img.size))
+        except OSError:
+            continue
+    if not sides:
+        raise WeblyError(f"{manifest_path}: none of {sample} sampled training images opens")
+    return Facts(images, m.num_classes, with_text / len(train), int(statistics.median(sides)),
+                 m.meta.get("layout", ""))
+
+
+TEXT_STEPS = {"pre_wt": 0.5, "ft_wt": 0.5, "final": 2.0}  # training step -> compute units
+IMAGE_STEPS = {"ce": 1.0, "final": 1.0}
+
+
+def step_sizes(units: dict[str, float], passes: float, train_images: int,
+               batch: int) -> dict[str, dict[str, Any]]:
+    """Each training step's epochs and draws an epoch for `passes` per unit (a fraction of an
+    epoch is spent as fewer draws an epoch, never less than one optimizer step)."""
+    out = {}
+    for sid, u in units.items():
+        draws = max(round(u * passes * train_images), batch)
+        epochs = max(1, round(u * passes))
+        out[sid] = {"units": u, "epochs": epochs, "draws": max(draws // epochs, batch)}
+    return out
+
+
+def seconds(steps: dict[str, dict[str, Any]], rate: Rate, facts: Facts, text: bool) -> float:
+    """The recipe's time at `rate`: training draws, validation each epoch, decoding into memory,
+    the inference passes (training images with their mirrors; val and test per member) and each
+    step's start."""
+    n_train, n_val = facts.images.get("train", 0), facts.images.get("val", 0)
+    n_test = facts.images.get("test", 0)
+    fwd = rate.train_s / FORWARD_SPEEDUP
+    memory = rate.size <= 64
+    total = 0.0
+    for sid, s in steps.items():
+        total += s["epochs"] * s["draws"] * rate.train_s + STEP_OVERHEAD_S
+        total += n_train * rate.decode_s if memory else 0.0
+        if sid != "pre_wt":  # WT-Set pretraining has no class labels to validate on
+            total += s["epochs"] * n_val * (fwd + rate.decode_s)
+    total += n_train * (2 * fwd + rate.decode_s)  # the labeller's pass (with mirrors)
+    total += 2 * (n_val + n_test) * (fwd + rate.decode_s)  # both members on val and test
+    return total + STEP_OVERHEAD_S * (6 + 3 * bool(n_test) + int(text))
+
+
+def solve_passes(units: dict[str, float], rate: Rate, facts: Facts, text: bool, batch: int,
+                 left_s: float) -> float:
+    """The most passes per unit whose recipe fits in `left_s` (bisection; at least 0.05)."""
+    lo, hi = 0.05, MAX_PASSES
+    n = facts.images["train"]
+    if seconds(step_sizes(units, hi, n, batch), rate, facts, text) <= left_s:
+        return hi
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        fits = seconds(step_sizes(units, mid, n, batch), rate, facts, text) <= left_s
+        lo, hi = (mid, hi) if fits else (lo, mid)
+    return round(lo, 3)
+
+
+def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: float,
+             measure_fn: Any = None) -> Plan:
+    """Text or not, image size, backbone, batch and epochs (see the package docstring);
+    `measure_fn(manifest, size, batch) -> Rate` (default: `webly.own.measure.measure`)."""
+    if measure_fn is None:
+        from webly.own.measure import measure as measure_fn
+    text = facts.text_share >= MIN_TEXT_SHARE
+    units = TEXT_STEPS if text else IMAGE_STEPS
+    batch = batch_for(facts.images["train"])
+    sizes = [s for s in SIZES if MIN_SCALE * facts.side <= s <= facts.side]
+    sizes = sizes or [max([s for s in SIZES if s <= facts.side] or [SIZES[0]])]
+    notes = [f"{facts.text_share:.0%} of the training images have text"
+             + ("" if text else f" (under {MIN_TEXT_SHARE:.0%}: images only)")]
+    if budget_s is None:
+        size = sizes[-1]
+        steps = step_sizes(units, NO_BUDGET_PASSES, facts.images["train"], batch)
+        return Plan(None, spent_s, text, size, backbone_for(size), batch, NO_BUDGET_PASSES,
+                    steps, 0.0, [], notes + ["no --budget: the images' own size, "
+                                             f"{NO_BUDGET_PASSES:g} passes a unit"])
+    t0 = time.monotonic()
+    measured: dict[str, Rate] = {}  # backbone -> a measurement at its smallest candidate size
+
+    def rate_at(size: int) -> Rate:
+        bb = backbone_for(size)
+        if bb not in measured:  # at its largest size, up to 96 px (a short measurement)
+            at = min(max(s for s in sizes if backbone_for(s) == bb), 96)
+            measured[bb] = measure_fn(manifest, at, batch)
+        r = measured[bb]
+        return replace(r, size=size, train_s=r.train_s * (size / r.size) ** 2)
+
+    def passes_at(rate: Rate) -> float:
+        left = budget_s - spent_s - (time.monotonic() - t0)
+        return solve_passes(units, rate, facts, text, batch, left)
+
+    size = sizes[0]
+    for s in reversed(sizes):
+        if passes_at(rate_at(s)) >= MIN_PASSES:
+            size = s
+            break
+    rate = rate_at(size)
+    rates = list(measured.values())
+    if measured[rate.backbone].size != size:
+        rate = measure_fn(manifest, size, batch)
+        rates.append(rate)
+    passes = passes_at(rate)
+    spent = spent_s + time.monotonic() - t0
+    if passes < 1:
+        notes.append(f"the budget affords {passes:.2f} passes a unit at {size} px: expect a "
+                     "weak model; a longer --budget trains more")
+    if passes >= MAX_PASSES:
+        notes.append(f"the budget is more than {MAX_PASSES:g} passes a unit need: "
+                     "the rest is left unspent")
+    steps = step_sizes(units, passes, facts.images["train"], batch)
+    return Plan(budget_s, round(spent, 1), text, size, rate.backbone, batch, passes, steps,
+                round(spent + seconds(steps, rate, facts, text), 1),
+                [asdict(r) for r in rates], notes)

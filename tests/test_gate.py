@@ -1,0 +1,139 @@
+"""Decisions on the holdout (issue 27): the gate's rules, a recipe's conditional steps, and the
+ensemble's members fitted by holdout top-1 (a member that hurts is left out, one that helps
+stays)."""
+
+import json
+
+import numpy as np
+import pytest
+from test_ensemble_pseudolabel import _write
+
+from webly.data.predictions import load_predictions
+from webly.errors import WeblyError
+from webly.inference.ensemble import ensemble, fit_top1, simplex_grid
+from webly.inference.gate import GateConfig, memorised, run_gate
+from webly.pipeline import load_recipe, run
+
+
+def _run_folder(path, curve):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": i + 1, "val_top1": v / 100}) + "\n" for i, v in enumerate(curve)))
+    return str(path)
+
+
+def test_memorised_is_a_drop_after_the_peak():
+    assert memorised([40, 50, 55, 54.2], 0.5)["pass"]  # fell 0.8 from its best
+    still = memorised([40, 50, 55, 55.2], 0.5)
+    assert not still["pass"] and still["best_epoch"] == 4 and still["drop"] == 0
+    small = memorised([40, 55, 54.7], 0.5)
+    assert not small["pass"] and "a drop of 0.30 < 0.5" in small["why"]
+
+
+def test_gate_rules_and_their_bad_inputs(tmp_path):
+    run_gate(cfg=GateConfig(), out=tmp_path / "g", model=_run_folder(tmp_path / "r", [50, 49]))
+    assert json.loads((tmp_path / "g/gate.json").read_text())["pass"]
+    with pytest.raises(WeblyError, match="needs --model"):
+        run_gate(cfg=GateConfig(), out=tmp_path / "g2")
+    with pytest.raises(WeblyError, match="no metrics.jsonl"):
+        run_gate(cfg=GateConfig(), out=tmp_path / "g2", model=str(tmp_path))
+    (tmp_path / "nv").mkdir()
+    (tmp_path / "nv/metrics.jsonl").write_text('{"epoch": 1, "loss": 2}\n')
+    with pytest.raises(WeblyError, match="no holdout score"):
+        run_gate(cfg=GateConfig(), out=tmp_path / "g2", model=str(tmp_path / "nv"))
+    with pytest.raises(WeblyError, match="needs --preds BASELINE CANDIDATE"):
+        run_gate(cfg=GateConfig(rule="beats"), out=tmp_path / "g2")
+    with pytest.raises(WeblyError, match="must not be negative"):
+        GateConfig(min_drop=-1).validate()
+
+
+def test_beats_compares_holdout_top1(tmp_path):
+    ids = [f"v{i}" for i in range(20)]
+    y = np.arange(20) % 2
+    labels = tmp_path / "val.txt"
+    labels.write_text("".join(f"{i} {c}\n" for i, c in zip(ids, y, strict=True)))
+    right = np.eye(2)[y] * 0.8 + 0.1
+    half = right.copy()
+    half[:10] = half[:10, ::-1]
+    a, b = _write(tmp_path / "a", ids, half), _write(tmp_path / "b", ids, right)
+    res = run_gate(cfg=GateConfig(rule="beats"), out=tmp_path / "g", preds=[a, b],
+                   labels=str(labels))
+    assert res["pass"] and res["scores"] == {a: 50.0, b: 100.0}
+    assert not run_gate(cfg=GateConfig(rule="beats", margin=60), out=tmp_path / "g",
+                        preds=[a, b], labels=str(labels))["pass"]
+
+
+def test_simplex_grid():
+    g = simplex_grid(3, 10)
+    assert len(g) == 66 and np.allclose(g.sum(1), 1) and (g >= 0).all()
+    assert simplex_grid(1, 10).tolist() == [[1.0]]
+
+
+def test_top1_fit_leaves_out_a_member_that_hurts_and_keeps_one_that_helps(tmp_path):
+    rng = np.random.default_rng(0)
+    n, C = 400, 4
+    y = rng.integers(0, C, n)
+
+    def model(acc, seed):
+        r = np.random.default_rng(seed)
+        p = r.dirichlet(np.ones(C), n) * 0.5
+        right = r.random(n) < acc
+        p[np.arange(n), np.where(right, y, (y + 1) % C)] += 0.5
+        return p
+
+    good, other_good, bad = model(0.8, 1), model(0.8, 2), model(0.3, 3)
+    members = [_write(tmp_path / name, [f"i{i}" for i in range(n)], p)
+               for name, p in (("good", good), ("bad", bad), ("other", other_good))]
+    preds = [load_predictions(m) for m in members]
+    w, top1 = fit_top1(preds, y)
+    assert w[1] == 0 and w[0] > 0 and w[2] > 0  # the hurting member is out, the helping in
+    single = max(float((p.argmax(1) == y).mean()) for p in (good, other_good))
+    assert top1 >= single
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"i{i} {c}\n" for i, c in enumerate(y)))
+    s = ensemble(members, tmp_path / "e", fit_dirs=members,
+                 fit_labels={f"i{i}": int(c) for i, c in enumerate(y)}, fit_metric="top1")
+    assert s["left_out"] == [members[1]]
+    assert ensemble(members[:1], tmp_path / "one")["weights"] == [1.0]  # one member passes
+
+
+def _recipe(tmp_path, curve, when="@decide"):
+    """A gate on a hand-made training run; steps after it run (or not) on its decision."""
+    data = tmp_path / "d"
+    for cls in ("a", "b"):
+        (data / cls).mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(data / cls / f"{i}.png")
+    return {"steps": [
+        {"id": "decide", "stage": "gate", "model": _run_folder(tmp_path / "ce", curve)},
+        {"id": "gated", "stage": "index", "root": str(data), "when": when},
+        {"id": "needs_gated", "stage": "tag", "manifest": "@gated"},
+        {"id": "other", "stage": "index", "root": str(data), "when": "not @decide"},
+    ]}
+
+
+def test_a_round_runs_when_the_gate_passes_and_is_skipped_when_not(tmp_path):
+    ran = run(_recipe(tmp_path / "a", [50, 55, 53]), tmp_path / "a/run", log=lambda m: None)
+    assert ran["ran"] == ["decide", "gated", "needs_gated"]
+    assert ran["skipped"] == {"other": "gate decide passed (when: not @decide)"}
+    said = []
+    ran = run(_recipe(tmp_path / "b", [50, 55, 55.1]), tmp_path / "b/run", log=said.append)
+    assert ran["ran"] == ["decide", "other"]
+    assert set(ran["skipped"]) == {"gated", "needs_gated"}
+    assert "needs @gated, which was skipped" in ran["skipped"]["needs_gated"]
+    step = json.loads((tmp_path / "b/run/gated/step.json").read_text())
+    assert step["skipped"].startswith("gate decide did not pass")
+    again = run(_recipe(tmp_path / "b", [50, 55, 55.1]), tmp_path / "b/run", log=said.append)
+    assert again["ran"] == [] and set(again["skipped"]) == {"gated", "needs_gated"}
+
+
+def test_when_names_an_earlier_gate(tmp_path):
+    rec = _recipe(tmp_path, [1, 2])
+    rec["steps"][1]["when"] = "@other"
+    with pytest.raises(WeblyError, match="is not an earlier gate step"):
+        load_recipe(rec)
+    rec["steps"][1]["when"] = "maybe"
+    with pytest.raises(WeblyError, match="when takes '@GATE' or 'not @GATE'"):
+        load_recipe(rec)
