@@ -70,6 +70,9 @@ class Spec:
     # a step whose share is the compute of other steps (CE for the system's compute): their
     # training shares plus their inference passes (views x multiply-adds, forward only)
     match: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # the match is measured, not planned: the recipe's steps before the match target run first
+    # (their gates decide what runs), then the target's share is what the steps that ran spent
+    late_match: bool = False
     extra: Callable[..., dict[str, Any]] | None = None  # (out, root, res) -> more results
     extra_markdown: Callable[[dict[str, Any]], list[str]] | None = None
     options: Callable[[argparse.ArgumentParser], None] | None = None
@@ -233,13 +236,65 @@ def shares(spec: Spec, recipe: dict[str, Any], epochs: int) -> dict[str, float]:
     return share
 
 
-def run_recipe(recipe: dict[str, Any], out: Path) -> None:
+def run_recipe(recipe: dict[str, Any], out: Path, spec: Spec | None = None) -> None:
+    """`webly run` the recipe. With `spec.late_match` the steps before the first match target
+    run first (their gates decide what runs); then each target draws as many images as the
+    steps it matches spent, counting only the steps that ran (in units of the CE step's draws,
+    scaled by multiply-adds where its image size differs)."""
     from webly.pipeline import run
 
+    if spec is not None and spec.late_match and spec.match:
+        ids = [st["id"] for st in recipe["steps"]]
+        run(recipe, out, until=ids[min(ids.index(t) for t in spec.match) - 1])
+        flops = compute(spec, out)
+        by_id = {st["id"]: st for st in recipe["steps"]}
+        ce, macs = by_id["ce"], {}
+        for target, steps in spec.match.items():
+            units = sum(flops.get(st, 0.0) for st in steps) / flops["ce"]
+            step = by_id[target]
+            for st in (ce, step):
+                macs[st["id"]] = macs_per_image(st["backbone"], st["img_size"], 10)
+            draws = units * ce["epochs"] * ce["samples_per_epoch"] * macs["ce"] / macs[target]
+            images = train_images(out)
+            step["epochs"] = max(1, math.ceil(draws / images - 1e-9))
+            step["samples_per_epoch"] = round(draws / step["epochs"])
+            spec.share[target] = round(units, 4)
     run(recipe, out)
 
 
+def train_images(out: Path) -> int:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    split = pq.read_table(out / "manifest/manifest.parquet", columns=["split"])["split"]
+    return int(pc.sum(pc.equal(split, "train")).as_py())
+
+
 # -- measuring -----------------------------------------------------------------------------------
+def ran(out: Path, step: str) -> bool:
+    """The step finished and was not skipped by a decision of the recipe."""
+    rec = out / step / "step.json"
+    return rec.is_file() and not json.loads(rec.read_text()).get("skipped")
+
+
+def decisions(out: Path) -> dict[str, Any]:
+    """Each gate's decision and the scores behind it, each skipped step and why, and each
+    holdout-fitted ensemble's weights and left-out members."""
+    res: dict[str, Any] = {"gates": {}, "skipped": {}, "ensembles": {}}
+    for rec in sorted(out.glob("*/step.json")):
+        step = json.loads(rec.read_text())
+        if step.get("skipped"):
+            res["skipped"][step["id"]] = step["skipped"]
+        elif step["stage"] == "gate":
+            res["gates"][step["id"]] = step["summary"]
+        elif step["stage"] == "ensemble" and "left_out" in (step.get("summary") or {}):
+            sm = step["summary"]
+            res["ensembles"][step["id"]] = {"members": [Path(m).name for m in sm["members"]],
+                                           "weights": sm["weights"],
+                                           "left_out": [Path(m).name for m in sm["left_out"]]}
+    return res
+
+
 def compute(spec: Spec, out: Path) -> dict[str, float]:
     """Compute of each step in PFLOP-equivalents of multiply-adds (1e15): a training step's images
     seen x forward multiply-adds x 3 (forward + backward), times `draw_cost`; an inference
@@ -249,12 +304,16 @@ def compute(spec: Spec, out: Path) -> dict[str, float]:
 
     res = {}
     for step in spec.share:
+        if not ran(out, step):
+            continue
         cfg = json.loads((out / step / "train.config.json").read_text())
         summary = json.loads((out / step / "train.summary.json").read_text())
         macs = macs_per_image(cfg["backbone"], cfg["img_size"], 10)
         seen = summary["steps"] * cfg["batch_size"] * cfg["accum_steps"]
         res[step] = seen * draw_cost(cfg) * macs * 3 / 1e15
     for step in spec.passes:
+        if not ran(out, step):
+            continue
         summary = json.loads((out / step / "predict.summary.json").read_text())
         cfg = json.loads((Path(summary["model"]) / "train.config.json").read_text())
         macs = sum(macs_per_image(cfg["backbone"], size, 10)
@@ -310,12 +369,14 @@ def collect(spec: Spec, out: Path, root: Path, mode: str, noise: str,
     unit = flops["ce"]
     rows = []
     for r in spec.rows:
+        if not ran(out, r.score):
+            continue  # a decision of the recipe left this model out
         m = json.loads((out / r.score / "metrics.json").read_text())
         rows.append({"row": r.num, "model": r.name,
                      "top1": round(100 * m["top1"], 2), "top5": round(100 * m["top5"], 2),
                      "balanced_top1": round(100 * m["balanced_top1"], 2),
                      "balanced_top5": round(100 * m["balanced_top5"], 2),
-                     "compute_units": round(sum(flops[s] for s in r.steps) / unit, 2)})
+                     "compute_units": round(sum(flops.get(s, 0.0) for s in r.steps) / unit, 2)})
     by = {r["row"]: r for r in rows}
     system = spec.system_row or rows[-1]["row"]
     same = spec.same_compute_row
@@ -325,7 +386,8 @@ def collect(spec: Spec, out: Path, root: Path, mode: str, noise: str,
         for r in rows:
             r["damage_recovered"] = round((r[key] - floor) / (ceiling - floor), 3) \
                 if ceiling != floor else None
-    summaries = {s: json.loads((out / s / "train.summary.json").read_text()) for s in spec.share}
+    summaries = {s: json.loads((out / s / "train.summary.json").read_text()) for s in spec.share
+                 if ran(out, s)}
     # the exported weights' epoch and held-out score (`export: best`: not the last epoch's)
     exported = {s: v.get("exported", {"epoch": v.get("epochs_done"), "val_top1": v.get("val_top1")})
                 for s, v in summaries.items()}
@@ -343,9 +405,10 @@ def collect(spec: Spec, out: Path, root: Path, mode: str, noise: str,
                            for s, e in exported.items()},
         "noise_in_train": json.loads((root / "info/noise.json").read_text()),
         "pseudo_labels": {pl: label_effect(out / pl / "labels.parquet", true_of_row)
-                          for pl in spec.pseudo_labels},
+                          for pl in spec.pseudo_labels if ran(out, pl)},
         "train_seconds": {s: json.loads((out / s / "step.json").read_text())["seconds"]
-                          for s in spec.share},
+                          for s in spec.share if ran(out, s)},
+        "decisions": decisions(out),
         "wall_seconds": round(wall, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
@@ -425,7 +488,8 @@ def main(spec: Spec, argv: list[str] | None = None, doc: str = "") -> int:
                               + (f"-seed{args.seed}" if args.seed else ""))
     t0 = time.time()
     roots = spec.prepare(args.data, args.cache, args.noise, args)
-    run_recipe(recipe_for(spec, roots, epochs, args.batch_size, args.workers, args.seed), out)
+    recipe = recipe_for(spec, roots, epochs, args.batch_size, args.workers, args.seed)
+    run_recipe(recipe, out, spec)
     res = collect(spec, out, roots["DATA"], name, args.noise, time.time() - t0)
     res["seed"] = args.seed
     res["command"] = f"python benchmarks/{spec.name}.py " + " ".join(

@@ -32,6 +32,6 @@ def run_guarded(bench, recipe: dict, out: Path) -> None:
     GUARD["opened"] = []
     GUARD["on"] = True
     try:
-        bench.harness.run_recipe(recipe, out)
+        bench.harness.run_recipe(recipe, out, bench.SPEC)
     finally:
         GUARD["on"] = False
