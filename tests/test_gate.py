@@ -13,6 +13,7 @@ from webly.errors import WeblyError
 from webly.inference.ensemble import ensemble, fit_top1, simplex_grid
 from webly.inference.gate import GateConfig, memorised, run_gate
 from webly.pipeline import load_recipe, run
+from webly.report import write_report
 
 
 def _run_folder(path, curve):
@@ -127,6 +128,11 @@ def test_a_round_runs_when_the_gate_passes_and_is_skipped_when_not(tmp_path):
     assert step["skipped"].startswith("gate decide did not pass")
     again = run(_recipe(tmp_path / "b", [50, 55, 55.1]), tmp_path / "b/run", log=said.append)
     assert again["ran"] == [] and set(again["skipped"]) == {"gated", "needs_gated"}
+    shown = write_report(tmp_path / "b/run")["decisions"]  # the report shows each decision
+    assert shown[0][:2] == ["decide", "memorised: no"] and "a drop of 0.00" in shown[0][2]
+    assert [r[0] for r in shown[1:]] == ["gated", "needs_gated"]
+    assert all(r[1] == "skipped" for r in shown[1:])
+    assert "Decision (gated): skipped" in (tmp_path / "b/run/report.md").read_text()
 
 
 def test_when_names_an_earlier_gate(tmp_path):

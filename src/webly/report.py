@@ -84,7 +84,10 @@ class Run:
         if not found:
             raise WeblyError(f"{path}: no finished steps (no */step.json, no stage summaries): "
                              "not a run folder")
-        self.steps = {r["id"]: r for _, r in sorted(found, key=lambda x: x[0])}
+        ordered = [r for _, r in sorted(found, key=lambda x: x[0])]
+        # a step a decision skipped left only its reason: shown with the decisions, read by none
+        self.skipped = {r["id"]: r["skipped"] for r in ordered if r.get("skipped")}
+        self.steps = {r["id"]: r for r in ordered if not r.get("skipped")}
         manifests = self.of("index")
         self.manifest = Manifest(path / manifests[0] / "manifest.parquet") if manifests else None
 
@@ -129,6 +132,32 @@ def results_section(run: Run, ctx: dict[str, Any]) -> str:
     rows = [[text(r["model"])] + [f"{100 * r[k]:.1f}" for k in METRICS] for r in ctx["ablation"]]
     return ("<h2>Ablation (as in the seed's table)</h2>"
             + table(["model", "top-1", "top-5", "balanced top-1", "balanced top-5"], rows))
+
+
+def decisions(run: Run) -> list[list[str]]:
+    """(step, decision, why) of each gate, each holdout-fitted ensemble and each skipped step."""
+    rows = []
+    for sid in run.of("gate"):
+        g = run.steps[sid].get("summary") or {}
+        rows.append([sid, f"{g.get('rule')}: {'yes' if g.get('pass') else 'no'}",
+                     str(g.get("why", ""))])
+    for sid in run.of("ensemble"):
+        e = run.steps[sid].get("summary") or {}
+        members = [Path(m).name for m in e.get("members", [])]
+        if e.get("left_out") or len(set(e.get("weights", []))) > 1:
+            out = ", ".join(Path(m).name for m in e.get("left_out", []))
+            rows.append([sid, "members " + ", ".join(
+                f"{m} {w:.2f}" for m, w in zip(members, e["weights"], strict=True)),
+                "weights fitted on the holdout" + (f"; left out: {out}" if out else "")])
+    rows += [[sid, "skipped", why] for sid, why in run.skipped.items()]
+    return rows
+
+
+def decisions_section(run: Run, ctx: dict[str, Any]) -> str:
+    if not ctx["decisions"]:
+        return ""
+    return ("<h2>Decisions made on the holdout</h2>"
+            + table(["step", "decision", "why"], [[text(c) for c in r] for r in ctx["decisions"]]))
 
 
 def pseudo_label_effect(run: Run, step: str, truth: np.ndarray | None) -> dict[str, Any]:
@@ -277,8 +306,8 @@ def figures(run: Run) -> list[tuple[str, Path]]:
 
 
 Section = Callable[[Run, dict[str, Any]], str]
-SECTIONS: list[Section] = [results_section, pseudo_section, audit_section, examples_section,
-                           label_issues_section]
+SECTIONS: list[Section] = [results_section, decisions_section, pseudo_section, audit_section,
+                           examples_section, label_issues_section]
 
 
 def write_report(run_dir: str | Path, names: dict[str, str] | None = None,
@@ -291,6 +320,7 @@ def write_report(run_dir: str | Path, names: dict[str, str] | None = None,
                            "pseudo_labels": [pseudo_label_effect(run, s, truth)
                                              for s in run.of("pseudo-label")]}
     ctx["audit"] = audit(run, ctx)
+    ctx["decisions"] = decisions(run)
     ctx["label_issues"] = label_issues(run, ctx)
     figs = figures(run)
     body = "".join(section(run, ctx) for section in SECTIONS)
@@ -308,6 +338,7 @@ steps. Accuracy in %.</p>{body}{plots}</body></html>"""
            for r in ctx["ablation"]]
     md += [""] + [f"Pseudo-labels ({p['step']}): {p['relabelled']} changed, {p['dropped']} "
                   f"dropped of {p['train_images']}." for p in ctx["pseudo_labels"]]
+    md += [f"Decision ({d[0]}): {d[1]}: {d[2]}" for d in ctx["decisions"]]
     if ctx["audit"]:
         md.append(f"Keyword audit: balanced top-1 {ctx['audit']['balanced_top1']:.1f}%.")
     if li := ctx["label_issues"]:
@@ -318,5 +349,5 @@ steps. Accuracy in %.</p>{body}{plots}</body></html>"""
     write_atomic(run.path / "report.md", "\n".join(md) + "\n")
     return {"report": str(run.path / "report.html"), "ablation": ctx["ablation"],
             "pseudo_labels": ctx["pseudo_labels"][0] if ctx["pseudo_labels"] else {},
-            "keyword_audit": ctx["audit"],
+            "keyword_audit": ctx["audit"], "decisions": ctx["decisions"],
             "label_issues": {k: v for k, v in (ctx["label_issues"] or {}).items() if k != "page"}}
