@@ -56,6 +56,8 @@ def _valid(run: Path) -> dict[str, dict[str, object]]:
                      "fit_labels": val_list},
         "pseudo-label": {"manifest": m, "preds": run / "train", "text": run / "tags"},
         "submit": {"preds": run / "test"},
+        "gate memorised": {"model": run / "ft"},
+        "gate beats": {"rule": "beats", "preds": [run / "val", run / "val"], "labels": m},
     }
 
 
@@ -69,6 +71,7 @@ def _argv(stage: str, inputs: dict[str, object], out: Path) -> list[str]:
         vals = [str(v) for v in value] if isinstance(value, list) else [str(value)]
         argv += vals if i.positional else [f"--{i.name.replace('_', '-')}", *vals]
     extra = FAST if st.training else ["--workers", "0"] if stage in ("predict", "shard") else []
+    extra += ["--rule", str(inputs["rule"])] if "rule" in inputs else []
     return argv + extra + ["-o", str(out)]
 
 
@@ -78,7 +81,8 @@ def _cases() -> list[tuple[str, str]]:
              "pretrain lw": ["label_weights"], "finetune": ["manifest", "labels"],
              "predict": ["model", "manifest"], "evaluate": ["preds", "manifest", "labels"],
              "ensemble": ["preds", "fit", "fit_labels"],
-             "pseudo-label": ["manifest", "preds", "text"], "submit": ["preds"]}
+             "pseudo-label": ["manifest", "preds", "text"], "submit": ["preds"],
+             "gate memorised": ["model"], "gate beats": ["preds", "labels"]}
     return [(stage, name) for stage, inputs in names.items() for name in inputs]
 
 
@@ -88,8 +92,12 @@ def test_a_wrong_kind_of_input_is_a_one_line_error(run, tmp_path, case):
     stage = stage_case.split()[0]
     (tmp_path / "notes.txt").write_text("hello\n")
     (tmp_path / "empty").mkdir()
+    # another stage's output: the manifest, or the tags where a manifest is a right input (labels
+    # of a fit or a gate may be a manifest)
+    manifest_ok = name == "manifest" or (stage, name) in (("ensemble", "fit_labels"),
+                                                          ("gate", "labels"))
     wrongs = [tmp_path / "notes.txt", tmp_path / "empty", tmp_path / "nothing.parquet",
-              run / ("manifest/manifest.parquet" if name != "manifest" else "tags")]
+              run / ("tags" if manifest_ok else "manifest/manifest.parquet")]
     for wrong in wrongs:
         inputs = dict(_valid(run)[stage_case])
         inputs[name] = [wrong, wrong] if isinstance(inputs[name], list) else wrong
