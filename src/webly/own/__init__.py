@@ -24,9 +24,9 @@ rerun reads them back (nothing is measured again) and resumes, like any recipe.
 The steps. With text (the fashion53 system, BENCHMARKS.md): WT-Set pretraining (1/2 unit) ->
 new head, class-balanced finetune (1/2) -> it labels the training images with the title's
 evidence (`pseudo-label --text`) -> a new head on the WT-Set backbone finetunes on what is kept
-(2 units) -> the two averaged with weights fitted on the holdout. Without text: CE (1 unit) ->
-pseudo-labels -> a new model on what is kept (1 unit) -> the two averaged, fitted on the
-holdout. LW-Set pretraining is left out: on the real-text benchmark it did not beat plain CE.
+(2 units) -> the two averaged with weights fitted on the holdout by top-1. Without text: CE
+(1 unit) -> pseudo-labels -> a new model on what is kept (1 unit) -> the two averaged, fitted
+on the holdout. LW-Set pretraining is left out: on the real-text benchmark it did not beat plain CE.
 """
 
 from __future__ import annotations
