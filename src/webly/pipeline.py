@@ -277,7 +277,8 @@ def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *,
         if not dry_run and (why := skip_reason(step, root, skipped)):
             skipped[step.id] = why
             log(f"{head}: skipped: {why}")
-            _record_skip(step, root, why)
+            if not (launch and launch.node_rank > 0):  # node 0 writes the shared folder
+                _record_skip(step, root, why)
             continue
         forced = start is not None and k >= first and status == "done"
         action = "run (forced by --from)" if forced else status
