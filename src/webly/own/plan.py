@@ -96,9 +96,12 @@ class Plan:
                  f"{self.passes:.1f} passes a unit"]
         lines += [f"  {sid}: {s['epochs']} epochs of {s['draws']} draws ({s['units']:g} units)"
                   for sid, s in self.steps.items()]
-        budget = f" of a {duration(self.budget_s)} budget" if self.budget_s else ""
-        lines.append(f"estimated {duration(self.estimated_s)} in all{budget} "
-                     f"({duration(self.spent_s)} spent indexing, tagging and measuring)")
+        if self.budget_s:
+            lines.append(f"estimated {duration(self.estimated_s)} in all of a "
+                         f"{duration(self.budget_s)} budget ({duration(self.spent_s)} spent "
+                         "indexing, tagging and measuring)")
+        else:
+            lines.append("time not estimated (no --budget: nothing was measured)")
         return lines + [f"note: {n}" for n in self.notes]
 
 
