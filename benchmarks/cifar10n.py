@@ -37,21 +37,23 @@ import harness  # noqa: E402 (the benchmarks folder is no package)
 from harness import Row, Spec  # noqa: E402
 
 RECIPE = harness.REPO / "configs/cifar10n/recipe.yaml"
-# the recipe's training steps and inference passes, whichever its decisions ran (v11)
-RECIPE_STEPS = ("ce", "ce_rest", "train_ce", "final", "train_final", "final2")
+# the recipe's training steps and inference passes, whichever its decisions ran (v12)
+RECIPE_STEPS = ("ce", "ce_more", "ce_rest", "train_ce", "final", "train_final", "final2")
 ROWS = [Row("1", "CE", "score_ce", ("ce",)),
         Row("2", "round 1: CE labels the training images (keep, relabel, drop) -> a new model on "
-                 "the kept labels, class-balanced (when the holdout says CE memorised)",
-            "score_final", ("ce", "train_ce", "final")),
+                 "the kept labels, class-balanced (when half a unit more CE did not beat CE on "
+                 "the holdout; that half unit counted)",
+            "score_final", ("ce", "ce_more", "train_ce", "final")),
         Row("3", "round 2: CE and round 1 (averaged) label again -> a third model (when round 1 "
                  "beat CE on the holdout)", "score_final2", RECIPE_STEPS),
         Row("4", "CE for the recipe's total compute (what its decisions spent)", "score_ce_long",
             ("ce_long",)),
         Row("5", "the recipe: the models its decisions trained, averaged with weights fitted on "
                  "the holdout by top-1", "score_recipe", RECIPE_STEPS)]
-# each training step's compute in units (one unit: the CE row); ce_rest (the rest of a 3-unit
-# budget on CE) or one unit a round; ce_long's share is measured after the decisions
-SHARE = {"ce": 1.0, "ce_rest": 2.0, "final": 1.0, "final2": 1.0, "ce_long": 3.0}
+# each training step's compute in units (one unit: the CE row): ce_more, the candidate for more
+# CE, half a unit; then ce_rest (the rest of a 3-unit budget on CE) or one unit a round; ce_long's
+# share is measured after the decisions
+SHARE = {"ce": 1.0, "ce_more": 0.5, "ce_rest": 1.5, "final": 1.0, "final2": 1.0, "ce_long": 3.0}
 PASSES = ("train_ce", "train_final")  # inference passes a row counts (forward only): labellers'
 PSEUDO_LABELS = ("pl", "pl2")  # each round's labels, measured against the clean ones after training
 MATCH = {"ce_long": RECIPE_STEPS}

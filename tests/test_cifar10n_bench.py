@@ -50,15 +50,18 @@ def make_cifar10n_like(root: Path, n_train: int, n_val: int, seed: int = 0) -> P
     return root
 
 
-def _run(tmp, min_drop: float):
-    """The recipe on a small tree, its first gate forced by `min_drop` (0: CE counts as having
-    memorised, so the rounds run; 100: it never has, so the rest of the budget goes to CE)."""
+def _run(tmp, longer: bool):
+    """The recipe on a small tree, its first gate forced: `longer` (the gate asks only that more
+    CE did not lose) sends the rest of the budget to CE; otherwise (more CE must gain 100 points)
+    the rounds run."""
     bench = _bench()
     data = make_cifar10n_like(tmp / "cifar10n", 1200, 300)
     root = bench.prepare(bench.harness.find_root(data, tmp / "cache", "cifar10n"), tmp / "cache",
                          "worst", 0, 0, holdout=200)
     recipe = bench.recipe_for(root, epochs=2, batch_size=64)
-    next(s for s in recipe["steps"] if s["id"] == "decide_rounds")["min_drop"] = min_drop
+    gate = next(s for s in recipe["steps"] if s["id"] == "decide_longer")
+    gate.update({"margin": 100.0} if not longer else
+                {"rule": "memorised", "model": "@ce_more", "min_drop": 0.0})
     out = tmp / "run"
     run_guarded(bench, recipe, out)
     return bench, root, out
@@ -66,7 +69,7 @@ def _run(tmp, min_drop: float):
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("c10n"), 0.0)
+    return _run(tmp_path_factory.mktemp("c10n"), longer=False)
 
 
 @pytest.mark.slow
@@ -74,17 +77,18 @@ def test_every_stage_ran_and_scored(bench_run):
     bench, root, out = bench_run
     res = bench.harness.collect(bench.SPEC, out, root, "test", "worst", 0.0)
     gates = res["decisions"]["gates"]
-    assert gates["decide_rounds"]["pass"] and "curve" in gates["decide_rounds"]
+    assert not gates["decide_longer"]["pass"] and "x paired SE" in gates["decide_longer"]["why"]
     round2 = gates["decide_round2"]["pass"]  # round 1 against CE on the holdout: either way
     assert [r["row"] for r in res["rows"]] == ["1", "2"] + ["3"] * round2 + ["4", "5"]
     for r in res["rows"]:
         assert 0 <= r["top1"] <= r["top5"] <= 100
     units = {r["row"]: r["compute_units"] for r in res["rows"]}
     # up to whole batches; each round adds a forward pass over the training images, two views
-    # (flip): 2/(2 epochs x 3) of a unit, at 20 px instead of 32
+    # (flip): 2/(2 epochs x 3) of a unit, at 20 px instead of 32; the decision's half unit of
+    # more CE counts in every row after it
     assert units["1"] == pytest.approx(1, abs=0.1)
-    assert units["2"] == pytest.approx(2, abs=0.2), units
-    assert units["5"] == pytest.approx(3 if round2 else 2, abs=0.3), units
+    assert units["2"] == pytest.approx(2.5, abs=0.25), units
+    assert units["5"] == pytest.approx(3.5 if round2 else 2.5, abs=0.3), units
     assert units["4"] == pytest.approx(units["5"], abs=0.15), units  # CE for what it spent
     assert "ce_rest" in res["decisions"]["skipped"]
     flops = bench.harness.compute(bench.SPEC, out)
@@ -95,7 +99,7 @@ def test_every_stage_ran_and_scored(bench_run):
     assert res["ce_same_total_compute"] == res["rows"][-2]["top1"]
     assert res["gain_over_ce"] == pytest.approx(res["rows"][-1]["top1"] - res["rows"][0]["top1"])
     ens = res["decisions"]["ensembles"]["test_recipe"]
-    assert ens["members"] == ["test_ce", "test_final"] + ["test_final2"] * round2, ens
+    assert ens["members"] == ["test_ce", "test_ce_more", "test_final"] + ["test_final2"] * round2
     assert sum(ens["weights"]) == pytest.approx(1, abs=1e-6)
     if round2:  # round 2 labels the original noisy labels from both models' averaged predictions
         labellers = json.loads((out / "train_ens/step.json").read_text())["summary"]["members"]
@@ -116,17 +120,18 @@ def test_every_stage_ran_and_scored(bench_run):
 
 
 @pytest.mark.slow
-def test_when_ce_did_not_memorise_the_budget_goes_to_ce(tmp_path):
-    bench, root, out = _run(tmp_path, 100.0)
+def test_when_more_ce_pays_the_budget_goes_to_ce(tmp_path):
+    bench, root, out = _run(tmp_path, longer=True)
     res = bench.harness.collect(bench.SPEC, out, root, "test", "worst", 0.0)
-    assert not res["decisions"]["gates"]["decide_rounds"]["pass"]
+    assert res["decisions"]["gates"]["decide_longer"]["pass"]
     assert [r["row"] for r in res["rows"]] == ["1", "4", "5"]  # no round ran
     assert {"train_ce", "pl", "final", "final2"} <= set(res["decisions"]["skipped"])
-    assert res["decisions"]["ensembles"]["test_recipe"]["members"] == ["test_ce", "test_ce_rest"]
+    assert res["decisions"]["ensembles"]["test_recipe"]["members"] == [
+        "test_ce", "test_ce_more", "test_ce_rest"]
     units = {r["row"]: r["compute_units"] for r in res["rows"]}
     assert units["5"] == pytest.approx(3, abs=0.1) and units["4"] == pytest.approx(3, abs=0.15)
-    rest = json.loads((out / "ce_rest/train.summary.json").read_text())
-    assert rest["transfer"]  # continued from CE's weights
+    for step in ("ce_more", "ce_rest"):  # each continued from the one before's weights
+        assert json.loads((out / step / "train.summary.json").read_text())["transfer"]
 
 
 @pytest.mark.slow

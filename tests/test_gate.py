@@ -64,6 +64,34 @@ def test_beats_compares_holdout_top1(tmp_path):
                         preds=[a, b], labels=str(labels))["pass"]
 
 
+def test_beats_asks_a_gain_the_holdout_can_tell_from_noise(tmp_path):
+    """On 400 images a candidate right on 12 more (+3 points) passes one paired standard error
+    (~0.85) but not four; one right on 2 more and wrong on 1 more does not pass one."""
+    n = 400
+    ids = [f"v{i}" for i in range(n)]
+    y = np.arange(n) % 2
+    labels = tmp_path / "val.txt"
+    labels.write_text("".join(f"{i} {c}\n" for i, c in zip(ids, y, strict=True)))
+
+    def preds(name, wrong):
+        p = np.eye(2)[y] * 0.8 + 0.1
+        p[wrong] = p[wrong, ::-1]
+        return _write(tmp_path / name, ids, p)
+
+    base = preds("base", list(range(100)))
+    better = preds("better", list(range(88)))
+    flip = preds("flip", list(range(98)) + [300])
+    gate = lambda c, k: run_gate(cfg=GateConfig(rule="beats", min_se=k), out=tmp_path / "g",
+                                 preds=[base, c], labels=str(labels))
+    res = gate(better, 1.0)
+    assert res["pass"] and res["gain"] == 3.0 and 0.8 < res["se"] < 0.9
+    assert not gate(better, 4.0)["pass"]
+    small = gate(flip, 1.0)
+    assert small["gain"] == 0.25 and not small["pass"] and "x paired SE" in small["why"]
+    with pytest.raises(WeblyError, match="must not be negative"):
+        GateConfig(rule="beats", min_se=-1).validate()
+
+
 def test_simplex_grid():
     g = simplex_grid(3, 10)
     assert len(g) == 66 and np.allclose(g.sum(1), 1) and (g >= 0).all()
