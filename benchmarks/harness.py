@@ -278,21 +278,11 @@ def ran(out: Path, step: str) -> bool:
 
 
 def decisions(out: Path) -> dict[str, Any]:
-    """Each gate's decision and the scores behind it, each skipped step and why, and each
-    holdout-fitted ensemble's weights and left-out members."""
-    res: dict[str, Any] = {"gates": {}, "skipped": {}, "ensembles": {}}
-    for rec in sorted(out.glob("*/step.json")):
-        step = json.loads(rec.read_text())
-        if step.get("skipped"):
-            res["skipped"][step["id"]] = step["skipped"]
-        elif step["stage"] == "gate":
-            res["gates"][step["id"]] = step["summary"]
-        elif step["stage"] == "ensemble" and "left_out" in (step.get("summary") or {}):
-            sm = step["summary"]
-            res["ensembles"][step["id"]] = {"members": [Path(m).name for m in sm["members"]],
-                                           "weights": sm["weights"],
-                                           "left_out": [Path(m).name for m in sm["left_out"]]}
-    return res
+    """Each gate's decision and the scores behind it, each holdout-fitted ensemble's weights and
+    left-out members, each skipped step and why (webly's report reads them the same way)."""
+    from webly.report import Run, decided
+
+    return decided(Run(out))
 
 
 def compute(spec: Spec, out: Path) -> dict[str, float]:

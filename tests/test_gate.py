@@ -81,8 +81,11 @@ def test_beats_asks_a_gain_the_holdout_can_tell_from_noise(tmp_path):
     base = preds("base", list(range(100)))
     better = preds("better", list(range(88)))
     flip = preds("flip", list(range(98)) + [300])
-    gate = lambda c, k: run_gate(cfg=GateConfig(rule="beats", min_se=k), out=tmp_path / "g",
-                                 preds=[base, c], labels=str(labels))
+
+    def gate(cand, k):
+        return run_gate(cfg=GateConfig(rule="beats", min_se=k), out=tmp_path / "g",
+                        preds=[base, cand], labels=str(labels))
+
     res = gate(better, 1.0)
     assert res["pass"] and res["gain"] == 3.0 and 0.8 < res["se"] < 0.9
     assert not gate(better, 4.0)["pass"]

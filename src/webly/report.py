@@ -134,22 +134,34 @@ def results_section(run: Run, ctx: dict[str, Any]) -> str:
             + table(["model", "top-1", "top-5", "balanced top-1", "balanced top-5"], rows))
 
 
-def decisions(run: Run) -> list[list[str]]:
-    """(step, decision, why) of each gate, each holdout-fitted ensemble and each skipped step."""
-    rows = []
-    for sid in run.of("gate"):
-        g = run.steps[sid].get("summary") or {}
-        rows.append([sid, f"{g.get('rule')}: {'yes' if g.get('pass') else 'no'}",
-                     str(g.get("why", ""))])
+def decided(run: Run) -> dict[str, Any]:
+    """What a run decided on its holdout: each gate's summary, each ensemble whose weights were
+    fitted there (members, weights, left out: names), each skipped step and why. The one reader
+    of these records: the report shows it, the benchmarks write it to benchmark.json."""
+    res: dict[str, Any] = {"gates": {s: run.steps[s].get("summary") or {}
+                                     for s in run.of("gate")},
+                           "ensembles": {}, "skipped": dict(run.skipped)}
     for sid in run.of("ensemble"):
         e = run.steps[sid].get("summary") or {}
-        members = [Path(m).name for m in e.get("members", [])]
-        if e.get("left_out") or len(set(e.get("weights", []))) > 1:
-            out = ", ".join(Path(m).name for m in e.get("left_out", []))
-            rows.append([sid, "members " + ", ".join(
-                f"{m} {w:.2f}" for m, w in zip(members, e["weights"], strict=True)),
-                "weights fitted on the holdout" + (f"; left out: {out}" if out else "")])
-    rows += [[sid, "skipped", why] for sid, why in run.skipped.items()]
+        # "fitted" is recorded since v12's runs; older ones show it by unequal weights
+        if e.get("fitted") or e.get("left_out") or len(set(e.get("weights", []))) > 1:
+            res["ensembles"][sid] = {k: [Path(m).name for m in e.get(k, [])]
+                                     for k in ("members", "left_out")}
+            res["ensembles"][sid]["weights"] = e["weights"]
+    return res
+
+
+def decisions(run: Run) -> list[list[str]]:
+    """(step, decision, why) rows of `decided`."""
+    d = decided(run)
+    rows = [[sid, f"{g.get('rule')}: {'yes' if g.get('pass') else 'no'}", str(g.get("why", ""))]
+            for sid, g in d["gates"].items()]
+    for sid, e in d["ensembles"].items():
+        out = ", ".join(e["left_out"])
+        rows.append([sid, "members " + ", ".join(
+            f"{m} {w:.2f}" for m, w in zip(e["members"], e["weights"], strict=True)),
+            "weights fitted on the holdout" + (f"; left out: {out}" if out else "")])
+    rows += [[sid, "skipped", why] for sid, why in d["skipped"].items()]
     return rows
 
 

@@ -208,6 +208,7 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
         raise
     writer.close()
     return {"members": pred_dirs, "weights": [round(x, 4) for x in w.tolist()],
+            "fitted": fit_metric if fit_dirs else None,
             "left_out": [d for d, wi in zip(pred_dirs, w, strict=True) if wi == 0], "images": n,
             "k": k, "dropped_mass": {"mean": round(dropped_sum / max(n, 1), 6),
                                      "max": round(dropped_max, 6)}}
