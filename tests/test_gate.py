@@ -10,7 +10,7 @@ from test_ensemble_pseudolabel import _write
 
 from webly.data.predictions import load_predictions
 from webly.errors import WeblyError
-from webly.inference.ensemble import ensemble, fit_top1, simplex_grid
+from webly.inference.ensemble import EnsembleConfig, ensemble, fit_top1, simplex_grid
 from webly.inference.gate import GateConfig, memorised, run_gate
 from webly.pipeline import load_recipe, run
 from webly.report import write_report
@@ -127,6 +127,34 @@ def test_top1_fit_leaves_out_a_member_that_hurts_and_keeps_one_that_helps(tmp_pa
                  fit_labels={f"i{i}": int(c) for i, c in enumerate(y)}, fit_metric="top1")
     assert s["left_out"] == [members[1]]
     assert ensemble(members[:1], tmp_path / "one")["weights"] == [1.0]  # one member passes
+
+
+def test_fitted_weights_must_beat_the_plain_average_by_min_se(tmp_path):
+    """The grid's best weighting is kept only when it beats the plain average on the holdout by
+    more than fit_min_se paired standard errors; otherwise the plain average is."""
+    r = np.random.default_rng(0)
+    n, C = 2000, 3
+    y = r.integers(0, C, n)
+
+    def model(acc, seed):
+        p = np.random.default_rng(seed).dirichlet(np.ones(C), n) * 0.5
+        right = np.random.default_rng(seed + 10).random(n) < acc
+        p[np.arange(n), np.where(right, y, (y + 1) % C)] += 0.5
+        return p
+
+    ids = [f"i{i}" for i in range(n)]
+    good, bad = (_write(tmp_path / name, ids, model(acc, s))
+                 for name, acc, s in (("good", 0.8, 1), ("bad", 0.4, 2)))
+    fit = {f"i{i}": int(c) for i, c in enumerate(y)}
+    kw = dict(fit_dirs=[good, bad], fit_labels=fit, fit_metric="top1")
+    clear = ensemble([good, bad], tmp_path / "e1", fit_min_se=2.0, **kw)
+    assert clear["weights"][0] > clear["weights"][1] and "the fitted weights" in clear["fitted"]
+    # the same gain asked to clear an impossible bar: the plain average is kept, and said why
+    plain = ensemble([good, bad], tmp_path / "e2", fit_min_se=1000.0, **kw)
+    assert plain["weights"] == [0.5, 0.5] and "<= 1000 x paired SE" in plain["fitted"]
+    assert plain["left_out"] == []
+    with pytest.raises(WeblyError, match="fit_min_se must not be negative"):
+        EnsembleConfig(fit_min_se=-1).validate()
 
 
 def _recipe(tmp_path, curve, when="@decide"):

@@ -143,11 +143,13 @@ def decided(run: Run) -> dict[str, Any]:
                            "ensembles": {}, "skipped": dict(run.skipped)}
     for sid in run.of("ensemble"):
         e = run.steps[sid].get("summary") or {}
-        # "fitted" is recorded since v12's runs; older ones show it by unequal weights
-        if e.get("fitted") or e.get("left_out") or len(set(e.get("weights", []))) > 1:
+        # "fitted" (how, or null) is recorded since v12's runs; older ones show it by their weights
+        if (e["fitted"] if "fitted" in e else
+                e.get("left_out") or len(set(e.get("weights", []))) > 1):
             res["ensembles"][sid] = {k: [Path(m).name for m in e.get(k, [])]
                                      for k in ("members", "left_out")}
             res["ensembles"][sid]["weights"] = e["weights"]
+            res["ensembles"][sid]["fitted"] = e.get("fitted")
     return res
 
 
@@ -160,7 +162,8 @@ def decisions(run: Run) -> list[list[str]]:
         out = ", ".join(e["left_out"])
         rows.append([sid, "members " + ", ".join(
             f"{m} {w:.2f}" for m, w in zip(e["members"], e["weights"], strict=True)),
-            "weights fitted on the holdout" + (f"; left out: {out}" if out else "")])
+            "weights fitted on the holdout" + (f" ({e['fitted']})" if e["fitted"] else "")
+            + (f"; left out: {out}" if out else "")])
     rows += [[sid, "skipped", why] for sid, why in d["skipped"].items()]
     return rows
 

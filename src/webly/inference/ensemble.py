@@ -53,6 +53,10 @@ class EnsembleConfig:
         "nll", "--fit: minimise the log-likelihood of the labels (a clean val split), or "
                "maximise top-1 over a grid of weights (a noisy holdout: its likelihood favours "
                "the member that learnt the noise; a member may get weight 0 and is left out)")
+    fit_min_se: float = opt(
+        0.0, "--fit-metric top1: keep the fitted weights only when their holdout top-1 beats the "
+             "plain average's by more than this many paired standard errors (the grid's best is "
+             "the maximum over dozens of weightings scored on the same noisy images)")
 
     def validate(self) -> None:
         if self.model_weights is not None and (min(self.model_weights, default=0) < 0
@@ -62,6 +66,8 @@ class EnsembleConfig:
             raise WeblyError("ensemble.top_k must be positive")
         if self.fit_metric not in ("nll", "top1"):
             raise WeblyError(f"ensemble.fit_metric: nll or top1, got {self.fit_metric!r}")
+        if self.fit_min_se < 0:
+            raise WeblyError("ensemble.fit_min_se must not be negative")
 
 
 def average_topk(members: list[Predictions], weights: np.ndarray, k: int
@@ -132,8 +138,27 @@ def fit_top1(val_preds: list[Predictions], labels: np.ndarray) -> tuple[np.ndarr
     return best, best_key[0]
 
 
+def fitted_or_plain(val_preds: list[Predictions], labels: np.ndarray, w: np.ndarray,
+                    min_se: float) -> tuple[np.ndarray, str]:
+    """The fitted weights when their holdout top-1 beats the plain average's by more than
+    `min_se` paired standard errors, else the plain average; and why."""
+    from webly.inference.evaluate import paired_se
+
+    plain = np.full(len(w), 1 / len(w))
+    right = [average_topk(val_preds, v, 1)[0][:, 0] == labels for v in (plain, w)]
+    gain = 100 * float(right[1].mean() - right[0].mean())
+    se = paired_se(right[0], right[1])
+    keep = gain > min_se * se or np.allclose(w, plain)
+    why = (f"top1: {100 * right[1].mean():.2f} on the holdout against the plain average's "
+           f"{100 * right[0].mean():.2f}: {gain:+.2f} {'>' if keep else '<='} {min_se:g} x "
+           f"paired SE {se:.2f}: {'the fitted weights' if keep else 'the plain average'}")
+    return (w if keep else plain), why
+
+
 def _weights(pred_dirs: list[str], weights: list[float] | None, fit_dirs: list[str] | None,
-             fit_labels: dict[str, int] | None, metric: str = "nll") -> np.ndarray:
+             fit_labels: dict[str, int] | None, metric: str = "nll",
+             min_se: float = 0.0) -> tuple[np.ndarray, str | None]:
+    """The members' weights and, when fitted, how (the summary's `fitted`)."""
     if fit_dirs:
         from webly.inference.evaluate import align
 
@@ -145,12 +170,14 @@ def _weights(pred_dirs: list[str], weights: list[float] | None, fit_dirs: list[s
             if v.ids != val[0].ids:
                 raise WeblyError(f"{d} and {fit_dirs[0]} predict different images")
         y = align(val[0], fit_labels or {})
-        return fit_top1(val, y)[0] if metric == "top1" else fit_weights(val, y)
+        if metric != "top1":
+            return fit_weights(val, y), "nll"
+        return fitted_or_plain(val, y, fit_top1(val, y)[0], min_se)
     if weights:
         if len(weights) != len(pred_dirs) or min(weights) < 0 or sum(weights) <= 0:
             raise WeblyError("model_weights needs one non-negative weight per model, not all zero")
-        return np.asarray(weights, np.float64) / sum(weights)
-    return np.full(len(pred_dirs), 1 / len(pred_dirs))
+        return np.asarray(weights, np.float64) / sum(weights), None
+    return np.full(len(pred_dirs), 1 / len(pred_dirs)), None
 
 
 def out_of_fold(members: list[Predictions], k: int) -> tuple[np.ndarray, np.ndarray,
@@ -167,7 +194,8 @@ def out_of_fold(members: list[Predictions], k: int) -> tuple[np.ndarray, np.ndar
 
 def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | None = None,
              fit_dirs: list[str] | None = None, fit_labels: dict[str, int] | None = None,
-             top_k: int = 50, oof: bool = False, fit_metric: str = "nll") -> dict[str, Any]:
+             top_k: int = 50, oof: bool = False, fit_metric: str = "nll",
+             fit_min_se: float = 0.0) -> dict[str, Any]:
     """Average (or, out of fold, pick) the members' predictions into `out_dir`. One member is
     allowed: a recipe's decisions may leave one (its predictions pass through)."""
     if not pred_dirs:
@@ -178,7 +206,9 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
             raise WeblyError(f"{d} and {pred_dirs[0]} predict different images or class counts")
     if oof and (weights or fit_dirs):
         raise WeblyError("an out-of-fold ensemble picks one member per image: no weights or --fit")
-    w = _weights(pred_dirs, weights, fit_dirs, fit_labels, fit_metric)
+    w, fitted = _weights(pred_dirs, weights, fit_dirs, fit_labels, fit_metric, fit_min_se)
+    if fitted and fitted != "nll":
+        print(f"[webly] ensemble weights: {fitted}", flush=True)
     # an average has as many distinct classes as its widest member; a pick, its narrowest
     k = min(top_k, (min if oof else max)(info["k"] for info in infos))
     info = {key: v for key, v in infos[0].items() if key not in ("k", "images", "model", "tta")}
@@ -208,7 +238,7 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
         raise
     writer.close()
     return {"members": pred_dirs, "weights": [round(x, 4) for x in w.tolist()],
-            "fitted": fit_metric if fit_dirs else None,
+            "fitted": fitted,
             "left_out": [d for d, wi in zip(pred_dirs, w, strict=True) if wi == 0], "images": n,
             "k": k, "dropped_mass": {"mean": round(dropped_sum / max(n, 1), 6),
                                      "max": round(dropped_max, 6)}}
@@ -237,4 +267,4 @@ def run_ensemble(*, preds: list[str], cfg: EnsembleConfig, out: Path, fit: list[
                          "info/val_filelist.txt, or the manifest)")
     return ensemble(list(preds), out, cfg.model_weights, list(fit) if fit else None,
                     fit_labels_of(fit_labels, fit[0]) if fit else None, top_k=cfg.top_k,
-                    oof=cfg.out_of_fold, fit_metric=cfg.fit_metric)
+                    oof=cfg.out_of_fold, fit_metric=cfg.fit_metric, fit_min_se=cfg.fit_min_se)

@@ -58,6 +58,15 @@ def align(preds: Predictions, labels: dict[str, int]) -> np.ndarray:
     return np.asarray([labels[i] for i in preds.ids], np.int64)
 
 
+def paired_se(base: np.ndarray, cand: np.ndarray) -> float:
+    """Standard error (points) of the top-1 difference of two models scored on the same images.
+
+    Pairing matters: two models agree on most images, so only those where one is right and the
+    other wrong carry the difference's noise."""
+    d = cand.astype(np.float64) - base.astype(np.float64)
+    return float(100 * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+
+
 class Scores:
     """Top-1/top-5 counts per class, accumulated a batch at a time (memory: C, not N)."""
 

@@ -72,19 +72,10 @@ def memorised(curve: list[float], min_drop: float) -> dict[str, Any]:
     return {"pass": passed, "why": why, "curve": curve, "best_epoch": best + 1, "drop": drop}
 
 
-def paired_se(base: np.ndarray, cand: np.ndarray) -> float:
-    """Standard error (points) of the top-1 difference of two models scored on the same images.
-
-    Pairing matters: two models agree on most images, so only those where one is right and the
-    other wrong carry the difference's noise."""
-    d = cand.astype(np.float64) - base.astype(np.float64)
-    return float(100 * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
-
-
 def beats(preds: list[str], labels: str, margin: float, min_se: float = 0.0) -> dict[str, Any]:
     from webly.data.predictions import load_predictions
     from webly.inference.ensemble import fit_labels_of
-    from webly.inference.evaluate import align
+    from webly.inference.evaluate import align, paired_se
 
     if len(preds) != 2:
         raise WeblyError("gate --rule beats needs --preds BASELINE CANDIDATE (two folders)")
