@@ -100,7 +100,7 @@ def test_every_stage_ran_and_scored(bench_run):
     assert res["gain_over_ce"] == pytest.approx(res["rows"][-1]["top1"] - res["rows"][0]["top1"])
     ens = res["decisions"]["ensembles"]["test_recipe"]
     assert ens["members"] == ["test_ce", "test_ce_more", "test_final"] + ["test_final2"] * round2
-    assert sum(ens["weights"]) == pytest.approx(1, abs=1e-6)
+    assert sum(ens["weights"]) == pytest.approx(1, abs=1e-3)  # rounded to 4 places
     if round2:  # round 2 labels the original noisy labels from both models' averaged predictions
         labellers = json.loads((out / "train_ens/step.json").read_text())["summary"]["members"]
         assert [Path(m).name for m in labellers] == ["train_ce", "train_final"], labellers
