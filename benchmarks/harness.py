@@ -324,30 +324,14 @@ def true_labels_of_rows(out: Path, root: Path) -> np.ndarray:
 
 
 def label_effect(labels: Path, true_of_row: np.ndarray) -> dict[str, Any]:
-    """What one pseudo-labelling step did to the wrong labels, against the clean ones."""
-    import pyarrow.parquet as pq
+    """What one pseudo-labelling step did to the wrong labels, against the clean ones (every
+    training image has one here)."""
+    from webly.inference.pseudolabel import label_effect as effect
 
-    t = pq.read_table(labels, columns=["row", "label", "original_label", "source"]).to_pydict()
-    true = true_of_row[np.array(t["row"])]
-    if (true < 0).any():
+    res = effect(labels, true_of_row)
+    if res.pop("images_without_truth"):
         raise ValueError(f"{labels} labels images without a clean training label")
-    orig, new = np.array(t["original_label"]), np.array(t["label"])
-    src = np.array(t["source"])
-    kept, dropped, pseudo = new >= 0, src == "dropped", src == "pseudo"
-    wrong_before, wrong_after = int((orig != true).sum()), int((new[kept] != true[kept]).sum())
-    return {
-        "train_images": len(true), "wrong_labels_before": wrong_before,
-        "noise_before": round(wrong_before / len(true), 4),
-        "relabelled": int(pseudo.sum()),
-        "relabelled_to_true": int((pseudo & (new == true) & (orig != true)).sum()),
-        "relabelled_away_from_true": int((pseudo & (new != true) & (orig == true)).sum()),
-        "dropped": int(dropped.sum()),
-        "dropped_that_were_wrong": int((dropped & (orig != true)).sum()),
-        "kept": int(kept.sum()), "kept_share": round(int(kept.sum()) / len(true), 4),
-        "wrong_labels_after": wrong_after,
-        "noise_after": round(wrong_after / max(int(kept.sum()), 1), 4),
-        "wrong_labels_removed": round(1 - wrong_after / max(wrong_before, 1), 4),
-    }
+    return res
 
 
 def collect(spec: Spec, out: Path, root: Path, mode: str, noise: str,

@@ -11,7 +11,7 @@ from webly.data.predictions import load_predictions, write_predictions
 from webly.data.records import Record
 from webly.errors import WeblyError
 from webly.inference.ensemble import ensemble, fit_weights
-from webly.inference.pseudolabel import PseudoLabelConfig, pseudo_label
+from webly.inference.pseudolabel import PseudoLabelConfig, label_effect, pseudo_label
 
 
 def _write(d, ids, probs, split="val", rows=None, k=None):
@@ -100,6 +100,17 @@ def test_pseudo_labels_threshold_fraction_and_drop(tmp_path):
     assert (tmp_path / "pl/suspects.tsv").read_text().splitlines()[1].startswith("t3\tb\ta\t0.9")
     pseudo_label(m, p, tmp_path / "pd", PseudoLabelConfig(threshold=0.8, drop_inconsistent=True))
     assert pq.read_table(tmp_path / "pd/labels.parquet")["label"].to_pylist() == [0, -1, 1, 0, 2]
+    # what it did against clean labels (-1: unknown, not counted): row 1's wrong label dropped,
+    # row 3's wrong label relabelled to the truth
+    e = label_effect(tmp_path / "pd/labels.parquet", np.array([0, 1, 1, 0, -1]))
+    assert (e["relabelled"], e["dropped"], e["kept"], e["images_without_truth"]) == (1, 1, 4, 1)
+    assert (e["wrong_labels_before"], e["noise_before"], e["wrong_labels_after"]) == (2, 0.5, 0)
+    assert (e["relabelled_to_true"], e["relabelled_away_from_true"]) == (1, 0)
+    assert e["dropped_that_were_wrong"] == 1 and e["wrong_labels_removed"] == 1.0
+    e = label_effect(tmp_path / "pd/labels.parquet", np.array([0, 0, 1, 1, 2]))  # all were right
+    assert (e["relabelled_away_from_true"], e["wrong_labels_after"]) == (1, 1)
+    assert e["noise_after"] == 0.25
+    assert "wrong_labels_before" not in label_effect(tmp_path / "pd/labels.parquet")
     pseudo_label(m, p, tmp_path / "pf", PseudoLabelConfig(top_fraction=0.5))
     assert pq.read_table(tmp_path / "pf/labels.parquet")["source"].to_pylist().count("pseudo") == 2
     assert load_labels(tmp_path / "pd", 5).tolist() == [0, -1, 1, 0, 2]

@@ -176,20 +176,9 @@ def decisions_section(run: Run, ctx: dict[str, Any]) -> str:
 
 
 def pseudo_label_effect(run: Run, step: str, truth: np.ndarray | None) -> dict[str, Any]:
-    import pyarrow.parquet as pq
+    from webly.inference.pseudolabel import label_effect
 
-    t = pq.read_table(run.path / step / "labels.parquet",
-                      columns=["row", "label", "original_label", "source"]).to_pydict()
-    new, orig = np.array(t["label"]), np.array(t["original_label"])
-    pseudo = np.array(t["source"]) == "pseudo"
-    res = {"step": step, "train_images": len(new), "relabelled": int(pseudo.sum()),
-           "dropped": int((new < 0).sum())}
-    if truth is not None:
-        true = truth[np.array(t["row"])]
-        res.update(wrong_labels_before=int((orig != true).sum()),
-                   wrong_labels_after=int(((new != true) & (new >= 0)).sum()),
-                   relabelled_correctly=int((pseudo & (new == true)).sum()))
-    return res
+    return {"step": step, **label_effect(run.path / step / "labels.parquet", truth)}
 
 
 def pseudo_section(run: Run, ctx: dict[str, Any]) -> str:
@@ -198,7 +187,7 @@ def pseudo_section(run: Run, ctx: dict[str, Any]) -> str:
         s = (f"<b>{text(p['step'])}</b>: {p['relabelled']} training labels changed, "
              f"{p['dropped']} dropped of {p['train_images']}")
         if "wrong_labels_before" in p:
-            s += (f"; {p['relabelled_correctly']} changed to the true class; wrong training labels "
+            s += (f"; {p['relabelled_to_true']} changed to the true class; wrong training labels "
                   f"{p['wrong_labels_before']} → {p['wrong_labels_after']} (against the clean "
                   "labels)")
         parts.append(f"<p>{s}.</p>")
