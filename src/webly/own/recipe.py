@@ -69,7 +69,7 @@ def recipe_for(plan: Plan, facts: Facts, data: Path, sidecar: Path | None) -> di
         steps.append({"id": f"{split}_ensemble", "stage": "ensemble",
                       "preds": [f"@{split}_{first}", f"@{split}_final"],
                       "fit": [f"@val_{first}", "@val_final"], "fit_labels": "@manifest",
-                      "fit_metric": "top1"})
+                      "fit_metric": "top1", "fit_min_se": 2.0})
     scored = splits[-1]
     for member in (first, "final", "ensemble"):
         steps.append({"id": f"score_{member}", "stage": "evaluate",
