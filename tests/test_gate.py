@@ -10,7 +10,13 @@ from test_ensemble_pseudolabel import _write
 
 from webly.data.predictions import load_predictions
 from webly.errors import WeblyError
-from webly.inference.ensemble import EnsembleConfig, ensemble, fit_top1, simplex_grid
+from webly.inference.ensemble import (
+    EnsembleConfig,
+    ensemble,
+    fit_top1,
+    fitted_or_plain,
+    simplex_grid,
+)
 from webly.inference.gate import GateConfig, memorised, run_gate
 from webly.pipeline import load_recipe, run
 from webly.report import write_report
@@ -153,6 +159,10 @@ def test_fitted_weights_must_beat_the_plain_average_by_min_se(tmp_path):
     plain = ensemble([good, bad], tmp_path / "e2", fit_min_se=1000.0, **kw)
     assert plain["weights"] == [0.5, 0.5] and "<= 1000 x paired SE" in plain["fitted"]
     assert plain["left_out"] == []
+    # a fit that lands on the plain average says so (not "+0.00 > 2 x SE 0.00: fitted")
+    w, why = fitted_or_plain([load_predictions(good), load_predictions(bad)], y,
+                             np.array([0.5, 0.5]), 2.0)
+    assert w.tolist() == [0.5, 0.5] and why.endswith("are the plain average's")
     with pytest.raises(WeblyError, match="fit_min_se must not be negative"):
         EnsembleConfig(fit_min_se=-1).validate()
 
