@@ -452,9 +452,16 @@ def main(spec: Spec, argv: list[str] | None = None, doc: str = "") -> int:
     ap.add_argument("--workers", type=int,
                     help="override: DataLoader workers of every step (0 in the recipes: on 2 "
                          "CPU cores the main process loads in-memory images fastest)")
+    ap.add_argument("--recipe", type=Path,
+                    help=f"a variant of {spec.recipe.relative_to(REPO)} to run instead (an "
+                         "experiment: e.g. one decision forced; recorded in the command)")
     if spec.options:
         spec.options(ap)
     args = ap.parse_args(argv)
+    if args.recipe:
+        if not args.recipe.is_file():
+            ap.error(f"--recipe {args.recipe}: no such file")
+        spec.recipe = args.recipe
 
     name = "quick" if args.quick else "full" if args.full else "default"
     epochs = args.epochs or spec.epochs[name]

@@ -230,3 +230,11 @@ def test_generated_noise_rates_and_directions(noise):
             assert 0.35 < wrong[hit].mean() < 0.45 and (a[hit & wrong] == idx[dst]).all()
         untouched = ~np.isin(clean, [idx[s] for s in bench.ASYM])
         assert not wrong[untouched].any()
+
+
+def test_a_recipe_variant_must_exist(tmp_path, capsys):
+    bench = _bench()
+    with pytest.raises(SystemExit):
+        bench.harness.main(bench.SPEC, argv=["--data", str(tmp_path), "--recipe",
+                                             str(tmp_path / "missing.yaml")])
+    assert "--recipe" in capsys.readouterr().err and bench.SPEC.recipe == bench.RECIPE
