@@ -145,11 +145,11 @@ def fitted_or_plain(val_preds: list[Predictions], labels: np.ndarray, w: np.ndar
     from webly.inference.evaluate import paired_se
 
     plain = np.full(len(w), 1 / len(w))
+    if np.allclose(w, plain):
+        return plain, "top1: the best weights on the holdout are the plain average's"
     right = [average_topk(val_preds, v, 1)[0][:, 0] == labels for v in (plain, w)]
     gain = 100 * float(right[1].mean() - right[0].mean())
     se = paired_se(right[0], right[1])
-    if np.allclose(w, plain):
-        return plain, "top1: the best weights on the holdout are the plain average's"
     keep = gain > min_se * se
     why = (f"top1: {100 * right[1].mean():.2f} on the holdout against the plain average's "
            f"{100 * right[0].mean():.2f}: {gain:+.2f} {'>' if keep else '<='} {min_se:g} x "
