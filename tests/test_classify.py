@@ -191,6 +191,10 @@ def test_torchscript_export_matches(trained, synth_manifest, tmp_path):
     assert side["classes"] == meta["classes"] and side["preprocess"] == meta["preprocess"]
 
 
+# one backbone in the fast subset: the export path is the same; the other in the full suite
+@pytest.mark.parametrize("trained", ["cifar_resnet9", pytest.param("test_resnet",
+                                                                   marks=pytest.mark.slow)],
+                         indirect=True)
 def test_onnx_export_matches(trained, synth_manifest, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed")
     pytest.importorskip("onnxscript", reason="the export extra is not installed")
