@@ -238,3 +238,18 @@ def test_a_recipe_variant_must_exist(tmp_path, capsys):
         bench.harness.main(bench.SPEC, argv=["--data", str(tmp_path), "--recipe",
                                              str(tmp_path / "missing.yaml")])
     assert "--recipe" in capsys.readouterr().err and bench.SPEC.recipe == bench.RECIPE
+
+
+@pytest.mark.slow
+def test_holdout_noise_reads_a_run_folder(bench_run, capsys, monkeypatch):
+    """benchmarks/holdout_noise.py on a benchmark run: every model scored four ways, CE for the
+    recipe's compute predicted on the holdout here (its recipe has no val step)."""
+    _, _, out = bench_run
+    monkeypatch.setattr("sys.argv", ["holdout_noise.py", str(out)])
+    assert load_bench("holdout_noise").main() == 0
+    res = json.loads((out / "holdout_noise.json").read_text())
+    assert {"ce", "ce_more", "ce_long"} <= set(res["models"])
+    assert (out / "holdout_noise/val_ce_long/predictions.parquet").is_file()
+    for s in res["models"].values():
+        assert set(s) == {"noisy", "anchors", "oracle", "test"} and 0 <= s["test"] <= 100
+    assert "oracle" in capsys.readouterr().out
