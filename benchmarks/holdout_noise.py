@@ -65,12 +65,16 @@ def counted_transition(clean: np.ndarray, noisy: np.ndarray, num_classes: int) -
     return T / np.maximum(T.sum(1, keepdims=True), 1)
 
 
+def corrected_scores(pred: np.ndarray, noisy: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """Each image's share of trace(A T^-1), which is (1/n) sum_i T^-1[noisy_i, pred_i]: a mean,
+    so two models' difference has a paired standard error like plain agreement's (pinv if T is
+    singular)."""
+    return np.linalg.pinv(T)[noisy, pred]
+
+
 def corrected_top1(pred: np.ndarray, noisy: np.ndarray, T: np.ndarray) -> float:
-    """trace(A T^-1): clean top-1 estimated from agreement with noisy labels (pinv if singular)."""
-    C = T.shape[0]
-    A = np.zeros((C, C))
-    np.add.at(A, (pred, noisy), 1 / len(pred))
-    return float(np.trace(A @ np.linalg.pinv(T)))
+    """trace(A T^-1): clean top-1 estimated from agreement with noisy labels."""
+    return float(corrected_scores(pred, noisy, T).mean())
 
 
 def val_preds(run: Path, model: str, work: Path) -> Path:
@@ -107,24 +111,35 @@ def main() -> int:
     anchors = anchor_transition(probs, noisy_of_row[rows], args.fraction)
     models = sorted(p.name[len("test_"):] for p in run.glob("test_*")
                     if (run / p.name[len("test_"):] / "model.safetensors").is_file())
-    res = {"run": str(run), "base": args.base, "fraction": args.fraction,
+    res = {"command": " ".join(["python benchmarks/holdout_noise.py", *sys.argv[1:]]),
+           "run": str(run), "base": args.base, "fraction": args.fraction,
            "transition_diagonal": {"anchors": np.round(np.diag(anchors), 3).tolist(),
                                    "oracle": np.round(np.diag(oracle), 3).tolist()},
            "models": {}}
+    base_pred = probs.argmax(1)
     for m in models:
         vrows, vprobs = probabilities(val_preds(run, m, run / "holdout_noise"), C)
         trows, tprobs = probabilities(run / f"test_{m}", C)
         pred, noisy = vprobs.argmax(1), noisy_of_row[vrows]
+        if not np.array_equal(vrows, rows):
+            raise SystemExit(f"{run}: {m}'s holdout predictions and {args.base}'s differ in rows")
+        diff = 100 * (corrected_scores(pred, noisy, anchors)
+                      - corrected_scores(base_pred, noisy, anchors))
         res["models"][m] = {
             "noisy": round(100 * float(np.mean(pred == noisy)), 2),
             "anchors": round(100 * corrected_top1(pred, noisy, anchors), 2),
+            "anchors_gain_over_base": round(float(diff.mean()), 2),
+            "anchors_paired_se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 2),
             "oracle": round(100 * corrected_top1(pred, noisy, oracle), 2),
             "test": round(100 * float(np.mean(tprobs.argmax(1) == noisy_of_row[trows])), 2)}
     print(f"T's diagonal, anchors: {res['transition_diagonal']['anchors']}")
     print(f"T's diagonal, oracle:  {res['transition_diagonal']['oracle']}")
-    print(f"{'model':10s} {'noisy':>7s} {'anchors':>8s} {'oracle':>7s} {'test':>7s}")
+    print(f"{'model':10s} {'noisy':>7s} {'anchors':>8s} {'- base (SE)':>14s} {'oracle':>7s} "
+          f"{'test':>7s}")
     for m, s in res["models"].items():
-        print(f"{m:10s} {s['noisy']:7.2f} {s['anchors']:8.2f} {s['oracle']:7.2f} {s['test']:7.2f}")
+        gain = f"{s['anchors_gain_over_base']:+.2f} ({s['anchors_paired_se']:.2f})"
+        print(f"{m:10s} {s['noisy']:7.2f} {s['anchors']:8.2f} {gain:>14s} {s['oracle']:7.2f} "
+              f"{s['test']:7.2f}")
     (run / "holdout_noise.json").write_text(json.dumps(res, indent=1) + "\n")
     return 0
 
