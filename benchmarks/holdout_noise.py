@@ -123,23 +123,24 @@ def main() -> int:
         pred, noisy = vprobs.argmax(1), noisy_of_row[vrows]
         if not np.array_equal(vrows, rows):
             raise SystemExit(f"{run}: {m}'s holdout predictions and {args.base}'s differ in rows")
-        diff = 100 * (corrected_scores(pred, noisy, anchors)
-                      - corrected_scores(base_pred, noisy, anchors))
-        res["models"][m] = {
-            "noisy": round(100 * float(np.mean(pred == noisy)), 2),
-            "anchors": round(100 * corrected_top1(pred, noisy, anchors), 2),
-            "anchors_gain_over_base": round(float(diff.mean()), 2),
-            "anchors_paired_se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 2),
-            "oracle": round(100 * corrected_top1(pred, noisy, oracle), 2),
-            "test": round(100 * float(np.mean(tprobs.argmax(1) == noisy_of_row[trows])), 2)}
+        res["models"][m] = {"noisy": round(100 * float(np.mean(pred == noisy)), 2)}
+        for name, T in (("anchors", anchors), ("oracle", oracle)):
+            diff = 100 * (corrected_scores(pred, noisy, T) - corrected_scores(base_pred, noisy, T))
+            res["models"][m].update({
+                name: round(100 * corrected_top1(pred, noisy, T), 2),
+                f"{name}_gain_over_base": round(float(diff.mean()), 2),
+                f"{name}_paired_se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 2)})
+        res["models"][m]["test"] = round(
+            100 * float(np.mean(tprobs.argmax(1) == noisy_of_row[trows])), 2)
     print(f"T's diagonal, anchors: {res['transition_diagonal']['anchors']}")
     print(f"T's diagonal, oracle:  {res['transition_diagonal']['oracle']}")
     print(f"{'model':10s} {'noisy':>7s} {'anchors':>8s} {'- base (SE)':>14s} {'oracle':>7s} "
-          f"{'test':>7s}")
+          f"{'- base (SE)':>14s} {'test':>7s}")
     for m, s in res["models"].items():
-        gain = f"{s['anchors_gain_over_base']:+.2f} ({s['anchors_paired_se']:.2f})"
-        print(f"{m:10s} {s['noisy']:7.2f} {s['anchors']:8.2f} {gain:>14s} {s['oracle']:7.2f} "
-              f"{s['test']:7.2f}")
+        a, o = (f"{s[n + '_gain_over_base']:+.2f} ({s[n + '_paired_se']:.2f})"
+                for n in ("anchors", "oracle"))
+        print(f"{m:10s} {s['noisy']:7.2f} {s['anchors']:8.2f} {a:>14s} {s['oracle']:7.2f} "
+              f"{o:>14s} {s['test']:7.2f}")
     (run / "holdout_noise.json").write_text(json.dumps(res, indent=1) + "\n")
     return 0
 
