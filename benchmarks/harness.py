@@ -29,7 +29,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -461,7 +461,7 @@ def main(spec: Spec, argv: list[str] | None = None, doc: str = "") -> int:
     if args.recipe:
         if not args.recipe.is_file():
             ap.error(f"--recipe {args.recipe}: no such file")
-        spec.recipe = args.recipe
+        spec = replace(spec, recipe=args.recipe)  # a copy: the module's SPEC stays the dataset's
 
     name = "quick" if args.quick else "full" if args.full else "default"
     epochs = args.epochs or spec.epochs[name]

@@ -99,6 +99,7 @@ def main() -> int:
                     help="anchors per class, as a fraction of holdout images per class")
     args = ap.parse_args()
     from webly.data.manifest import Manifest
+    from webly.inference.evaluate import paired_se
 
     run = args.run
     manifest = Manifest(run / "manifest/manifest.parquet")
@@ -125,11 +126,11 @@ def main() -> int:
             raise SystemExit(f"{run}: {m}'s holdout predictions and {args.base}'s differ in rows")
         res["models"][m] = {"noisy": round(100 * float(np.mean(pred == noisy)), 2)}
         for name, T in (("anchors", anchors), ("oracle", oracle)):
-            diff = 100 * (corrected_scores(pred, noisy, T) - corrected_scores(base_pred, noisy, T))
+            cand, base = corrected_scores(pred, noisy, T), corrected_scores(base_pred, noisy, T)
             res["models"][m].update({
-                name: round(100 * corrected_top1(pred, noisy, T), 2),
-                f"{name}_gain_over_base": round(float(diff.mean()), 2),
-                f"{name}_paired_se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 2)})
+                name: round(100 * float(cand.mean()), 2),
+                f"{name}_gain_over_base": round(100 * float(cand.mean() - base.mean()), 2),
+                f"{name}_paired_se": round(paired_se(base, cand), 2)})
         res["models"][m]["test"] = round(
             100 * float(np.mean(tprobs.argmax(1) == noisy_of_row[trows])), 2)
     print(f"T's diagonal, anchors: {res['transition_diagonal']['anchors']}")
