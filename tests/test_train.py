@@ -21,7 +21,7 @@ from webly.demo.synth import SynthConfig, generate
 from webly.errors import WeblyError
 from webly.labels.tagging import TagConfig, tag
 from webly.training import checkpoints
-from webly.training.config import TrainConfig, decay_start, lr_at
+from webly.training.config import TrainConfig
 from webly.training.engine import train
 from webly.training.trainsets import finetune_data, leave_out_fold
 
@@ -118,53 +118,6 @@ def test_large_resolution_stage_continues_lr(data6, tmp_path):
                  "constant"]) == 0
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
     assert lrs and all(lr == pytest.approx(0.001) for lr in lrs)
-
-
-def test_wsd_holds_the_lr_then_decays_linearly_to_zero():
-    cfg = TrainConfig(schedule="wsd", epochs=4, decay_fraction=0.25, warmup_epochs=0)
-    lrs = [lr_at(cfg, step, 10, 0.1) for step in range(40)]
-    assert decay_start(cfg, 10) == 30
-    assert lrs[:30] == [0.1] * 30  # stable: exactly the base lr up to the decay
-    assert lrs[30:] == pytest.approx([0.1 * (40 - s) / 11 for s in range(30, 40)])
-    assert lrs[29] > lrs[30] and lr_at(cfg, 40, 10, 0.1) == 0.0
-    warm = [lr_at(replace(cfg, warmup_epochs=1), s, 10, 0.1) for s in range(10)]
-    assert warm == sorted(warm) and warm[-1] == pytest.approx(0.1)
-
-
-def test_a_wsd_run_goes_on_from_before_its_decay(data6, tmp_path, capsys):
-    """`pre_decay.pt` is the state at the first decayed step; `--continue-stable` starts there, at
-    the stable lr, and decays at its own end; a source without one is a one-line error."""
-    m = str(data6 / "manifest.parquet")
-    base = ["--backbone", "test_resnet", *TINY, "--no-tensorboard", "--schedule", "wsd",
-            "--decay-fraction", "0.25", "--lr", "0.05"]
-    assert main(["finetune", m, "-o", str(tmp_path / "a"), "--epochs", "2", *base]) == 0
-    pre = checkpoints.load(tmp_path / "a/ckpt/pre_decay.pt")
-    steps = checkpoints.load(tmp_path / "a/ckpt/last.pt")["global_step"]
-    assert pre["global_step"] == steps - round(0.25 * steps) and pre["last_lr"] == 0.05
-    lrs_a = [json.loads(x)["lr"] for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()
-             if '"step"' in x]
-    assert lrs_a[pre["global_step"] - 1] == 0.05 and lrs_a[pre["global_step"]] < 0.05
-    assert main(["finetune", m, "-o", str(tmp_path / "b"), "--epochs", "1", "--continue-from",
-                 str(tmp_path / "a"), "--continue-stable", *base]) == 0
-    summary = json.loads((tmp_path / "b/train.summary.json").read_text())
-    assert summary["transfer"]["continued_from"].endswith("a/ckpt/pre_decay.pt")
-    lrs_b = [json.loads(x)["lr"] for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()
-             if '"step"' in x]
-    assert lrs_b[0] == 0.05 and lrs_b[-1] < lrs_b[0] / 2  # stable from the source's lr, then decays
-    capsys.readouterr()
-    cosine = ["--backbone", "test_resnet", *TINY, "--no-tensorboard", "--epochs", "1"]
-    assert main(["finetune", m, "-o", str(tmp_path / "c"), *cosine]) == 0
-    for source in (tmp_path / "c", tmp_path / "c/ckpt/last.pt"):
-        capsys.readouterr()
-        assert main(["finetune", m, "-o", str(tmp_path / "d"), "--continue-from", str(source),
-                     "--continue-stable", *cosine]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "no ckpt/pre_decay.pt" in err[0], err
-    capsys.readouterr()
-    assert main(["finetune", m, "-o", str(tmp_path / "e"), "--continue-stable", *cosine]) == 2
-    assert "continue_stable needs continue_from" in capsys.readouterr().err
-    with pytest.raises(WeblyError, match="decay_fraction"):
-        TrainConfig(decay_fraction=0).validate()
 
 
 def test_gradient_accumulation_equals_big_batch(data6, tmp_path):

@@ -78,17 +78,6 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return ck["model"], ck
 
 
-def pre_decay(source: str | Path) -> Path:
-    """The ckpt/pre_decay.pt of a wsd run, given its folder or one of its ckpt/*.pt files."""
-    p = Path(source)
-    folder = p if p.is_dir() else p.parent.parent if p.parent.name == "ckpt" else p
-    found = folder / "ckpt" / "pre_decay.pt"
-    if not found.is_file():
-        raise WeblyError(f"{source}: no ckpt/pre_decay.pt: continue_stable needs a run trained "
-                         "with schedule wsd (that reached its decay)")
-    return found
-
-
 def latest(run_dir: Path) -> Path | None:
     last = run_dir / "ckpt" / "last.pt"
     return last if last.is_file() else None

@@ -24,11 +24,7 @@ class TrainConfig:
                                        "ckpt/*.pt")
     continue_from: str | None = opt(None,
                                     "what to continue from with all weights (large-resolution "
-                                    "stage; a longer wsd run from its source's "
-                                    "ckpt/pre_decay.pt): a run folder, its model.safetensors or "
-                                    "a ckpt/*.pt")
-    continue_stable: bool = opt(False, "continue_from a wsd run's ckpt/pre_decay.pt (its weights "
-                                       "before the decay): this run extends its stable phase")
+                                    "stage): a run folder, its model.safetensors or a ckpt/*.pt")
     img_size: int = opt(224, "training crop size")
     crop_scale: float = opt(0.08,
                             "smallest area fraction of the random-resized crop (0.08: ImageNet's; "
@@ -74,15 +70,11 @@ class TrainConfig:
                          "scaling rule; the WebVision recipes: the seed's 0.01)")
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(1e-4, "weight decay (not on norms and biases)")
-    schedule: Literal["step", "cosine", "constant", "wsd"] = opt(
-        "cosine", "lr schedule: cosine ends at 0 where the run ends (the WebVision recipes: "
-                  "step); wsd (warmup-stable-decay) holds the lr, then decays it linearly to 0 "
-                  "over the last decay_fraction of the run, and saves ckpt/pre_decay.pt where the "
-                  "decay starts: a later run can go on from there without a restart")
+    schedule: Literal["step", "cosine", "constant"] = opt(
+        "cosine", "lr schedule: cosine ends at 0 where the run ends (the WebVision recipes: step)")
     step_epochs: int = opt(90, "step schedule: decay every this many epochs")
     gamma: float = opt(0.1, "step schedule: decay factor")
-    decay_fraction: float = opt(0.2, "wsd schedule: the share of the run's steps that decay")
-    warmup_epochs: float = opt(0.0, "linear warmup (cosine, step and wsd)")
+    warmup_epochs: float = opt(0.0, "linear warmup (cosine and step)")
     shards: str | None = opt(None,
                              "read training images from `webly shard` tar shards in this folder")
     sampler: Literal["balanced", "shuffle"] = opt("balanced",
@@ -156,7 +148,6 @@ class TrainConfig:
                                            == "pad_crop"),
              "unlabeled_weight needs in_memory and augment pad_crop (its views are made "
              "a batch at a time from the images in memory)"),
-            (0 < self.decay_fraction <= 1, "decay_fraction must be within (0, 1]"),
             (0 <= self.drop_high_loss < 1 and self.drop_ramp_epochs >= 0,
              "drop_high_loss must be within [0, 1) and drop_ramp_epochs not negative"),
             (not (self.in_memory and self.shards), "in_memory reads image files: not with shards"),
@@ -189,19 +180,7 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int, base_lr: float) -> 
     if cfg.schedule == "cosine":
         t = (epoch - warm) / max(cfg.epochs - warm, 1e-9)
         return base_lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-    if cfg.schedule == "wsd":
-        total = cfg.epochs * steps_per_epoch
-        start = decay_start(cfg, steps_per_epoch)
-        return base_lr * min(1.0, max(0.0, (total - step) / (total - start + 1)))
     return base_lr
-
-
-def decay_start(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """The first optimizer step of a wsd run whose lr is decayed: the step ckpt/pre_decay.pt is
-    saved before, so that a longer run continues the stable phase from it (nothing but the
-    decay is lost against one long run)."""
-    total = cfg.epochs * steps_per_epoch
-    return total - max(1, round(cfg.decay_fraction * total))
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:

@@ -45,7 +45,6 @@ from webly.training.config import (
     TrainConfig,
     autocast_dtype,
     check_resume_config,
-    decay_start,
     lr_at,
     per_rank_batch,
 )
@@ -83,18 +82,14 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_f
         weights, _ = checkpoints.load_weights(cfg.pretrained)
         r = load_all_but_head(model, weights)
         report = {"loaded_tensors": r.loaded, "reinitialised": r.reinitialised}
-    if cfg.continue_stable and not cfg.continue_from:  # checked here: a recipe fills it late
-        raise WeblyError("train: continue_stable needs continue_from (the wsd run to go on from)")
     if cfg.continue_from:
-        source = (checkpoints.pre_decay(cfg.continue_from) if cfg.continue_stable
-                  else cfg.continue_from)
-        weights, state = checkpoints.load_weights(source)
+        weights, state = checkpoints.load_weights(cfg.continue_from)
         try:
             model.load_state_dict(weights)
         except RuntimeError as e:
             raise WeblyError(f"{cfg.continue_from} does not fit {cfg.backbone} with {num_classes} "
                              f"classes: {str(e).splitlines()[0]}") from None
-        report = {"continued_from": str(source), "lr": state.get("last_lr")}
+        report = {"continued_from": cfg.continue_from, "lr": state.get("last_lr")}
     if cfg.sync_bn and d.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(d.device, memory_format=fmt), report
@@ -329,8 +324,6 @@ def optimizer_step(s: TrainState, loss: torch.Tensor, nonfinite: torch.Tensor,
         s.ema.update_parameters(s.model)
     s.step += 1
     s.step_in_epoch += 1
-    if cfg.schedule == "wsd" and s.step == decay_start(cfg, s.steps_per_epoch) and s.d.is_primary:
-        checkpoints.save_atomic(s.checkpoint(), s.run / "ckpt" / "pre_decay.pt")
     s.plan.tick(s.step)
     faults.point("train.step")
     if s.step % cfg.log_every == 0:  # every rank reaches this: the mean over ranks is logged

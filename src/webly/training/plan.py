@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from webly.progress import duration
-from webly.training.config import TrainConfig, decay_start, lr_at
+from webly.training.config import TrainConfig, lr_at
 
 MIN_STEPS = 300  # fewer optimizer steps than this rarely train a network from scratch
 MAX_BATCH_SHARE = 0.05  # an effective batch above 5% of the data: few steps per epoch
@@ -81,10 +81,6 @@ def schedule_shape(cfg: TrainConfig, base_lr: float, steps_per_epoch: int, steps
         decays = int((steps / steps_per_epoch) // cfg.step_epochs) if steps_per_epoch else 0
         return (f"{base_lr:g} x{cfg.gamma:g} every {cfg.step_epochs} epochs ({decays} decays in "
                 f"this run, ends at {end:.3g}){warm}")
-    if cfg.schedule == "wsd":
-        stable = decay_start(cfg, steps_per_epoch)
-        return (f"{base_lr:g} for {stable} steps, then linear to {end:.3g} over the last "
-                f"{cfg.decay_fraction:g} (ckpt/pre_decay.pt at step {stable}){warm}")
     return f"{base_lr:g} constant{warm}"
 
 
