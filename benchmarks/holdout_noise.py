@@ -37,16 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 
-def probabilities(preds: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Manifest rows and [n, C] probabilities (leftover mass spread over the classes not kept)."""
-    from webly.data.predictions import iter_predictions
-    from webly.inference.pseudolabel import dense_probs
-
-    parts = [(p.rows, dense_probs(p.top_i, p.top_p, p.rest, num_classes))
-             for p in iter_predictions(preds)]
-    return np.concatenate([r for r, _ in parts]), np.concatenate([q for _, q in parts])
-
-
 def anchor_transition(probs: np.ndarray, noisy: np.ndarray, fraction: float) -> np.ndarray:
     """T estimated from the images a model finds most typical of each class: their noisy labels."""
     n, C = probs.shape
@@ -99,6 +89,7 @@ def main() -> int:
                     help="anchors per class, as a fraction of holdout images per class")
     args = ap.parse_args()
     from webly.data.manifest import Manifest
+    from webly.data.predictions import dense_predictions
     from webly.inference.evaluate import paired_se
 
     run = args.run
@@ -108,7 +99,7 @@ def main() -> int:
     clean_of_row = harness.true_labels_of_rows(run, manifest.root)
     train = clean_of_row >= 0
     oracle = counted_transition(clean_of_row[train], noisy_of_row[train], C)
-    rows, probs = probabilities(run / args.base, C)
+    rows, probs = dense_predictions(run / args.base)
     anchors = anchor_transition(probs, noisy_of_row[rows], args.fraction)
     models = sorted(p.name[len("test_"):] for p in run.glob("test_*")
                     if (run / p.name[len("test_"):] / "model.safetensors").is_file())
@@ -119,8 +110,8 @@ def main() -> int:
            "models": {}}
     base_pred = probs.argmax(1)
     for m in models:
-        vrows, vprobs = probabilities(val_preds(run, m, run / "holdout_noise"), C)
-        trows, tprobs = probabilities(run / f"test_{m}", C)
+        vrows, vprobs = dense_predictions(val_preds(run, m, run / "holdout_noise"))
+        trows, tprobs = dense_predictions(run / f"test_{m}")
         pred, noisy = vprobs.argmax(1), noisy_of_row[vrows]
         if not np.array_equal(vrows, rows):
             raise SystemExit(f"{run}: {m}'s holdout predictions and {args.base}'s differ in rows")

@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from webly.data.predictions import iter_predictions
+from webly.data.predictions import dense_predictions, read_info
 from webly.explorer import average_precision, precision_at_k
-from webly.inference.pseudolabel import dense_probs
 from webly.report import Run, write_report
 
 
@@ -43,14 +42,11 @@ def load(run: Path, pl: str, preds: str) -> dict[str, np.ndarray]:
         sys.exit(f"{run}: its data has no clean training labels to score against")
     s = pq.read_table(run / pl / "scores.parquet").to_pydict()
     rows = np.asarray(s["row"])
-    probs, prow = [], []
-    for p in iter_predictions(run / preds):
-        if p.top_i.shape[1] < p.info["num_classes"]:
-            sys.exit(f"{run / preds} keeps {p.top_i.shape[1]} of {p.info['num_classes']} classes:"
-                     " cleanlab needs full probability vectors (predict --top-k C)")
-        probs.append(dense_probs(p.top_i, p.top_p, p.rest, p.info["num_classes"]))
-        prow.append(p.rows)
-    probs, prow = np.concatenate(probs), np.concatenate(prow)
+    info = read_info(run / preds)
+    if (k := info["k"]) < (C := info["num_classes"]):
+        sys.exit(f"{run / preds} keeps {k} of {C} classes: cleanlab needs full probability "
+                 "vectors (predict --top-k C)")
+    prow, probs = dense_predictions(run / preds)
     if not np.array_equal(prow, rows):
         sys.exit(f"{preds} and {pl} cover different images")
     label = np.asarray(s["label"])

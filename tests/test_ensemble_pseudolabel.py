@@ -31,6 +31,17 @@ def _dense(p):
     return out
 
 
+def test_top_k_predictions_as_full_probabilities(tmp_path):
+    """The classes a file left out share its leftover mass evenly; a label's probability is the
+    same read from the top-k alone (label -1: that share)."""
+    probs = [[0.5, 0.3, 0.1, 0.1], [0.05, 0.05, 0.1, 0.8]]
+    p = load_predictions(_write(tmp_path / "p", ["x", "y"], probs, k=2))
+    assert np.allclose(p.dense(), [[0.5, 0.3, 0.1, 0.1], [0.05, 0.05, 0.1, 0.8]], atol=1e-3)
+    labels = np.array([2, 3])
+    assert np.allclose(p.probability_of(labels), p.dense()[[0, 1], labels])
+    assert np.allclose(p.probability_of(np.array([-1, -1])), [0.1, 0.05], atol=1e-3)
+
+
 def test_ensemble_averages_and_weights(tmp_path):
     ids = ["x", "y"]
     a = _write(tmp_path / "a", ids, [[0.6, 0.4, 0], [0.1, 0.5, 0.4]])

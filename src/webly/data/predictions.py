@@ -59,6 +59,21 @@ class Predictions:
     def ok(self) -> np.ndarray:
         return np.fromiter((s == "ok" for s in self.status), bool, len(self.status))
 
+    def probability_of(self, labels: np.ndarray) -> np.ndarray:
+        """Each row's probability of its label: from the top-k, or the leftover mass spread
+        evenly over the classes not kept (a label of -1: that spread)."""
+        hit = self.top_i == labels[:, None]
+        spread = self.rest / max(self.info["num_classes"] - self.top_i.shape[1], 1)
+        return np.where(hit.any(1), (self.top_p * hit).sum(1), spread)
+
+    def dense(self) -> np.ndarray:
+        """[n, C] probabilities: the top-k, the leftover mass spread evenly over the others."""
+        (n, k), C = self.top_i.shape, self.info["num_classes"]
+        fill = self.rest / max(C - k, 1) if k < C else np.zeros(n, np.float32)
+        out = np.repeat(fill[:, None].astype(np.float32), C, axis=1)
+        np.put_along_axis(out, self.top_i.astype(np.int64), self.top_p.astype(np.float32), axis=1)
+        return out
+
 
 class PredictionWriter:
     """Writes predictions.parquet a row group at a time; the file appears only on `close()`."""
@@ -142,6 +157,13 @@ def iter_predictions(preds_dir: str | Path, batch_rows: int = ROW_GROUP) -> Iter
     info = {**json.loads(pf.schema_arrow.metadata[b"webly"]), "images": pf.metadata.num_rows}
     for rb in pf.iter_batches(batch_size=batch_rows):
         yield _batch(rb, info)
+
+
+def dense_predictions(preds_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Manifest rows and [n, C] probabilities of a whole file (analyses of a split; n x C floats
+    in memory)."""
+    parts = [(p.rows, p.dense()) for p in iter_predictions(preds_dir)]
+    return np.concatenate([r for r, _ in parts]), np.concatenate([q for _, q in parts])
 
 
 def load_predictions(preds_dir: str | Path) -> Predictions:

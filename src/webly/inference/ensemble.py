@@ -90,18 +90,9 @@ def average_topk(members: list[Predictions], weights: np.ndarray, k: int
     return np.take_along_axis(idx, top, 1).astype(np.int32), np.take_along_axis(agg, top, 1)
 
 
-def label_probability(p: Predictions, labels: np.ndarray) -> np.ndarray:
-    """Each image's probability of `labels` under one member: from its top-k, or its leftover
-    mass spread evenly over the classes it did not keep."""
-    hit = p.top_i == labels[:, None]
-    C, k = p.info["num_classes"], p.top_i.shape[1]
-    spread = p.rest / max(C - k, 1)
-    return np.where(hit.any(1), (p.top_p * hit).sum(1), spread)
-
-
 def fit_weights(val_preds: list[Predictions], labels: np.ndarray) -> np.ndarray:
     """Simplex weights minimising the NLL of `labels` under the weighted average."""
-    ps = np.stack([label_probability(p, labels) for p in val_preds])  # M x N
+    ps = np.stack([p.probability_of(labels) for p in val_preds])  # M x N
 
     def nll(z: np.ndarray) -> float:
         w = np.exp(z - z.max())

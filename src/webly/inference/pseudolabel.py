@@ -137,36 +137,24 @@ def _text_probs(tags: str | Path, preds_dir: str | Path, labels: np.ndarray, num
     return {"rows": rows, "probs": probs}  # type: ignore[dict-item]
 
 
-def dense_probs(top_i: np.ndarray, top_p: np.ndarray, rest: np.ndarray,
-                num_classes: int) -> np.ndarray:
-    """[n, C] probabilities from top-k ones, the leftover mass spread evenly over the others."""
-    n, k = top_i.shape
-    fill = rest / max(num_classes - k, 1) if num_classes > k else np.zeros(n, np.float32)
-    out = np.repeat(fill[:, None].astype(np.float32), num_classes, axis=1)
-    np.put_along_axis(out, top_i.astype(np.int64), top_p.astype(np.float32), axis=1)
-    return out
-
-
 def _first_pass(preds_dir: str | Path, labels: np.ndarray, text: dict | None = None,
                 weight: float = 0.0) -> tuple[np.ndarray, ...]:
     """rows, top-1, its probability, ok, and the given label's probability under the images, the
     text and both ([n, 3]; NaN where there is no text or no label)."""
     parts, pos = [], 0
     for p in iter_predictions(preds_dir):
-        n, C = len(p.rows), p.info["num_classes"]
+        n = len(p.rows)
         y = labels[p.rows]
         has = y >= 0
         given = np.full((n, 3), np.nan, np.float32)
         # the given label's probability from the top-k alone (no [n, C] array without text)
-        hit = p.top_i == y[:, None]
-        rest = p.rest / max(C - p.top_i.shape[1], 1)
-        given[has, 0] = np.where(hit.any(1), (p.top_p * hit).sum(1), rest)[has]
+        given[has, 0] = p.probability_of(y)[has]
         pred, conf = p.top_i[:, 0].astype(np.int64), p.top_p[:, 0].astype(np.float64)
         if text is not None:
             tp = text["probs"][pos:pos + n]
             if not np.array_equal(text["rows"][pos:pos + n], p.rows):
                 raise WeblyError(f"{preds_dir}: predictions changed while reading them")
-            img = dense_probs(p.top_i, p.top_p, p.rest, C)
+            img = p.dense()
             logp = np.log(np.maximum(img, 1e-8)) + weight * np.log(np.maximum(tp, 1e-8))
             comb = np.exp(logp - logp.max(1, keepdims=True))
             comb /= comb.sum(1, keepdims=True)
