@@ -103,6 +103,26 @@ def test_pretrained_and_continue_from_take_a_folder_its_weights_or_a_checkpoint(
         assert len(err) == 1 and "error" in err[0] and "Traceback" not in err[0], err
 
 
+def test_a_continued_run_draws_the_epochs_after_its_parents(data6, tmp_path):
+    """A chain of runs (CE, then more CE from its weights) sees new shuffles and augmentations, as
+    one longer run would: each starts the seeded data stream where its parent's left off."""
+    m = str(data6 / "manifest.parquet")
+    base = ["--backbone", "test_resnet", *(x for x in TINY if x != "--tensorboard")]
+    t = tmp_path
+    runs = [("a", ["--epochs", "2"]), ("b", ["--epochs", "1", "--continue-from", str(t / "a")]),
+            ("c", ["--epochs", "1", "--continue-from", str(t / "b")]),
+            ("d", ["--max-steps", "1", "--continue-from", str(t / "c")]),  # stops mid-epoch
+            ("e", ["--epochs", "1", "--continue-from", str(t / "d")]),
+            ("f", ["--epochs", "1", "--continue-from", str(t / "a/model.safetensors")])]
+    for name, extra in runs:
+        assert main(["finetune", m, "-o", str(tmp_path / name), *base, *extra]) == 0, name
+    start = {name: checkpoints.load(tmp_path / name / "ckpt/last.pt")["stream_start"]
+             for name, _ in runs}
+    assert start == {"a": 0, "b": 2, "c": 3, "d": 4, "e": 5, "f": 0}
+    summary = json.loads((tmp_path / "b/train.summary.json").read_text())
+    assert summary["transfer"]["stream_start"] == 2
+
+
 def test_large_resolution_stage_continues_lr(data6, tmp_path):
     m = str(data6 / "manifest.parquet")
     base = ["--backbone", "test_resnet", "--img-size", "32", "--batch-size", "16", "--accum-steps",

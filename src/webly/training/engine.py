@@ -13,6 +13,8 @@ continues exactly: on a CPU the final weights equal an uninterrupted run's, bit 
 
 Large-resolution finetuning (the seed's trick) is a second run with `continue_from` the converged
 checkpoint, a larger `img_size` and `schedule: constant`: it starts at the lr where the first left.
+A continued run also continues its parent's data stream (`stream_after`): it draws the epochs
+after the parent's, not the same shuffles and augmentations again.
 """
 
 from __future__ import annotations
@@ -89,10 +91,20 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_f
         except RuntimeError as e:
             raise WeblyError(f"{cfg.continue_from} does not fit {cfg.backbone} with {num_classes} "
                              f"classes: {str(e).splitlines()[0]}") from None
-        report = {"continued_from": cfg.continue_from, "lr": state.get("last_lr")}
+        report = {"continued_from": cfg.continue_from, "lr": state.get("last_lr"),
+                  "stream_start": stream_after(state)}
     if cfg.sync_bn and d.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(d.device, memory_format=fmt), report
+
+
+def stream_after(ck: dict[str, Any]) -> int:
+    """The data-stream epoch after checkpoint `ck`'s run: where a run continued from it starts, so
+    that a chain of runs sees new shuffles and augmentations, as one longer run would, instead
+    of replaying its parent's (0 for plain weights, which carry no position)."""
+    if "epoch" not in ck:
+        return 0
+    return int(ck.get("stream_start", 0)) + int(ck["epoch"]) + bool(ck.get("step_in_epoch"))
 
 
 @torch.no_grad()
@@ -147,6 +159,7 @@ class TrainState:
     plan: TrainPlan | None = None  # what the run will do, printed before it starts
     net: nn.Module | None = None  # the model as run: compiled and/or DDP-wrapped (`wrap`)
     log: MetricsLog | None = None
+    stream_start: int = 0  # the data stream's epoch at this run's epoch 0 (`stream_after`)
     epoch: int = 0
     step_in_epoch: int = 0
     step: int = 0
@@ -168,6 +181,7 @@ class TrainState:
                 "scaler": self.scaler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else {},
                 "task_state": self.objective.state_dict(), "epoch": self.epoch,
+                "stream_start": self.stream_start,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.step, "best": self.best,
                 "last_lr": self.lr, "rng": rng, "config": self.config,
                 "bad_images": self.bad_images.seen,
@@ -223,7 +237,7 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
         bad_images=BadImages(len(data.rows), cfg.max_bad_fraction,
                              run / "bad_images.tsv" if d.is_primary else None),
         fmt=fmt, dtype=dtype, per_rank=per_rank, steps_per_epoch=steps_per_epoch, base_lr=base_lr,
-        transfer=transfer, lr=base_lr,
+        transfer=transfer, lr=base_lr, stream_start=transfer.get("stream_start", 0),
         plan=plan_of(cfg, len(data.rows), data.num_classes, n_samples, base_lr,
                      quiet=not d.is_primary))
 
@@ -270,7 +284,8 @@ def _loader(s: TrainState):
 def run_epoch(s: TrainState) -> bool:
     """Train to the end of the current epoch (or max_steps: then True)."""
     cfg, d = s.cfg, s.d
-    s.sampler.set_epoch(s.epoch, start=s.step_in_epoch * cfg.accum_steps * s.per_rank)
+    s.sampler.set_epoch(s.stream_start + s.epoch,
+                        start=s.step_in_epoch * cfg.accum_steps * s.per_rank)
     micro_left = (s.steps_per_epoch - s.step_in_epoch) * cfg.accum_steps
     t0, seen, micro = time.time(), 0, 0
     nonfinite = torch.zeros((), dtype=torch.bool, device=d.device)
