@@ -130,8 +130,12 @@ def test_when_more_ce_pays_the_budget_goes_to_ce(tmp_path):
         "test_ce", "test_ce_more", "test_ce_rest"]
     units = {r["row"]: r["compute_units"] for r in res["rows"]}
     assert units["5"] == pytest.approx(3, abs=0.1) and units["4"] == pytest.approx(3, abs=0.15)
-    for step in ("ce_more", "ce_rest"):  # each continued from the one before's weights
-        assert json.loads((out / step / "train.summary.json").read_text())["transfer"]
+    # each continued from the one before's weights, drawing the data epochs after its
+    summary = {s: json.loads((out / s / "train.summary.json").read_text())
+               for s in ("ce", "ce_more", "ce_rest")}
+    assert summary["ce_more"]["transfer"]["stream_start"] == summary["ce"]["epochs_done"]
+    assert summary["ce_rest"]["transfer"]["stream_start"] == (
+        summary["ce"]["epochs_done"] + summary["ce_more"]["epochs_done"])
 
 
 @pytest.mark.slow
