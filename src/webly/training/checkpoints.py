@@ -78,6 +78,15 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return ck["model"], ck
 
 
+def stream_after(ck: dict[str, Any]) -> int:
+    """The data-stream epoch after checkpoint `ck`'s run: where a run continued from it starts, so
+    that a chain of runs sees new shuffles and augmentations, as one longer run would, instead
+    of replaying its parent's (0 for plain weights, which carry no position)."""
+    if "epoch" not in ck:
+        return 0
+    return int(ck.get("stream_start", 0)) + int(ck["epoch"]) + bool(ck.get("step_in_epoch"))
+
+
 def latest(run_dir: Path) -> Path | None:
     last = run_dir / "ckpt" / "last.pt"
     return last if last.is_file() else None

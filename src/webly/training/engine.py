@@ -11,10 +11,8 @@ augmentation of (seed, epoch, position), and checkpoints (every `ckpt_every_step
 and each epoch, atomic) hold model, optimizer, scaler, EMA, position and RNG state. `--resume`
 continues exactly: on a CPU the final weights equal an uninterrupted run's, bit for bit.
 
-Large-resolution finetuning (the seed's trick) is a second run with `continue_from` the converged
-checkpoint, a larger `img_size` and `schedule: constant`: it starts at the lr where the first left.
-A continued run also continues its parent's data stream (`stream_after`): it draws the epochs
-after the parent's, not the same shuffles and augmentations again.
+Large-resolution finetuning (the seed's trick): `continue_from` the converged checkpoint, a larger
+`img_size`, `schedule: constant` (the lr where it left; the data epochs after its: stream_after).
 """
 
 from __future__ import annotations
@@ -52,7 +50,12 @@ from webly.training.config import (
 )
 from webly.training.distributed import Dist, all_reduce_sum, init_distributed
 from webly.training.logs import MetricsLog, plot_curves
-from webly.training.models import create_backbone, load_all_but_head, uses_channels_last
+from webly.training.models import (
+    create_backbone,
+    load_all_but_head,
+    param_groups,
+    uses_channels_last,
+)
 from webly.training.plan import TrainPlan, plan_of
 from webly.training.sampling import BalancedSampler, SeededSampler, ShuffleSampler
 from webly.training.tasks import Batch, Task, make_task
@@ -65,15 +68,6 @@ from webly.training.trainsets import (
     train_images,
     unlabeled_images,
 )
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)  # norms and biases are 1-D
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_format
@@ -92,19 +86,10 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_f
             raise WeblyError(f"{cfg.continue_from} does not fit {cfg.backbone} with {num_classes} "
                              f"classes: {str(e).splitlines()[0]}") from None
         report = {"continued_from": cfg.continue_from, "lr": state.get("last_lr"),
-                  "stream_start": stream_after(state)}
+                  "stream_start": checkpoints.stream_after(state)}
     if cfg.sync_bn and d.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(d.device, memory_format=fmt), report
-
-
-def stream_after(ck: dict[str, Any]) -> int:
-    """The data-stream epoch after checkpoint `ck`'s run: where a run continued from it starts, so
-    that a chain of runs sees new shuffles and augmentations, as one longer run would, instead
-    of replaying its parent's (0 for plain weights, which carry no position)."""
-    if "epoch" not in ck:
-        return 0
-    return int(ck.get("stream_start", 0)) + int(ck["epoch"]) + bool(ck.get("step_in_epoch"))
 
 
 @torch.no_grad()
@@ -159,7 +144,7 @@ class TrainState:
     plan: TrainPlan | None = None  # what the run will do, printed before it starts
     net: nn.Module | None = None  # the model as run: compiled and/or DDP-wrapped (`wrap`)
     log: MetricsLog | None = None
-    stream_start: int = 0  # the data stream's epoch at this run's epoch 0 (`stream_after`)
+    stream_start: int = 0  # the data epoch at this run's epoch 0 (checkpoints.stream_after)
     epoch: int = 0
     step_in_epoch: int = 0
     step: int = 0

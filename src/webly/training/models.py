@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from typing import Any
 
 import timm
 import torch
@@ -109,3 +110,13 @@ def load_all_but_head(model: nn.Module, state: dict[str, torch.Tensor]) -> Trans
     model.load_state_dict(theirs, strict=False)
     return TransferReport(loaded=len(theirs),
                           reinitialised=sorted(k for k in model.state_dict() if is_head(k)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The optimizer's groups: weight decay on weights, none on norms and biases (1-D)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
