@@ -12,7 +12,7 @@ and each epoch, atomic) hold model, optimizer, scaler, EMA, position and RNG sta
 continues exactly: on a CPU the final weights equal an uninterrupted run's, bit for bit.
 
 Large-resolution finetuning (the seed's trick): `continue_from` the converged checkpoint, a larger
-`img_size`, `schedule: constant` (the lr where it left; the data epochs after its: stream_after).
+`img_size`, `schedule: constant`: it starts at the lr and after the data epochs where that left.
 """
 
 from __future__ import annotations
