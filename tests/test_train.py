@@ -107,7 +107,8 @@ def test_a_continued_run_draws_the_epochs_after_its_parents(data6, tmp_path):
     """A chain of runs (CE, then more CE from its weights) sees new shuffles and augmentations, as
     one longer run would: each starts the seeded data stream where its parent's left off."""
     m = str(data6 / "manifest.parquet")
-    base = ["--backbone", "test_resnet", *(x for x in TINY if x != "--tensorboard")]
+    base = ["--backbone", "test_resnet", "--samples-per-epoch", "32",  # 2 steps an epoch
+            *(x for x in TINY if x != "--tensorboard")]
     t = tmp_path
     runs = [("a", ["--epochs", "2"]), ("b", ["--epochs", "1", "--continue-from", str(t / "a")]),
             ("c", ["--epochs", "1", "--continue-from", str(t / "b")]),
