@@ -293,11 +293,11 @@ def test_shard_fed_balanced_training_resumes_exactly(data6, tmp_path):
     write_shards(m, tmp_path / "shards", ShardConfig(max_count=40, short_side=32),
                  log=lambda _: None)
     args = ["--shards", str(tmp_path / "shards"), "--backbone", "test_resnet", "--epochs", "3",
-            "--samples-per-epoch", "320", "--schedule", "cosine", *TINY, "--no-tensorboard"]
+            "--samples-per-epoch", "160", "--schedule", "cosine", *TINY, "--no-tensorboard"]
     assert main(["finetune", str(m), "-o", str(tmp_path / "run"), *args]) == 0
     s = json.loads((tmp_path / "run/train.summary.json").read_text())
-    assert s["steps"] == 3 * 320 // 16 and s["val_top1"] > 2 / 6
-    assert main(["finetune", str(m), "-o", str(tmp_path / "cut"), *args, "--max-steps", "27"]) == 0
+    assert s["steps"] == 3 * 160 // 16 and s["val_top1"] > 2 / 6
+    assert main(["finetune", str(m), "-o", str(tmp_path / "cut"), *args, "--max-steps", "15"]) == 0
     assert main(["finetune", str(m), "-o", str(tmp_path / "cut"), *args, "--resume"]) == 0
     a = load_file(tmp_path / "run/model.safetensors")
     b = load_file(tmp_path / "cut/model.safetensors")
@@ -371,7 +371,7 @@ def test_ema_weights_are_exported(data6, tmp_path):
 def test_elr_targets_travel_in_checkpoints_and_a_cut_run_resumes_exactly(data6, tmp_path):
     data = finetune_data(Manifest(data6 / "manifest.parquet"))
     common = dict(backbone="test_resnet", img_size=32, batch_size=16, accum_steps=1, workers=0,
-                  epochs=2, elr=3.0, tensorboard=False, lr=0.05)
+                  epochs=2, samples_per_epoch=64, elr=3.0, tensorboard=False, lr=0.05)
     train(data, TrainConfig(**common), tmp_path / "whole", task="finetune")
     train(data, TrainConfig(**common, max_steps=5), tmp_path / "cut", task="finetune")
     train(data, TrainConfig(**common), tmp_path / "cut", task="finetune", resume=True)
@@ -395,7 +395,8 @@ def test_consistency_learns_from_the_images_without_a_label_and_resumes_exactly(
     assert np.array_equal(np.sort(data.unlabeled_rows), np.sort(dropped))
     assert not np.isin(data.rows, dropped).any()
     common = dict(backbone="test_resnet", img_size=24, batch_size=16, accum_steps=2, workers=0,
-                  epochs=2, tensorboard=False, lr=0.05, in_memory=True, augment="pad_crop",
+                  epochs=2, samples_per_epoch=64, tensorboard=False, lr=0.05, in_memory=True,
+                  augment="pad_crop",
                   unlabeled_weight=1.0, unlabeled_ratio=0.5, unlabeled_threshold=0.0)
     train(data, TrainConfig(**common), tmp_path / "whole", task="finetune")
     train(data, TrainConfig(**common, max_steps=3), tmp_path / "cut", task="finetune")
@@ -418,7 +419,7 @@ def test_consistency_learns_from_the_images_without_a_label_and_resumes_exactly(
 def test_export_best_exports_the_best_validation_epoch(data6, tmp_path, capsys):
     data = finetune_data(Manifest(data6 / "manifest.parquet"))
     common = dict(backbone="test_resnet", img_size=32, batch_size=16, accum_steps=1, workers=0,
-                  epochs=3, tensorboard=False, lr=0.05, schedule="constant")
+                  epochs=3, samples_per_epoch=96, tensorboard=False, lr=0.05, schedule="constant")
     s = train(data, TrainConfig(**common, export="best"), tmp_path / "best", task="finetune")
     best = checkpoints.load(tmp_path / "best/ckpt/best.pt")
     exported = load_file(tmp_path / "best/model.safetensors")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from pathlib import Path
@@ -25,7 +26,10 @@ from webly.files import write_atomic
 C = TypeVar("C")
 
 
+@functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
+    """Each field's resolved type (cached: the CLI asks for every stage's on each start; read
+    only)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
