@@ -258,3 +258,19 @@ def test_holdout_noise_reads_a_run_folder(bench_run, capsys, monkeypatch):
         assert {"noisy", "anchors", "oracle", "oracle_paired_se", "test"} <= set(s)
         assert 0 <= s["test"] <= 100
     assert "oracle" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ensemble_rules_recomputes_the_recipes_answer(bench_run, capsys):
+    """benchmarks/ensemble_rules.py on a benchmark run: its recomputed rule is the run's row 5;
+    "best" is the member the holdout ranks first; "plain" the plain average."""
+    _, _, out = bench_run
+    er = load_bench("ensemble_rules")
+    assert er.main([str(out), "--json", str(out / "rules.json")]) == 0
+    (s,) = json.loads((out / "rules.json").read_text())["runs"]
+    row5 = json.loads((out / "score_recipe/metrics.json").read_text())["top1"]
+    assert s["rules"]["rule"] == pytest.approx(100 * row5, abs=0.005)
+    assert s["rules"]["best"] == s["test"][int(np.argmax(s["holdout"]))]
+    if "the plain average" in s["recorded_rule"]:
+        assert s["rules"]["plain"] == s["rules"]["rule"]
+    assert s["members"][:2] == ["ce", "ce_more"] and "mean difference" in capsys.readouterr().out
