@@ -53,13 +53,13 @@ def scores(run: Path) -> dict:
         return round(100 * float((average_topk(preds, w, 1)[0][:, 0] == y).mean()), 2)
 
     one = np.eye(len(names))
-    held = [top1([v], one[0, :1], yv) for v in val]
+    held = [top1([v], np.ones(1), yv) for v in val]
     fitted, _ = fit_top1(val, yv)
     weights = {"rule": fitted_or_plain(val, yv, fitted, min_se)[0],
                "plain": np.full(len(names), 1 / len(names)), "fitted": fitted,
                "best": one[int(np.argmax(held))]}
     return {"run": str(run), "members": names, "holdout": held,
-            "test": [top1([t], one[0, :1], yt) for t in test], "fit_min_se": min_se,
+            "test": [top1([t], np.ones(1), yt) for t in test], "fit_min_se": min_se,
             "rules": {r: top1(test, w, yt) for r, w in weights.items()},
             "recorded_rule": summary.get("fitted", "")}
 
