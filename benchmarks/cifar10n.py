@@ -38,12 +38,13 @@ from harness import Row, Spec  # noqa: E402
 
 RECIPE = harness.REPO / "configs/cifar10n/recipe.yaml"
 # the recipe's training steps and inference passes, whichever its decisions ran (v12)
-RECIPE_STEPS = ("ce", "ce_more", "ce_rest", "train_ce", "final", "train_final", "final2")
+RECIPE_STEPS = ("ce", "ce_more", "ce_rest", "train_ce", "val_ce_probe", "pl", "final",
+                "train_final", "val_final_probe", "pl2", "final2")
 ROWS = [Row("1", "CE", "score_ce", ("ce",)),
         Row("2", "round 1: CE labels the training images (keep, relabel, drop) -> a new model on "
                  "the kept labels, class-balanced (when half a unit more CE did not beat CE on "
                  "the holdout; that half unit counted)",
-            "score_final", ("ce", "ce_more", "train_ce", "final")),
+            "score_final", ("ce", "ce_more", "train_ce", "val_ce_probe", "pl", "final")),
         Row("3", "round 2: CE and round 1 (averaged) label again -> a third model (when round 1 "
                  "beat CE on the holdout)", "score_final2", RECIPE_STEPS),
         Row("4", "CE for the recipe's total compute (what its decisions spent)", "score_ce_long",
@@ -54,7 +55,9 @@ ROWS = [Row("1", "CE", "score_ce", ("ce",)),
 # CE, half a unit; then ce_rest (the rest of a 3-unit budget on CE) or one unit a round; ce_long's
 # share is measured after the decisions
 SHARE = {"ce": 1.0, "ce_more": 0.5, "ce_rest": 1.5, "final": 1.0, "final2": 1.0, "ce_long": 3.0}
-PASSES = ("train_ce", "train_final")  # inference passes a row counts (forward only): labellers'
+PASSES = ("train_ce", "val_ce_probe", "train_final", "val_final_probe")  # inference passes a row
+# counts (forward only): the labellers' and the threshold probes' holdout passes; a pseudo-label
+# step's probes (decision 4) count their own multiply-adds (harness.compute)
 PSEUDO_LABELS = ("pl", "pl2")  # each round's labels, measured against the clean ones after training
 MATCH = {"ce_long": RECIPE_STEPS}
 EPOCHS = {  # epochs of one unit

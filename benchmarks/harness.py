@@ -289,7 +289,7 @@ def compute(spec: Spec, out: Path) -> dict[str, float]:
     """Compute of each step in PFLOP-equivalents of multiply-adds (1e15): a training step's images
     seen x forward multiply-adds x 3 (forward + backward), times `draw_cost`; an inference
     pass's images x the forward multiply-adds of every view it predicts (test-time
-    augmentation)."""
+    augmentation); a pseudo-label step's threshold probes, their own multiply-adds."""
     from webly.inference.predict import view_sizes
 
     res = {}
@@ -309,6 +309,10 @@ def compute(spec: Spec, out: Path) -> dict[str, float]:
         macs = sum(macs_per_image(cfg["backbone"], size, 10)
                    for size in view_sizes(summary["tta"], summary["img_size"]))
         res[step] = summary["images"] * macs / 1e15
+    for step in spec.pseudo_labels:  # a threshold chosen by probes (decision 4): their training
+        if ran(out, step):
+            report = json.loads((out / step / "report.json").read_text())
+            res[step] = report.get("threshold_decision", {}).get("probe_macs", 0) / 1e15
     return res
 
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,14 +15,15 @@ from webly.inference.ensemble import ensemble, fit_weights
 from webly.inference.pseudolabel import PseudoLabelConfig, label_effect, pseudo_label
 
 
-def _write(d, ids, probs, split="val", rows=None, k=None):
+def _write(d, ids, probs, split="val", rows=None, k=None, **info):
     probs = np.asarray(probs, np.float32)
     C = probs.shape[1]
     top = np.argsort(-probs, 1, kind="stable")[:, :k or C].astype(np.int32)
     write_predictions(d, {"row": np.arange(len(ids)) if rows is None else rows, "ids": ids,
                           "status": ["ok"] * len(ids), "top_i": top,
                           "top_p": np.take_along_axis(probs, top, 1).astype(np.float16)},
-                      {"classes": [str(c) for c in range(C)], "num_classes": C, "split": split})
+                      {"classes": [str(c) for c in range(C)], "num_classes": C, "split": split,
+                       **info})
     return str(d)
 
 
@@ -215,3 +217,100 @@ def test_leave_out_fold_trains_on_the_other_folds(synth_manifest):
         assert p.membership.shape[0] == len(p.rows) and len(p.val_rows) == len(data.val_rows)
     with pytest.raises(WeblyError, match="at least 2 folds"):
         TrainConfig(leave_out_fold="0/1").validate()
+
+
+def _probe_case(tmp_path, wrong_pred: bool):
+    """Three classes as three clusters of features. Forty of class 0's sixty training images are
+    predicted class 1 at p 0.6: `wrong_pred` with their right label 0 (relabelling them at 0.5
+    teaches the probe that the cluster is class 1), else labelled 1, a wrong label the
+    relabelling fixes. The holdout: 20 images a class, labelled right."""
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 8, dtype=np.float32) * 4
+    truth = np.repeat([0, 1, 2], 60)
+    given, probs = truth.copy(), np.eye(3, dtype=np.float32)[truth] * 0.95 + 0.025
+    odd = np.arange(40)
+    probs[odd] = [0.6, 0.38, 0.02] if not wrong_pred else [0.38, 0.6, 0.02]
+    if not wrong_pred:
+        given[odd] = 1
+    vtruth = np.repeat([0, 1, 2], 20)
+    recs = [Record(id=f"t{i}", path=f"{i}.jpg", split="train", label=int(y))
+            for i, y in enumerate(given)]
+    recs += [Record(id=f"v{i}", path=f"v{i}.jpg", split="val", label=int(y))
+             for i, y in enumerate(vtruth)]
+    m = tmp_path / "m.parquet"
+    write_manifest(m, recs, {"root": str(tmp_path), "classes": ["n1", "n2", "n3"],
+                             "class_names": ["a", "b", "c"]})
+    n = len(truth)
+    train = _write(tmp_path / "train", [r.id for r in recs[:n]], probs, split="train")
+    val = _write(tmp_path / "val", [r.id for r in recs[n:]], np.eye(3)[vtruth], split="val",
+                 rows=np.arange(n, n + len(vtruth)))
+    for d, y in ((train, truth), (val, vtruth)):
+        feats = centres[y] + rng.normal(0, 1, (len(y), 8))
+        np.save(f"{d}/features.npy", feats.astype(np.float16))
+    return m, train, val
+
+
+@pytest.mark.parametrize("wrong_pred", [True, False])
+def test_the_holdout_chooses_the_threshold(tmp_path, wrong_pred):
+    """Where relabelling at the default 0.5 hurts (the labeller is confidently wrong), a higher
+    candidate is taken (the closest to the default among the best); where it helps, the default
+    stays against higher candidates, and is taken as a candidate against a higher default."""
+    m, train, val = _probe_case(tmp_path, wrong_pred)
+    cfg = PseudoLabelConfig(threshold=0.5, thresholds=[0.7, 0.9], drop_inconsistent=False)
+    s = pseudo_label(m, train, tmp_path / "pl", cfg, probe=[train, val])
+    d = s["threshold_decision"]
+    assert set(d["holdout_top1"]) == {"0.5", "0.7", "0.9"} and d["holdout_images"] == 60
+    assert d["probe_macs"] > 3 * 3 * 120 * 8 * 3  # three probes, each at least 3 evaluations
+    labels = pq.read_table(tmp_path / "pl/labels.parquet")["label"].to_numpy()
+    if wrong_pred:  # 0.5 relabels 40 right labels away: its probe misses class 0 on the holdout
+        assert d["threshold"] == 0.7 and s["threshold"] == 0.7 and s["relabelled"] == 0
+        assert d["holdout_top1"]["0.7"] - d["holdout_top1"]["0.5"] >= 5
+        assert (labels[:40] == 0).all()
+    else:
+        assert d["threshold"] == 0.5 and s["relabelled"] == 40 and (labels[:40] == 0).all()
+        s = pseudo_label(m, train, tmp_path / "pl9", PseudoLabelConfig(
+            threshold=0.9, thresholds=[0.5], drop_inconsistent=False), probe=[train, val])
+        assert s["threshold"] == 0.5 and "0.5: " in s["threshold_decision"]["why"]
+    report = json.loads((tmp_path / "pl/report.json").read_text())
+    assert report["threshold_decision"] == json.loads(json.dumps(d))
+
+
+def test_the_default_threshold_stays_when_the_holdout_cannot_tell(tmp_path):
+    """Candidates whose labels are the default's (nothing between their thresholds) score alike:
+    the default is kept; so is it when a candidate's gain is inside `probe_min_se` SEs."""
+    m, train, val = _probe_case(tmp_path, wrong_pred=True)
+    s = pseudo_label(m, train, tmp_path / "a", PseudoLabelConfig(
+        threshold=0.7, thresholds=[0.8, 0.9]), probe=[train, val])
+    assert s["threshold"] == 0.7 and "scored best" in s["threshold_decision"]["why"]
+    s = pseudo_label(m, train, tmp_path / "b", PseudoLabelConfig(
+        threshold=0.5, thresholds=[0.7], probe_min_se=1000), probe=[train, val])
+    assert s["threshold"] == 0.5 and "<=" in s["threshold_decision"]["why"]
+
+
+def test_threshold_choice_bad_inputs(tmp_path):
+    m, train, val = _probe_case(tmp_path, wrong_pred=True)
+    cases = [(dict(thresholds=[0.7]), None, "go together"),
+             ({}, [train, val], "go together"),
+             (dict(thresholds=[0.7]), [train], "two predictions folders"),
+             (dict(thresholds=[0.7]), [train, train], "holds 'train' predictions"),
+             (dict(thresholds=[0.7]), [val, val], "other training images"),
+             (dict(thresholds=[]), [train, val], "one or more"),
+             (dict(thresholds=[1.5]), [train, val], "within"),
+             (dict(thresholds=[0.7], top_fraction=0.5), [train, val], "top-fraction"),
+             (dict(thresholds=[0.7], probe_images=10), [train, val], "probe_images")]
+    for kw, probe, match in cases:
+        with pytest.raises(WeblyError, match=match):
+            pseudo_label(m, train, tmp_path / "x", PseudoLabelConfig(**kw), probe=probe)
+    (Path(val) / "features.npy").unlink()
+    with pytest.raises(WeblyError, match="predict --features"):
+        pseudo_label(m, train, tmp_path / "x", PseudoLabelConfig(thresholds=[0.7]),
+                     probe=[train, val])
+    np.save(Path(val) / "features.npy", np.zeros((60, 5), np.float16))
+    with pytest.raises(WeblyError, match="different models"):
+        pseudo_label(m, train, tmp_path / "x", PseudoLabelConfig(thresholds=[0.7]),
+                     probe=[train, val])
+    flipped = _write(tmp_path / "vf", [f"v{i}" for i in range(60)], np.eye(3)[[0] * 60],
+                     rows=np.arange(180, 240), tta="flip")
+    with pytest.raises(WeblyError, match="tta must match"):
+        pseudo_label(m, train, tmp_path / "x", PseudoLabelConfig(thresholds=[0.7]),
+                     probe=[train, flipped])

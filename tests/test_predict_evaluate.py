@@ -141,3 +141,34 @@ def test_predict_class_count_mismatch(trained, tmp_path):
     m = _manifest(tmp_path)  # 3 classes; the model predicts 12
     with pytest.raises(WeblyError, match="predicts 12 classes but .* has 3"):
         predict(trained, m, tmp_path / "p", PredictConfig(split="val", workers=0))
+
+
+@pytest.mark.parametrize("tta", ["center", "flip"])
+def test_predict_features_are_the_classifier_input(trained, synth_manifest, tmp_path, tta):
+    """features.npy holds, row by row, what the classifier layer read (averaged over the views):
+    the layer applied to it gives back the predicted probabilities (exactly for one view; for
+    flip the average of the views' features, then the layer, is the linear part of it)."""
+    import torch
+
+    from webly.data.predictions import load_features
+    from webly.inference.predict import load_model, merge_features
+
+    predict(trained, synth_manifest, tmp_path, PredictConfig(split="val", tta=tta, workers=0,
+                                                            features=True))
+    p, f = load_predictions(tmp_path), load_features(tmp_path)
+    model, _ = load_model(trained)
+    assert f.dtype == np.float16 and f.shape == (len(p.ids), model.fc.in_features)
+    with torch.no_grad():
+        q = model.fc(torch.from_numpy(np.asarray(f, np.float32))).softmax(1).numpy()
+    dense = np.zeros_like(q)
+    np.put_along_axis(dense, p.top_i.astype(np.int64), p.top_p, axis=1)
+    if tta == "center":
+        assert np.allclose(q, dense, atol=0.01)
+    else:  # the mean of two softmaxes is not the softmax of the mean: the top class agrees
+        assert (q.argmax(1) == dense.argmax(1)).mean() > 0.9
+    # torchrun's part files (rank r: rows r, r + W, ...) merge back into the file's row order
+    for r in range(2):
+        (tmp_path / f"part{r}").mkdir()
+        np.save(tmp_path / f"part{r}/features.npy", np.asarray(f[r::2]))
+    merge_features([tmp_path / "part0", tmp_path / "part1"], tmp_path / "merged", len(f))
+    assert np.array_equal(load_features(tmp_path / "merged"), f)

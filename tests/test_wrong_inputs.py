@@ -29,9 +29,9 @@ def run(tmp_path_factory) -> Path:
         {"id": "lw", "stage": "weigh", "manifest": "@manifest", "tags": "@tags"},
         {"id": "ft", "stage": "finetune", "manifest": "@manifest", **TRAIN},
         {"id": "train", "stage": "predict", "model": "@ft", "manifest": "@manifest",
-         "split": "train", "workers": 0},
+         "split": "train", "workers": 0, "features": True},
         {"id": "val", "stage": "predict", "model": "@ft", "manifest": "@manifest",
-         "split": "val", "workers": 0},
+         "split": "val", "workers": 0, "features": True},
         {"id": "test", "stage": "predict", "model": "@ft", "manifest": "@manifest",
          "split": "test", "workers": 0},
         {"id": "pl", "stage": "pseudo-label", "manifest": "@manifest", "preds": "@train"},
@@ -55,6 +55,8 @@ def _valid(run: Path) -> dict[str, dict[str, object]]:
         "ensemble": {"preds": [run / "val", run / "val"], "fit": [run / "val", run / "val"],
                      "fit_labels": val_list},
         "pseudo-label": {"manifest": m, "preds": run / "train", "text": run / "tags"},
+        "pseudo-label probe": {"manifest": m, "preds": run / "train",
+                               "probe": [run / "train", run / "val"], "thresholds": "0.5,0.9"},
         "submit": {"preds": run / "test"},
         "gate memorised": {"model": run / "ft"},
         "gate beats": {"rule": "beats", "preds": [run / "val", run / "val"], "labels": m},
@@ -72,6 +74,7 @@ def _argv(stage: str, inputs: dict[str, object], out: Path) -> list[str]:
         argv += vals if i.positional else [f"--{i.name.replace('_', '-')}", *vals]
     extra = FAST if st.training else ["--workers", "0"] if stage in ("predict", "shard") else []
     extra += ["--rule", str(inputs["rule"])] if "rule" in inputs else []
+    extra += ["--thresholds", str(inputs["thresholds"])] if "thresholds" in inputs else []
     return argv + extra + ["-o", str(out)]
 
 
@@ -81,8 +84,8 @@ def _cases() -> list[tuple[str, str]]:
              "pretrain lw": ["label_weights"], "finetune": ["manifest", "labels"],
              "predict": ["model", "manifest"], "evaluate": ["preds", "manifest", "labels"],
              "ensemble": ["preds", "fit", "fit_labels"],
-             "pseudo-label": ["manifest", "preds", "text"], "submit": ["preds"],
-             "gate memorised": ["model"], "gate beats": ["preds", "labels"]}
+             "pseudo-label": ["manifest", "preds", "text"], "pseudo-label probe": ["probe"],
+             "submit": ["preds"], "gate memorised": ["model"], "gate beats": ["preds", "labels"]}
     return [(stage, name) for stage, inputs in names.items() for name in inputs]
 
 

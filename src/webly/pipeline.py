@@ -147,7 +147,8 @@ def skip_reason(step: Step, root: Path, skipped: dict[str, str]) -> str:
     for value in [*step.inputs.values(), *step.options.values()]:
         if isinstance(value, str) and value[1:] in skipped and value.startswith("@"):
             return f"it needs {value}, which was skipped"
-        if isinstance(value, list) and value and all(r in skipped for r in _refs(value)):
+        refs = _refs(value) if isinstance(value, list) else []  # a list of numbers has none
+        if refs and all(r in skipped for r in refs):
             return f"every one of {value} was skipped"
     return ""
 

@@ -140,6 +140,10 @@ def decided(run: Run) -> dict[str, Any]:
     of these records: the report shows it, the benchmarks write it to benchmark.json."""
     res: dict[str, Any] = {"gates": {s: run.steps[s].get("summary") or {}
                                      for s in run.of("gate")},
+                           "thresholds": {s: (run.steps[s].get("summary") or {})
+                                          ["threshold_decision"] for s in run.of("pseudo-label")
+                                          if "threshold_decision" in
+                                          (run.steps[s].get("summary") or {})},
                            "ensembles": {}, "skipped": dict(run.skipped)}
     for sid in run.of("ensemble"):
         e = run.steps[sid].get("summary") or {}
@@ -158,6 +162,7 @@ def decisions(run: Run) -> list[list[str]]:
     d = decided(run)
     rows = [[sid, f"{g.get('rule')}: {'yes' if g.get('pass') else 'no'}", str(g.get("why", ""))]
             for sid, g in d["gates"].items()]
+    rows += [[sid, f"threshold {t['threshold']:g}", t["why"]] for sid, t in d["thresholds"].items()]
     for sid, e in d["ensembles"].items():
         out = ", ".join(e["left_out"])
         rows.append([sid, "members " + ", ".join(

@@ -137,7 +137,10 @@ STAGES: tuple[Stage, ...] = (
           (MANIFEST, _in("preds", "predictions on the train split (one model or an ensemble)",
                          positional=True),
            _in("text", "tags folder from `webly tag`: the text's evidence joins the images' "
-                       "(out-of-fold keyword classifier)", required=False)),
+                       "(out-of-fold keyword classifier)", required=False),
+           _in("probe", "with --thresholds: one model's predictions with features "
+                        "(`predict --features`) on the train split, then on the holdout",
+               required=False, many=True)),
           "train predictions (+ WT-Set)",
           "`labels.parquet` for `finetune --labels`, `scores.parquet`, report, suspects"),
     Stage("gate", "a decision made on the holdout (a recipe step `when: \"@GATE\"` runs only "

@@ -13,6 +13,11 @@ ensembling, pseudo-labelling and submission read, a row group at a time.
         rest (float16)     1 - sum(topk_prob): the probability mass of the classes not kept
         file metadata `webly` (JSON): split, classes, num_classes, k, model, tta, ...
 
+    PREDS/features.npy          with `predict --features`: the classifier layer's input (the
+        model's features, averaged over the test-time views) of every image, float16 [n, D], in
+        the file's row order (NumPy's .npy: `np.load(..., mmap_mode="r")` reads any slice without
+        the rest; 16M images x 2,048 features are 65 GB on disk, never in memory)
+
 No file holds all N x C probabilities: at WebVision's 16M images x 5,000 classes that is 160 GB in
 float16. With k >= C the file is the whole distribution; otherwise `rest` bounds what was dropped.
 """
@@ -34,6 +39,7 @@ from webly.files import AtomicTarget
 
 ROW_GROUP = 65_536
 FILE = "predictions.parquet"
+FEATURES = "features.npy"
 
 
 def schema(k: int, info: dict[str, Any]) -> pa.Schema:
@@ -172,3 +178,36 @@ def load_predictions(preds_dir: str | Path) -> Predictions:
     t = pq.read_table(f)
     info = {**json.loads(t.schema.metadata[b"webly"]), "images": t.num_rows}
     return _batch(t, info)
+
+
+class FeatureWriter:
+    """features.npy written a batch at a time into a memory-mapped file of `n` rows, created at the
+    first batch (when the width is known); the file appears only on `close()`."""
+
+    def __init__(self, out_dir: str | Path, n: int) -> None:
+        self.target, self.n, self.array = AtomicTarget(Path(out_dir) / FEATURES), n, None
+
+    def write(self, pos: np.ndarray, feats: np.ndarray) -> None:
+        if self.array is None:
+            self.array = np.lib.format.open_memmap(self.target.tmp, mode="w+", dtype=np.float16,
+                                                   shape=(self.n, feats.shape[1]))
+        self.array[pos] = feats
+
+    def close(self) -> None:
+        if self.array is None:
+            raise WeblyError("predict --features: no batch was written")
+        self.array.flush()
+        self.array = None
+        self.target.commit()
+
+    def abort(self) -> None:
+        self.array = None
+        self.target.discard()
+
+
+def load_features(preds_dir: str | Path) -> np.ndarray:
+    """A predictions folder's features.npy: memory-mapped float16 [n, D], in its row order."""
+    f = Path(preds_dir) / FEATURES
+    if not f.is_file():
+        raise WeblyError(f"{preds_dir}: no {FEATURES} (make it with `webly predict --features`)")
+    return np.load(f, mmap_mode="r")

@@ -4,6 +4,10 @@ Output `preds/predictions.parquet` (the format is `webly.data.predictions`'): on
 the split in manifest order, its top-k classes with their probabilities and the leftover mass,
 written a batch at a time.
 
+With `--features`, features.npy beside it: each image's input to the classifier layer (the
+model's features), averaged over the same views; a probe on them is how `pseudo-label` lets the
+holdout choose its threshold.
+
 Test-time augmentation: `center` (resize + centre crop), `flip` (+ horizontal flip),
 `multiscale` (flip at the training size and at 1.15x), probabilities averaged.
 Under torchrun each rank predicts every world-th image into a part file; rank 0 interleaves them.
@@ -28,12 +32,18 @@ from webly import faults
 from webly.config import check_choices, opt
 from webly.data.images import BadImages, EvalTransform, Preprocess, normalize_batch, try_decode
 from webly.data.manifest import Manifest
-from webly.data.predictions import PredictionWriter, iter_predictions
+from webly.data.predictions import (
+    FEATURES,
+    ROW_GROUP,
+    FeatureWriter,
+    PredictionWriter,
+    iter_predictions,
+)
 from webly.errors import WeblyError
 from webly.progress import progress
 from webly.training.checkpoints import load_weights
 from webly.training.distributed import Dist, init_distributed
-from webly.training.models import create_backbone
+from webly.training.models import create_backbone, head_prefix
 
 
 @dataclass
@@ -49,6 +59,8 @@ class PredictConfig:
     img_size: int = opt(0, "input size (0: the model's training size)")
     workers: int = opt(4, "DataLoader workers")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to predict")
+    features: bool = opt(False, "also write features.npy: each image's features (the classifier "
+                                "layer's input), float16")
 
     def validate(self) -> None:
         check_choices(self, "predict")
@@ -150,17 +162,25 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
     ids = table["id"].take(pa.array(mine)).combine_chunks()
     bad = BadImages(len(rows), cfg.max_bad_fraction)
     writer = PredictionWriter(part_dir, k, info)
+    feats = FeatureWriter(part_dir, len(mine)) if cfg.features else None
     try:
-        _predict_into(writer, model, meta, cfg, d, manifest.root, mine, paths, ids, bad)
+        _predict_into(writer, model, meta, cfg, d, manifest.root, mine, paths, ids, bad, feats)
     except BaseException:
         writer.abort()
+        if feats:
+            feats.abort()
         raise
     writer.close()
+    if feats:
+        feats.close()
     if d.enabled:
         dist.barrier()
         if not d.is_primary:
             return {}
-        bad.seen = merge_parts([out / f".part-{r}" for r in range(d.world_size)], out, k, info)
+        parts = [out / f".part-{r}" for r in range(d.world_size)]
+        if cfg.features:
+            merge_features(parts, out, len(rows))
+        bad.seen = merge_parts(parts, out, k, info)
     bad.check(f"; predictions written to {out} with them marked skipped")
     return {"images": len(rows), "skipped_images": len(bad.seen), "bad_images": bad.counts(),
             "k": k, **{key: v for key, v in info.items() if key != "classes"}}
@@ -168,16 +188,23 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
 
 def _predict_into(writer: PredictionWriter, model: torch.nn.Module, meta: dict[str, Any],
                   cfg: PredictConfig, d: Dist, root: Path, mine: np.ndarray, paths: pa.Array,
-                  ids: pa.Array, bad: BadImages) -> None:
+                  ids: pa.Array, bad: BadImages, feats: FeatureWriter | None = None) -> None:
     fmt = torch.channels_last if meta.get("channels_last") else torch.contiguous_format
     model = model.to(d.device, memory_format=fmt)
+    seen: list[torch.Tensor] = []  # the classifier's input, one entry per view
+    if feats is not None:
+        model.get_submodule(head_prefix(model)).register_forward_pre_hook(
+            lambda _m, args: seen.append(args[0].detach().float().flatten(1)))
     dtype = torch.bfloat16 if d.device.type == "cuda" else None
     pre = Preprocess.from_meta(meta, cfg.img_size)  # the one place prediction reads preprocessing
     images = _Images(root, paths, EvalTransform.of(pre))
     loader = torch.utils.data.DataLoader(images, batch_size=cfg.batch_size, num_workers=cfg.workers)
     for x, idx, err in progress(loader, desc=f"predict {cfg.split}", unit="batch"):
+        seen.clear()
         p = probabilities(model, x, pre, cfg.tta, d.device, fmt, dtype)
         tp, ti = p.cpu().topk(writer.k, dim=1)
+        if feats is not None:
+            feats.write(idx.numpy(), (sum(seen) / len(seen)).cpu().numpy())
         status = []
         for j, e in zip(idx.tolist(), err, strict=True):
             status.append(f"skipped: {e}" if e else "ok")
@@ -209,6 +236,17 @@ def merge_parts(parts: list[Path], out: Path, k: int, info: dict[str, Any]) -> d
     for p in parts:
         shutil.rmtree(p, ignore_errors=True)
     return bad
+
+
+def merge_features(parts: list[Path], out: Path, n: int) -> None:
+    """Interleave the ranks' features.npy (rank r holds rows r, r + W, ...) into one, on disk."""
+    writer = FeatureWriter(out, n)
+    for r, p in enumerate(parts):
+        part = np.load(p / FEATURES, mmap_mode="r")
+        for s in range(0, len(part), ROW_GROUP):
+            chunk = np.asarray(part[s:s + ROW_GROUP])
+            writer.write(np.arange(s, s + len(chunk)) * len(parts) + r, chunk)
+    writer.close()
 
 
 def run_predict(*, model: str, manifest: str, cfg: PredictConfig, out: Path) -> dict[str, Any]:

@@ -23,6 +23,13 @@ with 0.6% from a geometric mean (text_weight 0.5 on both). The text classifier h
 classes float32 in memory: fine to ~10^8 entries (a few million images on 53 classes), not
 WebVision's 16M x 5,000.
 
+The holdout chooses the threshold (`--thresholds 0.3,...,0.9 --probe TRAIN_PREDS HOLDOUT_PREDS`):
+the two predictions folders carry one model's features (`predict --features`) on the training
+images and on the holdout (the manifest's val split, noisy or clean); a linear probe per
+candidate learns the labels that candidate gives and the holdout scores it; `threshold` is the
+default the best candidate must beat by `probe_min_se` paired standard errors
+(webly.inference.probe). report.json records the choice and every candidate's score.
+
 Outputs in the folder:
     labels.parquet   row, id, label (new; -1 = dropped), original_label, source
                      (original | pseudo | dropped), confidence, and with `soft_k` the top soft_k
@@ -68,6 +75,13 @@ class PseudoLabelConfig:
     text_weight: float = opt(1.0, "with --text: weight of the text's evidence in the product "
                                   "with the images' (0: images only; 1: independent views)")
     text_folds: int = opt(5, "with --text: folds of the out-of-fold text classifier")
+    thresholds: list[float] | None = opt(None, "candidate thresholds the holdout chooses among "
+                                               "(with --probe), e.g. 0.3,0.5,0.7,0.9; "
+                                               "`threshold` is the default they must beat")
+    probe_min_se: float = opt(2.0, "with --thresholds: paired standard errors a candidate's "
+                                   "probe must beat the default's by on the holdout")
+    probe_images: int = opt(100_000, "with --thresholds: training images (a fixed sample) each "
+                                     "probe learns from")
 
     def validate(self) -> None:
         if not 0 <= self.threshold <= 1 or not 0 <= self.top_fraction <= 1:
@@ -76,14 +90,30 @@ class PseudoLabelConfig:
             raise WeblyError("pseudo-label: soft_k and suspects must not be negative")
         if not 0 <= self.text_weight <= 10 or self.text_folds < 2:
             raise WeblyError("pseudo-label: text_weight must be within [0, 10], text_folds >= 2")
+        if self.thresholds is not None:
+            if not self.thresholds or not all(0 <= t <= 1 for t in self.thresholds):
+                raise WeblyError("pseudo-label: thresholds must be one or more values within "
+                                 "[0, 1]")
+            if self.top_fraction > 0:
+                raise WeblyError("pseudo-label: --thresholds chooses a threshold; it cannot be "
+                                 "combined with --top-fraction")
+            if self.probe_min_se < 0 or self.probe_images < 100:
+                raise WeblyError("pseudo-label: probe_min_se >= 0, probe_images >= 100")
 
 
 def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str | Path,
-                 cfg: PseudoLabelConfig, text: str | Path | None = None) -> dict[str, Any]:
+                 cfg: PseudoLabelConfig, text: str | Path | None = None,
+                 probe: list[str] | None = None) -> dict[str, Any]:
     """Two passes over the predictions, a row group at a time: decide (from each image's top-1
     and confidence: 17 bytes an image, or with `text` the product of experts), then write
     labels.parquet with the ids and soft targets."""
     cfg.validate()
+    if (cfg.thresholds is None) != (probe is None):
+        raise WeblyError("pseudo-label: --thresholds and --probe TRAIN_PREDS HOLDOUT_PREDS go "
+                         "together (the probe is how the holdout chooses among them)")
+    if probe is not None and len(probe) != 2:
+        raise WeblyError("pseudo-label --probe needs two predictions folders: the train split "
+                         "and the holdout, both with features.npy")
     manifest = Manifest(manifest_path)
     info = read_info(preds_dir)
     if info["split"] != "train":
@@ -99,8 +129,12 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     original = labels[rows]
     ok &= original >= 0
     disagree = ok & (pred != original)
+    decision, threshold = None, cfg.threshold
+    if probe is not None:
+        decision = _choose(manifest, labels, rows, probe, pred, conf, original, disagree, cfg)
+        threshold = decision["threshold"]
     confident = _top_fraction(pred, conf, ok, cfg.top_fraction) if cfg.top_fraction > 0 \
-        else conf >= cfg.threshold
+        else conf >= threshold
     relabel = disagree & confident
     drop = disagree & ~confident & cfg.drop_inconsistent
     new = np.where(relabel, pred, np.where(drop, -1, original))
@@ -111,6 +145,10 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     suspect_ids = _write_labels(out, preds_dir, cfg.soft_k, new, original, source, conf,
                                 suspects, given, pred)
     report = _report(manifest, original, pred, ok, disagree, relabel, drop)
+    if cfg.top_fraction == 0:
+        report["threshold"] = threshold
+    if decision is not None:
+        report["threshold_decision"] = decision
     write_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     names = manifest.class_names
     lines = [f"{suspect_ids[i]}\t{names[original[i]]}\t{names[pred[i]]}\t{conf[i]:.3f}\n"
@@ -120,6 +158,45 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     if text is not None:
         report["text"] = {"tags": str(text), "weight": cfg.text_weight, "folds": cfg.text_folds}
     return report
+
+
+def _choose(manifest: Manifest, labels: np.ndarray, rows: np.ndarray, probe: list[str],
+            pred: np.ndarray, conf: np.ndarray, original: np.ndarray, disagree: np.ndarray,
+            cfg: PseudoLabelConfig) -> dict[str, Any]:
+    """The threshold the holdout chooses (webly.inference.probe), printed and returned."""
+    from webly.data.predictions import load_features
+    from webly.inference.probe import choose_threshold
+
+    train_rows, holdout_rows = (_rows_of(d) for d in probe)
+    if not np.array_equal(train_rows, rows):
+        raise WeblyError(f"{probe[0]} predicts other training images than {rows.size} the "
+                         "labels come from: predict the same manifest's train split")
+    info = [read_info(d) for d in probe]
+    if info[1]["split"] != "val":
+        raise WeblyError(f"{probe[1]} holds {info[1]['split']!r} predictions; the probe is "
+                         "scored on the holdout (val)")
+    if [(i.get("model"), i.get("tta")) for i in info[:1]] != [(info[1].get("model"),
+                                                                info[1].get("tta"))]:
+        raise WeblyError(f"{probe[0]} and {probe[1]}: features of one model with the same "
+                         "test-time views are needed (model and tta must match)")
+    train, holdout = (load_features(d) for d in probe)
+    if train.shape[1] != holdout.shape[1] or len(holdout) != len(holdout_rows):
+        raise WeblyError(f"{probe[0]} and {probe[1]}: features of different models or a "
+                         "truncated features.npy")
+    labels_of = {}
+    for t in sorted({cfg.threshold, *cfg.thresholds}):
+        relabel = disagree & (conf >= t)
+        drop = disagree & ~relabel & cfg.drop_inconsistent
+        labels_of[t] = np.where(relabel, pred, np.where(drop, -1, original))
+    res = choose_threshold(train, labels_of, holdout, labels[holdout_rows],
+                           manifest.num_classes, cfg.threshold, cfg.probe_min_se,
+                           cfg.probe_images)
+    print(f"[webly] pseudo-label: threshold {res['threshold']:g}: {res['why']}", flush=True)
+    return res
+
+
+def _rows_of(preds_dir: str) -> np.ndarray:
+    return np.concatenate([p.rows for p in iter_predictions(preds_dir)])
 
 
 def _text_probs(tags: str | Path, preds_dir: str | Path, labels: np.ndarray, num_classes: int,
@@ -282,6 +359,7 @@ def label_effect(labels: str | Path, truth: np.ndarray | None = None) -> dict[st
 
 
 def run_pseudo_label(*, manifest: str, preds: str, cfg: PseudoLabelConfig,
-                     out: Path, text: str | None = None) -> dict[str, Any]:
+                     out: Path, text: str | None = None,
+                     probe: list[str] | None = None) -> dict[str, Any]:
     """The `pseudo-label` stage."""
-    return pseudo_label(manifest, preds, out, cfg, text)
+    return pseudo_label(manifest, preds, out, cfg, text, probe)
