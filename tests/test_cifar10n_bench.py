@@ -105,6 +105,9 @@ def test_every_stage_ran_and_scored(bench_run):
     for pl, d in chosen.items():
         assert set(d["holdout_top1"]) == {"0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"}
         assert d["holdout_images"] == 200 and 0 < flops[pl] < 0.05 * flops["ce"]
+    from webly.report import Run, decisions
+    shown = {r[0]: r[1] for r in decisions(Run(out))}  # webly report's decisions table
+    assert all(shown[pl] == f"threshold {d['threshold']:g}" for pl, d in chosen.items())
     for probe in ("val_ce_probe", "val_final_probe")[:1 + round2]:  # 200 holdout images, 2 views
         assert flops[probe] / flops["ce"] == pytest.approx(2 * cheaper / 6 / 5, rel=0.15)
     assert res["ce_same_total_compute"] == res["rows"][-2]["top1"]
