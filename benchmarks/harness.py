@@ -225,7 +225,7 @@ def shares(spec: Spec, recipe: dict[str, Any], epochs: int) -> dict[str, float]:
     native = None
     for target, steps in spec.match.items():
         units = sum(spec.share.get(s, 0.0) for s in steps)
-        for sid in (s for s in steps if s in spec.passes):
+        for sid in (s for s in steps if s in spec.passes and s in by_id):  # a variant may lack it
             step = by_id[sid]
             model = by_id[step["model"].lstrip("@")]
             native = native or macs_per_image(model["backbone"], spec.native_size, 10)

@@ -288,3 +288,15 @@ def test_ensemble_rules_recomputes_the_recipes_answer(bench_run, capsys):
     if "the plain average" in s["recorded_rule"]:
         assert s["rules"]["plain"] == s["rules"]["rule"]
     assert s["members"][:2] == ["ce", "ce_more"] and "mean difference" in capsys.readouterr().out
+
+
+def test_a_variant_without_the_probe_passes_plans_its_shares():
+    """A `--recipe` variant may lack steps the benchmark knows (v13's recipe has no threshold
+    probes): the planned shares count the passes it has."""
+    from webly.config import load_yaml
+
+    bench = _bench()
+    recipe = load_yaml(bench.RECIPE)
+    full = bench.harness.shares(bench.SPEC, recipe, 3)
+    recipe["steps"] = [s for s in recipe["steps"] if not s["id"].endswith("_probe")]
+    assert bench.harness.shares(bench.SPEC, recipe, 3)["ce_long"] < full["ce_long"]
