@@ -293,7 +293,7 @@ def test_threshold_choice_bad_inputs(tmp_path):
              ({}, [train, val], "go together"),
              (dict(thresholds=[0.7]), [train], "two predictions folders"),
              (dict(thresholds=[0.7]), [train, train], "holds 'train' predictions"),
-             (dict(thresholds=[0.7]), [val, val], "other training images"),
+             (dict(thresholds=[0.7]), [val, val], "other images than"),
              (dict(thresholds=[]), [train, val], "one or more"),
              (dict(thresholds=[1.5]), [train, val], "within"),
              (dict(thresholds=[0.7], top_fraction=0.5), [train, val], "top-fraction"),

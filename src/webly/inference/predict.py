@@ -167,11 +167,11 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_dir: str | Pa
         _predict_into(writer, model, meta, cfg, d, manifest.root, mine, paths, ids, bad, feats)
     except BaseException:
         writer.abort()
-        if feats:
+        if feats is not None:
             feats.abort()
         raise
     writer.close()
-    if feats:
+    if feats is not None:
         feats.close()
     if d.enabled:
         dist.barrier()

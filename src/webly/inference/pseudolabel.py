@@ -169,14 +169,14 @@ def _choose(manifest: Manifest, labels: np.ndarray, rows: np.ndarray, probe: lis
 
     train_rows, holdout_rows = (_rows_of(d) for d in probe)
     if not np.array_equal(train_rows, rows):
-        raise WeblyError(f"{probe[0]} predicts other training images than {rows.size} the "
-                         "labels come from: predict the same manifest's train split")
+        raise WeblyError(f"{probe[0]} predicts other images than the {rows.size} training "
+                         "images being labelled: predict the same manifest's train split")
     info = [read_info(d) for d in probe]
     if info[1]["split"] != "val":
         raise WeblyError(f"{probe[1]} holds {info[1]['split']!r} predictions; the probe is "
                          "scored on the holdout (val)")
-    if [(i.get("model"), i.get("tta")) for i in info[:1]] != [(info[1].get("model"),
-                                                                info[1].get("tta"))]:
+    if [(i.get("model"), i.get("tta")) for i in info] != [(info[0].get("model"),
+                                                          info[0].get("tta"))] * 2:
         raise WeblyError(f"{probe[0]} and {probe[1]}: features of one model with the same "
                          "test-time views are needed (model and tta must match)")
     train, holdout = (load_features(d) for d in probe)
