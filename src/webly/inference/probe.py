@@ -10,6 +10,12 @@ candidate replaces the default threshold only when it beats the default's probe 
 `min_se` paired standard errors: the best of several candidates scored on the same holdout
 flatters itself (as decision 3's fitted weights do, hence the same 2).
 
+Cost: candidates x loss evaluations (<= 125 each) x images x features x classes x 3
+multiply-adds, recorded in the decision (`probe_macs`). Small against a unit of training where
+the unit is long (CIFAR-10N: 0.011 units at --quick, 10 classes); on a short unit with many
+classes it is not (fashion53 at --quick: 0.19 units for 7 candidates on 53 classes, computed from
+the recorded multiply-adds), and the recipe's compute must count it.
+
 Deterministic: the probe starts at zero and trains full-batch (L-BFGS) on a fixed-seed sample of
 at most `max_images` training images, so a rerun decides the same.
 """
