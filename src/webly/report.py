@@ -138,12 +138,11 @@ def decided(run: Run) -> dict[str, Any]:
     """What a run decided on its holdout: each gate's summary, each ensemble whose weights were
     fitted there (members, weights, left out: names), each skipped step and why. The one reader
     of these records: the report shows it, the benchmarks write it to benchmark.json."""
+    labelled = {s: run.steps[s].get("summary") or {} for s in run.of("pseudo-label")}
     res: dict[str, Any] = {"gates": {s: run.steps[s].get("summary") or {}
                                      for s in run.of("gate")},
-                           "thresholds": {s: (run.steps[s].get("summary") or {})
-                                          ["threshold_decision"] for s in run.of("pseudo-label")
-                                          if "threshold_decision" in
-                                          (run.steps[s].get("summary") or {})},
+                           "thresholds": {s: v["threshold_decision"] for s, v in labelled.items()
+                                          if "threshold_decision" in v},
                            "ensembles": {}, "skipped": dict(run.skipped)}
     for sid in run.of("ensemble"):
         e = run.steps[sid].get("summary") or {}

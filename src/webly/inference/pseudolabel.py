@@ -131,7 +131,8 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     disagree = ok & (pred != original)
     decision, threshold = None, cfg.threshold
     if probe is not None:
-        decision = _choose(manifest, labels, rows, probe, pred, conf, original, disagree, cfg)
+        decision = _choose(manifest, labels, rows, preds_dir, probe, pred, conf, original,
+                           disagree, cfg)
         threshold = decision["threshold"]
     confident = _top_fraction(pred, conf, ok, cfg.top_fraction) if cfg.top_fraction > 0 \
         else conf >= threshold
@@ -160,14 +161,16 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     return report
 
 
-def _choose(manifest: Manifest, labels: np.ndarray, rows: np.ndarray, probe: list[str],
-            pred: np.ndarray, conf: np.ndarray, original: np.ndarray, disagree: np.ndarray,
-            cfg: PseudoLabelConfig) -> dict[str, Any]:
+def _choose(manifest: Manifest, labels: np.ndarray, rows: np.ndarray, preds_dir: str | Path,
+            probe: list[str], pred: np.ndarray, conf: np.ndarray, original: np.ndarray,
+            disagree: np.ndarray, cfg: PseudoLabelConfig) -> dict[str, Any]:
     """The threshold the holdout chooses (webly.inference.probe), printed and returned."""
     from webly.data.predictions import load_features
     from webly.inference.probe import choose_threshold
 
-    train_rows, holdout_rows = (_rows_of(d) for d in probe)
+    # the labeller's own folder (the usual case) was read already: its rows are `rows`
+    same = Path(probe[0]).resolve() == Path(preds_dir).resolve()
+    train_rows, holdout_rows = rows if same else _rows_of(probe[0]), _rows_of(probe[1])
     if not np.array_equal(train_rows, rows):
         raise WeblyError(f"{probe[0]} predicts other images than the {rows.size} training "
                          "images being labelled: predict the same manifest's train split")
