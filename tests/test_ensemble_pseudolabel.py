@@ -275,6 +275,24 @@ def test_the_holdout_chooses_the_threshold(tmp_path, wrong_pred):
     assert report["threshold_decision"] == json.loads(json.dumps(d))
 
 
+def test_the_probe_learns_from_its_sample_only(tmp_path):
+    """Past `probe_images` the probes learn from a fixed sample, and each candidate's labels are
+    made for the sample's rows only (their training images' labels at that threshold)."""
+    from webly.inference.probe import sample
+
+    m, train, val = _probe_case(tmp_path, wrong_pred=True)
+    pick = sample(180, 100)
+    assert np.array_equal(pick, sample(180, 100)) and len(np.unique(pick)) == 100
+    assert np.all(np.diff(pick) > 0) and np.array_equal(sample(50, 100), np.arange(50))
+    cfg = PseudoLabelConfig(threshold=0.5, thresholds=[0.7], probe_images=100,
+                            drop_inconsistent=True)
+    d = pseudo_label(m, train, tmp_path / "pl", cfg, probe=[train, val])["threshold_decision"]
+    odd = int((pick < 40).sum())  # the sample's images the labeller doubts (p 0.6)
+    # at 0.5 they are relabelled (kept); at 0.7 dropped: the kept counts are the sample's
+    assert d["probe_images"] == {"0.5": 100, "0.7": 100 - odd}
+    assert d["threshold"] == 0.7
+
+
 def test_the_default_threshold_stays_when_the_holdout_cannot_tell(tmp_path):
     """Candidates whose labels are the default's (nothing between their thresholds) score alike:
     the default is kept; so is it when a candidate's gain is inside `probe_min_se` SEs."""

@@ -17,7 +17,7 @@ classes it is not (fashion53 at --quick: 0.19 units for 7 candidates on 53 class
 the recorded multiply-adds), and the recipe's compute must count it.
 
 Deterministic: the probe starts at zero and trains full-batch (L-BFGS) on a fixed-seed sample of
-at most `max_images` training images, so a rerun decides the same.
+at most `max_images` training images (`sample`), so a rerun decides the same.
 """
 
 from __future__ import annotations
@@ -55,18 +55,23 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int,
     return lin, int(opt.state[lin.weight]["func_evals"])
 
 
+def sample(n: int, max_images: int, seed: int = 0) -> np.ndarray:
+    """The sorted rows (of `n` training images) the probes learn from: all of them up to
+    `max_images`, else a fixed-seed sample, drawn before any label array is built so that a
+    16M-image split costs memory for the sample only."""
+    if n <= max_images:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_images, replace=False))
+
+
 def choose_threshold(train_feats: np.ndarray, labels_of: dict[float, np.ndarray],
                      holdout_feats: np.ndarray, holdout_labels: np.ndarray, num_classes: int,
-                     default: float, min_se: float, max_images: int = 100_000,
-                     seed: int = 0) -> dict[str, Any]:
+                     default: float, min_se: float) -> dict[str, Any]:
     """The threshold the holdout chooses among `labels_of` (threshold -> the training labels it
-    gives, -1: dropped, aligned with `train_feats`' rows; `default` among them), `default`
-    unless beaten by more than `min_se` paired SEs. Returns the choice with every candidate's
-    holdout score behind it."""
-    n = len(train_feats)
-    pick = np.sort(np.random.default_rng(seed).choice(n, max_images, replace=False)) \
-        if n > max_images else np.arange(n)
-    x = np.asarray(train_feats[pick], np.float32)
+    gives, -1: dropped, aligned with `train_feats`' rows: the `sample`; `default` among them),
+    `default` unless beaten by more than `min_se` paired SEs. Returns the choice with every
+    candidate's holdout score behind it."""
+    x = np.asarray(train_feats, np.float32)
     mu, sd = x.mean(0), x.std(0) + 1e-6
     x = torch.from_numpy((x - mu) / sd)
     known = holdout_labels >= 0
@@ -74,7 +79,6 @@ def choose_threshold(train_feats: np.ndarray, labels_of: dict[float, np.ndarray]
     vy = holdout_labels[known]
     right, scores, kept, macs = {}, {}, {}, 0
     for t, lab in sorted(labels_of.items()):
-        lab = lab[pick]
         keep = lab >= 0
         lin, evals = fit_probe(x[keep], torch.from_numpy(lab[keep].astype(np.int64)),
                                num_classes)

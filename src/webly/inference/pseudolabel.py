@@ -166,7 +166,7 @@ def _choose(manifest: Manifest, labels: np.ndarray, rows: np.ndarray, preds_dir:
             disagree: np.ndarray, cfg: PseudoLabelConfig) -> dict[str, Any]:
     """The threshold the holdout chooses (webly.inference.probe), printed and returned."""
     from webly.data.predictions import load_features
-    from webly.inference.probe import choose_threshold
+    from webly.inference.probe import choose_threshold, sample
 
     # the labeller's own folder (the usual case) was read already: its rows are `rows`
     same = Path(probe[0]).resolve() == Path(preds_dir).resolve()
@@ -186,14 +186,16 @@ def _choose(manifest: Manifest, labels: np.ndarray, rows: np.ndarray, preds_dir:
     if train.shape[1] != holdout.shape[1] or len(holdout) != len(holdout_rows):
         raise WeblyError(f"{probe[0]} and {probe[1]}: features of different models or a "
                          "truncated features.npy")
+    # the labels each candidate gives, on the probe's sample only (never N x candidates)
+    pick = sample(len(rows), cfg.probe_images)
+    d, c, p, o = disagree[pick], conf[pick], pred[pick], original[pick]
     labels_of = {}
     for t in sorted({cfg.threshold, *cfg.thresholds}):
-        relabel = disagree & (conf >= t)
-        drop = disagree & ~relabel & cfg.drop_inconsistent
-        labels_of[t] = np.where(relabel, pred, np.where(drop, -1, original))
-    res = choose_threshold(train, labels_of, holdout, labels[holdout_rows],
-                           manifest.num_classes, cfg.threshold, cfg.probe_min_se,
-                           cfg.probe_images)
+        relabel = d & (c >= t)
+        drop = d & ~relabel & cfg.drop_inconsistent
+        labels_of[t] = np.where(relabel, p, np.where(drop, -1, o))
+    res = choose_threshold(train[pick], labels_of, holdout, labels[holdout_rows],
+                           manifest.num_classes, cfg.threshold, cfg.probe_min_se)
     print(f"[webly] pseudo-label: threshold {res['threshold']:g}: {res['why']}", flush=True)
     return res
 
