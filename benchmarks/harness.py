@@ -208,7 +208,7 @@ def recipe_for(spec: Spec, roots: dict[str, Path], epochs: int, batch_size: int 
             step["samples_per_epoch"] = round(draws / step["epochs"])
             step["batch_size"] = batch_size or step["batch_size"]
             step["amp"] = amp
-            step["seed"] = seed
+            step["seed"] = step.get("seed", 0) + seed  # members keep distinct seeds
         if workers is not None and "workers" in step:
             step["workers"] = workers
     return recipe
@@ -451,8 +451,8 @@ def main(spec: Spec, argv: list[str] | None = None, doc: str = "") -> int:
     ap.add_argument("--batch-size", type=int,
                     help="override: training batch (smoke tests on tiny subsets)")
     ap.add_argument("--seed", type=int, default=0,
-                    help="training seed of every step (the label noise keeps its own: a second "
-                         "seed measures how much a row varies)")
+                    help="added to every training step's own seed (the label noise keeps its "
+                         "own: a second seed measures how much a row varies)")
     ap.add_argument("--workers", type=int,
                     help="override: DataLoader workers of every step (0 in the recipes: on 2 "
                          "CPU cores the main process loads in-memory images fastest)")
