@@ -304,7 +304,8 @@ def test_shard_fed_balanced_training_resumes_exactly(data6, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("size", [32, 24])
+# the resized path (24) in the fast subset; the native size (32) in the full suite
+@pytest.mark.parametrize("size", [pytest.param(32, marks=pytest.mark.slow), 24])
 def test_in_memory_images_train_exactly_as_files(data6, tmp_path, size):
     """Decoded once into memory or decoded every epoch: the same pixels, the same weights; with
     pad-crop augmentation and mixup too, and at a smaller size (resized once in memory)."""

@@ -13,6 +13,7 @@ def test_lexnames_has_the_45_standard_files():
     assert "05\tnoun.animal\t1" in lines
 
 
+@pytest.mark.slow  # the one-time build a fresh machine does (bootstrap); 9 s
 @pytest.mark.skipif(not (wnmod.DEBIAN_DIR / "data.noun").is_file(),
                     reason="Debian wordnet-base not installed")
 def test_builds_nltk_layout_from_debian_files_and_resolves_mule_deer(tmp_path, monkeypatch):
