@@ -136,9 +136,7 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
         threshold = decision["threshold"]
     confident = _top_fraction(pred, conf, ok, cfg.top_fraction) if cfg.top_fraction > 0 \
         else conf >= threshold
-    relabel = disagree & confident
-    drop = disagree & ~confident & cfg.drop_inconsistent
-    new = np.where(relabel, pred, np.where(drop, -1, original))
+    new, relabel, drop = _decide(disagree, confident, pred, original, cfg.drop_inconsistent)
     source = np.where(relabel, "pseudo", np.where(drop, "dropped", "original"))
     suspects = np.flatnonzero(disagree)  # the given label's probability low, another's high
     suspects = suspects[np.argsort(-conf[suspects], kind="stable")][: cfg.suspects]
@@ -189,15 +187,22 @@ def _choose(manifest: Manifest, labels: np.ndarray, rows: np.ndarray, preds_dir:
     # the labels each candidate gives, on the probe's sample only (never N x candidates)
     pick = sample(len(rows), cfg.probe_images)
     d, c, p, o = disagree[pick], conf[pick], pred[pick], original[pick]
-    labels_of = {}
-    for t in sorted({cfg.threshold, *cfg.thresholds}):
-        relabel = d & (c >= t)
-        drop = d & ~relabel & cfg.drop_inconsistent
-        labels_of[t] = np.where(relabel, p, np.where(drop, -1, o))
+    labels_of = {t: _decide(d, c >= t, p, o, cfg.drop_inconsistent)[0]
+                 for t in sorted({cfg.threshold, *cfg.thresholds})}
     res = choose_threshold(train[pick], labels_of, holdout, labels[holdout_rows],
                            manifest.num_classes, cfg.threshold, cfg.probe_min_se)
     print(f"[webly] pseudo-label: threshold {res['threshold']:g}: {res['why']}", flush=True)
     return res
+
+
+def _decide(disagree: np.ndarray, confident: np.ndarray, pred: np.ndarray,
+            original: np.ndarray, drop_inconsistent: bool) -> tuple[np.ndarray, ...]:
+    """The rule, in one place for the labels written and the probe's candidates: keep where the
+    model agrees, relabel where it disagrees confidently, else drop (or keep): new labels (-1:
+    dropped), relabelled, dropped."""
+    relabel = disagree & confident
+    drop = disagree & ~confident & drop_inconsistent
+    return np.where(relabel, pred, np.where(drop, -1, original)), relabel, drop
 
 
 def _rows_of(preds_dir: str) -> np.ndarray:
