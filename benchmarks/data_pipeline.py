@@ -24,6 +24,7 @@ import torch
 import torchvision
 from torchvision import transforms as T
 
+from webly.app.demo.synth import SynthConfig, generate
 from webly.data.datasets import ImageFileDataset
 from webly.data.images import IMAGENET_MEAN, IMAGENET_STD, normalize_batch, train_transform
 from webly.data.index import IndexConfig, index_dataset
@@ -35,7 +36,6 @@ from webly.data.shards import (
     shard_urls,
     write_shards,
 )
-from webly.demo.synth import SynthConfig, generate
 from webly.training.trainsets import SparseTargets, TargetDataset, collate
 
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402 (the benchmarks folder is no package)
 from harness import Row, Spec  # noqa: E402
 
-from webly.explorer import average_precision, precision_at_k  # noqa: E402
+from webly.app.explorer import average_precision, precision_at_k  # noqa: E402
 
 RECIPE = harness.REPO / "configs/fashion53/recipe.yaml"
 SYSTEM = ("pre_wt", "ft_wt", "train_wt", "final")

@@ -18,7 +18,6 @@ multiply-adds allow.
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import math
@@ -165,22 +164,11 @@ def draw_cost(step: dict[str, Any]) -> float:
     return 1.0 + ratio * (1 + 1 / 3)
 
 
-@functools.cache  # the recipe's scaling and the report both ask, for a few (backbone, size)
-def _macs(backbone: str, size: int, classes: int) -> int:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from webly.training.models import create_backbone
-
-    model = create_backbone(backbone, classes).eval()
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model(torch.zeros(1, 3, size, size))
-    return fc.get_total_flops() // 2
-
-
 def macs_per_image(backbone: str, size: int, classes: int) -> int:
-    """Multiply-adds of one forward pass (FlopCounterMode counts 2 FLOPs a multiply-add)."""
-    return _macs(backbone, size, classes)
+    """Multiply-adds of one forward pass: the one cost model's (webly.inference.cost)."""
+    from webly.inference.cost import macs_per_image as macs
+
+    return macs(backbone, size, classes)
 
 
 def recipe_for(spec: Spec, roots: dict[str, Path], epochs: int, batch_size: int | None = None,
@@ -188,7 +176,7 @@ def recipe_for(spec: Spec, roots: dict[str, Path], epochs: int, batch_size: int 
     """The dataset's recipe with its data roots (DATA, DATA_CLEAN, ...) filled in and each
     training step's epochs from its share of the unit: whole epochs of the right number of
     draws (a fold model draws from half the images; pseudo-labels may drop some)."""
-    from webly.config import load_yaml
+    from webly.core.config import load_yaml
 
     recipe = load_yaml(spec.recipe)
     amp = "bf16" if cpu_bf16() else "auto"  # auto: bf16 on GPUs, fp32 on other CPUs
@@ -218,7 +206,7 @@ def shares(spec: Spec, recipe: dict[str, Any], epochs: int) -> dict[str, float]:
     """Each training step's units; a `match` step's from the steps it matches, their inference
     passes over the training images included (a pass of v views at size s: sum of the views'
     multiply-adds / (3 x epochs x a native image's), forward only against a unit's training)."""
-    from webly.inference.predict import view_sizes
+    from webly.inference import cost
 
     share = dict(spec.share)
     by_id = {s["id"]: s for s in recipe["steps"]}
@@ -229,9 +217,9 @@ def shares(spec: Spec, recipe: dict[str, Any], epochs: int) -> dict[str, float]:
             step = by_id[sid]
             model = by_id[step["model"].lstrip("@")]
             native = native or macs_per_image(model["backbone"], spec.native_size, 10)
-            sizes = view_sizes(step.get("tta", "center"), step.get("img_size") or model["img_size"])
-            units += sum(macs_per_image(model["backbone"], v, 10) for v in sizes) / (
-                3 * epochs * native)
+            size = step.get("img_size") or model["img_size"]
+            units += cost.predict_macs(model["backbone"], size, 1, step.get("tta", "center")) / (
+                cost.TRAIN_FACTOR * epochs * native)
         share[target] = units
     return share
 
@@ -241,7 +229,7 @@ def run_recipe(recipe: dict[str, Any], out: Path, spec: Spec | None = None) -> N
     run first (their gates decide what runs); then each target draws as many images as the
     steps it matches spent, counting only the steps that ran (in units of the CE step's draws,
     scaled by multiply-adds where its image size differs)."""
-    from webly.pipeline import run
+    from webly.app.pipeline import run
 
     if spec is not None and spec.late_match and spec.match:
         ids = [st["id"] for st in recipe["steps"]]
@@ -278,19 +266,20 @@ def ran(out: Path, step: str) -> bool:
 
 
 def decisions(out: Path) -> dict[str, Any]:
-    """Each gate's decision and the scores behind it, each holdout-fitted ensemble's weights and
-    left-out members, each skipped step and why (webly's report reads them the same way)."""
-    from webly.report import Run, decided
+    """Every step's decision (webly.core.decisions) and each skipped step and why: read as
+    webly's report reads them."""
+    from webly.app.runs import Run, decided
 
     return decided(Run(out))
 
 
 def compute(spec: Spec, out: Path) -> dict[str, float]:
-    """Compute of each step in PFLOP-equivalents of multiply-adds (1e15): a training step's images
-    seen x forward multiply-adds x 3 (forward + backward), times `draw_cost`; an inference
-    pass's images x the forward multiply-adds of every view it predicts (test-time
-    augmentation); a pseudo-label step's threshold probes, their own multiply-adds."""
-    from webly.inference.predict import view_sizes
+    """Compute of each step in PFLOP-equivalents of multiply-adds (1e15), by the one cost model
+    (webly.inference.cost): a training step's images seen (times `draw_cost`), an inference
+    pass's images through every view it predicts, and what any step's decision spent itself
+    (its `decision.json`: a threshold probe's training)."""
+    from webly.core import decisions
+    from webly.inference import cost
 
     res = {}
     for step in spec.share:
@@ -298,21 +287,19 @@ def compute(spec: Spec, out: Path) -> dict[str, float]:
             continue
         cfg = json.loads((out / step / "train.config.json").read_text())
         summary = json.loads((out / step / "train.summary.json").read_text())
-        macs = macs_per_image(cfg["backbone"], cfg["img_size"], 10)
         seen = summary["steps"] * cfg["batch_size"] * cfg["accum_steps"]
-        res[step] = seen * draw_cost(cfg) * macs * 3 / 1e15
+        res[step] = cost.train_macs(cfg["backbone"], cfg["img_size"], seen,
+                                    draw_cost=draw_cost(cfg)) / 1e15
     for step in spec.passes:
         if not ran(out, step):
             continue
         summary = json.loads((out / step / "predict.summary.json").read_text())
         cfg = json.loads((Path(summary["model"]) / "train.config.json").read_text())
-        macs = sum(macs_per_image(cfg["backbone"], size, 10)
-                   for size in view_sizes(summary["tta"], summary["img_size"]))
-        res[step] = summary["images"] * macs / 1e15
-    for step in spec.pseudo_labels:  # a threshold chosen by probes (decision 4): their training
-        if ran(out, step):
-            report = json.loads((out / step / "report.json").read_text())
-            res[step] = report.get("threshold_decision", {}).get("probe_macs", 0) / 1e15
+        res[step] = cost.predict_macs(cfg["backbone"], summary["img_size"], summary["images"],
+                                      summary["tta"]) / 1e15
+    for step, d in decisions.read_all([p.parent for p in out.glob("*/step.json")]).items():
+        if d.macs and ran(out, step):
+            res[step] = res.get(step, 0.0) + d.macs / 1e15
     return res
 
 
@@ -330,7 +317,7 @@ def true_labels_of_rows(out: Path, root: Path) -> np.ndarray:
 def label_effect(labels: Path, true_of_row: np.ndarray) -> dict[str, Any]:
     """What one pseudo-labelling step did to the wrong labels, against the clean ones (every
     training image has one here)."""
-    from webly.inference.pseudolabel import label_effect as effect
+    from webly.data.labels import label_effect as effect
 
     res = effect(labels, true_of_row)
     if res.pop("images_without_truth"):

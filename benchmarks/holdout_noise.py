@@ -88,9 +88,9 @@ def main() -> int:
     ap.add_argument("--fraction", type=float, default=0.1,
                     help="anchors per class, as a fraction of holdout images per class")
     args = ap.parse_args()
+    from webly.core.decisions import paired_se
     from webly.data.manifest import Manifest
     from webly.data.predictions import dense_predictions
-    from webly.inference.evaluate import paired_se
 
     run = args.run
     manifest = Manifest(run / "manifest/manifest.parquet")

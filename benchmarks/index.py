@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     words = sorted(n for n in wordnet().all_lemma_names("n") if "_" not in n)[:20000]
-    cli = [sys.executable, "-m", "webly.cli"]
+    cli = [sys.executable, "-m", "webly.app.cli"]
     print(f"{args.records:,} records in {args.files} metadata files; {os.cpu_count()} CPUs")
     print("| file list order | index records/s | index, 2 workers | index, 2 shards + merge | "
           "tag records/s |\n|---|---:|---:|---:|---:|")

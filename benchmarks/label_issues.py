@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from webly.app.explorer import average_precision, precision_at_k
+from webly.app.report import Run, write_report
 from webly.data.predictions import dense_predictions, read_info
-from webly.explorer import average_precision, precision_at_k
-from webly.report import Run, write_report
 
 
 def load(run: Path, pl: str, preds: str) -> dict[str, np.ndarray]:

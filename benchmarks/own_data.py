@@ -76,7 +76,7 @@ def make_folders(root: Path, dataset: str, out: Path) -> Path:
 
 
 def webly(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "webly.cli", *args], check=True, cwd=REPO)
+    subprocess.run([sys.executable, "-m", "webly.app.cli", *args], check=True, cwd=REPO)
 
 
 def timed(record: Path, fn: Any) -> float:

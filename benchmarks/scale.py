@@ -152,7 +152,7 @@ def main() -> None:
         for m in range(args.members):
             write_member(work / f"p{m}", labels, len(concepts), m, rng)
         gen = time.perf_counter() - t0
-        py, cli = sys.executable, [sys.executable, "-m", "webly.cli"]
+        py, cli = sys.executable, [sys.executable, "-m", "webly.app.cli"]
         members = [str(work / f"p{m}") for m in range(args.members)]
         stages = {
             "weigh": cli + ["weigh", str(work / "m.parquet"), "--tags", str(work / "tags"),

@@ -25,9 +25,9 @@ import threading
 import time
 from pathlib import Path
 
+from webly.app.demo.synth import SynthConfig, generate
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
-from webly.demo.synth import SynthConfig, generate
 from webly.labels.text import KeywordRecogniser, clean_text, text_segments
 
 ACCENTED = ["café", "crème brûlée", "naïve", "Zürich", "jalapeño", "São Paulo", "façade",
@@ -106,7 +106,7 @@ def tree_rss_kb(pid: int) -> int:
 
 def run_tag(manifest: Path, out: Path, workers: int) -> tuple[float, int]:
     """(seconds, peak tree RSS in MB) of `webly tag` as a subprocess."""
-    cmd = [sys.executable, "-m", "webly.cli", "tag", str(manifest), "-o", str(out),
+    cmd = [sys.executable, "-m", "webly.app.cli", "tag", str(manifest), "-o", str(out),
            "--workers", str(workers)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

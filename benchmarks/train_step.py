@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from webly.app.demo.synth import SynthConfig, generate
 from webly.data.datasets import ImageFiles
 from webly.data.images import TrainTransform, normalize_batch
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
-from webly.demo.synth import SynthConfig, generate
 from webly.training.config import TrainConfig
 from webly.training.engine import train
 from webly.training.models import create_backbone

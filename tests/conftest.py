@@ -13,7 +13,7 @@ os.environ.setdefault("WEBLY_PROGRESS", "0")
 @pytest.fixture(scope="session")
 def synth_small(tmp_path_factory) -> tuple[Path, dict]:
     """A 12-concept WebVision 2.0 tree with 32x32 images and the records the generator wrote."""
-    from webly.demo.synth import SynthConfig, generate
+    from webly.app.demo.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("synth") / "wv2"
     cfg = SynthConfig(families=3, per_family=4, max_per_class=20, min_per_class=4,

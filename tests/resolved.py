@@ -18,10 +18,10 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 
 def resolved_configs() -> dict[str, Any]:
-    from webly.cli import stage_configs
-    from webly.config import load_yaml, resolve_config
-    from webly.pipeline import _refs, load_recipe
-    from webly.stages import BY_NAME, config_class
+    from webly.app.cli import stage_configs
+    from webly.app.pipeline import _refs, load_recipe
+    from webly.app.stages import BY_NAME, config_class
+    from webly.core.config import load_yaml, resolve_config
 
     configs = stage_configs()
     out: dict[str, Any] = {}

@@ -7,22 +7,27 @@ from pathlib import Path
 import pytest
 
 import webly
-from webly.stages import STAGES, markdown_rows
+from webly.app.stages import STAGES, markdown_rows
 
 SRC = Path(webly.__file__).parent
 ROOT = SRC.parent.parent
 # lowest first; a module may import its own layer and those below, never one above
 LAYERS = [
-    ("webly", "webly.config", "webly.errors", "webly.progress", "webly.faults", "webly.files"),
-    ("webly.data",),
+    ("webly", "webly.core"),  # the machinery every stage shares
+    ("webly.data",),  # the method's library: data -> labels -> training -> inference
     ("webly.labels",),
     ("webly.training",),
     ("webly.inference",),
-    ("webly.stages",),
-    ("webly.pipeline", "webly.plan", "webly.launch", "webly.report", "webly.explorer",
-     "webly.own"),
-    ("webly.demo",),
-    ("webly.cli",),
+    ("webly.app",),  # the applications built on it
+    ("webly.app.stages",),
+    ("webly.app.launch",),
+    ("webly.app.pipeline",),
+    ("webly.app.runs",),
+    ("webly.app.explorer",),
+    ("webly.app.report",),
+    ("webly.app.plan", "webly.app.own"),
+    ("webly.app.demo",),
+    ("webly.app.cli",),
 ]
 
 
@@ -67,7 +72,7 @@ def imports_of(tree: ast.AST) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name.startswith("webly")]
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("webly"):
-            # `from webly import faults` imports webly.faults
+            # `from webly.core import faults` imports webly.core.faults
             names = [f"{node.module}.{a.name}" for a in node.names]
             out += [(node.lineno, n if n.rsplit(".", 1)[0] == "webly" else node.module)
                     for n in names]
@@ -84,6 +89,65 @@ def test_imports_point_down(path):
         return
     up = [f"line {ln}: {me} imports {m}" for ln, m in imports(path) if layer(m) > layer(me)]
     assert not up, "\n".join(up)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the webly modules it imports (inside functions and TYPE_CHECKING too)."""
+    names = {module_name(p): p for p in MODULES}
+
+    def owner(m: str) -> str:  # `from webly.core import faults` names a module; a class does not
+        while m not in names and "." in m:
+            m = m.rsplit(".", 1)[0]
+        return m
+
+    graph = {}
+    for me, path in names.items():
+        graph[me] = {owner(m) for _, m in imports(path)} - {me}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles: strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles_lazy_imports_included():
+    found = cycles(import_graph())
+    assert not found, "import cycles (an import inside a function is still one):\n" + "\n".join(
+        " <-> ".join(c) for c in found)
+
+
+def test_the_cycle_check_catches_a_lazy_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
 
 
 def test_the_layer_check_catches_an_upward_import(tmp_path):

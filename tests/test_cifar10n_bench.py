@@ -105,7 +105,7 @@ def test_every_stage_ran_and_scored(bench_run):
     for pl, d in chosen.items():
         assert set(d["holdout_top1"]) == {"0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"}
         assert d["holdout_images"] == 200 and 0 < flops[pl] < 0.05 * flops["ce"]
-    from webly.report import Run, decisions
+    from webly.app.report import Run, decisions
     shown = {r[0]: r[1] for r in decisions(Run(out))}  # webly report's decisions table
     assert all(shown[pl] == f"threshold {d['threshold']:g}" for pl, d in chosen.items())
     for probe in ("val_ce_probe", "val_final_probe")[:1 + round2]:  # 200 holdout images, 2 views
@@ -296,7 +296,7 @@ def test_ensemble_rules_recomputes_the_recipes_answer(bench_run, capsys):
 def test_a_variant_without_the_probe_passes_plans_its_shares():
     """A `--recipe` variant may lack steps the benchmark knows (v13's recipe has no threshold
     probes): the planned shares count the passes it has."""
-    from webly.config import load_yaml
+    from webly.core.config import load_yaml
 
     bench = _bench()
     recipe = load_yaml(bench.RECIPE)

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import webly
-from webly.cli import main
+from webly.app.cli import main
+from webly.core.errors import WeblyError
 from webly.data.manifest import Manifest
 from webly.data.predictions import load_predictions
-from webly.errors import WeblyError
 from webly.inference.classify import Classifier, ClassifyConfig, classify, iter_inputs
 from webly.inference.predict import PredictConfig, _Images, load_model, predict
 

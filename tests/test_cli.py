@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from webly.cli import build_parser, main
-from webly.stages import BY_NAME, STAGES
+from webly.app.cli import build_parser, main
+from webly.app.stages import BY_NAME, STAGES
 
 
 def test_help_lists_every_stage(capsys):
@@ -29,7 +29,7 @@ def test_each_stage_help_shows_defaults(stage, capsys):
 
 @pytest.mark.slow  # subprocesses: in the whole suite, not the fast subset
 def test_console_script_entry_point():
-    r = subprocess.run([sys.executable, "-m", "webly.cli", "wordnet", "--offline", "n02432511"],
+    r = subprocess.run([sys.executable, "-m", "webly.app.cli", "wordnet", "--offline", "n02432511"],
                        capture_output=True, text=True, check=True)
     assert "mule deer" in json.loads(r.stdout)["n02432511"]
 

@@ -3,9 +3,9 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
-from webly.cli import main
-from webly.config import opt, resolve_config
-from webly.errors import WeblyError
+from webly.app.cli import main
+from webly.core.config import opt, resolve_config
+from webly.core.errors import WeblyError
 
 
 @dataclass
@@ -37,7 +37,7 @@ def test_bad_values_are_one_line_errors(layer, msg):
 
 
 def test_validate_rejects_negative_sizes():
-    from webly.demo.synth import SynthConfig
+    from webly.app.demo.synth import SynthConfig
 
     with pytest.raises(WeblyError, match="min_per_class"):
         resolve_config(SynthConfig, {"min_per_class": -1})

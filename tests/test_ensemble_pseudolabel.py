@@ -5,14 +5,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from webly.cli import main
-from webly.data.labels import load_labels
+from webly.app.cli import main
+from webly.core.errors import WeblyError
+from webly.data.labels import label_effect, load_labels
 from webly.data.manifest import Manifest, write_manifest
 from webly.data.predictions import load_predictions, write_predictions
 from webly.data.records import Record
-from webly.errors import WeblyError
 from webly.inference.ensemble import ensemble, fit_weights
-from webly.inference.pseudolabel import PseudoLabelConfig, label_effect, pseudo_label
+from webly.inference.pseudolabel import PseudoLabelConfig, pseudo_label
 
 
 def _write(d, ids, probs, split="val", rows=None, k=None, **info):
@@ -258,21 +258,21 @@ def test_the_holdout_chooses_the_threshold(tmp_path, wrong_pred):
     m, train, val = _probe_case(tmp_path, wrong_pred)
     cfg = PseudoLabelConfig(threshold=0.5, thresholds=[0.7, 0.9], drop_inconsistent=False)
     s = pseudo_label(m, train, tmp_path / "pl", cfg, probe=[train, val])
-    d = s["threshold_decision"]
-    assert set(d["holdout_top1"]) == {"0.5", "0.7", "0.9"} and d["holdout_images"] == 60
-    assert d["probe_macs"] > 3 * 3 * 120 * 8 * 3  # three probes, each at least 3 evaluations
+    d = s["decision"]
+    assert set(d["scores"]) == {"0.5", "0.7", "0.9"} and d["detail"]["holdout_images"] == 60
+    assert d["macs"] > 3 * 3 * 120 * 8 * 3  # three probes, each at least 3 evaluations
     labels = pq.read_table(tmp_path / "pl/labels.parquet")["label"].to_numpy()
     if wrong_pred:  # 0.5 relabels 40 right labels away: its probe misses class 0 on the holdout
-        assert d["threshold"] == 0.7 and s["threshold"] == 0.7 and s["relabelled"] == 0
-        assert d["holdout_top1"]["0.7"] - d["holdout_top1"]["0.5"] >= 5
+        assert d["choice"] == "0.7" and s["threshold"] == 0.7 and s["relabelled"] == 0
+        assert d["scores"]["0.7"] - d["scores"]["0.5"] >= 5
         assert (labels[:40] == 0).all()
     else:
-        assert d["threshold"] == 0.5 and s["relabelled"] == 40 and (labels[:40] == 0).all()
+        assert d["choice"] == "0.5" and s["relabelled"] == 40 and (labels[:40] == 0).all()
         s = pseudo_label(m, train, tmp_path / "pl9", PseudoLabelConfig(
             threshold=0.9, thresholds=[0.5], drop_inconsistent=False), probe=[train, val])
-        assert s["threshold"] == 0.5 and "0.5: " in s["threshold_decision"]["why"]
-    report = json.loads((tmp_path / "pl/report.json").read_text())
-    assert report["threshold_decision"] == json.loads(json.dumps(d))
+        assert s["threshold"] == 0.5 and s["decision"]["choice"] == "0.5"
+    recorded = json.loads((tmp_path / "pl/decision.json").read_text())  # the one record
+    assert recorded == json.loads(json.dumps(d))
 
 
 def test_the_probe_learns_from_its_sample_only(tmp_path):
@@ -286,11 +286,11 @@ def test_the_probe_learns_from_its_sample_only(tmp_path):
     assert np.all(np.diff(pick) > 0) and np.array_equal(sample(50, 100), np.arange(50))
     cfg = PseudoLabelConfig(threshold=0.5, thresholds=[0.7], probe_images=100,
                             drop_inconsistent=True)
-    d = pseudo_label(m, train, tmp_path / "pl", cfg, probe=[train, val])["threshold_decision"]
+    d = pseudo_label(m, train, tmp_path / "pl", cfg, probe=[train, val])["decision"]
     odd = int((pick < 40).sum())  # the sample's images the labeller doubts (p 0.6)
     # at 0.5 they are relabelled (kept); at 0.7 dropped: the kept counts are the sample's
-    assert d["probe_images"] == {"0.5": 100, "0.7": 100 - odd}
-    assert d["threshold"] == 0.7
+    assert d["detail"]["probe_images"] == {"0.5": 100, "0.7": 100 - odd}
+    assert d["choice"] == "0.7"
 
 
 def test_the_default_threshold_stays_when_the_holdout_cannot_tell(tmp_path):
@@ -299,10 +299,10 @@ def test_the_default_threshold_stays_when_the_holdout_cannot_tell(tmp_path):
     m, train, val = _probe_case(tmp_path, wrong_pred=True)
     s = pseudo_label(m, train, tmp_path / "a", PseudoLabelConfig(
         threshold=0.7, thresholds=[0.8, 0.9]), probe=[train, val])
-    assert s["threshold"] == 0.7 and "scored best" in s["threshold_decision"]["why"]
+    assert s["threshold"] == 0.7 and "scored best" in s["decision"]["why"]
     s = pseudo_label(m, train, tmp_path / "b", PseudoLabelConfig(
         threshold=0.5, thresholds=[0.7], probe_min_se=1000), probe=[train, val])
-    assert s["threshold"] == 0.5 and "<=" in s["threshold_decision"]["why"]
+    assert s["threshold"] == 0.5 and "<=" in s["decision"]["why"]
 
 
 def test_threshold_choice_bad_inputs(tmp_path):

@@ -129,7 +129,7 @@ def test_two_tarballs_of_one_name_never_share_an_extraction(tmp_path):
 
 def test_only_the_ceiling_reads_the_clean_copy():
     bench = _bench()
-    from webly.config import load_yaml
+    from webly.core.config import load_yaml
 
     steps = load_yaml(bench.RECIPE)["steps"]
     # a step names the clean copy as DATA_CLEAN or a path in it (DATA_CLEAN/info/...)

@@ -3,10 +3,10 @@ import json
 import pytest
 from PIL import Image
 
+from webly.core.errors import WeblyError
 from webly.data.folder import FolderReader
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
-from webly.errors import WeblyError
 
 
 def _tree(root):

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from test_ensemble_pseudolabel import _write
 
+from webly.app.pipeline import load_recipe, run
+from webly.app.report import write_report
+from webly.core import decisions
+from webly.core.errors import WeblyError
 from webly.data.predictions import load_predictions
-from webly.errors import WeblyError
 from webly.inference.ensemble import (
     EnsembleConfig,
     ensemble,
@@ -18,8 +21,6 @@ from webly.inference.ensemble import (
     simplex_grid,
 )
 from webly.inference.gate import GateConfig, memorised, run_gate
-from webly.pipeline import load_recipe, run
-from webly.report import write_report
 
 
 def _run_folder(path, curve):
@@ -30,16 +31,16 @@ def _run_folder(path, curve):
 
 
 def test_memorised_is_a_drop_after_the_peak():
-    assert memorised([40, 50, 55, 54.2], 0.5)["pass"]  # fell 0.8 from its best
+    assert memorised([40, 50, 55, 54.2], 0.5).changed  # fell 0.8 from its best
     still = memorised([40, 50, 55, 55.2], 0.5)
-    assert not still["pass"] and still["best_epoch"] == 4 and still["drop"] == 0
+    assert not still.changed and still.detail["best_epoch"] == 4 and still.gain == 0
     small = memorised([40, 55, 54.7], 0.5)
-    assert not small["pass"] and "a drop of 0.30 < 0.5" in small["why"]
+    assert not small.changed and "a drop of 0.30 < 0.5" in small.why
 
 
 def test_gate_rules_and_their_bad_inputs(tmp_path):
     run_gate(cfg=GateConfig(), out=tmp_path / "g", model=_run_folder(tmp_path / "r", [50, 49]))
-    assert json.loads((tmp_path / "g/gate.json").read_text())["pass"]
+    assert json.loads((tmp_path / "g/decision.json").read_text())["changed"]
     with pytest.raises(WeblyError, match="needs --model"):
         run_gate(cfg=GateConfig(), out=tmp_path / "g2")
     with pytest.raises(WeblyError, match="no metrics.jsonl"):
@@ -52,6 +53,8 @@ def test_gate_rules_and_their_bad_inputs(tmp_path):
         run_gate(cfg=GateConfig(rule="beats"), out=tmp_path / "g2")
     with pytest.raises(WeblyError, match="must not be negative"):
         GateConfig(min_drop=-1).validate()
+    with pytest.raises(WeblyError, match="rule 'guess' is not one of memorised, beats"):
+        GateConfig(rule="guess").validate()
 
 
 def test_beats_compares_holdout_top1(tmp_path):
@@ -65,9 +68,10 @@ def test_beats_compares_holdout_top1(tmp_path):
     a, b = _write(tmp_path / "a", ids, half), _write(tmp_path / "b", ids, right)
     res = run_gate(cfg=GateConfig(rule="beats"), out=tmp_path / "g", preds=[a, b],
                    labels=str(labels))
-    assert res["pass"] and res["scores"] == {a: 50.0, b: 100.0}
+    assert res["changed"] and res["scores"] == {"baseline": 50.0, "candidate": 100.0}
+    assert res["detail"] == {"baseline": a, "candidate": b}
     assert not run_gate(cfg=GateConfig(rule="beats", margin=60), out=tmp_path / "g",
-                        preds=[a, b], labels=str(labels))["pass"]
+                        preds=[a, b], labels=str(labels))["changed"]
 
 
 def test_beats_asks_a_gain_the_holdout_can_tell_from_noise(tmp_path):
@@ -93,10 +97,10 @@ def test_beats_asks_a_gain_the_holdout_can_tell_from_noise(tmp_path):
                         preds=[base, cand], labels=str(labels))
 
     res = gate(better, 1.0)
-    assert res["pass"] and res["gain"] == 3.0 and 0.8 < res["se"] < 0.9
-    assert not gate(better, 4.0)["pass"]
+    assert res["changed"] and res["gain"] == 3.0 and 0.8 < res["se"] < 0.9
+    assert not gate(better, 4.0)["changed"]
     small = gate(flip, 1.0)
-    assert small["gain"] == 0.25 and not small["pass"] and "x paired SE" in small["why"]
+    assert small["gain"] == 0.25 and not small["changed"] and "x paired SE" in small["why"]
     with pytest.raises(WeblyError, match="must not be negative"):
         GateConfig(rule="beats", min_se=-1).validate()
 
@@ -154,15 +158,20 @@ def test_fitted_weights_must_beat_the_plain_average_by_min_se(tmp_path):
     fit = {f"i{i}": int(c) for i, c in enumerate(y)}
     kw = dict(fit_dirs=[good, bad], fit_labels=fit, fit_metric="top1")
     clear = ensemble([good, bad], tmp_path / "e1", fit_min_se=2.0, **kw)
-    assert clear["weights"][0] > clear["weights"][1] and "the fitted weights" in clear["fitted"]
+    assert clear["weights"][0] > clear["weights"][1] and clear["fitted"] == "beats"
+    d = decisions.read(tmp_path / "e1")  # the one record, beside the predictions
+    assert d.changed and d.choice == "fitted" and d.gain > d.need and d.detail["members"] == [
+        "good", "bad"]
     # the same gain asked to clear an impossible bar: the plain average is kept, and said why
     plain = ensemble([good, bad], tmp_path / "e2", fit_min_se=1000.0, **kw)
-    assert plain["weights"] == [0.5, 0.5] and "<= 1000 x paired SE" in plain["fitted"]
+    assert plain["weights"] == [0.5, 0.5] and "<= " in decisions.read(tmp_path / "e2").why
     assert plain["left_out"] == []
     # a fit that lands on the plain average says so (not "+0.00 > 2 x SE 0.00: fitted")
-    w, why = fitted_or_plain([load_predictions(good), load_predictions(bad)], y,
-                             np.array([0.5, 0.5]), 2.0)
-    assert w.tolist() == [0.5, 0.5] and why.endswith("are the plain average's")
+    w, d = fitted_or_plain([load_predictions(good), load_predictions(bad)], y,
+                           np.array([0.5, 0.5]), 2.0)
+    assert w.tolist() == [0.5, 0.5] and d.why.endswith("are the plain average's")
+    assert ensemble([good, bad], tmp_path / "e3")["fitted"] is None  # nothing decided: no record
+    assert decisions.read(tmp_path / "e3") is None
     with pytest.raises(WeblyError, match="fit_min_se must not be negative"):
         EnsembleConfig(fit_min_se=-1).validate()
 
@@ -198,7 +207,8 @@ def test_a_round_runs_when_the_gate_passes_and_is_skipped_when_not(tmp_path):
     again = run(_recipe(tmp_path / "b", [50, 55, 55.1]), tmp_path / "b/run", log=said.append)
     assert again["ran"] == [] and set(again["skipped"]) == {"gated", "needs_gated"}
     shown = write_report(tmp_path / "b/run")["decisions"]  # the report shows each decision
-    assert shown[0][:2] == ["decide", "memorised: no"] and "a drop of 0.00" in shown[0][2]
+    assert shown[0][:2] == ["decide", "gate: learning (the default)"]
+    assert "a drop of 0.00" in shown[0][2]
     assert [r[0] for r in shown[1:]] == ["gated", "needs_gated"]
     assert all(r[1] == "skipped" for r in shown[1:])
     assert "Decision (gated): skipped" in (tmp_path / "b/run/report.md").read_text()

@@ -122,7 +122,7 @@ def test_one_preprocessing_for_non_square_images():
     assert Preprocess.from_meta(meta, size=24).size == 24
     legacy = Preprocess.from_meta({"img_size": 32, "crop_pct": 0.9})
     assert legacy.resize == "crop" and legacy.crop_pct == 0.9
-    from webly.errors import WeblyError
+    from webly.core.errors import WeblyError
 
     with pytest.raises(WeblyError, match="unknown preprocess.resize"):
         Preprocess.from_meta({"preprocess": {**pre.to_json(), "resize": "stretch"}})

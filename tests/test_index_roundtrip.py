@@ -4,11 +4,11 @@ from collections import Counter
 
 import pytest
 
-from webly.cli import main
+from webly.app.cli import main
+from webly.app.demo.synth import SynthConfig, generate
+from webly.core.errors import WeblyError
 from webly.data.index import IndexConfig, index_dataset, merge_index
 from webly.data.manifest import Manifest
-from webly.demo.synth import SynthConfig, generate
-from webly.errors import WeblyError
 
 
 def _assert_same(manifest_path, records):
@@ -65,7 +65,7 @@ def test_index_cli_writes_config_and_summary(synth_small, tmp_path):
 
 def test_wrongly_returned_images_have_text_about_what_they_show(tmp_path):
     """Search-engine noise: the query's name is in the text, the picture's colour is the truth's."""
-    from webly.demo.synth import colour_word, pick_concepts
+    from webly.app.demo.synth import colour_word, pick_concepts
 
     cfg = SynthConfig(families=2, per_family=3, max_per_class=6, min_per_class=6, label_noise=1.0,
                       off_topic=0.0, text_missing=0.0, images=False, seed=5)

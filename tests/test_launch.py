@@ -9,9 +9,9 @@ import sys
 import pytest
 import yaml
 
+from webly.app.launch import Launch, command
+from webly.app.stages import BY_NAME
 from webly.data.predictions import load_predictions
-from webly.launch import Launch, command
-from webly.stages import BY_NAME
 
 TRAIN = dict(backbone="test_resnet", img_size=32, batch_size=8, accum_steps=1, workers=0,
              ckpt_every_steps=1, tensorboard=False, log_every=1, sampler="shuffle")
@@ -31,7 +31,7 @@ def _run(recipe, out, port, fault=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WEBLY_PROGRESS": "0"}
     if fault:
         env["WEBLY_FAULT"] = fault
-    cmd = [sys.executable, "-m", "webly.cli", "run", str(recipe), "-o", str(out),
+    cmd = [sys.executable, "-m", "webly.app.cli", "run", str(recipe), "-o", str(out),
            "--nproc-per-node", "2", "--master-port", str(port)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
@@ -75,7 +75,7 @@ def test_two_nodes_share_the_run_folder(tmp_path):
     recipe.write_text(yaml.safe_dump(RECIPE))
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WEBLY_PROGRESS": "0"}
-    procs = [subprocess.Popen([sys.executable, "-m", "webly.cli", "run", str(recipe), "-o",
+    procs = [subprocess.Popen([sys.executable, "-m", "webly.app.cli", "run", str(recipe), "-o",
                                str(out), "--nproc-per-node", "1", "--nnodes", "2", "--node-rank",
                                str(rank), "--master-addr", "127.0.0.1", "--master-port", "29571"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

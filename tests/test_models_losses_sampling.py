@@ -3,7 +3,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from webly.errors import WeblyError
+from webly.core.errors import WeblyError
 from webly.training.config import TrainConfig, per_rank_batch
 from webly.training.losses import (
     cross_entropy,

@@ -1,4 +1,5 @@
-"""`webly run --data DIR --budget B` (webly.own): the plan's rules with a given training rate (no
+"""`webly run --data DIR --budget B` (webly.app.own): the plan's rules with a given training rate
+(no
 timing in the assertions), the recipe it writes, its bad inputs, and the README's lines run on
 generated class folders."""
 
@@ -10,10 +11,10 @@ from pathlib import Path
 import pytest
 from ownfolders import make_folders
 
-from webly import own
-from webly.cli import main
-from webly.errors import WeblyError
-from webly.pipeline import load_recipe
+from webly.app import own
+from webly.app.cli import main
+from webly.app.pipeline import load_recipe
+from webly.core.errors import WeblyError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def fixed_rate(per_image_at_32: float):
 
     def measure_fn(manifest, size, batch):
         asked.append(size)
-        return own.Rate("cifar_resnet9" if size <= 64 else "resnet18", size,
+        return own.Measured("cifar_resnet9" if size <= 64 else "resnet18", size,
                         per_image_at_32 * (size / 32) ** 2, 1e-4)
 
     measure_fn.asked = asked
@@ -55,7 +56,7 @@ def test_a_fast_machine_keeps_the_images_size_and_fills_the_budget():
     plan = own.plan_for(f, Path("m.parquet"), 1800, 60, measure_fn=m)
     assert plan.size == 32 and plan.backbone == "cifar_resnet9" and not plan.text
     assert plan.passes >= own.MIN_PASSES and m.asked == [32]
-    rate = own.Rate("cifar_resnet9", 32, 1e-3, 1e-4)
+    rate = own.Measured("cifar_resnet9", 32, 1e-3, 1e-4)
     used = own.seconds(plan.steps, rate, f, False)
     assert 0.95 * (1800 - 60) <= used <= 1800 - 60  # fills what is left, never more
     assert set(plan.steps) == {"ce", "final"}

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-import webly.pipeline as pipeline
-from webly.cli import main
-from webly.errors import WeblyError
+import webly.app.pipeline as pipeline
+from webly.app.cli import main
+from webly.core.errors import WeblyError
 
 TRAIN = dict(backbone="test_resnet", img_size=32, epochs=2, batch_size=16, accum_steps=1, workers=0,
              tensorboard=False, ckpt_every_steps=1)

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from webly.cli import main
-from webly.errors import WeblyError
-from webly.pipeline import load_recipe
-from webly.plan import PUBLISHED, plan
+from webly.app.cli import main
+from webly.app.pipeline import load_recipe
+from webly.app.plan import PUBLISHED, plan
+from webly.core.errors import WeblyError
 from webly.training.config import TrainConfig
 
 RECIPE = {"steps": [
@@ -35,7 +35,8 @@ def test_a_measured_table_replaces_the_published_one(tmp_path):
     f = tmp_path / "rates.json"
     f.write_text(json.dumps({"resnest101e@128": 1000.0}))
     rows, source = plan(RECIPE, {"val": 3000}, str(f))
-    assert rows[1].img_s == pytest.approx(1000 * (128 / 256) ** 2) and str(f) in source
+    # scaled by multiply-adds (the cost model), which follow the pixels to within a percent
+    assert rows[1].img_s == pytest.approx(1000 * (128 / 256) ** 2, rel=0.01) and str(f) in source
     f.write_text(json.dumps({"resnet50@224": 10.0}))
     with pytest.raises(WeblyError, match="no throughput for 'resnest101e'"):
         plan(RECIPE, None, str(f))

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from webly.cli import main
+from webly.app.cli import main
+from webly.core.errors import WeblyError
 from webly.data.manifest import write_manifest
 from webly.data.predictions import load_predictions, write_predictions
 from webly.data.records import Record
-from webly.errors import WeblyError
 from webly.inference.evaluate import evaluate, metrics, submit
 from webly.inference.predict import PredictConfig, _views, predict, view_sizes
 

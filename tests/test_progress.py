@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from webly.progress import duration, progress, progress_line
+from webly.core.progress import duration, progress, progress_line
 
 LINE = re.compile(r"^\[webly\] (.+): (\d+)/(\d+) (\w+) \([\d.]+%\), [\d.e+]+ \w+/s, ETA \S+$")
 
@@ -63,7 +63,8 @@ def test_line_and_duration_format():
 def test_training_in_a_pipe_shows_progress(synth_manifest, tmp_path):
     env = {"PATH": "/usr/bin:/bin", "WEBLY_PROGRESS": "auto", "WEBLY_PROGRESS_EVERY": "0",
            "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "webly.cli", "finetune", str(synth_manifest), "-o",
+    r = subprocess.run([sys.executable, "-m", "webly.app.cli", "finetune", str(synth_manifest),
+                        "-o",
                         str(tmp_path / "ft"), "--backbone", "test_resnet", "--img-size", "32",
                         "--batch-size", "16", "--accum-steps", "1", "--workers", "0", "--epochs",
                         "1",

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from webly.cli import stage_configs
-from webly.config import load_yaml, resolve_config
+from webly.app.cli import stage_configs
+from webly.core.config import load_yaml, resolve_config
 
 STAGE_CONFIGS = stage_configs()
 
@@ -15,7 +15,7 @@ RECIPES = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_recipe_resolves(path):
     if "steps" in load_yaml(path):  # a `webly run` pipeline recipe: validated whole
-        from webly.pipeline import load_recipe
+        from webly.app.pipeline import load_recipe
 
         load_recipe(path)
         return

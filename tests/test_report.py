@@ -7,9 +7,9 @@ import json
 import pytest
 from smallrun import first_steps
 
-import webly.pipeline as pipeline
-from webly.cli import main
-from webly.report import write_report
+import webly.app.pipeline as pipeline
+from webly.app.cli import main
+from webly.app.report import write_report
 
 TRAIN = dict(backbone="test_resnet", img_size=32, epochs=1, batch_size=16, accum_steps=1, workers=0,
              tensorboard=False)
@@ -75,7 +75,7 @@ def test_report_of_a_folder_that_is_no_run(tmp_path, capsys):
 def test_average_precision_by_hand():
     import numpy as np
 
-    from webly.explorer import average_precision
+    from webly.app.explorer import average_precision
 
     # ranked: wrong, right, wrong -> precision 1 at the first hit, 2/3 at the second
     ap = average_precision(np.array([0.9, 0.5, 0.4]), np.array([True, False, True]))

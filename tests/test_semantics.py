@@ -5,8 +5,8 @@ import random
 import numpy as np
 import pytest
 
-from webly.cli import main
-from webly.errors import WeblyError
+from webly.app.cli import main
+from webly.core.errors import WeblyError
 from webly.labels.tagging import TagConfig, load_tags, tag
 from webly.labels.weighing import (
     WeighConfig,
@@ -118,8 +118,8 @@ def weighed(synth_manifest, tmp_path_factory):
 def test_siblings_weigh_more_than_unrelated(weighed, synth_manifest, synth_small):
     import scipy.sparse as sp
 
+    from webly.app.demo.synth import SynthConfig, pick_concepts
     from webly.data.manifest import Manifest
-    from webly.demo.synth import SynthConfig, pick_concepts
 
     d, stats = weighed
     w = sp.load_npz(d / "weights/label_weights.npz").toarray()

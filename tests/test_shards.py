@@ -7,7 +7,8 @@ import tarfile
 import pytest
 import torch
 
-from webly.cli import main
+from webly.app.cli import main
+from webly.core.errors import WeblyError
 from webly.data.images import train_transform
 from webly.data.manifest import Manifest
 from webly.data.shards import (
@@ -18,7 +19,6 @@ from webly.data.shards import (
     shard_urls,
     write_shards,
 )
-from webly.errors import WeblyError
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from webly.cli import main
+from webly.app.cli import main
+from webly.core.errors import WeblyError
 from webly.data.manifest import Manifest, write_manifest
 from webly.data.records import Record
-from webly.errors import WeblyError
 from webly.labels.tagging import TagConfig, load_tags, merge, tag, tag_parts
 
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from webly.cli import main
+from webly.app.cli import main
+from webly.app.demo.synth import SynthConfig, generate
+from webly.core.errors import WeblyError
 from webly.data.folds import fold_of
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
-from webly.demo.synth import SynthConfig, generate
-from webly.errors import WeblyError
 from webly.labels.tagging import TagConfig, tag
 from webly.training import checkpoints
 from webly.training.config import TrainConfig
@@ -160,7 +160,7 @@ def test_gradient_accumulation_equals_big_batch(data6, tmp_path):
 
 
 def _cmd(m: str, run: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "webly.cli", "finetune", m, "-o", str(run), "--backbone",
+    return [sys.executable, "-m", "webly.app.cli", "finetune", m, "-o", str(run), "--backbone",
             "test_resnet",
             "--img-size", "32", "--batch-size", "8", "--accum-steps", "2", "--workers", "0",
             "--no-tensorboard", "--epochs", "2", "--ckpt-every-steps", "1", "--keep-last", "2",
@@ -268,12 +268,13 @@ def test_ddp_two_processes_match_single_process(data6, tmp_path, extra):
             "--log-every", "1", "--sampler", "shuffle", "--seed", "1", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-port", "29533", "-m", "webly.cli"]
+                "--master-port", "29533", "-m", "webly.app.cli"]
     r = subprocess.run([*torchrun, *args, "-o", str(tmp_path / "ddp")], env=env,
                        capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    subprocess.run([sys.executable, "-m", "webly.cli", *args, "-o", str(tmp_path / "one")], env=env,
+    subprocess.run([sys.executable, "-m", "webly.app.cli", *args, "-o", str(tmp_path / "one")],
+                   env=env,
                    check=True, capture_output=True)
     ddp, one = _losses(tmp_path / "ddp"), _losses(tmp_path / "one")
     assert json.loads((tmp_path / "ddp/train.summary.json").read_text())["world_size"] == 2

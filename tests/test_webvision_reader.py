@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from webly.cli import main
+from webly.app.cli import main
+from webly.core.errors import WeblyError
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
 from webly.data.webvision import WebVisionReader
-from webly.errors import WeblyError
 
 
 def make_tree(root: Path, version: int = 2, meta_under: bool = True) -> Path:

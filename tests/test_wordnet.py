@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from webly.errors import WeblyError
+from webly.core.errors import WeblyError
 from webly.labels import wordnet as wnmod
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from smallrun import first_steps
 
-import webly.pipeline as pipeline
-from webly.cli import main
-from webly.stages import STAGES
+import webly.app.pipeline as pipeline
+from webly.app.cli import main
+from webly.app.stages import STAGES
 
 TRAIN = dict(backbone="test_resnet", img_size=32, epochs=1, batch_size=16, workers=0,
              tensorboard=False)

@@ -1,14 +1,15 @@
 """Fault class 5b, a writer killed mid-file: every stage output goes through one atomic write
-(`webly.files`), so a SIGKILL while writing leaves the previous file byte for byte."""
+(`webly.core.files`), so a SIGKILL while writing leaves the previous file byte for byte."""
 
 import os
 import signal
 import subprocess
 import sys
 
-from webly.files import atomic_path, write_atomic
+from webly.core.files import atomic_path, write_atomic
 
-WRITE = "from webly.files import write_atomic; write_atomic({path!r}, 'new contents\\n' * 1000)"
+WRITE = ("from webly.core.files import write_atomic; "
+         "write_atomic({path!r}, 'new contents\\n' * 1000)")
 
 
 def _killed(args: list[str], fault: str) -> subprocess.CompletedProcess:
@@ -30,10 +31,10 @@ def test_the_manifest_killed_mid_file_leaves_the_previous_manifest(synth_small, 
     root = synth_small[0]
     out = tmp_path / "manifest.parquet"
     base = ["index", str(root), "-o", str(out), "--chunk-size", "8"]
-    assert subprocess.run([sys.executable, "-m", "webly.cli", *base, "--splits", "val"],
+    assert subprocess.run([sys.executable, "-m", "webly.app.cli", *base, "--splits", "val"],
                           capture_output=True, timeout=300).returncode == 0
     before = out.read_bytes()
-    r = _killed(["-m", "webly.cli", *base], "manifest.rowgroup:2")  # 2 row groups written
+    r = _killed(["-m", "webly.app.cli", *base], "manifest.rowgroup:2")  # 2 row groups written
     assert r.returncode == -signal.SIGKILL, r.stderr.decode()[-1000:]
     assert out.read_bytes() == before
 

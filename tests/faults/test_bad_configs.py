@@ -5,12 +5,12 @@ over instead of resuming someone else's checkpoint."""
 
 import pytest
 
-from webly.cli import main
+from webly.app.cli import main
+from webly.app.demo.synth import SynthConfig, generate
+from webly.app.pipeline import run
+from webly.core.errors import WeblyError
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
-from webly.demo.synth import SynthConfig, generate
-from webly.errors import WeblyError
-from webly.pipeline import run
 from webly.training.config import TrainConfig
 from webly.training.engine import train
 from webly.training.trainsets import finetune_data

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from webly.app.demo.synth import SynthConfig, generate
 from webly.data.index import IndexConfig, index_dataset
-from webly.demo.synth import SynthConfig, generate
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WEBLY_PROGRESS": "0"}
 
@@ -34,7 +34,7 @@ def _cmd(manifest: Path, out: Path, port: int, restarts: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
             "--max-restarts",
             str(restarts), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "-m",
-            "webly.cli", "finetune", str(manifest),
+            "webly.app.cli", "finetune", str(manifest),
             "-o", str(out), "--resume", "--backbone", "test_resnet", "--img-size", "32",
             "--batch-size", "8",
             "--accum-steps", "1", "--workers", "0", "--epochs", "3", "--ckpt-every-steps", "1",

@@ -6,10 +6,10 @@ import pytest
 from dirty import write_dirty
 from PIL import Image
 
+from webly.core.errors import WeblyError
 from webly.data.manifest import Manifest, write_manifest
 from webly.data.predictions import load_predictions
 from webly.data.records import Record
-from webly.errors import WeblyError
 from webly.inference.predict import PredictConfig, predict
 from webly.training.config import TrainConfig
 from webly.training.engine import train

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from webly.cli import main
+from webly.app.cli import main
+from webly.core.errors import WeblyError
 from webly.data.index import IndexConfig, index_dataset
 from webly.data.manifest import Manifest
 from webly.data.records import MAX_TEXT_CHARS
 from webly.data.webvision import WebVisionReader
-from webly.errors import WeblyError
 
 ITEMS = [  # google/q00001.json: one row per oddity
     {"title": None, "description": "ok"},

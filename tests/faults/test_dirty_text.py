@@ -17,15 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from webly.cli import main
+from webly.app.cli import main
+from webly.app.report import Run, examples_section
+from webly.app.report import text as _text
 from webly.data.folder import FolderReader
 from webly.data.manifest import Manifest
 from webly.data.records import MAX_TEXT_CHARS, text_from_meta
 from webly.labels.text import KeywordRecogniser, text_segments
 from webly.labels.weighing import WeighConfig, keyword_support
 from webly.labels.wordnet import wordnet
-from webly.report import Run, examples_section
-from webly.report import text as _text
 
 MB = "x" * 1_000_000
 NASTY = ["\udcff", "\ud83d", "a\udc80b", "\x00", "nul\x00in", "\x07\x1b[31mred\x1b[0m",
@@ -135,7 +135,7 @@ def test_dirty_tree_through_the_cli_indexes_tags_weighs_and_reports(tmp_path):
                       "tags": [words.split()[-1], NASTY[(i + 3) % len(NASTY)]]})
     root = dirty_tree(tmp_path / "wv", items)
     run = tmp_path / "run"
-    cli = [sys.executable, "-m", "webly.cli"]
+    cli = [sys.executable, "-m", "webly.app.cli"]
     for args in (["index", str(root), "-o", str(run / "manifest/manifest.parquet")],
                  ["tag", str(run / "manifest/manifest.parquet"), "-o", str(run / "tags"),
                   "--min-count", "1", "--max-df", "1.0"],

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from webly.cli import main
+from webly.app.cli import main
+from webly.app.demo.synth import SynthConfig, generate
 from webly.data.index import IndexConfig, index_dataset
-from webly.demo.synth import SynthConfig, generate
 
 
 @pytest.fixture(scope="module")

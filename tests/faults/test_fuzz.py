@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from webly.config import resolve_config
+from webly.core.config import resolve_config
+from webly.core.errors import WeblyError
 from webly.data.paths import check_relative
 from webly.data.records import clean_field, clean_tags, text_from_meta
 from webly.data.textio import parse_label
 from webly.data.webvision import WebVisionReader
-from webly.errors import WeblyError
 from webly.labels.tagging import TagConfig
 from webly.labels.text import KeywordRecogniser, clean_text, text_segments
 from webly.labels.weighing import WeighConfig

@@ -3,7 +3,7 @@ finetune -> predict -> evaluate, SIGKILLed at seeded points inside each step (th
 but not renamed, after a tagging part, between weighing's outputs, after a training checkpoint,
 twice in finetuning, after a predicted batch), then rerun: every output equals an uninterrupted
 run's, bit for bit. The process kills itself where the code says it has reached the point
-(`webly.faults`), so the outcome never depends on how fast the machine is."""
+(`webly.core.faults`), so the outcome never depends on how fast the machine is."""
 
 import json
 import os
@@ -46,7 +46,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WEBLY_PROGRESS": "0"}
 
 
 def _run(recipe, out, fault: str | None = None) -> int:
-    cmd = [sys.executable, "-m", "webly.cli", "run", str(recipe), "-o", str(out)]
+    cmd = [sys.executable, "-m", "webly.app.cli", "run", str(recipe), "-o", str(out)]
     env = {**ENV, "WEBLY_FAULT": fault} if fault else ENV
     r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
     assert r.returncode in (0, -signal.SIGKILL), r.stderr.decode()[-3000:]

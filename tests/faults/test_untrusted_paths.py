@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from webly.core.errors import WeblyError
 from webly.data.folder import FolderReader
 from webly.data.shards import read_shard_records, shard_pipeline
 from webly.data.webvision import WebVisionReader
-from webly.errors import WeblyError
 
 
 def _tree(root: Path, train_line: str, meta_line: str = "google/q00001.json 1") -> Path:

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
+from webly.core.errors import WeblyError
+from webly.core.progress import progress
 from webly.data.images import decode_tensor, resize_uint8, try_decode
 from webly.data.manifest import Manifest
-from webly.errors import WeblyError
-from webly.progress import progress
 
 
 class ImageFileDataset(torch.utils.data.Dataset):

@@ -24,10 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from webly.core.errors import WeblyError
 from webly.data.paths import RootGuard
 from webly.data.records import SPLITS, Record, clean_field, clean_tags, has_surrogates
 from webly.data.textio import part_range
-from webly.errors import WeblyError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 

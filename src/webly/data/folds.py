@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from webly.config import parse_part
-from webly.errors import WeblyError
+from webly.core.config import parse_part
+from webly.core.errors import WeblyError
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: consecutive rows spread over folds
 

@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
-from webly.errors import WeblyError
+from webly.core.errors import WeblyError
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec but still ships them; the
 # pinned version has them. If a later torchvision drops them, JPEGs take the PIL path below.

@@ -17,14 +17,14 @@ from typing import Any, Literal
 
 import pyarrow.compute as pc
 
-from webly.config import check_choices, opt, parse_part
+from webly.core.config import check_choices, opt, parse_part
+from webly.core.errors import WeblyError
+from webly.core.files import write_atomic
+from webly.core.progress import progress
 from webly.data.folder import FolderReader
 from webly.data.manifest import Manifest, ManifestWriter
 from webly.data.records import SPLITS
 from webly.data.webvision import WebVisionReader
-from webly.errors import WeblyError
-from webly.files import write_atomic
-from webly.progress import progress
 
 
 @dataclass

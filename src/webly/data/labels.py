@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from webly.core.errors import WeblyError
+from webly.core.files import AtomicTarget
 from webly.data.textio import iter_lines, require
-from webly.errors import WeblyError
-from webly.files import AtomicTarget
 
 
 class LabelsWriter:
@@ -113,3 +113,35 @@ def read_name_labels(path: str | Path) -> dict[str, int]:
             raise WeblyError(f"{path}:{lineno}: expected 'name label', got {line[:80]!r}")
         out[parts[0]] = int(parts[1])
     return out
+
+
+def label_effect(labels: str | Path, truth: np.ndarray | None = None) -> dict[str, Any]:
+    """What a pseudo-labelling did to its labels (a labels.parquet): changed, dropped, kept; with
+    `truth` (each manifest row's clean label, -1: unknown, as a benchmark or a dataset's truth
+    files give it) how many wrong labels it fixed, added and removed. The one reader for the
+    report and the benchmarks, so the two cannot disagree."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(labels, columns=["row", "label", "original_label", "source"]).to_pydict()
+    new, orig, src = np.array(t["label"]), np.array(t["original_label"]), np.array(t["source"])
+    kept, dropped, pseudo = new >= 0, src == "dropped", src == "pseudo"
+    res: dict[str, Any] = {"train_images": len(new), "relabelled": int(pseudo.sum()),
+                           "dropped": int(dropped.sum()), "kept": int(kept.sum()),
+                           "kept_share": round(int(kept.sum()) / max(len(new), 1), 4)}
+    if truth is None:
+        return res
+    true = truth[np.array(t["row"], dtype=np.int64)]
+    known = true >= 0  # only rows with a clean label count as right or wrong
+    wrong_before = int(((orig != true) & known).sum())
+    wrong_after = int(((new != true) & kept & known).sum())
+    res.update(
+        images_without_truth=int((~known).sum()),
+        wrong_labels_before=wrong_before,
+        noise_before=round(wrong_before / max(int(known.sum()), 1), 4),
+        relabelled_to_true=int((pseudo & (new == true) & known).sum()),
+        relabelled_away_from_true=int((pseudo & (orig == true) & known).sum()),
+        dropped_that_were_wrong=int((dropped & (orig != true) & known).sum()),
+        wrong_labels_after=wrong_after,
+        noise_after=round(wrong_after / max(int((kept & known).sum()), 1), 4),
+        wrong_labels_removed=round(1 - wrong_after / max(wrong_before, 1), 4))
+    return res

@@ -30,10 +30,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from webly import faults
+from webly.core import faults
+from webly.core.errors import WeblyError
+from webly.core.files import AtomicTarget
 from webly.data.records import Record
-from webly.errors import WeblyError
-from webly.files import AtomicTarget
 
 VERSION = 1
 SCHEMA = pa.schema([

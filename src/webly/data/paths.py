@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from webly.errors import WeblyError
+from webly.core.errors import WeblyError
 
 
 def check_relative(rel: str, where: str) -> str:

@@ -34,8 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from webly.errors import WeblyError
-from webly.files import AtomicTarget
+from webly.core.errors import WeblyError
+from webly.core.files import AtomicTarget
 
 ROW_GROUP = 65_536
 FILE = "predictions.parquet"

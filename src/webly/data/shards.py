@@ -36,13 +36,13 @@ from typing import Any, Literal
 import numpy as np
 import webdataset as wds
 
-from webly.config import check_choices, opt, parse_part
+from webly.core.config import check_choices, opt, parse_part
+from webly.core.errors import WeblyError
+from webly.core.files import atomic_path, write_atomic
+from webly.core.progress import progress
 from webly.data.images import bad_image_reason, decode_image, decode_tensor, resize_short_side
 from webly.data.manifest import Manifest
 from webly.data.paths import check_relative
-from webly.errors import WeblyError
-from webly.files import atomic_path, write_atomic
-from webly.progress import progress
 
 
 @dataclass

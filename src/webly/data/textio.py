@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from webly.errors import WeblyError
+from webly.core.errors import WeblyError
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:

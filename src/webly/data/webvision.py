@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from webly.core.errors import WeblyError
 from webly.data.paths import RootGuard, check_relative
 from webly.data.records import Record, Source, text_from_meta
 from webly.data.textio import (
@@ -48,7 +49,6 @@ from webly.data.textio import (
     part_range,
     require,
 )
-from webly.errors import WeblyError
 
 QUERY_DIR = re.compile(r"^q(\d{4,5})$")
 VAL_DIRS = ("", "val_images_256", "val_images_resized", "val_images", "val")

@@ -33,6 +33,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as F
 
+from webly.core.errors import WeblyError
+from webly.core.progress import progress
 from webly.data.images import (
     EvalTransform,
     Preprocess,
@@ -40,9 +42,7 @@ from webly.data.images import (
     log_bad_image,
     try_decode,
 )
-from webly.errors import WeblyError
 from webly.inference.predict import load_model, probabilities
-from webly.progress import progress
 from webly.training.distributed import resolve_device
 
 

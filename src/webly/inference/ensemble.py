@@ -27,7 +27,10 @@ from typing import Any, Literal
 import numpy as np
 from scipy.optimize import minimize
 
-from webly.config import opt
+from webly.core import decisions
+from webly.core.config import opt
+from webly.core.decisions import Decision
+from webly.core.errors import WeblyError
 from webly.data.folds import fold_of
 from webly.data.predictions import (
     Predictions,
@@ -36,7 +39,7 @@ from webly.data.predictions import (
     load_predictions,
     read_info,
 )
-from webly.errors import WeblyError
+from webly.inference.evaluate import align
 
 BATCH = 16_384  # rows averaged at once: about 0.5 GB of working memory for 4 members at k = 50
 
@@ -130,31 +133,31 @@ def fit_top1(val_preds: list[Predictions], labels: np.ndarray) -> tuple[np.ndarr
 
 
 def fitted_or_plain(val_preds: list[Predictions], labels: np.ndarray, w: np.ndarray,
-                    min_se: float) -> tuple[np.ndarray, str]:
-    """The fitted weights when their holdout top-1 beats the plain average's by more than
-    `min_se` paired standard errors, else the plain average; and why."""
-    from webly.inference.evaluate import paired_se
-
+                    min_se: float, rule: str = "beats") -> tuple[np.ndarray, Decision]:
+    """The fitted weights `w` when their holdout top-1 beats the plain average's by more than
+    `min_se` paired standard errors (rule "beats"), else the plain average; with rule "nll" (a
+    clean holdout's likelihood fitted them) the fitted weights. The decision records both."""
     plain = np.full(len(w), 1 / len(w))
+    right = {name: average_topk(val_preds, v, 1)[0][:, 0] == labels
+             for name, v in (("plain", plain), ("fitted", w))}
+    detail = {"plain": plain.round(4).tolist(), "fitted": w.round(4).tolist()}
+    if rule == "nll":
+        scores = {k: round(100 * float(v.mean()), 3) for k, v in right.items()}
+        return w, Decision("ensemble weights", "nll", "plain", "fitted", scores,
+                           round(scores["fitted"] - scores["plain"], 3),
+                           why="weights fitted by the likelihood of the holdout's labels",
+                           detail=detail)
+    d = decisions.beats(right, "plain", name="ensemble weights", min_se=min_se, detail=detail)
     if np.allclose(w, plain):
-        return plain, "top1: the best weights on the holdout are the plain average's"
-    right = [average_topk(val_preds, v, 1)[0][:, 0] == labels for v in (plain, w)]
-    gain = 100 * float(right[1].mean() - right[0].mean())
-    se = paired_se(right[0], right[1])
-    keep = gain > min_se * se
-    why = (f"top1: {100 * right[1].mean():.2f} on the holdout against the plain average's "
-           f"{100 * right[0].mean():.2f}: {gain:+.2f} {'>' if keep else '<='} {min_se:g} x "
-           f"paired SE {se:.2f}: {'the fitted weights' if keep else 'the plain average'}")
-    return (w if keep else plain), why
+        d.why = "the best weights on the holdout are the plain average's"
+    return (w if d.changed else plain), d
 
 
 def _weights(pred_dirs: list[str], weights: list[float] | None, fit_dirs: list[str] | None,
              fit_labels: dict[str, int] | None, metric: str = "nll",
-             min_se: float = 0.0) -> tuple[np.ndarray, str | None]:
-    """The members' weights and, when fitted, how (the summary's `fitted`)."""
+             min_se: float = 0.0) -> tuple[np.ndarray, Decision | None]:
+    """The members' weights and, when fitted on the holdout, the decision behind them."""
     if fit_dirs:
-        from webly.inference.evaluate import align
-
         if len(fit_dirs) != len(pred_dirs):
             raise WeblyError("--fit needs one validation predictions folder per model, in the "
                              "same order")
@@ -164,7 +167,7 @@ def _weights(pred_dirs: list[str], weights: list[float] | None, fit_dirs: list[s
                 raise WeblyError(f"{d} and {fit_dirs[0]} predict different images")
         y = align(val[0], fit_labels or {})
         if metric != "top1":
-            return fit_weights(val, y), "nll"
+            return fitted_or_plain(val, y, fit_weights(val, y), min_se, rule="nll")
         return fitted_or_plain(val, y, fit_top1(val, y)[0], min_se)
     if weights:
         if len(weights) != len(pred_dirs) or min(weights) < 0 or sum(weights) <= 0:
@@ -199,9 +202,9 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
             raise WeblyError(f"{d} and {pred_dirs[0]} predict different images or class counts")
     if oof and (weights or fit_dirs):
         raise WeblyError("an out-of-fold ensemble picks one member per image: no weights or --fit")
-    w, fitted = _weights(pred_dirs, weights, fit_dirs, fit_labels, fit_metric, fit_min_se)
-    if fitted and fitted != "nll":
-        print(f"[webly] ensemble weights: {fitted}", flush=True)
+    w, decision = _weights(pred_dirs, weights, fit_dirs, fit_labels, fit_metric, fit_min_se)
+    if decision is not None:
+        print(f"[webly] ensemble weights ({decision.rule}): {decision.why}", flush=True)
     # an average has as many distinct classes as its widest member; a pick, its narrowest
     k = min(top_k, (min if oof else max)(info["k"] for info in infos))
     info = {key: v for key, v in infos[0].items() if key not in ("k", "images", "model", "tta")}
@@ -230,8 +233,11 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
         writer.abort()
         raise
     writer.close()
+    if decision is not None:
+        decision.detail["members"] = [Path(d).name for d in pred_dirs]
+        decisions.write(out_dir, decision)
     return {"members": pred_dirs, "weights": [round(x, 4) for x in w.tolist()],
-            "fitted": fitted,
+            "fitted": decision.rule if decision else None,
             "left_out": [d for d, wi in zip(pred_dirs, w, strict=True) if wi == 0], "images": n,
             "k": k, "dropped_mass": {"mean": round(dropped_sum / max(n, 1), 6),
                                      "max": round(dropped_max, 6)}}

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from webly.config import opt
+from webly.core.config import opt
+from webly.core.errors import WeblyError
+from webly.core.files import atomic_path, save_figure, write_atomic
 from webly.data.labels import read_name_labels
 from webly.data.manifest import Manifest
 from webly.data.predictions import Predictions, iter_predictions, read_info
-from webly.errors import WeblyError
-from webly.files import atomic_path, save_figure, write_atomic
 
 
 @dataclass
@@ -56,15 +56,6 @@ def align(preds: Predictions, labels: dict[str, int]) -> np.ndarray:
         if ids:
             raise WeblyError(f"{len(ids)} image ids {what}, first: {', '.join(ids[:5])}")
     return np.asarray([labels[i] for i in preds.ids], np.int64)
-
-
-def paired_se(base: np.ndarray, cand: np.ndarray) -> float:
-    """Standard error (points) of the top-1 difference of two models scored on the same images.
-
-    Pairing matters: two models agree on most images, so only those where one is right and the
-    other wrong carry the difference's noise."""
-    d = cand.astype(np.float64) - base.astype(np.float64)
-    return float(100 * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
 
 
 class Scores:

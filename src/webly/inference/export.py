@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
+from webly.core.errors import WeblyError
 from webly.data.images import Preprocess
-from webly.errors import WeblyError
 from webly.inference.predict import load_model
 
 FORMATS = ("onnx", "torchscript")

@@ -1,40 +1,44 @@
 """`webly gate`: a decision a recipe makes on its holdout, written down with the scores behind it.
 
-A recipe step with `when: "@GATE"` runs only when the gate passed (`when: "not @GATE"`: only when
-it did not); `webly run` records a skipped step and why (`webly.pipeline`). Rules:
+A recipe step with `when: "@GATE"` runs only when the gate passed (its decision moved off the
+default; `when: "not @GATE"`: only when it did not); `webly run` records a skipped step and why
+(`webly.app.pipeline`). The gate writes a `webly.core.decisions.Decision` to `decision.json`, as
+every deciding step does. Rules (`RULES`: a new rule is one function here and its name in a
+recipe's `rule:`):
 
 - `memorised`: did a training run (`--model`) start fitting its wrong labels? Its holdout top-1,
   recorded each epoch, peaked and then fell by at least `min_drop` (points) by the last epoch.
   A run still at its best at its end learns more from more epochs of the same labels; one that
   fell has memorised the noise, and cleaning its labels (a pseudo-label round) pays. The default
   0.5 points is about two paired standard errors of two epochs' top-1 on a 5,000-image holdout
-  on which they disagree on 5% of the images.
-  Measured too weak at CIFAR-10N's default (a one-unit cosine run ends near its peak even when
-  it has memorised), so the CIFAR-10N recipe asks `beats` of a short continuation instead.
+  on which they disagree on 5% of the images. A cosine run ends near its peak even when it has
+  memorised, so a recipe with such a schedule asks `beats` of a short continuation instead.
 - `beats`: does a candidate beat the baseline on the holdout? `--preds BASELINE CANDIDATE`
-  (holdout predictions) against `--labels` (a manifest or a 'name label' file): passes when the
-  candidate's top-1 exceeds the baseline's by more than `margin` points and by more than
-  `min_se` paired standard errors of the difference (computed from the images on which the two
-  disagree): a gain the holdout cannot tell from its own noise does not pass.
+  (holdout predictions) against `--labels` (a manifest or a 'name label' file): the rule of
+  `webly.core.decisions.beats` with `margin` and `min_se`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 
-from webly.config import check_choices, opt
-from webly.errors import WeblyError
-from webly.files import write_atomic
+from webly.core import decisions
+from webly.core.config import opt
+from webly.core.decisions import Decision
+from webly.core.errors import WeblyError
+from webly.data.predictions import load_predictions
+from webly.inference.ensemble import fit_labels_of
+from webly.inference.evaluate import align
 
 
 @dataclass
 class GateConfig:
-    rule: Literal["memorised", "beats"] = opt("memorised", "the decision (see webly gate)")
+    rule: str = opt("memorised", "the decision: memorised or beats (see webly gate)")
     min_drop: float = opt(0.5, "memorised: holdout top-1 points lost from the best epoch to the "
                                "last")
     margin: float = opt(0.0, "beats: holdout top-1 points the candidate must gain")
@@ -42,7 +46,8 @@ class GateConfig:
                              "exceed")
 
     def validate(self) -> None:
-        check_choices(self, "gate")
+        if self.rule not in RULES:
+            raise WeblyError(f"gate: rule {self.rule!r} is not one of {', '.join(RULES)}")
         if self.min_drop < 0 or self.margin < 0 or self.min_se < 0:
             raise WeblyError("gate: min_drop, margin and min_se must not be negative")
 
@@ -62,21 +67,21 @@ def holdout_curve(run: Path) -> list[float]:
     return curve
 
 
-def memorised(curve: list[float], min_drop: float) -> dict[str, Any]:
+def memorised(curve: list[float], min_drop: float) -> Decision:
+    """Passes (choice "memorised") when the curve fell `min_drop` points from its peak."""
     best = max(range(len(curve)), key=lambda i: (curve[i], -i))
     drop = round(curve[best] - curve[-1], 3)
     passed = drop >= min_drop
     why = (f"holdout top-1 peaked at {curve[best]:.2f} (epoch {best + 1} of {len(curve)}) and "
            f"ended at {curve[-1]:.2f}: {'fell' if passed else 'a drop of'} {drop:.2f} "
            f"{'>=' if passed else '<'} {min_drop:g} points")
-    return {"pass": passed, "why": why, "curve": curve, "best_epoch": best + 1, "drop": drop}
+    return Decision("gate", "memorised", "learning", "memorised" if passed else "learning",
+                    {"best epoch": curve[best], "last epoch": curve[-1]}, drop, 0.0, min_drop,
+                    why, detail={"curve": curve, "best_epoch": best + 1})
 
 
-def beats(preds: list[str], labels: str, margin: float, min_se: float = 0.0) -> dict[str, Any]:
-    from webly.data.predictions import load_predictions
-    from webly.inference.ensemble import fit_labels_of
-    from webly.inference.evaluate import align, paired_se
-
+def beats(preds: list[str], labels: str, margin: float, min_se: float = 0.0) -> Decision:
+    """Passes (choice "candidate") when the candidate's holdout top-1 beats the baseline's."""
     if len(preds) != 2:
         raise WeblyError("gate --rule beats needs --preds BASELINE CANDIDATE (two folders)")
     right = []
@@ -88,33 +93,34 @@ def beats(preds: list[str], labels: str, margin: float, min_se: float = 0.0) -> 
         raise WeblyError(f"gate: {preds[0]} and {preds[1]} predict different images")
     names = sorted(right[0])
     base, cand = (np.array([r[n] for n in names]) for r in right)
-    scores = [round(100 * float(base.mean()), 3), round(100 * float(cand.mean()), 3)]
-    gain = round(scores[1] - scores[0], 3)
-    se = round(paired_se(base, cand), 3)
-    need = max(margin, min_se * se)
-    passed = gain > need
-    why = (f"holdout top-1 {scores[1]:.2f} against the baseline's {scores[0]:.2f}: "
-           f"{gain:+.2f} {'>' if passed else '<='} {need:.2f} points (margin {margin:g}, "
-           f"{min_se:g} x paired SE {se:.2f})")
-    return {"pass": passed, "why": why, "scores": dict(zip(preds, scores, strict=True)),
-            "gain": gain, "se": se}
+    return decisions.beats({"baseline": base, "candidate": cand}, "baseline", name="gate",
+                           margin=margin, min_se=min_se,
+                           detail={"baseline": preds[0], "candidate": preds[1]})
+
+
+def _memorised(cfg: GateConfig, model: str | None, preds: list[str] | None,
+               labels: str | None) -> Decision:
+    if not model:
+        raise WeblyError("gate --rule memorised needs --model (a training run folder)")
+    return memorised(holdout_curve(Path(model)), cfg.min_drop)
+
+
+def _beats(cfg: GateConfig, model: str | None, preds: list[str] | None,
+           labels: str | None) -> Decision:
+    if not (preds and labels):
+        raise WeblyError("gate --rule beats needs --preds BASELINE CANDIDATE and --labels")
+    return beats(list(preds), labels, cfg.margin, cfg.min_se)
+
+
+# rule name -> (config, --model, --preds, --labels) -> the decision
+RULES: dict[str, Callable[..., Decision]] = {"memorised": _memorised, "beats": _beats}
 
 
 def run_gate(*, cfg: GateConfig, out: Path, model: str | None = None,
-             preds: list[str] | None = None, labels: str | None = None) -> dict[str, Any]:
-    """The `gate` stage: gate.json in `out` ({"pass", "why", ...})."""
+             preds: list[str] | None = None, labels: str | None = None) -> dict:
+    """The `gate` stage: `decision.json` in `out`; passed = the choice is not the default."""
     cfg.validate()
-    if cfg.rule == "memorised":
-        if not model:
-            raise WeblyError("gate --rule memorised needs --model (a training run folder)")
-        res = memorised(holdout_curve(Path(model)), cfg.min_drop)
-    else:
-        if not (preds and labels):
-            raise WeblyError("gate --rule beats needs --preds BASELINE CANDIDATE and --labels")
-        res = beats(list(preds), labels, cfg.margin, cfg.min_se)
-    res = {"rule": cfg.rule, **res}
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "gate.json", json.dumps(res, indent=1) + "\n")
-    print(f"[webly] gate ({cfg.rule}): {'pass' if res['pass'] else 'no'}: {res['why']}",
-          flush=True)
-    return res
+    d = RULES[cfg.rule](cfg, model, list(preds) if preds else None, labels)
+    decisions.write(out, d)
+    print(f"[webly] gate ({d.rule}): {'pass' if d.changed else 'no'}: {d.why}", flush=True)
+    return d.to_json()

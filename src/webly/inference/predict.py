@@ -28,8 +28,10 @@ import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
 
-from webly import faults
-from webly.config import check_choices, opt
+from webly.core import faults
+from webly.core.config import check_choices, opt
+from webly.core.errors import WeblyError
+from webly.core.progress import progress
 from webly.data.images import BadImages, EvalTransform, Preprocess, normalize_batch, try_decode
 from webly.data.manifest import Manifest
 from webly.data.predictions import (
@@ -39,8 +41,6 @@ from webly.data.predictions import (
     PredictionWriter,
     iter_predictions,
 )
-from webly.errors import WeblyError
-from webly.progress import progress
 from webly.training.checkpoints import load_weights
 from webly.training.distributed import Dist, init_distributed
 from webly.training.models import create_backbone, head_prefix

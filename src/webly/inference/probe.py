@@ -11,10 +11,8 @@ candidate replaces the default threshold only when it beats the default's probe 
 flatters itself (as decision 3's fitted weights do, hence the same 2).
 
 Cost: candidates x loss evaluations (<= 125 each) x images x features x classes x 3
-multiply-adds, recorded in the decision (`probe_macs`). Small against a unit of training where
-the unit is long (CIFAR-10N: 0.011 units at --quick, 10 classes); on a short unit with many
-classes it is not (fashion53 at --quick: 0.19 units for 7 candidates on 53 classes, computed from
-the recorded multiply-adds), and the recipe's compute must count it.
+multiply-adds, recorded in the decision (`macs`). Small against a long unit of training on few
+classes; not against a short unit on many classes: a recipe's compute counts it.
 
 Deterministic: the probe starts at zero and trains full-batch (L-BFGS) on a fixed-seed sample of
 at most `max_images` training images (`sample`), so a rerun decides the same.
@@ -22,12 +20,15 @@ at most `max_images` training images (`sample`), so a rerun decides the same.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from webly.inference.evaluate import paired_se
+from webly.core import decisions
+from webly.core.decisions import Decision
+from webly.core.errors import WeblyError
+from webly.data.predictions import iter_predictions, load_features, read_info
 
 L2 = 1e-4  # on the standardised features: keeps the probe finite where classes separate
 
@@ -64,38 +65,53 @@ def sample(n: int, max_images: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, max_images, replace=False))
 
 
+def probe_features(probe: list[str], rows: np.ndarray, train_rows: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The features of `probe` = [TRAIN_PREDS, HOLDOUT_PREDS], checked: the training folder
+    predicts `rows` (its rows `train_rows`, or None when it is the labeller's own folder, read
+    already), the holdout is val, both from one model with one set of views. Returns the train
+    and holdout features and the holdout's manifest rows."""
+    if train_rows is not None and not np.array_equal(train_rows, rows):
+        raise WeblyError(f"{probe[0]} predicts other images than the {rows.size} training "
+                         "images being labelled: predict the same manifest's train split")
+    holdout_rows = np.concatenate([p.rows for p in iter_predictions(probe[1])])
+    info = [read_info(d) for d in probe]
+    if info[1]["split"] != "val":
+        raise WeblyError(f"{probe[1]} holds {info[1]['split']!r} predictions; the probe is "
+                         "scored on the holdout (val)")
+    if [(i.get("model"), i.get("tta")) for i in info] != [(info[0].get("model"),
+                                                          info[0].get("tta"))] * 2:
+        raise WeblyError(f"{probe[0]} and {probe[1]}: features of one model with the same "
+                         "test-time views are needed (model and tta must match)")
+    train, holdout = (load_features(Path(d)) for d in probe)
+    if train.shape[1] != holdout.shape[1] or len(holdout) != len(holdout_rows):
+        raise WeblyError(f"{probe[0]} and {probe[1]}: features of different models or a "
+                         "truncated features.npy")
+    return train, holdout, holdout_rows
+
+
 def choose_threshold(train_feats: np.ndarray, labels_of: dict[float, np.ndarray],
                      holdout_feats: np.ndarray, holdout_labels: np.ndarray, num_classes: int,
-                     default: float, min_se: float) -> dict[str, Any]:
+                     default: float, min_se: float) -> Decision:
     """The threshold the holdout chooses among `labels_of` (threshold -> the training labels it
-    gives, -1: dropped, aligned with `train_feats`' rows: the `sample`; `default` among them),
-    `default` unless beaten by more than `min_se` paired SEs. Returns the choice with every
-    candidate's holdout score behind it."""
+    gives, -1: dropped, aligned with `train_feats`' rows: the `sample`; `default` among them):
+    `default` unless beaten by more than `min_se` paired SEs (`webly.core.decisions.beats`;
+    among equal scores the threshold nearer the default). The candidates are named f"{t:g}"."""
     x = np.asarray(train_feats, np.float32)
     mu, sd = x.mean(0), x.std(0) + 1e-6
     x = torch.from_numpy((x - mu) / sd)
     known = holdout_labels >= 0
     v = torch.from_numpy((np.asarray(holdout_feats, np.float32)[known] - mu) / sd)
     vy = holdout_labels[known]
-    right, scores, kept, macs = {}, {}, {}, 0
-    for t, lab in sorted(labels_of.items()):
+    right, kept, macs = {}, {}, 0
+    for t in sorted(labels_of, key=lambda t: (abs(t - default), t)):
+        lab = labels_of[t]
         keep = lab >= 0
         lin, evals = fit_probe(x[keep], torch.from_numpy(lab[keep].astype(np.int64)),
                                num_classes)
         macs += 3 * evals * int(keep.sum()) * x.shape[1] * num_classes  # forward + backward
         with torch.no_grad():
-            right[t] = lin(v).argmax(1).numpy() == vy
-        scores[t], kept[t] = round(100 * float(right[t].mean()), 3), int(keep.sum())
-    best = max(scores, key=lambda t: (scores[t], t == default, -abs(t - default)))
-    gain = round(scores[best] - scores[default], 3)
-    se = round(paired_se(right[default], right[best]), 3) if best != default else 0.0
-    chosen = best if best != default and gain > min_se * se else default
-    why = (f"probe holdout top-1 at {best:g}: {scores[best]:.2f} against {scores[default]:.2f} at "
-           f"the default {default:g}: {gain:+.2f} {'>' if chosen == best else '<='} "
-           f"{min_se:g} x paired SE {se:.2f}" if best != default else
-           f"the default {default:g} scored best ({scores[default]:.2f})")
-    return {"threshold": chosen, "default": default, "why": why,
-            "holdout_top1": {f"{t:g}": s for t, s in scores.items()},
-            "probe_images": {f"{t:g}": k for t, k in kept.items()},
-            "holdout_images": int(known.sum()), "se": se, "min_se": min_se,
-            "probe_macs": macs}
+            right[f"{t:g}"] = lin(v).argmax(1).numpy() == vy
+        kept[f"{t:g}"] = int(keep.sum())
+    return decisions.beats(right, f"{default:g}", name="threshold", min_se=min_se, macs=macs,
+                           detail={"probe_images": kept, "holdout_images": int(known.sum())})

@@ -6,29 +6,17 @@ class differs from its label is relabelled when the prediction is confident: pro
 class's images. With `drop_inconsistent`, an image whose prediction disagrees with its label but
 is not confident enough to relabel is dropped (label -1); otherwise it keeps its label.
 
-Text as a check on the label (`--text TAGS`, beyond the seed): a title that names another class
-than the label is evidence the label is wrong. A keyword-only classifier is trained out-of-fold on
-the noisy labels (webly.labels.textclf: no image's label vouches for itself), and each image's
-class probabilities become the product of the two
-
-    log p(c) = log p_image(c) + text_weight log p_text(c) + const
-
-the Bayes posterior of both views taken as independent given the class: the image models are
-trained class-balanced (as the seed finetunes: a uniform prior), the text classifier on the label
-frequencies (their prior), so the product counts the prior once. An image without keywords gets
-p_text uniform: the images' alone. Decisions (agree, relabel, drop) and the suspects' ranking then
-read p. Measured on fashion53 at --quick (one labeller): relabelling at p >= 0.5 kept 95.5% of the
-training images with 2.4% wrong labels, against 44.4% with 5.7% from the images alone and 75.9%
-with 0.6% from a geometric mean (text_weight 0.5 on both). The text classifier holds images x
-classes float32 in memory: fine to ~10^8 entries (a few million images on 53 classes), not
-WebVision's 16M x 5,000.
+Text as a check on the label (`--text TAGS`, beyond the seed): each image's class probabilities
+become the product of the images' and an out-of-fold keyword classifier's
+(`webly.inference.evidence`); decisions (agree, relabel, drop) and the suspects' ranking read
+that product.
 
 The holdout chooses the threshold (`--thresholds 0.3,...,0.9 --probe TRAIN_PREDS HOLDOUT_PREDS`):
 the two predictions folders carry one model's features (`predict --features`) on the training
 images and on the holdout (the manifest's val split, noisy or clean); a linear probe per
 candidate learns the labels that candidate gives and the holdout scores it; `threshold` is the
 default the best candidate must beat by `probe_min_se` paired standard errors
-(webly.inference.probe). report.json records the choice and every candidate's score.
+(`webly.inference.probe`). The choice is a `webly.core.decisions.Decision` in `decision.json`.
 
 Outputs in the folder:
     labels.parquet   row, id, label (new; -1 = dropped), original_label, source
@@ -55,12 +43,16 @@ from typing import Any
 
 import numpy as np
 
-from webly.config import opt
+from webly.core import decisions
+from webly.core.config import opt
+from webly.core.decisions import Decision
+from webly.core.errors import WeblyError
+from webly.core.files import write_atomic
 from webly.data.labels import LabelsWriter
 from webly.data.manifest import Manifest
 from webly.data.predictions import iter_predictions, read_info
-from webly.errors import WeblyError
-from webly.files import write_atomic
+from webly.inference.evidence import first_pass, text_probs
+from webly.inference.probe import choose_threshold, probe_features, sample
 
 
 @dataclass
@@ -122,10 +114,10 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     if cfg.soft_k > info["k"]:
         raise WeblyError(f"soft_k {cfg.soft_k} > the {info['k']} classes the predictions keep")
     labels = np.asarray(manifest.read(["label"])["label"].fill_null(-1).to_numpy(), np.int64)
-    text_probs = None
+    from_text = None
     if text is not None:
-        text_probs = _text_probs(text, preds_dir, labels, manifest.num_classes, cfg.text_folds)
-    rows, pred, conf, ok, given = _first_pass(preds_dir, labels, text_probs, cfg.text_weight)
+        from_text = text_probs(text, preds_dir, labels, manifest.num_classes, cfg.text_folds)
+    rows, pred, conf, ok, given = first_pass(preds_dir, labels, from_text, cfg.text_weight)
     original = labels[rows]
     ok &= original >= 0
     disagree = ok & (pred != original)
@@ -133,7 +125,7 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     if probe is not None:
         decision = _choose(manifest, labels, rows, preds_dir, probe, pred, conf, original,
                            disagree, cfg)
-        threshold = decision["threshold"]
+        threshold = float(decision.choice)
     confident = _top_fraction(pred, conf, ok, cfg.top_fraction) if cfg.top_fraction > 0 \
         else conf >= threshold
     new, relabel, drop = _decide(disagree, confident, pred, original, cfg.drop_inconsistent)
@@ -147,13 +139,15 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     if cfg.top_fraction == 0:
         report["threshold"] = threshold
     if decision is not None:
-        report["threshold_decision"] = decision
+        decisions.write(out, decision)
     write_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     names = manifest.class_names
     lines = [f"{suspect_ids[i]}\t{names[original[i]]}\t{names[pred[i]]}\t{conf[i]:.3f}\n"
              for i in suspects]
     write_atomic(out / "suspects.tsv", "id\tgiven_label\tpredicted\tconfidence\n" + "".join(lines))
     report = {k: v for k, v in report.items() if k not in ("per_class",)}
+    if decision is not None:
+        report["decision"] = decision.to_json()
     if text is not None:
         report["text"] = {"tags": str(text), "weight": cfg.text_weight, "folds": cfg.text_folds}
     return report
@@ -161,29 +155,10 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
 
 def _choose(manifest: Manifest, labels: np.ndarray, rows: np.ndarray, preds_dir: str | Path,
             probe: list[str], pred: np.ndarray, conf: np.ndarray, original: np.ndarray,
-            disagree: np.ndarray, cfg: PseudoLabelConfig) -> dict[str, Any]:
+            disagree: np.ndarray, cfg: PseudoLabelConfig) -> Decision:
     """The threshold the holdout chooses (webly.inference.probe), printed and returned."""
-    from webly.data.predictions import load_features
-    from webly.inference.probe import choose_threshold, sample
-
-    # the labeller's own folder (the usual case) was read already: its rows are `rows`
     same = Path(probe[0]).resolve() == Path(preds_dir).resolve()
-    train_rows, holdout_rows = rows if same else _rows_of(probe[0]), _rows_of(probe[1])
-    if not np.array_equal(train_rows, rows):
-        raise WeblyError(f"{probe[0]} predicts other images than the {rows.size} training "
-                         "images being labelled: predict the same manifest's train split")
-    info = [read_info(d) for d in probe]
-    if info[1]["split"] != "val":
-        raise WeblyError(f"{probe[1]} holds {info[1]['split']!r} predictions; the probe is "
-                         "scored on the holdout (val)")
-    if [(i.get("model"), i.get("tta")) for i in info] != [(info[0].get("model"),
-                                                          info[0].get("tta"))] * 2:
-        raise WeblyError(f"{probe[0]} and {probe[1]}: features of one model with the same "
-                         "test-time views are needed (model and tta must match)")
-    train, holdout = (load_features(d) for d in probe)
-    if train.shape[1] != holdout.shape[1] or len(holdout) != len(holdout_rows):
-        raise WeblyError(f"{probe[0]} and {probe[1]}: features of different models or a "
-                         "truncated features.npy")
+    train, holdout, holdout_rows = probe_features(probe, rows, None if same else _rows_of(probe[0]))
     # the labels each candidate gives, on the probe's sample only (never N x candidates)
     pick = sample(len(rows), cfg.probe_images)
     d, c, p, o = disagree[pick], conf[pick], pred[pick], original[pick]
@@ -191,7 +166,7 @@ def _choose(manifest: Manifest, labels: np.ndarray, rows: np.ndarray, preds_dir:
                  for t in sorted({cfg.threshold, *cfg.thresholds})}
     res = choose_threshold(train[pick], labels_of, holdout, labels[holdout_rows],
                            manifest.num_classes, cfg.threshold, cfg.probe_min_se)
-    print(f"[webly] pseudo-label: threshold {res['threshold']:g}: {res['why']}", flush=True)
+    print(f"[webly] pseudo-label: threshold {res.choice}: {res.why}", flush=True)
     return res
 
 
@@ -207,52 +182,6 @@ def _decide(disagree: np.ndarray, confident: np.ndarray, pred: np.ndarray,
 
 def _rows_of(preds_dir: str) -> np.ndarray:
     return np.concatenate([p.rows for p in iter_predictions(preds_dir)])
-
-
-def _text_probs(tags: str | Path, preds_dir: str | Path, labels: np.ndarray, num_classes: int,
-                folds: int) -> dict[int, np.ndarray]:
-    """Out-of-fold keyword-classifier probabilities of the predicted rows: row -> [C]."""
-    from webly.labels import textclf
-    from webly.labels.tagging import load_tags
-
-    keywords, _ = load_tags(tags)
-    if keywords.shape[0] != len(labels):
-        raise WeblyError(f"{tags} has {keywords.shape[0]} rows but the manifest {len(labels)}: "
-                         "tag this manifest")
-    rows = np.concatenate([p.rows for p in iter_predictions(preds_dir)])
-    probs = textclf.out_of_fold(keywords[rows], labels[rows], rows, num_classes, folds)
-    return {"rows": rows, "probs": probs}  # type: ignore[dict-item]
-
-
-def _first_pass(preds_dir: str | Path, labels: np.ndarray, text: dict | None = None,
-                weight: float = 0.0) -> tuple[np.ndarray, ...]:
-    """rows, top-1, its probability, ok, and the given label's probability under the images, the
-    text and both ([n, 3]; NaN where there is no text or no label)."""
-    parts, pos = [], 0
-    for p in iter_predictions(preds_dir):
-        n = len(p.rows)
-        y = labels[p.rows]
-        has = y >= 0
-        given = np.full((n, 3), np.nan, np.float32)
-        # the given label's probability from the top-k alone (no [n, C] array without text)
-        given[has, 0] = p.probability_of(y)[has]
-        pred, conf = p.top_i[:, 0].astype(np.int64), p.top_p[:, 0].astype(np.float64)
-        if text is not None:
-            tp = text["probs"][pos:pos + n]
-            if not np.array_equal(text["rows"][pos:pos + n], p.rows):
-                raise WeblyError(f"{preds_dir}: predictions changed while reading them")
-            img = p.dense()
-            logp = np.log(np.maximum(img, 1e-8)) + weight * np.log(np.maximum(tp, 1e-8))
-            comb = np.exp(logp - logp.max(1, keepdims=True))
-            comb /= comb.sum(1, keepdims=True)
-            given[has, 1] = tp[has, y[has]]
-            given[has, 2] = comb[has, y[has]]
-            pred, conf = comb.argmax(1).astype(np.int64), comb.max(1).astype(np.float64)
-        else:
-            given[:, 2] = given[:, 0]
-        parts.append((p.rows, pred, conf, p.ok, given))
-        pos += n
-    return tuple(np.concatenate(c) for c in zip(*parts, strict=True))
 
 
 def _top_fraction(pred: np.ndarray, conf: np.ndarray, ok: np.ndarray,
@@ -279,7 +208,7 @@ def _write_labels(out: Path, preds_dir: str | Path, soft_k: int, new: np.ndarray
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from webly.files import atomic_path
+    from webly.core.files import atomic_path
 
     writer, pos, wanted, ids = LabelsWriter(out, soft_k), 0, set(suspects.tolist()), {}
     with atomic_path(out / "scores.parquet") as tmp:
@@ -334,38 +263,6 @@ def _report(manifest: Manifest, original: np.ndarray, pred: np.ndarray, ok: np.n
 
 def _most_common_targets(names: list[str], targets: np.ndarray) -> dict[str, int]:
     return dict(Counter(names[p] for p in targets).most_common(3))
-
-
-def label_effect(labels: str | Path, truth: np.ndarray | None = None) -> dict[str, Any]:
-    """What a pseudo-labelling did to its labels (a labels.parquet): changed, dropped, kept; with
-    `truth` (each manifest row's clean label, -1: unknown, as a benchmark or a dataset's truth
-    files give it) how many wrong labels it fixed, added and removed. The one reader for the
-    report and the benchmarks, so the two cannot disagree."""
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(labels, columns=["row", "label", "original_label", "source"]).to_pydict()
-    new, orig, src = np.array(t["label"]), np.array(t["original_label"]), np.array(t["source"])
-    kept, dropped, pseudo = new >= 0, src == "dropped", src == "pseudo"
-    res: dict[str, Any] = {"train_images": len(new), "relabelled": int(pseudo.sum()),
-                           "dropped": int(dropped.sum()), "kept": int(kept.sum()),
-                           "kept_share": round(int(kept.sum()) / max(len(new), 1), 4)}
-    if truth is None:
-        return res
-    true = truth[np.array(t["row"], dtype=np.int64)]
-    known = true >= 0  # only rows with a clean label count as right or wrong
-    wrong_before = int(((orig != true) & known).sum())
-    wrong_after = int(((new != true) & kept & known).sum())
-    res.update(
-        images_without_truth=int((~known).sum()),
-        wrong_labels_before=wrong_before,
-        noise_before=round(wrong_before / max(int(known.sum()), 1), 4),
-        relabelled_to_true=int((pseudo & (new == true) & known).sum()),
-        relabelled_away_from_true=int((pseudo & (orig == true) & known).sum()),
-        dropped_that_were_wrong=int((dropped & (orig != true) & known).sum()),
-        wrong_labels_after=wrong_after,
-        noise_after=round(wrong_after / max(int((kept & known).sum()), 1), 4),
-        wrong_labels_removed=round(1 - wrong_after / max(wrong_before, 1), 4))
-    return res
 
 
 def run_pseudo_label(*, manifest: str, preds: str, cfg: PseudoLabelConfig,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from webly.labels.weighing import cross_similarity
+from webly.labels.similarity import cross_similarity
 from webly.labels.wordnet import wordnet
 
 FLOOR = 0.7  # Wu-Palmer similarity below this counts as unrelated (two artifacts share 0.5-0.65)

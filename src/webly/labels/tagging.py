@@ -47,14 +47,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from webly import faults
-from webly.config import check_choices, opt, parse_part
+from webly.core import faults
+from webly.core.config import check_choices, opt, parse_part
+from webly.core.errors import WeblyError
+from webly.core.files import atomic_path, save_figure, write_atomic
+from webly.core.progress import progress
 from webly.data.manifest import Manifest
-from webly.errors import WeblyError
-from webly.files import atomic_path, save_figure, write_atomic
 from webly.labels.text import MAX_TAG_CHARS, KeywordRecogniser, WordNetPOS, text_segments
 from webly.labels.vocab import choose_senses, informative, manifest_labels, select_vocab
-from webly.progress import progress
 
 TEXT_COLUMNS = ["title", "description", "tags", "query_text"]
 

@@ -142,7 +142,7 @@ class KeywordRecogniser:
             self.multi_len[first] = max(2, self.multi_len.get(first, 0))
         self.perceptron = _perceptron_tagger() if tagger in ("auto", "perceptron") else None
         if tagger == "perceptron" and self.perceptron is None:
-            from webly.errors import WeblyError
+            from webly.core.errors import WeblyError
 
             raise WeblyError("NLTK's averaged_perceptron_tagger_eng model is not installed")
         self.name = "nltk-averaged-perceptron" if self.perceptron else WordNetPOS.name

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -22,9 +22,19 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from webly.data.manifest import Manifest
+from webly.labels import senses
+from webly.labels.similarity import concept_synsets
 
-if TYPE_CHECKING:
-    from webly.labels.tagging import TagConfig
+
+class VocabRules(Protocol):
+    """The vocabulary options `select_vocab` and `choose_senses` read (`webly tag`'s TagConfig)."""
+
+    max_df: float
+    keep_informative: float
+    drop_top: int
+    min_count: int
+    max_vocab: int
+    sense_fit: float
 
 
 def informative(files: list[Path], words: list[str], labels: np.ndarray | None,
@@ -51,7 +61,7 @@ def informative(files: list[Path], words: list[str], labels: np.ndarray | None,
     return {w: round(float(v), 4) for w, v in zip(words, kl, strict=True)}
 
 
-def select_vocab(df: Counter, documents: int, cfg: TagConfig,
+def select_vocab(df: Counter, documents: int, cfg: VocabRules,
                  info: dict[str, float] | None = None) -> list[tuple[str, int]]:
     """Keywords kept (see the module docstring); `info`: bits of the words above max_df."""
     ranked = sorted(df.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -81,11 +91,8 @@ def manifest_labels(out: Path) -> tuple[np.ndarray | None, list[str]]:
 
 
 def choose_senses(vocab: list[tuple[str, int]], mat: sp.csr_matrix, labels: np.ndarray | None,
-            classes: list[str], cfg: TagConfig) -> tuple[list[str], np.ndarray]:
+            classes: list[str], cfg: VocabRules) -> tuple[list[str], np.ndarray]:
     """Each keyword's sense in the context of its images' classes (webly.labels.senses)."""
-    from webly.labels import senses
-    from webly.labels.weighing import concept_synsets
-
     words = [k for k, _ in vocab]
     counts = None
     if labels is not None and classes:

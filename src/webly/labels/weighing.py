@@ -38,10 +38,7 @@ Rows without a label (test images) are empty. Row order = manifest order.
 
 from __future__ import annotations
 
-import math
 import time
-import warnings
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -49,13 +46,19 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from webly import faults
-from webly.config import check_choices, opt
-from webly.errors import WeblyError
-from webly.files import atomic_path, write_atomic
+from webly.core import faults
+from webly.core.config import check_choices, opt
+from webly.core.errors import WeblyError
+from webly.core.files import atomic_path, write_atomic
+from webly.labels.similarity import (
+    ancestors,
+    concept_similarity,
+    concept_synsets,
+    cross_similarity,
+    depth,
+    score,
+)
 from webly.labels.wordnet import synset_from_wnid, wnid_of, wordnet
-
-LCH_MAX_DEPTH = 20  # WordNet 3.0 noun taxonomy depth + 1
 
 
 @dataclass
@@ -86,99 +89,6 @@ class WeighConfig:
             raise WeblyError("weigh.boost must be >= 0 and power > 0")
 
 
-# -- similarity ------------------------------------------------------------------------------------
-def ancestors(synset) -> dict[Any, int]:
-    """Every hypernym ancestor of `synset` (itself included) -> shortest distance."""
-    dist = {synset: 0}
-    frontier = [synset]
-    while frontier:
-        nxt = []
-        for s in frontier:
-            for h in s.hypernyms() + s.instance_hypernyms():
-                if h not in dist:
-                    dist[h] = dist[s] + 1
-                    nxt.append(h)
-        frontier = nxt
-    return dist
-
-
-def _groups(synsets: list) -> dict[Any, tuple[np.ndarray, np.ndarray]]:
-    """ancestor node -> (indices of the synsets below it, their distances to it)."""
-    members: dict[Any, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-    for i, s in enumerate(synsets):
-        if s is None:
-            continue
-        for node, d in ancestors(s).items():
-            members[node][0].append(i)
-            members[node][1].append(d)
-    return {n: (np.asarray(ix), np.asarray(d, np.float32)) for n, (ix, d) in members.items()}
-
-
-_DEPTH: dict[Any, int] = {}
-
-
-def _depth(node) -> int:
-    if node not in _DEPTH:
-        _DEPTH[node] = node.max_depth() + 1
-    return _DEPTH[node]
-
-
-def _score(measure: str, D: float, dl: np.ndarray, dr: np.ndarray) -> np.ndarray:
-    total = dl[:, None] + dr[None, :]
-    if measure == "wup":
-        return (2 * D) / (total + 2 * D)
-    if measure == "path":
-        return 1.0 / (1.0 + total)
-    return np.log(2 * LCH_MAX_DEPTH / (total + 1)) / math.log(2 * LCH_MAX_DEPTH)
-
-
-def concept_similarity(synsets: list, measure: str = "wup") -> np.ndarray:
-    """Dense C x C similarity (float32); unknown concepts (None) are similar only to themselves."""
-    n = len(synsets)
-    sim = np.zeros((n, n), np.float32)
-    for node, (ix, d) in _groups(synsets).items():
-        block = _score(measure, _depth(node), d, d).astype(np.float32)
-        sub = np.ix_(ix, ix)
-        sim[sub] = np.maximum(sim[sub], block)
-    np.fill_diagonal(sim, 1.0)
-    return sim
-
-
-def cross_similarity(left: list, right: list, measure: str, min_sim: float) -> sp.csr_matrix:
-    """Sparse len(left) x len(right) similarity, entries >= min_sim only.
-
-    Members too far below a node to reach min_sim through it are pruned before the block is
-    formed, so nodes near the root (huge, but useless at a high threshold) cost almost nothing.
-    """
-    gl, gr = _groups(left), _groups(right)
-    rows, cols, vals = [], [], []
-    for node in gl.keys() & gr.keys():
-        D = _depth(node)
-        (il, dl), (ir, dr) = gl[node], gr[node]
-        if measure == "wup":
-            reach = 2 * D * (1 - min_sim) / max(min_sim, 1e-6)
-        elif measure == "path":
-            reach = 1 / max(min_sim, 1e-6) - 1
-        else:
-            reach = 2 * LCH_MAX_DEPTH * (2 * LCH_MAX_DEPTH) ** -min_sim - 1
-        kl, kr = dl <= reach, dr <= reach
-        if not kl.any() or not kr.any():
-            continue
-        block = _score(measure, D, dl[kl], dr[kr])
-        r, c = np.nonzero(block >= min_sim)
-        rows.append(il[kl][r])
-        cols.append(ir[kr][c])
-        vals.append(block[r, c].astype(np.float32))
-    if not rows:
-        return sp.csr_matrix((len(left), len(right)), dtype=np.float32)
-    r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
-    order = np.lexsort((v, c, r))  # keep the best common ancestor per pair: last after sort
-    r, c, v = r[order], c[order], v[order]
-    last = np.ones(len(r), bool)
-    last[:-1] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])
-    return sp.csr_matrix((v[last], (r[last], c[last])), shape=(len(left), len(right)))
-
-
 def neighbours(sim: np.ndarray, top_k: int, min_sim: float) -> tuple[np.ndarray, np.ndarray]:
     """(C x top_k neighbour indices, padded with -1; their similarities) excluding self."""
     s = sim.copy()
@@ -188,25 +98,6 @@ def neighbours(sim: np.ndarray, top_k: int, min_sim: float) -> tuple[np.ndarray,
     val = np.take_along_axis(s, idx, axis=1)
     idx = np.where(val >= min_sim, idx, -1)
     return idx, np.where(idx >= 0, val, 0).astype(np.float32)
-
-
-# -- concepts and keywords -------------------------------------------------------------------------
-def concept_synsets(wnids: list[str], allow_unknown: bool,
-                    warn: bool = True) -> tuple[list, list[str]]:
-    synsets, unknown = [], []
-    for w in wnids:
-        try:
-            synsets.append(synset_from_wnid(w))
-        except WeblyError:
-            if not allow_unknown:
-                raise WeblyError(f"concept {w} (synsets.txt) is not in WordNet 3.0; "
-                                 "pass --allow-unknown to give it identity-only weights") from None
-            synsets.append(None)
-            unknown.append(w)
-    if unknown and warn:
-        warnings.warn(f"{len(unknown)} concepts unknown to WordNet get identity-only weights: "
-                      f"{', '.join(unknown[:5])}", stacklevel=2)
-    return synsets, unknown
 
 
 def keyword_support(vocab: list[str], concepts: list, cfg: WeighConfig,
@@ -233,7 +124,7 @@ def keyword_support(vocab: list[str], concepts: list, cfg: WeighConfig,
                     continue
                 dist = np.array([d], np.float32)
                 a = 1.0 if d == 0 else float(
-                    _score(cfg.measure, _depth(node), dist, np.zeros(1, np.float32))[0, 0])
+                    score(cfg.measure, depth(node), dist, np.zeros(1, np.float32))[0, 0])
                 if a >= cfg.support_min and a > best.get((k, c), 0.0):
                     best[(k, c)] = a
     position = {w: i for i, w in enumerate(vocab)}

@@ -16,7 +16,7 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
-from webly.errors import WeblyError
+from webly.core.errors import WeblyError
 
 DEBIAN_DIR = Path("/usr/share/wordnet")
 

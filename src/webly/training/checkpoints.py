@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from webly import faults
+from webly.core import faults
+from webly.core.errors import WeblyError
+from webly.core.files import atomic_path, write_atomic
 from webly.data.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, resize_for
-from webly.errors import WeblyError
-from webly.files import atomic_path, write_atomic
 from webly.training.models import head_prefix, uses_channels_last
 
 if TYPE_CHECKING:

@@ -9,9 +9,9 @@ from typing import Any, Literal
 
 import torch
 
-from webly.config import check_choices, opt
+from webly.core.config import check_choices, opt
+from webly.core.errors import WeblyError
 from webly.data.folds import parse_fold
-from webly.errors import WeblyError
 
 SMALL_IMAGE = 64  # px: up to this size, augment auto pads and crops the whole image
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from webly.errors import WeblyError
+from webly.core.errors import WeblyError
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from webly import faults
+from webly.core import faults
+from webly.core.errors import WeblyError
+from webly.core.files import write_atomic
+from webly.core.progress import progress
 from webly.data.datasets import ImageFiles
 from webly.data.images import (
     BadImages,
@@ -37,9 +40,6 @@ from webly.data.images import (
     TrainTransform,
     normalize_batch,
 )
-from webly.errors import WeblyError
-from webly.files import write_atomic
-from webly.progress import progress
 from webly.training import checkpoints
 from webly.training.config import (
     TrainConfig,

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from webly.files import save_figure
+from webly.core.files import save_figure
 
 
 class MetricsLog:

@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import nn
 
-from webly.errors import WeblyError
+from webly.core.errors import WeblyError
 
 
 class CifarResNet9(nn.Module):

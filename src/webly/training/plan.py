@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from webly.progress import duration
+from webly.core.progress import duration
 from webly.training.config import TrainConfig, lr_at
 
 MIN_STEPS = 300  # fewer optimizer steps than this rarely train a network from scratch

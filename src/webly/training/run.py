@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from webly.core.errors import WeblyError
 from webly.data.labels import load_labels, load_soft_labels
 from webly.data.manifest import Manifest
-from webly.errors import WeblyError
 from webly.training.config import TrainConfig
 from webly.training.engine import train
 from webly.training.trainsets import finetune_data, leave_out_fold, pretrain_data

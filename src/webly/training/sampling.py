@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from webly.errors import WeblyError
+from webly.core.errors import WeblyError
 
 
 def groups_from_labels(labels: np.ndarray, num_classes: int) -> sp.csc_matrix:

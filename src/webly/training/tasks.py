@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from webly.core.errors import WeblyError
 from webly.data.images import normalize_batch, pad_crop_batch, strong_augment_batch
-from webly.errors import WeblyError
 from webly.training import losses
 from webly.training.config import TrainConfig
 

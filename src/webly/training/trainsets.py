@@ -27,12 +27,12 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 import torch
 
+from webly.core.errors import WeblyError
 from webly.data.datasets import ImageFiles, MemoryImages
 from webly.data.folds import fold_of, parse_fold
 from webly.data.images import try_decode
 from webly.data.manifest import Manifest
 from webly.data.shards import ShardImages
-from webly.errors import WeblyError
 from webly.training.sampling import groups_from_labels
 
 

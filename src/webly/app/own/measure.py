@@ -3,34 +3,17 @@ loop (`measure`), with the options every own-data training step shares (`train_c
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from contextlib import redirect_stderr
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from webly.errors import WeblyError
-from webly.own.plan import Rate, backbone_for
-
-
-def train_config(size: int, batch: int, **over: Any) -> Any:
-    """The training options every step of the own-data recipe shares (the benchmarks' proven
-    settings for small-image training, lr scaled linearly from 0.1 at batch 128)."""
-    from webly.training.config import TrainConfig
-
-    small = size <= 64
-    base = {"backbone": backbone_for(size), "img_size": size,
-            "augment": "pad_crop" if small else "resized_crop", "in_memory": small,
-            "crop_pct": 1.0 if small else 0.875, "batch_size": batch, "accum_steps": 1,
-            "lr": round(0.1 * batch / 128, 6), "weight_decay": 5e-4, "schedule": "cosine",
-            "warmup_epochs": 0.5, "workers": 0 if small else min(4, os.cpu_count() or 1),
-            "log_every": 50, "seed": 0, "export": "best"}
-    return replace(TrainConfig(), **{**base, **over})
+from webly.app.own.settings import Measured, train_config
+from webly.core.errors import WeblyError
 
 
-def measure(manifest_path: Path, size: int, batch: int) -> Rate:
+def measure(manifest_path: Path, size: int, batch: int) -> Measured:
     """A short run of the real training loop on the real images: seconds a draw, from the plan's
     estimate after its first steps (`webly.training.plan`), and seconds an image decode."""
     import numpy as np
@@ -68,4 +51,4 @@ def measure(manifest_path: Path, size: int, batch: int) -> Rate:
     if not plan.get("seconds_per_step"):
         raise WeblyError(f"could not time the training loop ({steps} steps of {batch})")
     train_s = plan["seconds_per_step"] / batch
-    return Rate(cfg.backbone, size, train_s, decode_s)
+    return Measured(cfg.backbone, size, train_s, decode_s)

@@ -16,12 +16,11 @@ import html
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from webly.report import Run
+from webly.app.runs import Run
 
 EXPLORER_MAX = 20_000  # ranked images the page carries (the CSV holds the whole ranking)
 EXPLORER_PAGE = 50

@@ -1,4 +1,5 @@
-"""`webly` command line: one subcommand per stage, derived from the stage records (`webly.stages`),
+"""`webly` command line: one subcommand per stage, derived from the stage records
+(`webly.app.stages`),
 plus the commands `run`, `demo`, `report`, `classify`, `export`, `neighbours`, `wordnet` and
 `config show`.
 
@@ -21,9 +22,9 @@ from typing import Any
 import yaml
 
 from webly import __version__
-from webly.config import add_config_args, config_from_args, load_yaml, resolve_config, to_dict
-from webly.errors import WeblyError
-from webly.stages import STAGES, Stage, config_class, run_stage, stage
+from webly.app.stages import STAGES, Stage, config_class, run_stage, stage
+from webly.core.config import add_config_args, config_from_args, load_yaml, resolve_config, to_dict
+from webly.core.errors import WeblyError
 
 FMT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -119,13 +120,13 @@ def _own_out(args: argparse.Namespace) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
-    from webly.launch import Launch
-    from webly.pipeline import run
+    from webly.app.launch import Launch
+    from webly.app.pipeline import run
 
     if bool(args.recipe) == bool(args.data):
         raise WeblyError("webly run takes a recipe or --data DIR (your own data), one of them")
     if args.data:
-        from webly.own import run_own
+        from webly.app.own import run_own
 
         return run_own(args.data, _own_out(args), args.budget, dry_run=args.dry_run)
     if args.budget:
@@ -137,12 +138,12 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_plan(args: argparse.Namespace) -> dict[str, Any]:
-    from webly.plan import WEBVISION2, plan, table_text
+    from webly.app.plan import WEBVISION2, plan, table_text
 
     if bool(args.recipe) == bool(args.data):
         raise WeblyError("webly plan takes a recipe or --data DIR (your own data), one of them")
     if args.data:
-        from webly.own import run_own
+        from webly.app.own import run_own
 
         return run_own(args.data, _own_out(args), args.budget, dry_run=True)
     images = dict(WEBVISION2)
@@ -185,14 +186,14 @@ def cmd_config_show(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from webly.demo.recipe import run_demo
+    from webly.app.demo.recipe import run_demo
 
     run_demo(Path(args.out), fresh=args.fresh, seed=args.seed)  # prints its own table
     return {}
 
 
 def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
-    from webly.report import write_report
+    from webly.app.report import write_report
 
     result = write_report(Path(args.run))
     print(f"report: {Path(result['report']).resolve()}", file=sys.stderr)
@@ -267,10 +268,10 @@ def add_commands(sub: Any) -> None:
                              "rest",
                         formatter_class=FMT)
     sp.set_defaults(fn=cmd_run)
-    sp.add_argument("recipe", nargs="?", help="recipe YAML (see webly.pipeline)")
+    sp.add_argument("recipe", nargs="?", help="recipe YAML (see webly.app.pipeline)")
     sp.add_argument("--data", help="your own data instead of a recipe: class folders (optional "
                     "text.jsonl/text.csv sidecar) or a WebVision tree; the recipe is sized from "
-                    "it (webly.own)")
+                    "it (webly.app.own)")
     sp.add_argument("--budget", help="with --data: the whole run's time, e.g. 30m, 1h30m "
                     "(epochs and image size chosen to fit, from a measured training rate)")
     sp.add_argument("-o", "--output", help="run directory (default: the recipe's run_dir; with "

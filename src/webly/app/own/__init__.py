@@ -40,10 +40,8 @@ from typing import Any
 
 import yaml
 
-from webly.errors import WeblyError
-from webly.files import write_atomic
-from webly.own.measure import measure, train_config
-from webly.own.plan import (
+from webly.app.own.measure import measure
+from webly.app.own.plan import (
     HOLDOUT,
     IMAGE_STEPS,
     MAX_PASSES,
@@ -56,9 +54,6 @@ from webly.own.plan import (
     TEXT_STEPS,
     Facts,
     Plan,
-    Rate,
-    backbone_for,
-    batch_for,
     facts_of,
     parse_budget,
     plan_for,
@@ -66,11 +61,14 @@ from webly.own.plan import (
     solve_passes,
     step_sizes,
 )
-from webly.own.recipe import data_steps, recipe_for, report_names
-from webly.progress import duration
+from webly.app.own.recipe import data_steps, recipe_for, report_names
+from webly.app.own.settings import Measured, backbone_for, batch_for, train_config
+from webly.core.errors import WeblyError
+from webly.core.files import write_atomic
+from webly.core.progress import duration
 
 __all__ = ["HOLDOUT", "IMAGE_STEPS", "MAX_PASSES", "MIN_PASSES", "MIN_SCALE", "MIN_TEXT_SHARE",
-           "NO_BUDGET_PASSES", "SIDECARS", "SIZES", "TEXT_STEPS", "Facts", "Plan", "Rate",
+           "NO_BUDGET_PASSES", "SIDECARS", "SIZES", "TEXT_STEPS", "Facts", "Measured", "Plan",
            "backbone_for", "batch_for", "data_steps", "facts_of", "measure", "parse_budget",
            "plan_for", "prepare", "recipe_for", "report_names", "run_own", "seconds",
            "solve_passes", "step_sizes", "train_config"]
@@ -89,7 +87,7 @@ def prepare(data: str | Path, out: str | Path, budget: str | None = None,
             log: Any = _log) -> tuple[Plan, dict[str, Any]]:
     """Index (and tag) the data, measure, plan: the recipe and its plan, written to `out` (or
     read back from there when an earlier run wrote them)."""
-    from webly.pipeline import run
+    from webly.app.pipeline import run
 
     data, out = Path(data), Path(out)
     if not data.is_dir():
@@ -127,8 +125,8 @@ def prepare(data: str | Path, out: str | Path, budget: str | None = None,
 def run_own(data: str | Path, out: str | Path, budget: str | None = None, *,
             dry_run: bool = False, log: Any = _log) -> dict[str, Any]:
     """`webly run --data DIR`: plan (once), run the recipe, write the report."""
-    from webly.pipeline import run
-    from webly.report import write_report
+    from webly.app.pipeline import run
+    from webly.app.report import write_report
 
     t0 = time.time()
     out = Path(out)

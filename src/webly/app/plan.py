@@ -3,9 +3,10 @@
 Per step: images per epoch (`samples_per_epoch`, or the split's images), epochs, image passes, the
 throughput it assumes and the GPU-hours that follow; then the total. Training rates come from a
 throughput table: by default timm's published training rates (RTX 3090, AMP), or a measured table
-(`--throughput FILE`, JSON {"backbone@size": img_s, ...}, e.g. from `benchmarks/gpu.sh`). A rate
-at another input size is scaled by (table size / size)^2. Prediction counts each test-time view as
-a forward pass, a third of a training step's compute. CPU stages cost no GPU-hours.
+(`--throughput FILE`, JSON {"backbone@size": img_s, ...}, e.g. from `benchmarks/gpu.sh`). Costs
+are the one cost model's (`webly.inference.cost`): a step's multiply-adds over the table's rate in
+multiply-adds a second, so a rate at another input size or for prediction (each test-time view a
+forward pass) follows from the multiply-adds. CPU stages cost no GPU-hours.
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webly.config import resolve_config
-from webly.errors import WeblyError
+from webly.core.config import resolve_config
+from webly.core.errors import WeblyError
+from webly.inference import cost
 
 # timm's published training throughput, RTX 3090, AMP: img/s at the given input size
 PUBLISHED = {"resnet50": (826.0, 224), "resnest101e": (254.0, 256),
              "resnext101_32x8d": (276.0, 224), "efficientnet_b4": (293.0, 320),
              "resnest200e": (83.0, 320)}
 PUBLISHED_NAME = "timm's published training rates (RTX 3090, AMP)"
-FORWARD_SPEEDUP = 3.0  # a forward pass is about a third of a training step (forward + backward)
-VIEWS = {"center": 1.0, "flip": 2.0, "multiscale": 2.0 + 2.0 * 1.15**2}
 WEBVISION2 = {"train": 16_000_000, "val": 250_000, "test": 500_000}  # images per split
 
 
@@ -53,19 +53,20 @@ def load_table(path: str | None) -> tuple[dict[str, tuple[float, int]], str]:
     return table, f"measured ({path})"
 
 
-def rate(table: dict[str, tuple[float, int]], backbone: str, size: int) -> float:
+def rate(table: dict[str, tuple[float, int]], backbone: str, source: str = "") -> cost.Rate:
+    """The table's training rate of `backbone`, in multiply-adds a second."""
     if backbone not in table:
         raise WeblyError(f"no throughput for {backbone!r}; known: {', '.join(sorted(table))} "
                          "(add it with --throughput FILE)")
-    img_s, ref = table[backbone]
-    return img_s * (ref / size) ** 2
+    img_s, size = table[backbone]
+    return cost.Rate.of_training(backbone, size, img_s, source)
 
 
 def plan(recipe: str | Path | dict[str, Any], images: dict[str, int] | None = None,
          throughput: str | None = None) -> tuple[list[Row], str]:
     """The cost of every step of `recipe`; `images` per split (default: WebVision 2.0's)."""
+    from webly.app.pipeline import load_recipe
     from webly.inference.predict import PredictConfig
-    from webly.pipeline import load_recipe
     from webly.training.config import TrainConfig
 
     images = {**WEBVISION2, **(images or {})}
@@ -80,17 +81,17 @@ def plan(recipe: str | Path | dict[str, Any], images: dict[str, int] | None = No
             passes = float(per_epoch * cfg.epochs)
             if cfg.max_steps:
                 passes = min(passes, cfg.max_steps * cfg.batch_size * cfg.accum_steps)
-            r = rate(table, cfg.backbone, cfg.img_size)
+            r, macs = rate(table, cfg.backbone), cost.train_macs(cfg.backbone, cfg.img_size, 1)
             rows.append(Row(s.id, s.stage, f"{cfg.backbone}@{cfg.img_size}", per_epoch, cfg.epochs,
-                            passes, r, passes / r / 3600))
+                            passes, 1 / r.seconds(macs), r.seconds(passes * macs) / 3600))
         elif s.stage == "predict":
             cfg = resolve_config(PredictConfig, options, where=s.id)
             model = _model_of(s, steps)
             size = cfg.img_size or model[1]
-            r = rate(table, model[0], size) * FORWARD_SPEEDUP / VIEWS[cfg.tta]
+            r, macs = rate(table, model[0]), cost.predict_macs(model[0], size, 1, cfg.tta)
             n = images[cfg.split]
-            rows.append(Row(s.id, s.stage, f"{model[0]}@{size} {cfg.tta}", n, 1, float(n), r,
-                            n / r / 3600))
+            rows.append(Row(s.id, s.stage, f"{model[0]}@{size} {cfg.tta}", n, 1, float(n),
+                            1 / r.seconds(macs), r.seconds(n * macs) / 3600))
         else:
             rows.append(Row(s.id, s.stage))
     return rows, source

@@ -1,4 +1,4 @@
-"""The demo's report: `webly report` (webly.report) with the seed's ablation rows named.
+"""The demo's report: `webly report` (webly.app.report) with the seed's ablation rows named.
 
 It shows the seed's ablation on generated data (no pretraining vs LW-Set vs WT-Set pretraining,
 then + pseudo-labels, + ensemble; top-1/top-5 plain and class-balanced on the clean validation
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from webly.report import write_report as write_run_report
+from webly.app.report import write_report as write_run_report
 
 ROWS = {"score_scratch": "no pretraining", "score_lw": "LW-Set pretraining",
         "score_wt": "WT-Set pretraining", "score_wt_pl": "WT-Set + pseudo-labels",

@@ -1,10 +1,9 @@
-"""The own-data plan: what the data are (`facts_of`), what a draw costs (`Rate`, measured by
-`webly.own.measure`), and the rules that turn both and a budget into image size, backbone, batch
+"""The own-data plan: what the data are (`facts_of`), what a draw costs (`Measured`, measured by
+`webly.app.own.measure`), and the rules that turn both and a budget into image size, backbone, batch
 and epochs (`plan_for`; the package docstring says them in words)."""
 
 from __future__ import annotations
 
-import math
 import re
 import statistics
 import time
@@ -12,8 +11,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from webly.errors import WeblyError
-from webly.progress import duration
+from webly.app.own.measure import measure
+from webly.app.own.settings import Measured, backbone_for, batch_for
+from webly.core.errors import WeblyError
+from webly.core.progress import duration
+from webly.inference import cost
+from webly.training.config import SMALL_IMAGE
 
 SIZES = (16, 20, 24, 32, 40, 48, 64, 96, 128, 160, 192, 224)
 # The size rule's two numbers come from the CIFAR-10N holdout sweep at equal compute (v6, in
@@ -26,7 +29,6 @@ MAX_PASSES = 200.0  # a budget beyond this many passes per unit is left unspent 
 HOLDOUT = 0.1
 MIN_TEXT_SHARE = 0.5
 STEP_OVERHEAD_S = 3.0  # a step's start: manifest, model, loader
-FORWARD_SPEEDUP = 3.0  # a forward pass costs about a third of a training step
 SIDECARS = ("text.jsonl", "text.csv")
 
 
@@ -44,17 +46,6 @@ def parse_budget(text: str) -> float:
     return seconds
 
 
-def backbone_for(size: int) -> str:
-    """Small images: webly's CIFAR ResNet-9; larger: timm's ResNet-18 (trained from scratch on
-    a user's 1k-1M images, a small network is the sound default)."""
-    return "cifar_resnet9" if size <= 64 else "resnet18"
-
-
-def batch_for(images: int) -> int:
-    """128 (the benchmarks' batch), smaller for small data: at least ~40 steps an epoch."""
-    return int(min(128, max(16, 2 ** math.floor(math.log2(max(images / 40, 1))))))
-
-
 @dataclass
 class Facts:
     """What the plan reads off the indexed data."""
@@ -64,16 +55,6 @@ class Facts:
     text_share: float
     side: int  # median short side of the training images, px
     layout: str
-
-
-@dataclass
-class Rate:
-    """Seconds a training draw costs (measured) and a decode (measured), at one size."""
-
-    backbone: str
-    size: int
-    train_s: float
-    decode_s: float
 
 
 @dataclass
@@ -149,26 +130,29 @@ def step_sizes(units: dict[str, float], passes: float, train_images: int,
     return out
 
 
-def seconds(steps: dict[str, dict[str, Any]], rate: Rate, facts: Facts, text: bool) -> float:
+def seconds(steps: dict[str, dict[str, Any]], rate: Measured, facts: Facts, text: bool) -> float:
     """The recipe's time at `rate`: training draws, validation each epoch, decoding into memory,
     the inference passes (training images with their mirrors; val and test per member) and each
     step's start."""
     n_train, n_val = facts.images.get("train", 0), facts.images.get("val", 0)
     n_test = facts.images.get("test", 0)
-    fwd = rate.train_s / FORWARD_SPEEDUP
-    memory = rate.size <= 64
+    bb, size = rate.backbone, rate.size
+    macs_s = cost.Rate.of_training(bb, size, 1 / rate.train_s, "measured")
+    fwd = macs_s.seconds(cost.predict_macs(bb, size, 1))  # one view
+    mirrored = macs_s.seconds(cost.predict_macs(bb, size, 1, "flip"))
+    memory = size <= SMALL_IMAGE
     total = 0.0
     for sid, s in steps.items():
         total += s["epochs"] * s["draws"] * rate.train_s + STEP_OVERHEAD_S
         total += n_train * rate.decode_s if memory else 0.0
         if sid != "pre_wt":  # WT-Set pretraining has no class labels to validate on
             total += s["epochs"] * n_val * (fwd + rate.decode_s)
-    total += n_train * (2 * fwd + rate.decode_s)  # the labeller's pass (with mirrors)
+    total += n_train * (mirrored + rate.decode_s)  # the labeller's pass (with mirrors)
     total += 2 * (n_val + n_test) * (fwd + rate.decode_s)  # both members on val and test
     return total + STEP_OVERHEAD_S * (6 + 3 * bool(n_test) + int(text))
 
 
-def solve_passes(units: dict[str, float], rate: Rate, facts: Facts, text: bool, batch: int,
+def solve_passes(units: dict[str, float], rate: Measured, facts: Facts, text: bool, batch: int,
                  left_s: float) -> float:
     """The most passes per unit whose recipe fits in `left_s` (bisection; at least 0.05)."""
     lo, hi = 0.05, MAX_PASSES
@@ -185,9 +169,8 @@ def solve_passes(units: dict[str, float], rate: Rate, facts: Facts, text: bool, 
 def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: float,
              measure_fn: Any = None) -> Plan:
     """Text or not, image size, backbone, batch and epochs (see the package docstring);
-    `measure_fn(manifest, size, batch) -> Rate` (default: `webly.own.measure.measure`)."""
-    if measure_fn is None:
-        from webly.own.measure import measure as measure_fn
+    `measure_fn(manifest, size, batch) -> Measured` (default: `webly.app.own.measure.measure`)."""
+    measure_fn = measure_fn or measure
     text = facts.text_share >= MIN_TEXT_SHARE
     units = TEXT_STEPS if text else IMAGE_STEPS
     batch = batch_for(facts.images["train"])
@@ -202,17 +185,18 @@ def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: floa
                     steps, 0.0, [], notes + ["no --budget: the images' own size, "
                                              f"{NO_BUDGET_PASSES:g} passes a unit"])
     t0 = time.monotonic()
-    measured: dict[str, Rate] = {}  # backbone -> a measurement at its smallest candidate size
+    measured: dict[str, Measured] = {}  # backbone -> a measurement at its smallest candidate size
 
-    def rate_at(size: int) -> Rate:
+    def rate_at(size: int) -> Measured:
         bb = backbone_for(size)
         if bb not in measured:  # at its largest size, up to 96 px (a short measurement)
             at = min(max(s for s in sizes if backbone_for(s) == bb), 96)
             measured[bb] = measure_fn(manifest, at, batch)
-        r = measured[bb]
-        return replace(r, size=size, train_s=r.train_s * (size / r.size) ** 2)
+        r = measured[bb]  # the cost model carries it to `size`
+        macs_s = cost.Rate.of_training(bb, r.size, 1 / r.train_s, "measured")
+        return replace(r, size=size, train_s=macs_s.seconds(cost.train_macs(bb, size, 1)))
 
-    def passes_at(rate: Rate) -> float:
+    def passes_at(rate: Measured) -> float:
         left = budget_s - spent_s - (time.monotonic() - t0)
         return solve_passes(units, rate, facts, text, batch, left)
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from webly import faults
+from webly.core import faults
 
 
 def _fsync_path(path: Path, directory: bool = False) -> None:

@@ -37,12 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from webly import faults
-from webly.config import load_yaml, resolve_config
-from webly.errors import WeblyError
-from webly.files import write_atomic
-from webly.launch import Launch, launch_stage, wait_for
-from webly.stages import BY_NAME, load, run_stage
+from webly.app.launch import Launch, launch_stage, wait_for
+from webly.app.stages import BY_NAME, load, run_stage
+from webly.core import decisions, faults
+from webly.core.config import load_yaml, resolve_config
+from webly.core.errors import WeblyError
+from webly.core.files import write_atomic
 
 CHECKPOINT_KEYS = ("pretrained", "continue_from")  # options that want a checkpoint, not a folder
 
@@ -141,7 +141,7 @@ def skip_reason(step: Step, root: Path, skipped: dict[str, str]) -> str:
         gate = _gate_of(step.when, step.id)
         if gate in skipped:
             return f"its gate {gate} was skipped"
-        passed = json.loads((root / gate / "gate.json").read_text())["pass"]
+        passed = decisions.read(root / gate).changed
         if passed == step.when.strip().startswith("not "):
             return f"gate {gate} {'passed' if passed else 'did not pass'} (when: {step.when})"
     for value in [*step.inputs.values(), *step.options.values()]:
@@ -248,7 +248,7 @@ def run(recipe_path: str | Path | dict, run_dir: str | Path | None = None, *,
         start: str | None = None, until: str | None = None, dry_run: bool = False,
         log: Callable[[str], None] | None = None, launch: Launch | None = None) -> dict[str, Any]:
     """Run the recipe's steps in order (see the module docstring); with `launch`, training and
-    prediction steps go through torchrun (`webly.launch`)."""
+    prediction steps go through torchrun (`webly.app.launch`)."""
     log = log or _stderr
     recipe, steps = load_recipe(recipe_path)
     root = Path(run_dir or recipe.get("run_dir") or "runs/recipe")

@@ -1,7 +1,8 @@
 """Multi-GPU steps from `webly run`: training and prediction steps under `torchrun`.
 
 `webly run RECIPE --nproc-per-node 8 [--nnodes 4 --node-rank R --master-addr HOST]` runs every
-`pretrain`, `finetune` and `predict` step as `torchrun ... -m webly.cli STAGE ...` with the step's
+`pretrain`, `finetune` and `predict` step as `torchrun ... -m webly.app.cli STAGE ...`
+with the step's
 resolved options (written to `STAGE.launch.yaml` in the step folder and passed with `--config`),
 and every other step in-process on node 0. Nodes share the run folder (a shared filesystem): the
 other nodes join each launched step's torchrun and otherwise wait for the step's `step.json`.
@@ -20,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webly.config import save_config
-from webly.errors import WeblyError
-from webly.stages import Stage
+from webly.app.stages import Stage
+from webly.core.config import save_config
+from webly.core.errors import WeblyError
 
 LAUNCHED = ("pretrain", "finetune", "predict")
 
@@ -49,7 +50,7 @@ def command(st: Stage, inputs: dict[str, Any], config_file: Path, out: Path, lau
     cmd = [sys.executable, "-m", "torch.distributed.run",
            f"--nproc-per-node={launch.nproc_per_node}", f"--nnodes={launch.nnodes}",
            f"--node-rank={launch.node_rank}", f"--master-addr={launch.master_addr}",
-           f"--master-port={launch.master_port}", "-m", "webly.cli", st.name]
+           f"--master-port={launch.master_port}", "-m", "webly.app.cli", st.name]
     for i in st.inputs:
         if i.name not in inputs:
             continue

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from webly.data.manifest import Manifest
-from webly.errors import WeblyError
-from webly.explorer import label_issues, label_issues_section
-from webly.files import write_atomic
+from webly.app.explorer import label_issues, label_issues_section
+from webly.app.runs import Run, decisions
+from webly.core.errors import WeblyError
+from webly.core.files import write_atomic
+from webly.data.labels import label_effect
 
 METRICS = ("top1", "top5", "balanced_top1", "balanced_top5")
 
@@ -62,52 +63,6 @@ def table(heads: list[str], rows: list[list[str]]) -> str:
             + "</table>")
 
 
-class Run:
-    """A run folder's steps by stage, in the order they finished."""
-
-    def __init__(self, path: Path) -> None:
-        from webly.stages import STAGES
-
-        self.path = path
-        found = []  # (finished, record): a recipe's step.json, or a stage run by hand's summary
-        for d in (p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []:
-            if (d / "step.json").is_file():
-                found.append(((d / "step.json").stat().st_mtime_ns,
-                              json.loads((d / "step.json").read_text())))
-                continue
-            for st in STAGES:
-                f = d / f"{st.name}.summary.json"
-                if f.is_file():
-                    found.append((f.stat().st_mtime_ns, {"id": d.name, "stage": st.name,
-                                                         "summary": json.loads(f.read_text())}))
-                    break
-        if not found:
-            raise WeblyError(f"{path}: no finished steps (no */step.json, no stage summaries): "
-                             "not a run folder")
-        ordered = [r for _, r in sorted(found, key=lambda x: x[0])]
-        # a step a decision skipped left only its reason: shown with the decisions, read by none
-        self.skipped = {r["id"]: r["skipped"] for r in ordered if r.get("skipped")}
-        self.steps = {r["id"]: r for r in ordered if not r.get("skipped")}
-        manifests = self.of("index")
-        self.manifest = Manifest(path / manifests[0] / "manifest.parquet") if manifests else None
-
-    def of(self, stage: str) -> list[str]:
-        return [i for i, r in self.steps.items() if r["stage"] == stage]
-
-    def truth(self) -> np.ndarray | None:
-        """The true label of each manifest row (-1: none) when the data has a clean label file."""
-        if self.manifest is None:
-            return None
-        root = Path(self.manifest.root)
-        t = self.manifest.read(["id", "path"]).to_pydict()
-        for f, key in ((root / "info/train_clean_filelist.txt", "path"),
-                       (root / "truth/train_true_labels.txt", "id")):
-            if f.is_file():
-                clean = dict(line.split()[:2] for line in f.read_text().splitlines() if line)
-                return np.array([int(clean.get(k, -1)) for k in t[key]])
-        return None
-
-
 def results(run: Run, names: dict[str, str]) -> list[dict[str, Any]]:
     """Every evaluate step's metrics (named by `names` where given), in %."""
     rows = []
@@ -134,44 +89,6 @@ def results_section(run: Run, ctx: dict[str, Any]) -> str:
             + table(["model", "top-1", "top-5", "balanced top-1", "balanced top-5"], rows))
 
 
-def decided(run: Run) -> dict[str, Any]:
-    """What a run decided on its holdout: each gate's summary, each ensemble whose weights were
-    fitted there (members, weights, left out: names), each skipped step and why. The one reader
-    of these records: the report shows it, the benchmarks write it to benchmark.json."""
-    labelled = {s: run.steps[s].get("summary") or {} for s in run.of("pseudo-label")}
-    res: dict[str, Any] = {"gates": {s: run.steps[s].get("summary") or {}
-                                     for s in run.of("gate")},
-                           "thresholds": {s: v["threshold_decision"] for s, v in labelled.items()
-                                          if "threshold_decision" in v},
-                           "ensembles": {}, "skipped": dict(run.skipped)}
-    for sid in run.of("ensemble"):
-        e = run.steps[sid].get("summary") or {}
-        # "fitted" (how, or null) is recorded since v12's runs; older ones show it by their weights
-        if (e["fitted"] if "fitted" in e else
-                e.get("left_out") or len(set(e.get("weights", []))) > 1):
-            res["ensembles"][sid] = {k: [Path(m).name for m in e.get(k, [])]
-                                     for k in ("members", "left_out")}
-            res["ensembles"][sid]["weights"] = e["weights"]
-            res["ensembles"][sid]["fitted"] = e.get("fitted")
-    return res
-
-
-def decisions(run: Run) -> list[list[str]]:
-    """(step, decision, why) rows of `decided`."""
-    d = decided(run)
-    rows = [[sid, f"{g.get('rule')}: {'yes' if g.get('pass') else 'no'}", str(g.get("why", ""))]
-            for sid, g in d["gates"].items()]
-    rows += [[sid, f"threshold {t['threshold']:g}", t["why"]] for sid, t in d["thresholds"].items()]
-    for sid, e in d["ensembles"].items():
-        out = ", ".join(e["left_out"])
-        rows.append([sid, "members " + ", ".join(
-            f"{m} {w:.2f}" for m, w in zip(e["members"], e["weights"], strict=True)),
-            "weights fitted on the holdout" + (f" ({e['fitted']})" if e["fitted"] else "")
-            + (f"; left out: {out}" if out else "")])
-    rows += [[sid, "skipped", why] for sid, why in d["skipped"].items()]
-    return rows
-
-
 def decisions_section(run: Run, ctx: dict[str, Any]) -> str:
     if not ctx["decisions"]:
         return ""
@@ -180,8 +97,6 @@ def decisions_section(run: Run, ctx: dict[str, Any]) -> str:
 
 
 def pseudo_label_effect(run: Run, step: str, truth: np.ndarray | None) -> dict[str, Any]:
-    from webly.inference.pseudolabel import label_effect
-
     return {"step": step, **label_effect(run.path / step / "labels.parquet", truth)}
 
 

@@ -7,8 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from webly.own.measure import train_config
-from webly.own.plan import HOLDOUT, Facts, Plan
+from webly.app.own.plan import HOLDOUT, Facts, Plan
+from webly.app.own.settings import train_config
 
 
 def _train_steps(plan: Plan, facts: Facts) -> list[dict[str, Any]]:
@@ -59,12 +59,13 @@ def recipe_for(plan: Plan, facts: Facts, data: Path, sidecar: Path | None) -> di
     steps = data_steps(data, sidecar, plan.text)
     steps += _train_steps(plan, facts)
     first = "ft_wt" if plan.text else "ce"
+    workers = train_config(plan.size, plan.batch).workers  # the training steps' own rule
     splits = ["val"] + (["test"] if facts.images.get("test") else [])
     for split in splits:
         for member in (first, "final"):
             steps.append({"id": f"{split}_{member}", "stage": "predict", "model": f"@{member}",
                           "manifest": "@manifest", "split": split, "batch_size": 500,
-                          "workers": 0 if plan.size <= 64 else min(4, os.cpu_count() or 1)})
+                          "workers": workers})
     for split in splits:
         steps.append({"id": f"{split}_ensemble", "stage": "ensemble",
                       "preds": [f"@{split}_{first}", f"@{split}_final"],
@@ -74,7 +75,7 @@ def recipe_for(plan: Plan, facts: Facts, data: Path, sidecar: Path | None) -> di
     for member in (first, "final", "ensemble"):
         steps.append({"id": f"score_{member}", "stage": "evaluate",
                       "preds": f"@{scored}_{member}", "manifest": "@manifest"})
-    return {"description": f"own data {data}: written by webly run --data (webly.own)",
+    return {"description": f"own data {data}: written by webly run --data (webly.app.own)",
             "steps": steps}
 
 

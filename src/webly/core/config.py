@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from webly.errors import WeblyError
-from webly.files import write_atomic
+from webly.core.errors import WeblyError
+from webly.core.files import write_atomic
 
 C = TypeVar("C")
 

@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from webly.config import opt
+from webly.core.config import opt
+from webly.core.errors import WeblyError
+from webly.core.progress import progress
 from webly.data.records import Record
-from webly.errors import WeblyError
 from webly.labels.wordnet import wnid_of, wordnet
-from webly.progress import progress
 
 # (subtree root, shape drawn for all its concepts, preferred concepts in order)
 FAMILIES = [

@@ -2,8 +2,9 @@
 
 A stage is what `webly run` can run as a step and what `webly STAGE` runs by hand: it reads files,
 writes files into one output, and is configured by one dataclass. Everything else is derived from
-the records below: the CLI subcommand and its flags (`webly.cli`), the recipe step kind and its
-validation (`webly.pipeline`), the config sections a YAML file may hold, and the README's table of
+the records below: the CLI subcommand and its flags (`webly.app.cli`), the recipe step kind and its
+validation (`webly.app.pipeline`), the config sections a YAML file may hold, and the README's
+table of
 stages (checked by a test). Functions and config classes are named as "module:attribute" and
 imported only when the stage runs, so `webly --help` and the text stages start without torch.
 
@@ -21,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webly.config import save_config
-from webly.errors import WeblyError
-from webly.files import write_atomic
+from webly.core.config import save_config
+from webly.core.errors import WeblyError
+from webly.core.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ PREDS = _in("preds", "predictions folder written by `webly predict` or `webly en
 
 STAGES: tuple[Stage, ...] = (
     Stage("synth", "generate a small dataset in the WebVision layout",
-          "webly.demo.synth:SynthConfig",
-          "webly.demo.synth:run_synth", (), "—",
+          "webly.app.demo.synth:SynthConfig",
+          "webly.app.demo.synth:run_synth", (), "—",
           "a WebVision-layout dataset with images, web text, label noise, and `truth/`"),
     Stage("index", "read a dataset into a Parquet manifest", "webly.data.index:IndexConfig",
           "webly.data.index:run_index",
@@ -150,7 +151,7 @@ STAGES: tuple[Stage, ...] = (
            _in("preds", "beats: holdout predictions of the baseline, then the candidate",
                required=False, many=True),
            _in("labels", "beats: a manifest or a 'name label' file", required=False)),
-          "a training run, or holdout predictions", "`gate.json`: pass or not, why, the scores"),
+          "a training run, or holdout predictions", "`decision.json`: the choice, why, the scores"),
     Stage("submit", "write the WebVision submission file from test predictions",
           "webly.inference.evaluate:SubmitConfig", "webly.inference.evaluate:run_submit", (PREDS,),
           "test predictions", "the WebVision submission file", output="predictions.txt"),

@@ -69,9 +69,9 @@ def demo_recipe(seed: int = 0) -> dict[str, Any]:
 def run_demo(out: Path, *, fresh: bool = False, seed: int = 0) -> dict[str, Any]:
     """Run the demo (reusing finished steps), write its report and `RUN/demo.json`, and end with
     a short table a person reads: the rows, what pseudo-labelling did, where the report is."""
-    from webly.demo.report import write_report
-    from webly.files import write_atomic
-    from webly.pipeline import run
+    from webly.app.demo.report import write_report
+    from webly.app.pipeline import run
+    from webly.core.files import write_atomic
 
     if fresh and out.exists():
         shutil.rmtree(out)

@@ -1,0 +1,45 @@
+"""The settings every own-data step shares, from the image size and the data's size: backbone,
+batch, training options, and what a measurement of the training loop found (`Measured`)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+from webly.training.config import SMALL_IMAGE, TrainConfig
+
+
+def backbone_for(size: int) -> str:
+    """Small images: webly's CIFAR ResNet-9; larger: timm's ResNet-18 (trained from scratch on
+    a user's 1k-1M images, a small network is the sound default)."""
+    return "cifar_resnet9" if size <= SMALL_IMAGE else "resnet18"
+
+
+def batch_for(images: int) -> int:
+    """128 (the benchmarks' batch), smaller for small data: at least ~40 steps an epoch."""
+    return int(min(128, max(16, 2 ** math.floor(math.log2(max(images / 40, 1))))))
+
+
+@dataclass
+class Measured:
+    """Seconds a training draw costs (measured) and a decode (measured), at one size."""
+
+    backbone: str
+    size: int
+    train_s: float
+    decode_s: float
+
+
+def train_config(size: int, batch: int, **over: Any) -> Any:
+    """The training options every step of the own-data recipe shares (the benchmarks' proven
+    settings for small-image training, lr scaled linearly from 0.1 at batch 128)."""
+    small = size <= SMALL_IMAGE
+    base = {"backbone": backbone_for(size), "img_size": size,
+            "augment": "pad_crop" if small else "resized_crop", "in_memory": small,
+            "crop_pct": 1.0 if small else 0.875, "batch_size": batch, "accum_steps": 1,
+            "lr": round(0.1 * batch / 128, 6), "weight_decay": 5e-4, "schedule": "cosine",
+            "warmup_epochs": 0.5, "workers": 0 if small else min(4, os.cpu_count() or 1),
+            "log_every": 50, "seed": 0, "export": "best"}
+    return replace(TrainConfig(), **{**base, **over})
