@@ -1,8 +1,8 @@
-"""What the noisy-label benchmark tests share: loading a benchmark script (benchmarks/ is no
-package) and the guard that fails any open of `train_clean_filelist` while it is on (an audit
-hook, inherited by forked DataLoader workers): training must never read the clean labels."""
+"""What the noisy-label benchmark tests share: loading a benchmark and the guard that fails any
+open of `train_clean_filelist` while it is on (an audit hook, inherited by forked DataLoader
+workers): training must never read the clean labels."""
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
@@ -20,11 +20,10 @@ sys.addaudithook(_audit)
 
 
 def load_bench(name: str):
-    """benchmarks/NAME.py as a module."""
-    spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO / f"benchmarks/{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """benchmarks/GROUP/NAME.py, imported afresh (tests point a RECIPE at variants)."""
+    group = next(g for g in ("datasets", "studies", "speed")
+                 if (REPO / f"benchmarks/{g}/{name}.py").is_file())
+    return importlib.reload(importlib.import_module(f"benchmarks.{group}.{name}"))
 
 
 def run_guarded(bench, recipe: dict, out: Path) -> None:

@@ -1,4 +1,4 @@
-"""benchmarks/cifar10n.py end to end on a small generated tree in the CIFAR-10N layout.
+"""benchmarks/datasets/cifar10n.py end to end on a small generated tree in the CIFAR-10N layout.
 
 Asserts that every stage ran and produced metrics (not a score), and that no training step opens
 `info/train_clean_filelist.txt`: an audit hook fails any open of it while the recipe runs (forked
@@ -56,7 +56,7 @@ def _run(tmp, longer: bool):
     the rounds run."""
     bench = _bench()
     data = make_cifar10n_like(tmp / "cifar10n", 1200, 300)
-    root = bench.prepare(bench.harness.find_root(data, tmp / "cache", "cifar10n"), tmp / "cache",
+    root = bench.prepare(bench.common.find_root(data, tmp / "cache", "cifar10n"), tmp / "cache",
                          "worst", 0, 0, holdout=200)
     recipe = bench.recipe_for(root, epochs=2, batch_size=64)
     gate = next(s for s in recipe["steps"] if s["id"] == "decide_longer")
@@ -263,7 +263,8 @@ def test_a_recipe_variant_must_exist(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_holdout_noise_reads_a_run_folder(bench_run, capsys, monkeypatch):
-    """benchmarks/holdout_noise.py on a benchmark run: every model scored four ways, CE for the
+    """benchmarks/studies/holdout_noise.py on a benchmark run: every model scored four ways, CE for
+    the
     recipe's compute predicted on the holdout here (its recipe has no val step)."""
     _, _, out = bench_run
     monkeypatch.setattr("sys.argv", ["holdout_noise.py", str(out)])
@@ -279,7 +280,8 @@ def test_holdout_noise_reads_a_run_folder(bench_run, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_ensemble_rules_recomputes_the_recipes_answer(bench_run, capsys):
-    """benchmarks/ensemble_rules.py on a benchmark run: its recomputed rule is the run's row 5;
+    """benchmarks/studies/ensemble_rules.py on a benchmark run: its recomputed rule is the run's
+    row 5;
     "best" is the member the holdout ranks first; "plain" the plain average."""
     _, _, out = bench_run
     er = load_bench("ensemble_rules")

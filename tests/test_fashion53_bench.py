@@ -1,4 +1,5 @@
-"""benchmarks/fashion53.py and the shared harness on a small generated tree in fashion53's layout
+"""benchmarks/datasets/fashion53.py and the shared harness on a small generated tree in fashion53's
+layout
 (WebVision 2.0: info/, train/, val/, test/, meta/ with a title per training image).
 
 The end-to-end run checks that every row is scored and measured (not a score), and, with the same
@@ -73,8 +74,8 @@ def make_fashion_like(root: Path, n_train: int, n_eval: int, seed: int = 0,
 def test_noises_are_made_from_the_clean_labels_as_named(tmp_path):
     bench = _bench()
     root = make_fashion_like(tmp_path / "fashion53", 300, 6)
-    _, clean = bench.harness.read_list(root / "info/train_clean_filelist.txt")
-    _, given = bench.harness.read_list(root / "info/train_filelist.txt")
+    _, clean = bench.common.read_list(root / "info/train_clean_filelist.txt")
+    _, given = bench.common.read_list(root / "info/train_filelist.txt")
     assert np.array_equal(bench.make_noise(root, "shipped"), given)
     for noise in ("symmetric40", "wordnet40", "title40"):
         a = bench.make_noise(root, noise)
@@ -120,11 +121,11 @@ def test_two_tarballs_of_one_name_never_share_an_extraction(tmp_path):
             t.add(src, arcname="fashion53")
         tars.append(tar)
     cache = tmp_path / "cache"
-    a, b = (bench.harness.find_root(t, cache, "fashion53") for t in tars)
+    a, b = (bench.common.find_root(t, cache, "fashion53") for t in tars)
     assert a != b
     assert (a / "info/train_filelist.txt").read_text() != \
         (b / "info/train_filelist.txt").read_text()
-    assert bench.harness.find_root(tars[0], cache, "fashion53") == a
+    assert bench.common.find_root(tars[0], cache, "fashion53") == a
 
 
 def test_only_the_ceiling_reads_the_clean_copy():
@@ -141,7 +142,7 @@ def test_only_the_ceiling_reads_the_clean_copy():
         refs = json.dumps({k: v for k, v in s.items() if k != "id"})
         if any(f'"@{r}"' in refs for r in reached):
             reached.add(s["id"])
-    assert reached == set(bench.SPEC.clean_steps)
+    assert reached == set(bench.CLEAN_STEPS)
     assert all(r.steps for r in bench.ROWS)
 
 
@@ -219,7 +220,7 @@ def test_real_titles_keep_brands_out_of_wordnet(tmp_path):
     from webly.labels.tagging import TagConfig, tag
 
     bench = _bench()
-    root = bench.harness.find_root(REAL, tmp_path / "cache", "fashion53")
+    root = bench.common.find_root(REAL, tmp_path / "cache", "fashion53")
     run_index(root=str(root), cfg=IndexConfig(), out=tmp_path / "manifest.parquet")
     tag(tmp_path / "manifest.parquet", tmp_path / "tags", TagConfig(workers=2))
     rows = [line.split("\t") for line in (tmp_path / "tags/vocab.tsv").read_text().splitlines()[1:]]

@@ -222,3 +222,34 @@ def test_when_names_an_earlier_gate(tmp_path):
     rec["steps"][1]["when"] = "maybe"
     with pytest.raises(WeblyError, match="when takes '@GATE' or 'not @GATE'"):
         load_recipe(rec)
+
+
+def test_a_new_decision_is_one_function_and_its_name_in_a_recipe(tmp_path, monkeypatch):
+    """A rule is a function returning a Decision, named in RULES; a recipe names it in `rule:`,
+    the pipeline runs the steps it allows and the report shows it, with nothing else to add."""
+    from webly.inference import gate
+
+    def coin(cfg, model, preds, labels):
+        holdout = {"tails": np.array([1, 0, 0, 0]), "heads": np.array([1, 1, 1, 1])}
+        return decisions.beats(holdout, "tails", name="coin", margin=cfg.margin)
+
+    monkeypatch.setitem(gate.RULES, "coin", coin)
+    recipe = _recipe(tmp_path, [1, 2])
+    recipe["steps"][0] = {"id": "decide", "stage": "gate", "rule": "coin", "margin": 10.0}
+    ran = run(recipe, tmp_path / "run", log=lambda m: None)
+    assert ran["ran"] == ["decide", "gated", "needs_gated"]  # heads won by 75 > 10 points
+    d = decisions.read(tmp_path / "run/decide")
+    assert (d.name, d.choice, d.scores) == ("coin", "heads", {"tails": 25.0, "heads": 100.0})
+    shown = write_report(tmp_path / "run")["decisions"]
+    assert shown[0][:2] == ["decide", "coin: heads"]
+
+
+def test_the_rule_prefers_the_default_then_the_earlier_challenger():
+    right = {"a": np.array([1, 1, 0, 0]), "b": np.array([1, 1, 1, 0]),
+             "c": np.array([0, 1, 1, 1])}
+    d = decisions.beats(right, "a", name="t")
+    assert d.choice == "b" and d.gain == 25.0 and d.need == 0  # b and c tie: the earlier wins
+    assert decisions.beats(right, "b", name="t").choice == "b"  # c only ties the default
+    assert "scored best" in decisions.beats(right, "b", name="t").why
+    with pytest.raises(WeblyError, match="needs the default"):
+        decisions.beats({"a": right["a"]}, "a", name="t")

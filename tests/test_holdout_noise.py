@@ -1,4 +1,5 @@
-"""benchmarks/holdout_noise.py: the noise-corrected holdout score, on noise whose T is known."""
+"""benchmarks/studies/holdout_noise.py: the noise-corrected holdout score, on noise whose T is
+known."""
 
 import numpy as np
 import pytest

@@ -2,11 +2,12 @@
 
 Per step: images per epoch (`samples_per_epoch`, or the split's images), epochs, image passes, the
 throughput it assumes and the GPU-hours that follow; then the total. Training rates come from a
-throughput table: by default timm's published training rates (RTX 3090, AMP), or a measured table
-(`--throughput FILE`, JSON {"backbone@size": img_s, ...}, e.g. from `benchmarks/gpu.sh`). Costs
-are the one cost model's (`webly.inference.cost`): a step's multiply-adds over the table's rate in
-multiply-adds a second, so a rate at another input size or for prediction (each test-time view a
-forward pass) follows from the multiply-adds. CPU stages cost no GPU-hours.
+throughput table: by default timm's published training rates (RTX 3090, AMP), or a measured
+table (`--throughput FILE`, JSON {"backbone@size": img_s, ...}, e.g. from
+`benchmarks/speed/gpu.sh`). Costs are the one cost model's (`webly.inference.cost`): a step's
+multiply-adds over the table's rate in multiply-adds a second, so a rate at another input size or
+for prediction (each test-time view a forward pass) follows from the multiply-adds. CPU stages
+cost no GPU-hours.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 precision, DataLoader and worker count. The difference is the loop's own overhead (sampling,
 seeding, LR schedule, accumulation bookkeeping, NaN check, logging, checkpoint-free steps).
 
-    .venv/bin/python benchmarks/train_step.py --backbone resnet18 --img-size 64 --steps 40
+    .venv/bin/python -m benchmarks.speed.train_step --backbone resnet18 --img-size 64 --steps 40
 """
 
 from __future__ import annotations

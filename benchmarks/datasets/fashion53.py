@@ -1,9 +1,9 @@
 """fashion53: the seed's text half (WT-Set, LW-Set) on real shop photos and their real titles.
 
-    python benchmarks/fashion53.py --data ../shared/data/fashion53.tar.gz --quick   # 8 min*
-    python benchmarks/fashion53.py --data ../shared/data/fashion53.tar.gz           # 40 min*
-    python benchmarks/fashion53.py --data DIR --quick --noise title40              # other labels
-    python benchmarks/fashion53.py --data DIR --full                               # for a GPU
+    python -m benchmarks.datasets.fashion53 --data ../shared/data/fashion53.tar.gz --quick  # 8 min*
+    python -m benchmarks.datasets.fashion53 --data ../shared/data/fashion53.tar.gz  # 40 min*
+    python -m benchmarks.datasets.fashion53 --data DIR --quick --noise title40  # other labels
+    python -m benchmarks.datasets.fashion53 --data DIR --full  # for a GPU
 
 (* measured on a 2-core VM with one thread each, two runs side by side: OMP_NUM_THREADS=1 for
 both gets 1.4x the throughput of one 2-thread run.)
@@ -17,7 +17,8 @@ point to most after the true one: text-correlated noise, where the text cannot v
 label). The prepared copy (hard links, cached by a hash of the label files and options) keeps the
 clean val split for every choice and the clean test split for scoring; a second copy with the
 clean training labels feeds row 7, the ceiling, and nothing else. The steps are
-`configs/fashion53/recipe.yaml`, run by `webly run` on the shared harness (benchmarks/harness.py).
+`configs/fashion53/recipe.yaml`, run by `webly run` on the shared harness
+(benchmarks/datasets/harness.py).
 After training, the clean training labels are read (here only) to measure: the keyword audit (a
 keyword-only classifier trained out-of-fold on the noisy labels, balanced top-1 against the clean
 ones), wrong-label detection (average precision of 1 - p(label), and precision at k = the number
@@ -29,23 +30,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402 (the benchmarks folder is no package)
-from harness import Row, Spec  # noqa: E402
-
+from benchmarks.datasets import common, harness
+from benchmarks.datasets.harness import Row, Spec
 from webly.app.explorer import average_precision, precision_at_k  # noqa: E402
 
 RECIPE = harness.REPO / "configs/fashion53/recipe.yaml"
 SYSTEM = ("pre_wt", "ft_wt", "train_wt", "final")
-ROWS = [Row("1", "CE on the noisy labels, no pretraining (w/o)", "score_ce", ("ce",)),
+ROWS = [Row("1", "CE on the noisy labels, no pretraining (w/o)", "score_ce", ("ce",), "ce"),
         Row("2", "CE pretraining on the noisy labels -> new head -> class-balanced finetune",
             "score_ft_ce", ("pre_ce", "ft_ce")),
         Row("3", "LW-Set pretraining -> new head -> class-balanced finetune", "score_ft_lw",
@@ -55,13 +52,15 @@ ROWS = [Row("1", "CE on the noisy labels, no pretraining (w/o)", "score_ce", ("c
         Row("5", "system: row 4 labels the training images, text as evidence -> a new head on "
                  "the WT-Set backbone on the kept labels (2 units); row 4 and it averaged, "
                  "weights fitted on val",
-            "score_system", SYSTEM),
-        Row("6", "CE for the system's total compute", "score_ce_long", ("ce_long",)),
+            "score_system", SYSTEM, "system"),
+        Row("6", "CE for the system's total compute", "score_ce_long", ("ce_long",),
+            "same_compute"),
         Row("7", "CE on the clean labels (ceiling, measuring only)", "score_ce_clean",
-            ("ce_clean",))]
+            ("ce_clean",), "clean")]
+# the only steps that may read the clean copy (a test checks that these, and no other, do)
+CLEAN_STEPS = ("manifest_clean", "ce_clean", "test_ce_clean", "score_ce_clean")
 SHARE = {"ce": 1.0, "pre_ce": 0.5, "ft_ce": 0.5, "pre_lw": 0.5, "ft_lw": 0.5, "pre_wt": 0.5,
          "ft_wt": 0.5, "final": 2.0, "ce_long": 3.0, "ce_clean": 1.0}
-PASSES = ("train_wt",)
 # ce_long's share is the system's: its training (3 units) and its labelling pass (each image and
 # its mirror: 2 / (3 x epochs) of a unit), set by the harness (Spec.match)
 EPOCHS = {  # epochs of one unit; ~10 units a run (fp32 on 2 cores: ~400 img/s at 32 px)
@@ -88,70 +87,36 @@ def _titles(root: Path) -> list[str]:
     return out
 
 
-def title_noise(clean: np.ndarray, titles: list[str], C: int, flip: np.ndarray) -> np.ndarray:
-    """For the flipped images, the class the title's words point to most after the true one
-    (multinomial naive Bayes on the clean labels: the way a text search errs, by construction)."""
-    words = [set(re.findall(r"[a-z]+", t.lower())) for t in titles]
-    vocab = {w: i for i, w in enumerate(sorted(set().union(*words)))}
-    counts = np.ones((len(vocab), C))  # add-one smoothing
-    for ws, y in zip(words, clean, strict=True):
-        for w in ws:
-            counts[vocab[w], y] += 1
-    logp = np.log(counts / counts.sum(0, keepdims=True))
-    out = clean.copy()
-    for i in np.flatnonzero(flip):
-        score = logp[[vocab[w] for w in words[i]]].sum(0) if words[i] else np.zeros(C)
-        score[clean[i]] = -np.inf
-        out[i] = int(np.argmax(score))
-    return out
-
-
-def wordnet_noise(clean: np.ndarray, wnids: list[str], flip: np.ndarray,
-                  rng: np.random.Generator) -> np.ndarray:
-    """For the flipped images, one of the three classes most similar to the true one (Wu-Palmer)."""
-    from webly.labels.weighing import concept_similarity, concept_synsets
-
-    sim = concept_similarity(concept_synsets(wnids, allow_unknown=True, warn=False)[0], "wup")
-    np.fill_diagonal(sim, -1)
-    near = np.argsort(-sim, axis=1, kind="stable")[:, :3]
-    out = clean.copy()
-    out[flip] = near[clean[flip], rng.integers(0, 3, int(flip.sum()))]
-    return out
-
-
 def make_noise(root: Path, noise: str, seed: int = 0) -> np.ndarray:
     """The training labels of a label set, in train_filelist order."""
-    _, given = harness.read_list(root / "info/train_filelist.txt")
+    _, given = common.read_list(root / "info/train_filelist.txt")
     if noise == "shipped":
         return given
-    _, clean = harness.read_list(root / "info/train_clean_filelist.txt")
+    _, clean = common.read_list(root / "info/train_clean_filelist.txt")
     if noise == "clean":
         return clean
     wnids = [line.split()[0] for line in (root / "info/synsets.txt").read_text().splitlines()
              if line.strip()]
     rng = np.random.default_rng(seed)
-    flip = np.zeros(len(clean), bool)
-    flip[rng.choice(len(clean), size=round(FRACTION * len(clean)), replace=False)] = True
+    flips = np.sort(common.choose_flips(len(clean), FRACTION, rng))
     if noise == "symmetric40":
-        out = clean.copy()
-        out[flip] = (clean[flip] + rng.integers(1, len(wnids), int(flip.sum()))) % len(wnids)
-        return out
+        return common.to_other_class(clean, flips, len(wnids), rng)
     if noise == "wordnet40":
-        return wordnet_noise(clean, wnids, flip, rng)
+        return common.to_nearest(clean, wnids, flips, rng)
     if noise == "title40":
-        return title_noise(clean, _titles(root), len(wnids), flip)
+        return common.to_title_class(clean, _titles(root), len(wnids), flips)
     raise SystemExit(f"unknown --noise {noise!r}: {', '.join(NOISES)}")
 
 
 def prepare(root: Path, cache: Path, noise: str, seed: int = 0) -> Path:
     """A cached copy (hard links) with the label set's training labels; val and test as given
     (clean). The clean copy (`noise` "clean") is prepared the same way."""
-    target = harness.prepared_folder(root, cache, noise, seed=seed)
+    target = common.prepared_folder(root, cache, noise, seed=seed)
     if (target / ".complete").is_file():
         return target
     shutil.rmtree(target, ignore_errors=True)
-    paths, _ = harness.read_list(root / "info/train_filelist.txt")
-    clean_paths, clean = harness.read_list(root / "info/train_clean_filelist.txt")
+    paths, _ = common.read_list(root / "info/train_filelist.txt")
+    clean_paths, clean = common.read_list(root / "info/train_clean_filelist.txt")
     if clean_paths != paths:
         raise SystemExit(f"{root}: train_filelist and train_clean_filelist list different images")
     labels = make_noise(root, noise, seed)
@@ -159,20 +124,17 @@ def prepare(root: Path, cache: Path, noise: str, seed: int = 0) -> Path:
     for name in ("synsets.txt", "train_meta_list.txt", "val_filelist.txt", "test_filelist.txt",
                  "train_clean_filelist.txt"):
         shutil.copy(root / "info" / name, target / "info" / name)
-    harness.write_list(target / "info/train_filelist.txt", zip(paths, labels, strict=True))
+    common.write_list(target / "info/train_filelist.txt", zip(paths, labels, strict=True))
     for folder in ("train", "val", "test", "meta"):
         for f in (root / folder).iterdir():
-            harness.link(f, target / folder / f.name)
-    wrong = float(np.mean(labels != clean))
-    (target / "info/noise.json").write_text(json.dumps(
-        {"noise": noise, "train_images": len(paths), "wrong": round(wrong, 4)}) + "\n")
-    (target / ".complete").write_text("")
-    return target
+            common.link(f, target / folder / f.name)
+    return common.seal(target, noise, labels, clean)
 
 
 def _prepare(data: Path, cache: Path, noise: str, args: argparse.Namespace) -> dict[str, Path]:
-    root = harness.find_root(data, cache, "fashion53")
-    return {"DATA": prepare(root, cache, noise), "DATA_CLEAN": prepare(root, cache, "clean")}
+    root = common.find_root(data, cache, "fashion53")
+    return {"DATA": prepare(root, cache, noise),
+            "DATA_CLEAN": prepare(root, cache, "clean")}
 
 
 # -- what the text says, measured against the clean labels after training ----------------------
@@ -243,12 +205,9 @@ def _pl_image(out: Path, root: Path, true_of_row: np.ndarray) -> dict[str, Any]:
     return res
 
 
-SPEC = Spec(name="fashion53", recipe=RECIPE, rows=ROWS, share=SHARE, passes=PASSES,
-            pseudo_labels=("pl",), epochs=EPOCHS, native_size=NATIVE_SIZE, noises=NOISES,
-            prepare=_prepare, ce_row="1", system_row="5", same_compute_row="6", clean_row="7",
-            clean_steps=("manifest_clean", "ce_clean", "test_ce_clean", "score_ce_clean"),
-            match={"ce_long": SYSTEM},
-            extra=_pl_image, extra_markdown=_markdown)
+SPEC = Spec(name="fashion53", recipe=RECIPE, rows=ROWS, share=SHARE, pseudo_labels=("pl",),
+            epochs=EPOCHS, native_size=NATIVE_SIZE, noises=NOISES, prepare=_prepare,
+            match={"ce_long": SYSTEM}, extra=_pl_image, extra_markdown=_markdown)
 
 if __name__ == "__main__":
     raise SystemExit(harness.main(SPEC, doc=__doc__))

@@ -10,7 +10,7 @@ ASCII, where ftfy is skipped), on the same text with an accented word in every d
 runs on each), and on that text turned to mojibake; and how many documents clean to the words of
 the originals with and without it.
 
-    .venv/bin/python benchmarks/tagging.py --records 100000 --rss-records 1000000
+    .venv/bin/python -m benchmarks.speed.tagging --records 100000 --rss-records 1000000
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """CIFAR-10N: the webly recipe row by row against plain cross-entropy, on real or generated noise.
 
-    python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz            # default run
-    python benchmarks/cifar10n.py --data ../shared/data/cifar10n.tar.gz --quick    # ~15 min
-    python benchmarks/cifar10n.py --data DIR --quick --noise symmetric40           # or asym40
-    python benchmarks/cifar10n.py --data DIR --full                                # for a GPU
+    python -m benchmarks.datasets.cifar10n --data ../shared/data/cifar10n.tar.gz  # default run
+    python -m benchmarks.datasets.cifar10n --data ../shared/data/cifar10n.tar.gz --quick  # ~15 min
+    python -m benchmarks.datasets.cifar10n --data DIR --quick --noise symmetric40  # or asym40
+    python -m benchmarks.datasets.cifar10n --data DIR --full  # for a GPU
 
 `--data` is the tarball (extracted once into a cache) or any folder in its layout. The data are
 prepared into a cached folder of hard links: `--noise worst` keeps the given labels; `symmetric40`
@@ -19,28 +19,27 @@ multiply-adds allow), then reads the scores. The clean training labels are read 
 training, to measure what pseudo-labelling corrected; no training step opens them (a test
 checks). Compute is counted as images seen x multiply-adds an image (torch's FlopCounterMode).
 Prints a table and writes RUN/benchmark.json and RUN/benchmark.md. The harness it runs on
-(caches, compute units, rows, output schema) is benchmarks/harness.py, shared with fashion53.
+(caches, compute units, rows, output schema) is benchmarks/datasets/harness.py, shared with
+fashion53.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402 (the benchmarks folder is no package)
-from harness import Row, Spec  # noqa: E402
+from benchmarks.datasets import common, harness
+from benchmarks.datasets.harness import Row, Spec
 
 RECIPE = harness.REPO / "configs/cifar10n/recipe.yaml"
 # the recipe's training steps and inference passes, whichever its decisions ran (v12)
 RECIPE_STEPS = ("ce", "ce_more", "ce_rest", "train_ce", "val_ce_probe", "pl", "final",
                 "train_final", "val_final_probe", "pl2", "final2")
-ROWS = [Row("1", "CE", "score_ce", ("ce",)),
+ROWS = [Row("1", "CE", "score_ce", ("ce",), "ce"),
         Row("2", "round 1: CE labels the training images (keep, relabel, drop) -> a new model on "
                  "the kept labels, class-balanced (when half a unit more CE did not beat CE on "
                  "the holdout; that half unit counted)",
@@ -48,16 +47,13 @@ ROWS = [Row("1", "CE", "score_ce", ("ce",)),
         Row("3", "round 2: CE and round 1 (averaged) label again -> a third model (when round 1 "
                  "beat CE on the holdout)", "score_final2", RECIPE_STEPS),
         Row("4", "CE for the recipe's total compute (what its decisions spent)", "score_ce_long",
-            ("ce_long",)),
+            ("ce_long",), "same_compute"),
         Row("5", "the recipe: the models its decisions trained, averaged with weights fitted on "
-                 "the holdout by top-1", "score_recipe", RECIPE_STEPS)]
+                 "the holdout by top-1", "score_recipe", RECIPE_STEPS, "system")]
 # each training step's compute in units (one unit: the CE row): ce_more, the candidate for more
 # CE, half a unit; then ce_rest (the rest of a 3-unit budget on CE) or one unit a round; ce_long's
 # share is measured after the decisions
 SHARE = {"ce": 1.0, "ce_more": 0.5, "ce_rest": 1.5, "final": 1.0, "final2": 1.0, "ce_long": 3.0}
-PASSES = ("train_ce", "val_ce_probe", "train_final", "val_final_probe")  # inference passes a row
-# counts (forward only): the labellers' and the threshold probes' holdout passes; a pseudo-label
-# step's probes (decision 4) count their own multiply-adds (harness.compute)
 PSEUDO_LABELS = ("pl", "pl2")  # each round's labels, measured against the clean ones after training
 MATCH = {"ce_long": RECIPE_STEPS}
 EPOCHS = {  # epochs of one unit
@@ -75,23 +71,13 @@ def make_noise(clean: np.ndarray, given: np.ndarray, noise: str, names: list[str
                seed: int = 0) -> np.ndarray:
     """Training labels: the given ones (`worst`), or made from the clean ones with a fixed seed."""
     rng = np.random.default_rng(seed)
-    C = len(names)
     if noise == "worst":
         return given.copy()
     if noise == "symmetric40":
-        out = clean.copy()
-        flip = rng.choice(len(clean), size=round(0.4 * len(clean)), replace=False)
-        out[flip] = (clean[flip] + rng.integers(1, C, size=len(flip))) % C  # another class
-        return out
+        return common.to_other_class(clean, common.choose_flips(len(clean), 0.4, rng),
+                                      len(names), rng)
     if noise == "asym40":
-        index = {n: i for i, n in enumerate(names)}
-        out = clean.copy()
-        flip = rng.random(len(clean)) < 0.4
-        for src, dst in ASYM.items():
-            if src in index and dst in index:
-                hit = flip & (clean == index[src])
-                out[hit] = index[dst]
-        return out
+        return common.mapped(clean, names, ASYM, 0.4, rng)
     raise SystemExit(f"unknown --noise {noise!r}: {', '.join(NOISES)}")
 
 
@@ -100,15 +86,15 @@ def prepare(root: Path, cache: Path, noise: str, n_train: int, n_test: int,
     """A cached copy (hard links) with the chosen noise, a noisy holdout as `val`, the clean test
     images as `test`; the same folder for the same label files and arguments, another for any
     other (the cache is keyed by their content)."""
-    target = harness.prepared_folder(root, cache, noise, n_train=n_train, n_test=n_test,
+    target = common.prepared_folder(root, cache, noise, n_train=n_train, n_test=n_test,
                                      holdout=holdout, seed=seed)
     if (target / ".complete").is_file():
         return target
     shutil.rmtree(target, ignore_errors=True)
     names = [line.split(maxsplit=1)[1] for line in
              (root / "info/synsets.txt").read_text().splitlines() if line.strip()]
-    paths, given = harness.read_list(root / "info/train_filelist.txt")
-    clean_paths, clean = harness.read_list(root / "info/train_clean_filelist.txt")
+    paths, given = common.read_list(root / "info/train_filelist.txt")
+    clean_paths, clean = common.read_list(root / "info/train_clean_filelist.txt")
     if clean_paths != paths:
         raise SystemExit(f"{root}: train_filelist and train_clean_filelist list different images")
     labels = make_noise(clean, given, noise, names, seed)
@@ -116,7 +102,7 @@ def prepare(root: Path, cache: Path, noise: str, n_train: int, n_test: int,
     order = rng.permutation(len(paths))
     held, rest = np.sort(order[:holdout]), order[holdout:]
     train = np.sort(rest[:n_train] if n_train else rest)
-    test_paths, test_labels = harness.read_list(root / "info/val_filelist.txt")
+    test_paths, test_labels = common.read_list(root / "info/val_filelist.txt")
     test = np.sort(rng.permutation(len(test_paths))[:n_test]) if n_test else \
         np.arange(len(test_paths))
     (target / "info").mkdir(parents=True)
@@ -126,19 +112,15 @@ def prepare(root: Path, cache: Path, noise: str, n_train: int, n_test: int,
              "test_filelist": [(test_paths[i], test_labels[i]) for i in test],
              "train_clean_filelist": [(paths[i], clean[i]) for i in train]}  # measuring only
     for name, pairs in lists.items():
-        harness.write_list(target / f"info/{name}.txt", pairs)
+        common.write_list(target / f"info/{name}.txt", pairs)
         if name != "train_clean_filelist":
             for p, _ in pairs:
-                harness.link(root / p, target / p)
-    wrong = float(np.mean(labels[train] != clean[train]))
-    (target / "info/noise.json").write_text(json.dumps({"noise": noise, "train_images": len(train),
-                                                        "wrong": round(wrong, 4)}) + "\n")
-    (target / ".complete").write_text("")
-    return target
+                common.link(root / p, target / p)
+    return common.seal(target, noise, labels[train], clean[train])
 
 
 def _prepare(data: Path, cache: Path, noise: str, args: argparse.Namespace) -> dict[str, Path]:
-    root = harness.find_root(data, cache, "cifar10n")
+    root = common.find_root(data, cache, "cifar10n")
     return {"DATA": prepare(root, cache, noise, args.train_images, args.test_images,
                             args.holdout)}
 
@@ -150,17 +132,16 @@ def _options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--holdout", type=int, default=HOLDOUT, help="noisy validation images")
 
 
-SPEC = Spec(name="cifar10n", recipe=RECIPE, rows=ROWS, share=SHARE, passes=PASSES,
+SPEC = Spec(name="cifar10n", recipe=RECIPE, rows=ROWS, share=SHARE,
             pseudo_labels=PSEUDO_LABELS, epochs=EPOCHS, native_size=NATIVE_SIZE, noises=NOISES,
-            prepare=_prepare, ce_row="1", system_row="5", same_compute_row="4",
-            match=MATCH, late_match=True, options=_options)
+            prepare=_prepare, match=MATCH, late_match=True, options=_options)
 
 
 def recipe_for(root: Path, epochs: int, batch_size: int | None = None,
                workers: int | None = None, seed: int = 0) -> dict:
     """The recipe for a prepared folder (tests and by-hand runs)."""
-    SPEC.recipe = RECIPE  # tests point RECIPE at a variant
-    return harness.recipe_for(SPEC, {"DATA": root}, epochs, batch_size, workers, seed)
+    spec = replace(SPEC, recipe=RECIPE)  # tests point RECIPE at a variant; SPEC stays as it is
+    return harness.recipe_for(spec, {"DATA": root}, epochs, batch_size, workers, seed)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Picks --concepts noun synsets (seeded) from a few big subtrees, times webly's ve
 Wu-Palmer/path/LCH matrices, the top-k neighbour lists, and keyword support for --vocab WordNet
 nouns; times NLTK's own wup_similarity on a sample of pairs and extrapolates to all pairs.
 
-    .venv/bin/python benchmarks/semantics.py --concepts 5000
+    .venv/bin/python -m benchmarks.studies.semantics --concepts 5000
 """
 
 from __future__ import annotations

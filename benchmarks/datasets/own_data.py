@@ -1,8 +1,10 @@
 """The own-data recipe as a new user meets it: class folders, a budget, nothing else.
 
-    python benchmarks/own_data.py --dataset fashion53 --data ../shared/data/fashion53.tar.gz \
+    python -m benchmarks.datasets.own_data --dataset fashion53 \
+        --data ../shared/data/fashion53.tar.gz \
         --budget 15m
-    python benchmarks/own_data.py --dataset cifar10n --data ../shared/data/cifar10n.tar.gz \
+    python -m benchmarks.datasets.own_data --dataset cifar10n \
+        --data ../shared/data/cifar10n.tar.gz \
         --budget 15m
 
 The benchmark's data become what a user has: `train/<class>/` holding the noisy training images
@@ -32,9 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import harness
+from benchmarks.datasets import common, harness
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = harness.REPO
 CE_ROW = {"fashion53": {"img_size": 32, "sampler": "balanced", "metric": "balanced_top1"},
           "cifar10n": {"img_size": 20, "sampler": "shuffle", "metric": "top1"}}
 
@@ -51,24 +53,23 @@ def make_folders(root: Path, dataset: str, out: Path) -> Path:
         return target
     names = [line.split(maxsplit=1)[1] for line in
              (root / "info/synsets.txt").read_text().splitlines() if line.strip()]
-    paths, labels = harness.read_list(root / "info/train_filelist.txt")
+    paths, labels = common.read_list(root / "info/train_filelist.txt")
     titles = []
     if dataset == "fashion53":
-        sys.path.insert(0, str(Path(__file__).parent))
-        from fashion53 import _titles
+        from benchmarks.datasets.fashion53 import _titles
 
         titles = _titles(root)
     rows = []
     for i, (p, y) in enumerate(zip(paths, labels, strict=True)):
         rel = f"train/{_safe(names[y])}/{Path(p).name}"
-        harness.link(root / p, target / rel)
+        common.link(root / p, target / rel)
         if titles:
             rows.append({"path": rel, "title": titles[i]})
     # WebVision lists the val/test images by name alone; they live in val/ and test/
     split = "test" if dataset == "fashion53" else "val"
-    for p, y in zip(*harness.read_list(root / "info" / f"{split}_filelist.txt"), strict=True):
+    for p, y in zip(*common.read_list(root / "info" / f"{split}_filelist.txt"), strict=True):
         src = root / p if (root / p).is_file() else root / split / Path(p).name
-        harness.link(src, target / f"test/{_safe(names[y])}/{Path(p).name}")
+        common.link(src, target / f"test/{_safe(names[y])}/{Path(p).name}")
     if rows:
         (target / "text.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (target / ".complete").write_text("")
@@ -117,7 +118,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs/own_data")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/webly/data")
     args = ap.parse_args()
-    root = harness.find_root(args.data, args.cache, args.dataset)
+    root = common.find_root(args.data, args.cache, args.dataset)
     folders = make_folders(root, args.dataset, args.cache)
     run = args.out / args.dataset
     wall = timed(run / "own_wall.json", lambda: webly("run", "--data", str(folders), "--budget",
@@ -157,7 +158,7 @@ def main() -> int:
            "recipe_minus_ce": round(rows["recipe (ensemble)"][metric]
                                     - rows["CE, same compute"][metric], 2),
            "threads": os.environ.get("OMP_NUM_THREADS", "all"),
-           "command": "python benchmarks/own_data.py " + " ".join(sys.argv[1:])}
+           "command": "python -m benchmarks.datasets.own_data " + " ".join(sys.argv[1:])}
     (args.out / f"own_data_{args.dataset}.json").write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))
     return 0

@@ -5,7 +5,7 @@ the GPU's ceiling, to compare with timm's published numbers (RTX 3090, AMP, trai
 resnest101e 254, resnest200e 83, resnext101_32x8d 276, efficientnet_b4 293) and with what the data
 pipeline delivers (`data_pipeline.py --workers N` on the same machine).
 
-    python benchmarks/gpu_train.py --seconds 20 --json gpu_rates.json
+    python -m benchmarks.speed.gpu_train --seconds 20 --json gpu_rates.json
 
 `--json` writes {"backbone@size": img/s} in the memory format webly picks for that backbone
 (`--channels-last auto`), the table `webly plan --throughput FILE` reads.

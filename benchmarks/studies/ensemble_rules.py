@@ -12,7 +12,7 @@ other obvious rules would have answered:
 Analysis only: no recipe reads this. A rule chosen after looking at these runs would be tuned to
 them; the table says how the shipped rule, set before most of them, compares.
 
-    python benchmarks/ensemble_rules.py runs/c16-quick-worst runs/c16-quick-asym40 ...
+    python -m benchmarks.studies.ensemble_rules runs/c16-quick-worst runs/c16-quick-asym40 ...
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def scores(run: Path) -> dict:
     step = run / "test_recipe"
     if not (step / "ensemble.summary.json").is_file():
         raise SystemExit(f"{run}: no test_recipe/ensemble.summary.json (a finished benchmark run "
-                         "folder of benchmarks/cifar10n.py?)")
+                         "folder of benchmarks/datasets/cifar10n.py?)")
     summary = json.loads((step / "ensemble.summary.json").read_text())
     config = yaml.safe_load((step / "ensemble.config.yaml").read_text())["ensemble"]
     min_se = float(config["fit_min_se"])
@@ -67,7 +67,7 @@ def scores(run: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", type=Path, nargs="+", help="benchmarks/cifar10n.py run folders")
+    ap.add_argument("runs", type=Path, nargs="+", help="CIFAR-10N benchmark run folders")
     ap.add_argument("--json", type=Path, help="also write the scores here")
     args = ap.parse_args(argv)
     res = [scores(r) for r in args.runs]
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     mean = {r: float(np.mean([s["rules"][r] - s["rules"]["rule"] for s in res])) for r in RULES}
     print(f"{'mean difference to rule':81s} " + " ".join(f"{mean[r]:+7.2f}" for r in RULES))
     if args.json:
-        cmd = " ".join(["python benchmarks/ensemble_rules.py", *sys.argv[1:]])
+        cmd = " ".join(["python -m benchmarks.studies.ensemble_rules", *sys.argv[1:]])
         args.json.write_text(json.dumps({"command": cmd, "runs": res,
                                          "mean_difference_to_rule": mean}, indent=1) + "\n")
     return 0

@@ -5,13 +5,14 @@ Generates, for --records N training images over --classes C concepts:
   classes run from a few hundred to tens of thousands of images), plus 50 validation images a
   class (WebVision 2.0's 250k at 5,000 classes);
 - a WT-Set: ~5 keywords an image (Zipf-distributed) over --keywords real WordNet noun lemmas;
-- real WordNet concepts (benchmarks/semantics.py's seeded draw);
+- real WordNet concepts (benchmarks/studies/semantics.py's seeded draw);
 - --members models' top-50 training-set predictions (the true class among them, probabilities
   decreasing, a leftover mass);
 then runs weigh, the balanced sampler's epoch construction, ensemble, pseudo-label and evaluate,
 each in a fresh process (its peak RSS is its own, from wait4), and prints a table and JSON:
 
-    .venv/bin/python benchmarks/scale.py --records 1000000 --classes 5000 --members 4 --json o.json
+    .venv/bin/python -m benchmarks.speed.scale --records 1000000 --classes 5000 --members 4 \
+        --json o.json
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-sys.path.insert(0, str(Path(__file__).parent))
-from semantics import draw_concepts  # noqa: E402
-
+from benchmarks.studies.semantics import draw_concepts
 from webly.data.manifest import SCHEMA, VERSION  # noqa: E402
 from webly.data.predictions import ROW_GROUP, PredictionWriter  # noqa: E402
 from webly.labels.wordnet import wnid_of, wordnet  # noqa: E402

@@ -1,6 +1,6 @@
 """What each text rule of `webly tag` does on real titles: keywords, senses and the keyword audit.
 
-    python benchmarks/text_rules.py --data ../shared/data/fashion53.tar.gz [--noise title40]
+    python -m benchmarks.studies.text_rules --data ../shared/data/fashion53.tar.gz [--noise title40]
 
 Tags the training texts of a WebVision-layout folder (or fashion53.tar.gz) once per rule set,
 from every rule off (WordNet's most frequent part of speech and sense, unknown words dropped, the
@@ -8,7 +8,8 @@ seed's 10% document-frequency cut) to every rule on, and prints for each: vocabu
 per training image, images without any, keywords with a WordNet sense, and the keyword audit (a
 keyword-only linear classifier trained out-of-fold on the noisy labels, balanced top-1 against the
 clean labels, which are read only for that). Then 20 real titles with their keywords before and
-after. Writes RUN/text_rules.json and .md. The label set is prepared as benchmarks/fashion53.py
+after. Writes RUN/text_rules.json and .md. The label set is prepared as
+benchmarks/datasets/fashion53.py
 prepares it (`--noise`).
 """
 
@@ -16,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fashion53  # noqa: E402
-import harness  # noqa: E402
+from benchmarks.datasets import common, fashion53, harness
 
 # rule sets, each adding one rule to the one before (TagConfig options)
 RULES = [
@@ -52,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from webly.labels import textclf
     from webly.labels.tagging import TagConfig, load_tags, tag
 
-    root = fashion53.prepare(harness.find_root(args.data, args.cache, "fashion53"), args.cache,
+    root = fashion53.prepare(common.find_root(args.data, args.cache, "fashion53"), args.cache,
                              args.noise)
     out = args.out / args.noise
     manifest_path = out / "manifest.parquet"

@@ -18,14 +18,11 @@ multiply-adds allow.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import platform
-import shutil
 import sys
-import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -34,8 +31,11 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODES = ("quick", "default", "full")
+
+
+ROLES = ("ce", "system", "same_compute", "clean")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class Row:
     name: str
     score: str  # the evaluate step that scores it
     steps: tuple[str, ...]  # training steps and inference passes its compute counts
+    # what the gains are measured between: CE, the method (default: the last row), CE for the
+    # method's compute, CE on the clean labels (the ceiling; balanced top-1 is then the metric)
+    role: str = ""
 
 
 @dataclass
@@ -54,18 +57,12 @@ class Spec:
     recipe: Path
     rows: list[Row]
     share: dict[str, float]  # training step -> its compute in units
-    passes: tuple[str, ...]  # inference passes (predict steps) some row counts
     pseudo_labels: tuple[str, ...]  # pseudo-label steps, measured against the clean labels
     epochs: dict[str, int]  # mode -> epochs of one unit
     native_size: int
     noises: tuple[str, ...]
     # (data root, cache, noise, seed, args) -> the prepared folder the recipe's DATA names
     prepare: Callable[..., Path]
-    ce_row: str = "1"
-    system_row: str = ""  # the method's row (default: the last)
-    same_compute_row: str = ""  # CE for the system's compute
-    clean_row: str = ""  # CE on the clean labels (the ceiling), when the dataset has one
-    clean_steps: tuple[str, ...] = ()  # steps allowed to read the clean copy (DATA_CLEAN)
     # a step whose share is the compute of other steps (CE for the system's compute): their
     # training shares plus their inference passes (views x multiply-adds, forward only)
     match: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -75,71 +72,20 @@ class Spec:
     extra: Callable[..., dict[str, Any]] | None = None  # (out, root, res) -> more results
     extra_markdown: Callable[[dict[str, Any]], list[str]] | None = None
     options: Callable[[argparse.ArgumentParser], None] | None = None
-    mode_notes: dict[str, str] = field(default_factory=dict)
 
     def row(self, num: str) -> Row:
         return next(r for r in self.rows if r.num == num)
 
+    def role(self, role: str) -> str:
+        """The number of the row playing `role` ("" where none does; the system: the last)."""
+        assert role in ROLES, role
+        found = [r.num for r in self.rows if r.role == role]
+        return found[0] if found else (self.rows[-1].num if role == "system" else "")
 
-# -- data: extraction and caches keyed by content ------------------------------------------------
-def digest(*parts: bytes | str, files: tuple[Path, ...] = ()) -> str:
-    """A short content hash of strings and files: cache folders are named by what is in them."""
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode() if isinstance(p, str) else p)
-        h.update(b"\0")
-    for f in files:
-        h.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:12]
-
-
-def find_root(data: Path, cache: Path, layout: str) -> Path:
-    """The folder holding info/ (the `layout` folder inside a tarball or a folder): a tarball is
-    extracted into the cache once, under a name holding a hash of its bytes."""
-    if data.is_file():
-        target = cache / f"{data.name.split('.')[0]}-{digest(files=(data,))}"
-        if not (target / ".complete").is_file():
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(parents=True)
-            with tarfile.open(data) as tar:
-                tar.extractall(target, filter="data")
-            (target / ".complete").write_text("")
-        data = target
-    for cand in (data, data / layout):
-        if (cand / "info/train_filelist.txt").is_file():
-            return cand
-    raise SystemExit(f"{data}: no info/train_filelist.txt (expected the {layout} layout)")
-
-
-def prepared_folder(root: Path, cache: Path, noise: str, **options: Any) -> Path:
-    """The cache folder of a prepared copy: named by the noise and a hash of every list file of
-    the source (labels included) and the options, so two sources never share one."""
-    lists = tuple(sorted((root / "info").glob("*.txt")))
-    key = digest(json.dumps(options, sort_keys=True), noise, files=lists)
-    return cache / f"{root.name}-{noise}-{key}"
-
-
-def read_list(path: Path) -> tuple[list[str], np.ndarray]:
-    pairs = [line.split() for line in path.read_text().splitlines() if line.strip()]
-    return [p[0] for p in pairs], np.array([int(p[1]) for p in pairs], np.int64)
-
-
-def write_list(path: Path, pairs: list[tuple[str, int]] | zip) -> None:
-    path.write_text("".join(f"{p} {int(y)}\n" for p, y in pairs))
-
-
-def link(src: Path, dst: Path) -> None:
-    """A hard link (a copy on another filesystem)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except FileExistsError:
-        pass
-    except OSError:
-        shutil.copy(src, dst)
+    def passes(self, stage_of: dict[str, str]) -> list[str]:
+        """The inference passes some row counts: its steps that are predict steps."""
+        counted = dict.fromkeys(s for r in self.rows for s in r.steps)
+        return [s for s in counted if stage_of.get(s) == "predict"]
 
 
 # -- the recipe ----------------------------------------------------------------------------------
@@ -210,10 +156,11 @@ def shares(spec: Spec, recipe: dict[str, Any], epochs: int) -> dict[str, float]:
 
     share = dict(spec.share)
     by_id = {s["id"]: s for s in recipe["steps"]}
+    passes = spec.passes({sid: s["stage"] for sid, s in by_id.items()})  # a variant may lack one
     native = None
     for target, steps in spec.match.items():
         units = sum(spec.share.get(s, 0.0) for s in steps)
-        for sid in (s for s in steps if s in spec.passes and s in by_id):  # a variant may lack it
+        for sid in (s for s in steps if s in passes):
             step = by_id[sid]
             model = by_id[step["model"].lstrip("@")]
             native = native or macs_per_image(model["backbone"], spec.native_size, 10)
@@ -246,7 +193,6 @@ def run_recipe(recipe: dict[str, Any], out: Path, spec: Spec | None = None) -> N
             images = train_images(out)
             step["epochs"] = max(1, math.ceil(draws / images - 1e-9))
             step["samples_per_epoch"] = round(draws / step["epochs"])
-            spec.share[target] = round(units, 4)
     run(recipe, out)
 
 
@@ -290,7 +236,9 @@ def compute(spec: Spec, out: Path) -> dict[str, float]:
         seen = summary["steps"] * cfg["batch_size"] * cfg["accum_steps"]
         res[step] = cost.train_macs(cfg["backbone"], cfg["img_size"], seen,
                                     draw_cost=draw_cost(cfg)) / 1e15
-    for step in spec.passes:
+    stage_of = {p.parent.name: json.loads(p.read_text()).get("stage", "")
+                for p in out.glob("*/step.json")}
+    for step in spec.passes(stage_of):
         if not ran(out, step):
             continue
         summary = json.loads((out / step / "predict.summary.json").read_text())
@@ -343,11 +291,11 @@ def collect(spec: Spec, out: Path, root: Path, mode: str, noise: str,
                      "balanced_top5": round(100 * m["balanced_top5"], 2),
                      "compute_units": round(sum(flops.get(s, 0.0) for s in r.steps) / unit, 2)})
     by = {r["row"]: r for r in rows}
-    system = spec.system_row or rows[-1]["row"]
-    same = spec.same_compute_row
-    key = "balanced_top1" if spec.clean_row else "top1"  # the metric the dataset is judged on
-    if spec.clean_row:
-        floor, ceiling = by[spec.ce_row][key], by[spec.clean_row][key]
+    system = spec.role("system") if spec.role("system") in by else rows[-1]["row"]
+    same, ce, clean = spec.role("same_compute"), spec.role("ce"), spec.role("clean")
+    key = "balanced_top1" if clean else "top1"  # the metric the dataset is judged on
+    if clean:
+        floor, ceiling = by[ce][key], by[clean][key]
         for r in rows:
             r["damage_recovered"] = round((r[key] - floor) / (ceiling - floor), 3) \
                 if ceiling != floor else None
@@ -360,7 +308,7 @@ def collect(spec: Spec, out: Path, root: Path, mode: str, noise: str,
     res = {
         "benchmark": spec.name, "mode": mode, "noise": noise, "metric": key, "rows": rows,
         "system_row": system, "same_compute_row": same,
-        "gain_over_ce": round(by[system][key] - by[spec.ce_row][key], 2),
+        "gain_over_ce": round(by[system][key] - by[ce][key], 2),
         "ce_same_total_compute": by[same][key] if same else None,
         "gain_over_ce_same_total_compute": round(by[system][key] - by[same][key], 2)
         if same else None,
@@ -384,7 +332,7 @@ def collect(spec: Spec, out: Path, root: Path, mode: str, noise: str,
 
 
 def to_markdown(spec: Spec, res: dict[str, Any]) -> str:
-    damage = bool(spec.clean_row)
+    damage = bool(spec.role("clean"))
     head = ("| row | model | compute (units) | test top-1 | test top-5 | balanced top-1 | "
             "balanced top-5 |" + (" damage recovered |" if damage else ""))
     lines = [head, "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if damage else "")]
@@ -398,7 +346,7 @@ def to_markdown(spec: Spec, res: dict[str, Any]) -> str:
     metric = "balanced top-1" if res["metric"] == "balanced_top1" else "top-1"
     lines += ["", f"Noise: {res['noise']} ({100 * res['noise_in_train']['wrong']:.1f}% of "
                   f"{res['noise_in_train']['train_images']} training labels wrong). System (row "
-                  f"{res['system_row']}) over CE (row {spec.ce_row}), {metric}: "
+                  f"{res['system_row']}) over CE (row {spec.role('ce')}), {metric}: "
                   f"{res['gain_over_ce']:+.2f} points"
               + (f"; over CE for the same total compute (row {res['same_compute_row']}): "
                  f"{res['gain_over_ce_same_total_compute']:+.2f}"
@@ -430,8 +378,7 @@ def main(spec: Spec, argv: list[str] | None = None, doc: str = "") -> int:
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/webly/data")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
-                      help=f"{spec.epochs['quick']}-epoch unit "
-                           f"{spec.mode_notes.get('quick', '')}".strip())
+                      help=f"{spec.epochs['quick']}-epoch unit")
     mode.add_argument("--full", action="store_true",
                       help=f"{spec.epochs['full']}-epoch unit (for a GPU)")
     ap.add_argument("--epochs", type=int, help="override: epochs of one compute unit")
@@ -464,7 +411,7 @@ def main(spec: Spec, argv: list[str] | None = None, doc: str = "") -> int:
     run_recipe(recipe, out, spec)
     res = collect(spec, out, roots["DATA"], name, args.noise, time.time() - t0)
     res["seed"] = args.seed
-    res["command"] = f"python benchmarks/{spec.name}.py " + " ".join(
+    res["command"] = f"python -m benchmarks.datasets.{spec.name} " + " ".join(
         argv if argv is not None else sys.argv[1:])
     (out / "benchmark.json").write_text(json.dumps(res, indent=1) + "\n")
     md = to_markdown(spec, res)

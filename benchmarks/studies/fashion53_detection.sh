@@ -1,15 +1,15 @@
 #!/bin/bash
-# usage: bash benchmarks/fashion53_detection.sh [NOISE]   (from the repo root; ../shared/data/fashion53.tar.gz)
+# usage: bash benchmarks/studies/fashion53_detection.sh [NOISE]   (from the repo root; ../shared/data/fashion53.tar.gz)
 # Wrong-label detection on a fashion53 label set at --quick's unit, by hand: CE (1 unit, class-balanced) labels the training
 # images (+ mirror); pseudo-label with and without the text; AP against the clean labels.
 set -e
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 NOISE=${1:-title40}
 export R=runs/fashion53-$NOISE-detection
 D=$(.venv/bin/python -c "
-import sys; sys.path.insert(0,'benchmarks'); import fashion53, harness
+from benchmarks.datasets import common, fashion53, harness
 from pathlib import Path
-root=harness.find_root(Path('../shared/data/fashion53.tar.gz'), Path.home()/'.cache/webly/data', 'fashion53')
+root=common.find_root(Path('../shared/data/fashion53.tar.gz'), Path.home()/'.cache/webly/data', 'fashion53')
 print(fashion53.prepare(root, Path.home()/'.cache/webly/data', '$NOISE'))")
 echo "data: $D"
 W=.venv/bin/webly
@@ -24,8 +24,7 @@ import json, sys
 from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
-sys.path.insert(0, 'benchmarks')
-import fashion53, harness
+from benchmarks.datasets import common, fashion53, harness
 import os; out = Path(os.environ['R'])
 from webly.data.manifest import Manifest
 root = Path(Manifest(out / 'manifest.parquet').root)

@@ -20,7 +20,8 @@ both holdout and test predictions:
 A model without holdout predictions (CE for the recipe's compute) is predicted here into
 `RUN/holdout_noise/`. Analysis only: no recipe reads this.
 
-    python benchmarks/holdout_noise.py runs/cifar10n-quick-asym40 [--base val_ce] [--fraction 0.1]
+    python -m benchmarks.studies.holdout_noise runs/cifar10n-quick-asym40 [--base val_ce] \
+        [--fraction 0.1]
 """
 
 from __future__ import annotations
@@ -32,9 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import harness  # noqa: E402
+from benchmarks.datasets import harness
 
 
 def anchor_transition(probs: np.ndarray, noisy: np.ndarray, fraction: float) -> np.ndarray:
@@ -83,7 +82,7 @@ def val_preds(run: Path, model: str, work: Path) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path, help="a benchmarks/cifar10n.py run folder")
+    ap.add_argument("run", type=Path, help="a benchmarks/datasets/cifar10n.py run folder")
     ap.add_argument("--base", default="val_ce", help="the holdout predictions T is estimated from")
     ap.add_argument("--fraction", type=float, default=0.1,
                     help="anchors per class, as a fraction of holdout images per class")
@@ -103,7 +102,7 @@ def main() -> int:
     anchors = anchor_transition(probs, noisy_of_row[rows], args.fraction)
     models = sorted(p.name[len("test_"):] for p in run.glob("test_*")
                     if (run / p.name[len("test_"):] / "model.safetensors").is_file())
-    res = {"command": " ".join(["python benchmarks/holdout_noise.py", *sys.argv[1:]]),
+    res = {"command": " ".join(["python -m benchmarks.studies.holdout_noise", *sys.argv[1:]]),
            "run": str(run), "base": args.base, "fraction": args.fraction,
            "transition_diagonal": {"anchors": np.round(np.diag(anchors), 3).tolist(),
                                    "oracle": np.round(np.diag(oracle), 3).tolist()},

@@ -3,7 +3,7 @@ images: top-1, probabilities, img/s) and the ONNX / TorchScript exports against 
 preprocessed tensor; and end to end from the image files, the export fed by a plain PIL + NumPy
 preprocessing written from the sidecar JSON alone, as another runtime would).
 
-    python benchmarks/after_training.py runs/fashion53-default-shipped/final \
+    python -m benchmarks.studies.after_training runs/fashion53-default-shipped/final \
         --manifest runs/fashion53-default-shipped/manifest/manifest.parquet --split test
 
 Prints a table; writes MODEL/after_training.benchmark.json.

@@ -1,8 +1,8 @@
 """How well webly's label-issue ranking finds the wrong labels, beside cleanlab's on the same
 predictions (a benchmark-only comparison: `pip install "webly[bench]"`).
 
-    python benchmarks/label_issues.py runs/fashion53-default-shipped --preds train_wt
-    python benchmarks/label_issues.py runs/cifar10n-quick-worst --preds train_ce
+    python -m benchmarks.studies.label_issues runs/fashion53-default-shipped --preds train_wt
+    python -m benchmarks.studies.label_issues runs/cifar10n-quick-worst --preds train_ce
 
 RUN is a finished run folder whose data has clean training labels (the benchmarks' prepared copies:
 `info/train_clean_filelist.txt`, read here only to score). webly ranks by the pseudo-label step's

@@ -3,7 +3,7 @@
 interleaved round-robin over them (the order that made an 8-file cache parse files thousands of
 times). No images: the index reads lists and metadata only.
 
-    .venv/bin/python benchmarks/index.py --records 200000 --files 200
+    .venv/bin/python -m benchmarks.speed.index --records 200000 --files 200
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 # Do the command-line defaults fit a dataset of one's own? The calibration of issue 26: finetune on
 # fashion53's noisy training labels with the defaults only, beside the hand-set command that the
 # benchmarks use; balanced and plain top-1 on the clean test split.
-#     bash benchmarks/defaults_check.sh runs/fashion53-default-shipped/manifest/manifest.parquet
+#     bash benchmarks/studies/defaults_check.sh runs/fashion53-default-shipped/manifest/manifest.parquet
 set -euo pipefail
 M=${1:?"usage: $0 MANIFEST [OUT]"}
 OUT=${2:-runs/defaults-check}

@@ -1,0 +1,1 @@
+"""Studies of the recipe's decisions, text rules and label issues, re-read from finished runs."""
