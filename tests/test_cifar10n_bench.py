@@ -76,9 +76,10 @@ def bench_run(tmp_path_factory):
 def test_every_stage_ran_and_scored(bench_run):
     bench, root, out = bench_run
     res = bench.harness.collect(bench.SPEC, out, root, "test", "worst", 0.0)
-    gates = res["decisions"]["gates"]
-    assert not gates["decide_longer"]["pass"] and "x paired SE" in gates["decide_longer"]["why"]
-    round2 = gates["decide_round2"]["pass"]  # round 1 against CE on the holdout: either way
+    decided = res["decisions"]["decisions"]  # every step's decision.json, one record shape
+    assert not decided["decide_longer"]["changed"]
+    assert "x paired SE" in decided["decide_longer"]["why"]
+    round2 = decided["decide_round2"]["changed"]  # round 1 against CE on the holdout: either way
     assert [r["row"] for r in res["rows"]] == ["1", "2"] + ["3"] * round2 + ["4", "5"]
     for r in res["rows"]:
         assert 0 <= r["top1"] <= r["top5"] <= 100
@@ -100,21 +101,24 @@ def test_every_stage_ran_and_scored(bench_run):
     for labeller in ("train_ce", "train_final")[:1 + round2]:
         assert flops[labeller] / flops["ce"] == pytest.approx(2 * cheaper / 6, rel=0.15)
     # decision 4: each round's threshold chosen by probes on the holdout, their compute counted
-    chosen = res["decisions"]["thresholds"]
+    chosen = {s: d for s, d in decided.items() if d["name"] == "threshold"}
     assert list(chosen) == ["pl"] + ["pl2"] * round2
     for pl, d in chosen.items():
-        assert set(d["holdout_top1"]) == {"0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"}
-        assert d["holdout_images"] == 200 and 0 < flops[pl] < 0.05 * flops["ce"]
+        assert set(d["scores"]) == {"0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"}
+        assert d["detail"]["holdout_images"] == 200 and 0 < flops[pl] < 0.05 * flops["ce"]
+        assert flops[pl] == pytest.approx(d["macs"] / 1e15)  # the decision's own compute
     from webly.app.report import Run, decisions
     shown = {r[0]: r[1] for r in decisions(Run(out))}  # webly report's decisions table
-    assert all(shown[pl] == f"threshold {d['threshold']:g}" for pl, d in chosen.items())
+    assert all(shown[pl].startswith(f"threshold: {d['choice']}") for pl, d in chosen.items())
     for probe in ("val_ce_probe", "val_final_probe")[:1 + round2]:  # 200 holdout images, 2 views
         assert flops[probe] / flops["ce"] == pytest.approx(2 * cheaper / 6 / 5, rel=0.15)
     assert res["ce_same_total_compute"] == res["rows"][-2]["top1"]
     assert res["gain_over_ce"] == pytest.approx(res["rows"][-1]["top1"] - res["rows"][0]["top1"])
-    ens = res["decisions"]["ensembles"]["test_recipe"]
-    assert ens["members"] == ["test_ce", "test_ce_more", "test_final"] + ["test_final2"] * round2
-    assert sum(ens["weights"]) == pytest.approx(1, abs=1e-3)  # rounded to 4 places
+    ens = decided["test_recipe"]
+    assert ens["name"] == "ensemble weights" and ens["rule"] == "beats"
+    members = ["test_ce", "test_ce_more", "test_final"] + ["test_final2"] * round2
+    assert ens["detail"]["members"] == members
+    assert sum(ens["detail"][ens["choice"]]) == pytest.approx(1, abs=1e-3)  # rounded to 4
     if round2:  # round 2 labels the original noisy labels from both models' averaged predictions
         labellers = json.loads((out / "train_ens/step.json").read_text())["summary"]["members"]
         assert [Path(m).name for m in labellers] == ["train_ce", "train_final"], labellers
@@ -137,10 +141,10 @@ def test_every_stage_ran_and_scored(bench_run):
 def test_when_more_ce_pays_the_budget_goes_to_ce(tmp_path):
     bench, root, out = _run(tmp_path, longer=True)
     res = bench.harness.collect(bench.SPEC, out, root, "test", "worst", 0.0)
-    assert res["decisions"]["gates"]["decide_longer"]["pass"]
+    assert res["decisions"]["decisions"]["decide_longer"]["changed"]
     assert [r["row"] for r in res["rows"]] == ["1", "4", "5"]  # no round ran
     assert {"train_ce", "pl", "final", "final2"} <= set(res["decisions"]["skipped"])
-    assert res["decisions"]["ensembles"]["test_recipe"]["members"] == [
+    assert res["decisions"]["decisions"]["test_recipe"]["detail"]["members"] == [
         "test_ce", "test_ce_more", "test_ce_rest"]
     units = {r["row"]: r["compute_units"] for r in res["rows"]}
     assert units["5"] == pytest.approx(3, abs=0.1) and units["4"] == pytest.approx(3, abs=0.15)
@@ -281,8 +285,7 @@ def test_holdout_noise_reads_a_run_folder(bench_run, capsys, monkeypatch):
 @pytest.mark.slow
 def test_ensemble_rules_recomputes_the_recipes_answer(bench_run, capsys):
     """benchmarks/studies/ensemble_rules.py on a benchmark run: its recomputed rule is the run's
-    row 5;
-    "best" is the member the holdout ranks first; "plain" the plain average."""
+    row 5; "best" is the member the holdout ranks first; "plain" the plain average."""
     _, _, out = bench_run
     er = load_bench("ensemble_rules")
     assert er.main([str(out), "--json", str(out / "rules.json")]) == 0
@@ -290,7 +293,7 @@ def test_ensemble_rules_recomputes_the_recipes_answer(bench_run, capsys):
     row5 = json.loads((out / "score_recipe/metrics.json").read_text())["top1"]
     assert s["rules"]["rule"] == pytest.approx(100 * row5, abs=0.005)
     assert s["rules"]["best"] == s["test"][int(np.argmax(s["holdout"]))]
-    if "the plain average" in s["recorded_rule"]:
+    if s["recorded_choice"] == "plain":
         assert s["rules"]["plain"] == s["rules"]["rule"]
     assert s["members"][:2] == ["ce", "ce_more"] and "mean difference" in capsys.readouterr().out
 

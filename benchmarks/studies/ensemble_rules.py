@@ -61,7 +61,20 @@ def scores(run: Path) -> dict:
     return {"run": str(run), "members": names, "holdout": held,
             "test": [top1([t], np.ones(1), yt) for t in test], "fit_min_se": min_se,
             "rules": {r: top1(test, w, yt) for r, w in weights.items()},
-            "recorded_rule": summary.get("fitted", "")}
+            **_recorded(step, summary)}
+
+
+def _recorded(step: Path, summary: dict) -> dict:
+    """What the run chose ("plain" or "fitted") and why: its decision.json (older runs: the
+    summary's `fitted` line)."""
+    from webly.core import decisions
+
+    d = decisions.read(step)
+    if d is not None:
+        return {"recorded_choice": d.choice, "recorded_rule": d.why}
+    why = summary.get("fitted") or ""
+    return {"recorded_choice": "plain" if "the plain average" in why else "fitted",
+            "recorded_rule": why}
 
 
 def main(argv: list[str] | None = None) -> int:
