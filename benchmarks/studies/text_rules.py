@@ -9,8 +9,7 @@ per training image, images without any, keywords with a WordNet sense, and the k
 keyword-only linear classifier trained out-of-fold on the noisy labels, balanced top-1 against the
 clean labels, which are read only for that). Then 20 real titles with their keywords before and
 after. Writes RUN/text_rules.json and .md. The label set is prepared as
-benchmarks/datasets/fashion53.py
-prepares it (`--noise`).
+benchmarks/datasets/fashion53.py prepares it (`--noise`).
 """
 
 from __future__ import annotations
