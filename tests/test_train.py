@@ -103,6 +103,59 @@ def test_pretrained_and_continue_from_take_a_folder_its_weights_or_a_checkpoint(
         assert len(err) == 1 and "error" in err[0] and "Traceback" not in err[0], err
 
 
+def test_pretrained_takes_a_state_dict_or_a_timm_name_and_records_where_from(data6, tmp_path,
+                                                                          monkeypatch, capsys):
+    """Weights from another trainer (a plain state dict, DDP's `module.` keys included) or a timm
+    model name (timm's own download, faked here: no test touches the network); the run records
+    where they came from; without a network the error names the local-file alternative."""
+    import timm
+
+    from webly.training.models import create_backbone
+
+    m = str(data6 / "manifest.parquet")
+    base = ["--backbone", "test_resnet", "--max-steps", "1", *TINY]
+    theirs = create_backbone("test_resnet", 1000).state_dict()  # an ImageNet-sized head
+    torch.save({f"module.{k}": v for k, v in theirs.items()}, tmp_path / "sd.pth")
+    torch.save({"state_dict": theirs}, tmp_path / "wrapped.pt")
+    for f in ("sd.pth", "wrapped.pt"):
+        run = tmp_path / f"run-{f}"
+        assert main(["finetune", m, "-o", str(run), "--pretrained", str(tmp_path / f), *base]) == 0
+        t = json.loads((run / "train.summary.json").read_text())["transfer"]
+        assert t["pretrained_from"] == f"file {(tmp_path / f).resolve()}"
+        assert t["reinitialised"] == ["fc.bias", "fc.weight"] and t["loaded_tensors"] > 10
+
+    real = timm.create_model
+    fetched = []
+
+    def hub(name, pretrained=False, **kw):  # timm's download, from weights made here
+        if pretrained:
+            fetched.append(name)
+            return real("test_resnet", num_classes=1000)
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", hub)
+    assert main(["finetune", m, "-o", str(tmp_path / "hub"), "--pretrained",
+                 "test_resnet.r160_in1k", *base]) == 0
+    t = json.loads((tmp_path / "hub/train.summary.json").read_text())["transfer"]
+    assert fetched == ["test_resnet.r160_in1k"]
+    assert t["pretrained_from"] == "timm test_resnet.r160_in1k (timm's pretrained weights)"
+
+    def offline(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    for spec, says in (("timm:test_resnet", "give a local file: --pretrained weights.safetensors"),
+                       ("resnet50", "train --backbone resnet50 with it (not test_resnet)"),
+                       ("no_such_net_xyz", "not a timm model name")):
+        capsys.readouterr()
+        assert main(["finetune", m, "-o", str(tmp_path / "off"), "--pretrained", spec,
+                     *base]) == 2, spec
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+
+
 def test_a_continued_run_draws_the_epochs_after_its_parents(data6, tmp_path):
     """A chain of runs (CE, then more CE from its weights) sees new shuffles and augmentations, as
     one longer run would: each starts the seeded data stream where its parent's left off."""

@@ -52,8 +52,10 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(model weights, the rest of the checkpoint) from what a user has at hand: a training run
-    folder (its ckpt/last.pt, else its model.safetensors), a .safetensors file or a checkpoint.
-    Anything else is a one-line error naming what was expected."""
+    folder (its ckpt/last.pt, else its model.safetensors), a .safetensors file, a webly
+    checkpoint, or a plain state dict saved with torch.save (a dict of tensors, or one under
+    "state_dict", as other trainers write). Anything else is a one-line error naming what was
+    expected."""
     p = Path(path)
     if p.is_dir():
         found = [c for c in (p / "ckpt" / "last.pt", p / "model.safetensors") if c.is_file()]
@@ -70,12 +72,48 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             state = load_file(str(p))
         except Exception as e:  # noqa: BLE001 - any unreadable file is the user's wrong input
             raise WeblyError(f"{p}: not a readable safetensors file ({type(e).__name__})") from None
-        return {k.removeprefix("module."): v for k, v in state.items()}, {}
+        return _unwrapped(state), {}
     ck = load(p)
-    if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict):
-        raise WeblyError(f"{p}: not a webly checkpoint (no model weights in it); give a training "
-                         "run folder, its model.safetensors or a ckpt/*.pt file")
-    return ck["model"], ck
+    if isinstance(ck, dict) and isinstance(ck.get("model"), dict):
+        return ck["model"], ck
+    state = ck.get("state_dict", ck) if isinstance(ck, dict) else None
+    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor)
+                                                 for v in state.values()):
+        return _unwrapped(state), {}
+    raise WeblyError(f"{p}: no model weights in it; give a training run folder, a .safetensors "
+                     "file, a webly checkpoint or a state dict saved with torch.save")
+
+
+def _unwrapped(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys as the bare model names them (DDP's and DataParallel's `module.` prefix dropped)."""
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def pretrained_weights(spec: str, backbone: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The weights `--pretrained` names, and where they came from (recorded in the run): a path
+    (anything `load_weights` reads), or a timm model name, optionally with its pretrained tag
+    (`resnet50`, `resnet50.a1_in1k`, `timm:resnet50`), fetched through timm's own hub support:
+    that needs the network, and without it the error names the local-file alternative."""
+    import timm
+
+    p = Path(spec)
+    if p.exists() or p.suffix in (".pt", ".pth", ".bin", ".safetensors") or "/" in spec:
+        return load_weights(p)[0], f"file {p.resolve()}"
+    name = spec.removeprefix("timm:")
+    arch = name.split(".")[0]
+    if not timm.is_model(arch):
+        raise WeblyError(f"--pretrained {spec}: no such file or folder, and not a timm model name")
+    if arch != backbone.split(".")[0]:
+        raise WeblyError(f"--pretrained {spec} holds {arch}'s weights; train --backbone {arch} "
+                         f"with it (not {backbone})")
+    try:
+        model = timm.create_model(name, pretrained=True)
+    except Exception as e:  # noqa: BLE001 - no network, no such tag, a hub error: one line
+        raise WeblyError(f"--pretrained {spec}: timm could not fetch its weights "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+                         "; without a network, give a local file: --pretrained "
+                         "weights.safetensors (or a state dict .pt)") from None
+    return _unwrapped(model.state_dict()), f"timm {name} (timm's pretrained weights)"
 
 
 def stream_after(ck: dict[str, Any]) -> int:

@@ -20,8 +20,10 @@ SMALL_IMAGE = 64  # px: up to this size, augment auto pads and crops the whole i
 class TrainConfig:
     backbone: str = opt("resnest101e", "timm model name (built without downloads)")
     pretrained: str | None = opt(None, "what to finetune from, all weights but the last layer: a "
-                                       "training run folder, its model.safetensors or a "
-                                       "ckpt/*.pt")
+                                       "training run folder, a .safetensors file, a checkpoint "
+                                       "or state dict (.pt), or a timm model name (its "
+                                       "pretrained weights, through timm's hub: needs the "
+                                       "network)")
     continue_from: str | None = opt(None,
                                     "what to continue from with all weights (large-resolution "
                                     "stage): a run folder, its model.safetensors or a ckpt/*.pt")

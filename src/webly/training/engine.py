@@ -75,9 +75,10 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_f
     model = create_backbone(cfg.backbone, num_classes, drop_rate=cfg.drop_rate)
     report: dict[str, Any] = {}
     if cfg.pretrained:
-        weights, _ = checkpoints.load_weights(cfg.pretrained)
+        weights, source = checkpoints.pretrained_weights(cfg.pretrained, cfg.backbone)
         r = load_all_but_head(model, weights)
-        report = {"loaded_tensors": r.loaded, "reinitialised": r.reinitialised}
+        report = {"pretrained_from": source, "loaded_tensors": r.loaded,
+                  "reinitialised": r.reinitialised}
     if cfg.continue_from:
         weights, state = checkpoints.load_weights(cfg.continue_from)
         try:

@@ -1,6 +1,7 @@
-"""Backbones from timm by name (never downloaded), and finetuning's weight transfer.
+"""Backbones from timm by name (built here without downloads: `--pretrained NAME` is what fetches
+timm's weights, `webly.training.checkpoints.pretrained_weights`), and finetuning's weight transfer.
 
-`load_all_but_head` copies every weight of a pretrained webly checkpoint into a new model except
+`load_all_but_head` copies every weight of a pretrained checkpoint into a new model except
 its last linear layer, which stays freshly initialised for the target classes (the seed's
 finetuning). Any other missing, unexpected or mis-shaped key is an error naming the layers:
 nothing is silently skipped.
