@@ -531,3 +531,18 @@ def test_training_prints_its_plan_and_keeps_it_in_the_summary(data6, tmp_path, c
     assert "[webly] warning: only 1 optimizer steps" in err and "53% of the 242 images" in err
     plan = json.loads((tmp_path / "a/train.summary.json").read_text())["plan"]
     assert plan["optimizer_steps"] == 1 and len(plan["warnings"]) >= 2
+
+
+def test_loader_workers_default_to_what_the_machine_has(monkeypatch):
+    """-1 (the default): the cores this process may use, shared by the ranks on the machine, at
+    most 4; one core per rank loads in the process. A number is taken as given; below -1 is an
+    error."""
+    from webly.training.config import loader_workers
+
+    for cores, ranks, want in ((2, 1, 2), (16, 1, 4), (16, 8, 2), (8, 8, 0), (1, 1, 0)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
+        assert loader_workers(-1) == want, (cores, ranks)
+    assert loader_workers(3) == 3 and TrainConfig().workers == -1
+    with pytest.raises(WeblyError, match="counts must not be negative"):
+        replace(TrainConfig(), workers=-2).validate()

@@ -42,6 +42,7 @@ from webly.data.predictions import (
     iter_predictions,
 )
 from webly.training.checkpoints import load_weights
+from webly.training.config import loader_workers
 from webly.training.distributed import Dist, init_distributed
 from webly.training.models import create_backbone, head_prefix
 
@@ -57,7 +58,7 @@ class PredictConfig:
                                   "error (after writing the predictions) when more images than "
                                   "this fraction cannot be decoded")
     img_size: int = opt(0, "input size (0: the model's training size)")
-    workers: int = opt(4, "DataLoader workers")
+    workers: int = opt(-1, "DataLoader workers (-1: what this machine has, at most 4)")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to predict")
     features: bool = opt(False, "also write features.npy: each image's features (the classifier "
                                 "layer's input), float16")
@@ -66,8 +67,9 @@ class PredictConfig:
         check_choices(self, "predict")
         if not 0 <= self.max_bad_fraction <= 1:
             raise WeblyError("predict.max_bad_fraction must be within [0, 1]")
-        if min(self.batch_size, self.top_k) < 1 or min(self.img_size, self.workers) < 0:
-            raise WeblyError("predict: batch_size and top_k >= 1; img_size, workers >= 0")
+        if min(self.batch_size, self.top_k) < 1 or self.img_size < 0 or self.workers < -1:
+            raise WeblyError("predict: batch_size and top_k >= 1; img_size >= 0; workers >= 0 "
+                             "(-1: automatic)")
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -198,7 +200,8 @@ def _predict_into(writer: PredictionWriter, model: torch.nn.Module, meta: dict[s
     dtype = torch.bfloat16 if d.device.type == "cuda" else None
     pre = Preprocess.from_meta(meta, cfg.img_size)  # the one place prediction reads preprocessing
     images = _Images(root, paths, EvalTransform.of(pre))
-    loader = torch.utils.data.DataLoader(images, batch_size=cfg.batch_size, num_workers=cfg.workers)
+    loader = torch.utils.data.DataLoader(images, batch_size=cfg.batch_size,
+                                         num_workers=loader_workers(cfg.workers))
     for x, idx, err in progress(loader, desc=f"predict {cfg.split}", unit="batch"):
         seen.clear()
         p = probabilities(model, x, pre, cfg.tta, d.device, fmt, dtype)

@@ -4,6 +4,7 @@ step, the batch per rank, the autocast type, and which options a resumed run mus
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -14,6 +15,19 @@ from webly.core.errors import WeblyError
 from webly.data.folds import parse_fold
 
 SMALL_IMAGE = 64  # px: up to this size, augment auto pads and crops the whole image
+MAX_AUTO_WORKERS = 4
+
+
+def loader_workers(setting: int) -> int:
+    """DataLoader workers: `setting`, or for -1 the cores this process may use shared among the
+    ranks on this machine (torchrun's LOCAL_WORLD_SIZE), at most MAX_AUTO_WORKERS: more workers
+    than cores only make the loader and the training step fight for them."""
+    if setting >= 0:
+        return setting
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    mine = (cores or 1) // max(ranks, 1)
+    return min(MAX_AUTO_WORKERS, mine) if mine > 1 else 0  # one core: load in the process
 
 
 @dataclass
@@ -100,7 +114,8 @@ class TrainConfig:
     ema: float = opt(0.0, "EMA decay of the weights (0: off)")
     sync_bn: bool = opt(False, "SyncBatchNorm across ranks")
     drop_rate: float = opt(0.0, "dropout before the classifier")
-    workers: int = opt(4, "DataLoader worker processes per rank")
+    workers: int = opt(-1, "DataLoader worker processes per rank (-1: what this machine has, "
+                           "at most 4: its cores shared by the ranks on it)")
     seed: int = opt(0, "random seed")
     ckpt_every_steps: int = opt(0,
                                 "also checkpoint every this many optimizer steps (0: epochs only)")
@@ -153,8 +168,8 @@ class TrainConfig:
             (0 <= self.drop_high_loss < 1 and self.drop_ramp_epochs >= 0,
              "drop_high_loss must be within [0, 1) and drop_ramp_epochs not negative"),
             (not (self.in_memory and self.shards), "in_memory reads image files: not with shards"),
-            (min(self.samples_per_epoch, self.max_steps, self.ckpt_every_steps, self.workers) >= 0,
-             "counts must not be negative"),
+            (min(self.samples_per_epoch, self.max_steps, self.ckpt_every_steps) >= 0
+             and self.workers >= -1, "counts must not be negative (workers -1: automatic)"),
         ]
         for ok, msg in checks:
             if not ok:

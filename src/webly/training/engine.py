@@ -45,6 +45,7 @@ from webly.training.config import (
     TrainConfig,
     autocast_dtype,
     check_resume_config,
+    loader_workers,
     lr_at,
     per_rank_batch,
 )
@@ -103,7 +104,8 @@ def validate(model: nn.Module, data: TrainData, cfg: TrainConfig, d: Dist, fmt) 
     ds = TargetDataset(ImageFiles(data.manifest, rows), SparseTargets.from_labels(labels),
                        EvalTransform.of(checkpoints.preprocess_of(cfg)), substitute=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=max(1, cfg.batch_size // d.world_size),
-                                         num_workers=cfg.workers, collate_fn=collate)
+                                         num_workers=loader_workers(cfg.workers),
+                                         collate_fn=collate)
     model.eval()
     counts = torch.zeros(3, dtype=torch.float64, device=d.device)
     for x, i, _, bad_pos, _, _ in loader:  # bad validation images are left out of the counts
@@ -261,10 +263,11 @@ def wrap(s: TrainState) -> None:
 
 
 def _loader(s: TrainState):
+    workers = loader_workers(s.cfg.workers)
     return torch.utils.data.DataLoader(
         s.dataset, sampler=SeededSampler(s.sampler, s.cfg.seed), batch_size=s.per_rank,
-        drop_last=True, num_workers=s.cfg.workers, pin_memory=s.d.device.type == "cuda",
-        collate_fn=collate, prefetch_factor=4 if s.cfg.workers else None)
+        drop_last=True, num_workers=workers, pin_memory=s.d.device.type == "cuda",
+        collate_fn=collate, prefetch_factor=4 if workers else None)
 
 
 def run_epoch(s: TrainState) -> bool:

@@ -4,7 +4,6 @@ batch, training options, and what a measurement of the training loop found (`Mea
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,6 +39,6 @@ def train_config(size: int, batch: int, **over: Any) -> Any:
             "augment": "pad_crop" if small else "resized_crop", "in_memory": small,
             "crop_pct": 1.0 if small else 0.875, "batch_size": batch, "accum_steps": 1,
             "lr": round(0.1 * batch / 128, 6), "weight_decay": 5e-4, "schedule": "cosine",
-            "warmup_epochs": 0.5, "workers": 0 if small else min(4, os.cpu_count() or 1),
+            "warmup_epochs": 0.5, "workers": 0 if small else -1,
             "log_every": 50, "seed": 0, "export": "best"}
     return replace(TrainConfig(), **{**base, **over})
