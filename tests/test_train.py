@@ -397,6 +397,24 @@ def test_in_memory_counts_bad_images_and_refuses_mixed_sizes(data6, tmp_path):
         MemoryImages(manifest, rows)
     resized = MemoryImages(manifest, rows, size=24)  # resized once: any sizes will do
     assert resized.pixels(2).shape == resized.pixels(0).shape == (3, 24, 24)
+    # a photo far larger than the size is decoded at a reduced DCT scale, then resized: its
+    # pixels are the full decode's to within JPEG's rounding
+    ramp = np.tile(np.linspace(0, 255, 400, dtype=np.uint8), (300, 1))
+    Image.fromarray(np.stack([ramp, ramp.T[:300, :300].repeat(2, 1)[:, :400], ramp], -1)).save(
+        root / paths[3], format="JPEG", quality=95)
+    from PIL import JpegImagePlugin
+
+    from webly.data import images as imgs
+
+    drafts = []
+    real = JpegImagePlugin.JpegImageFile.draft
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                   lambda self, mode, size, **kw: drafts.append(size) or real(self, mode, size))
+        small = MemoryImages(manifest, rows, size=24)
+    assert drafts == [(32, 24)]  # only the 400x300 photo is decoded reduced (24 / 300 < 1/2)
+    full = imgs.resize_uint8(imgs.decode_tensor(root / paths[3]), (24, 24)).float()
+    assert (small.pixels(3).float() - full).abs().mean() < 4
 
 
 def test_leave_out_fold_trains_on_the_other_half(data6, tmp_path):
