@@ -162,3 +162,53 @@ def test_explorer_renders_in_chromium(tmp_path):
                            "--virtual-time-budget=5000", (run / "report.html").as_uri()],
                    check=True, capture_output=True, timeout=120)
     assert shot.stat().st_size > 20_000
+
+
+def test_warnings_say_near_chance_most_dropped_and_over_budget(tmp_path):
+    """A model near chance, a pseudo-label step that kept under half the images and a run over
+    its budget each get a plain warning; a healthy run gets none."""
+    from types import SimpleNamespace
+
+    from webly.app.report import budget, budget_section, warnings, warnings_section
+
+    (tmp_path / "own_plan.json").write_text(json.dumps(
+        {"plan": {"budget_s": 300, "estimated_s": 290, "spent_s": 40.0}}))
+    steps = {"ce": {"stage": "finetune", "seconds": 200.0},
+             "pl": {"stage": "pseudo-label", "seconds": 5.0},
+             "final": {"stage": "finetune", "seconds": 120.0},
+             "manifest": {"stage": "index", "seconds": 9.0}}  # counted in the plan's spent_s
+    run = SimpleNamespace(path=tmp_path, steps=steps, manifest=SimpleNamespace(num_classes=10))
+    b = budget(run)
+    assert b["spent_s"] == 365.0 and list(b["steps_s"]) == ["ce", "pl", "final"]
+    ctx = {"ablation": [{"model": "final", "top1": 0.109}, {"model": "ce", "top1": 0.38}],
+           "pseudo_labels": [{"step": "pl", "train_images": 3380, "kept": 340,
+                              "kept_share": 0.1006}], "budget": b}
+    said = warnings(run, ctx)
+    assert len(said) == 3
+    assert said[0].startswith("final: top-1 10.9% is near chance (10.0% for 10 classes)")
+    assert said[1].startswith("pl kept 340 of 3380 training images (10%)")
+    assert said[2] == "the run took 6m05s of a 5m00s budget"
+    page = warnings_section(run, {"warnings": said}) + budget_section(run, ctx)
+    assert "<h2>Warnings</h2>" in page and "Time against the budget" in page
+    ctx.update(ablation=[{"model": "ce", "top1": 0.38}], budget={**b, "spent_s": 310.0},
+               pseudo_labels=[{"step": "pl", "train_images": 3380, "kept": 3000,
+                               "kept_share": 0.89}])
+    assert warnings(run, ctx) == [] and warnings_section(run, {"warnings": []}) == ""
+
+
+def test_data_without_text_gets_no_text_columns(tmp_path):
+    """Class folders without titles: the examples show images and labels, no empty title or
+    keyword columns; the results are "Results", not the seed's text ablation."""
+    from ownfolders import make_folders
+
+    from webly.app.report import examples_section, results_section
+    from webly.app.runs import Run
+
+    data = make_folders(tmp_path / "photos", per_class=4, titles=False, classes=3)
+    pipeline.run({"steps": [{"id": "manifest", "stage": "index", "root": str(data),
+                             "holdout": 0.25}]}, tmp_path / "run")
+    run = Run(tmp_path / "run")
+    page = examples_section(run, {"truth": None})
+    assert "Examples: training images and their labels" in page
+    assert "title / tags" not in page and "keywords" not in page and "given label" in page
+    assert results_section(run, {"ablation": []}).startswith("<h2>Results</h2>")

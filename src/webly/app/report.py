@@ -33,6 +33,7 @@ from webly.app.explorer import label_issues, label_issues_section
 from webly.app.runs import Run, decisions
 from webly.core.errors import WeblyError
 from webly.core.files import write_atomic
+from webly.core.progress import duration
 from webly.data.labels import label_effect
 
 METRICS = ("top1", "top5", "balanced_top1", "balanced_top5")
@@ -85,8 +86,73 @@ def results_section(run: Run, ctx: dict[str, Any]) -> str:
                 + table(["row", "model", *[k.replace("_", " ") for k in keys]], rows)
                 + f"<p>{text(b.get('command', ''))}</p>")
     rows = [[text(r["model"])] + [f"{100 * r[k]:.1f}" for k in METRICS] for r in ctx["ablation"]]
-    return ("<h2>Ablation (as in the seed's table)</h2>"
+    # with web text the rows are the seed's pretraining ablation; without, plain results
+    head = "Ablation (as in the seed's table)" if run.of("tag") else "Results"
+    return (f"<h2>{head}</h2>"
             + table(["model", "top-1", "top-5", "balanced top-1", "balanced top-5"], rows))
+
+
+NEAR_CHANCE = 1.5  # top-1 under this many times chance: the model learnt little
+MOST_DROPPED = 0.5  # a pseudo-label step that keeps under this share of the images
+
+
+def warnings(run: Run, ctx: dict[str, Any]) -> list[str]:
+    """Plain warnings a user must not miss: a model near chance, a pseudo-label step that threw
+    most of the training images away, a run that overran its budget."""
+    out = []
+    classes = run.manifest.num_classes if run.manifest is not None else 0
+    for r in ctx["ablation"] if classes > 1 else []:
+        chance = 1 / classes
+        if r["top1"] < NEAR_CHANCE * chance:
+            out.append(f"{r['model']}: top-1 {100 * r['top1']:.1f}% is near chance "
+                       f"({100 * chance:.1f}% for {classes} classes): the model learnt little. "
+                       "A smaller image size or backbone, more passes a unit (a longer "
+                       "budget) or pretrained weights (--pretrained) may help.")
+    for p in ctx["pseudo_labels"]:
+        if p["train_images"] and p["kept_share"] < MOST_DROPPED:
+            out.append(f"{p['step']} kept {p['kept']} of {p['train_images']} training images "
+                       f"({100 * p['kept_share']:.0f}%): the model after it trains on under "
+                       "half the data; its labeller was likely too weak to judge the labels.")
+    b = ctx["budget"]
+    if b and b["budget_s"] and b["spent_s"] > 1.1 * b["budget_s"]:
+        out.append(f"the run took {duration(b['spent_s'])} of a {duration(b['budget_s'])} "
+                   "budget")
+    return out
+
+
+def warnings_section(run: Run, ctx: dict[str, Any]) -> str:
+    if not ctx["warnings"]:
+        return ""
+    return "<h2>Warnings</h2><ul>" + "".join(f"<li>{text(w, 600)}</li>"
+                                             for w in ctx["warnings"]) + "</ul>"
+
+
+def budget(run: Run) -> dict[str, Any] | None:
+    """`webly run --data`'s plan against what the run spent: before training (indexing, tagging,
+    measuring), each step's seconds (its step.json), the total against the budget."""
+    f = run.path / "own_plan.json"
+    if not f.is_file():
+        return None
+    plan = json.loads(f.read_text())["plan"]
+    steps = {sid: float(r.get("seconds", 0.0)) for sid, r in run.steps.items()
+             if r.get("stage") not in ("index", "tag")}
+    before = float(plan.get("spent_s") or 0.0)
+    return {"budget_s": plan.get("budget_s"), "estimated_s": plan.get("estimated_s"),
+            "before_training_s": before, "steps_s": steps,
+            "spent_s": round(before + sum(steps.values()), 1)}
+
+
+def budget_section(run: Run, ctx: dict[str, Any]) -> str:
+    b = ctx["budget"]
+    if not b:
+        return ""
+    rows = [["before training (index, tag, measure)", duration(b["before_training_s"])]]
+    rows += [[text(sid), duration(sec)] for sid, sec in b["steps_s"].items()]
+    rows += [["<b>total</b>", f"<b>{duration(b['spent_s'])}</b>"]]
+    if b["budget_s"]:
+        rows += [["the plan's estimate", duration(b["estimated_s"] or 0)],
+                 ["the budget", duration(b["budget_s"])]]
+    return "<h2>Time against the budget</h2>" + table(["part", "time"], rows)
 
 
 def decisions_section(run: Run, ctx: dict[str, Any]) -> str:
@@ -151,9 +217,11 @@ def examples(run: Run, ctx: dict[str, Any], n: int = 20) -> list[dict[str, str]]
         kws = [vocab[j] + (f" [{senses[j]}]" if senses[j] else "")
                for j in keywords[row].indices] if keywords is not None else []
         label = t["label"][row]
-        out.append({"image": image(m.image_path(t["path"][row])),
+        out.append({"has_text": bool(t["title"][row] or t["tags"][row]),
+                    "image": image(m.image_path(t["path"][row])),
                     "text": text(t["title"][row] or "") + (
-                        f"<br><small>{text(', '.join(t['tags'][row] or []))}</small>"),
+                        f"<br><small>{text(', '.join(t['tags'][row]))}</small>"
+                        if t["tags"][row] else ""),
                     "keywords": text(", ".join(kws)),
                     "given": text(names[label]) if label is not None and label >= 0 else "",
                     "predicted": text(names[pred[row]]) if row in pred else "",
@@ -177,12 +245,14 @@ def examples_section(run: Run, ctx: dict[str, Any]) -> str:
     ex = examples(run, ctx)
     if not ex:
         return ""
-    keys = ["image", "text", "keywords", "given", "predicted"] + (
+    has_text = bool(run.of("tag")) or any(e["has_text"] for e in ex)
+    names = {"image": "image", "text": "title / tags", "keywords": "keywords [WordNet sense]",
+             "given": "given label", "predicted": "predicted", "true": "true label"}
+    keys = ["image"] + (["text", "keywords"] if has_text else []) + ["given", "predicted"] + (
         ["true"] if ctx["truth"] is not None else [])
-    heads = ["image", "title / tags", "keywords [WordNet sense]", "given label", "predicted",
-             "true label"][:len(keys)]
-    return ("<h2>Examples: web text, keywords (WT-Set) and their senses, labels</h2>"
-            + table(heads, [[e[k] for k in keys] for e in ex]))
+    head = ("Examples: web text, keywords (WT-Set) and their senses, labels" if has_text else
+            "Examples: training images and their labels")
+    return f"<h2>{head}</h2>" + table([names[k] for k in keys], [[e[k] for k in keys] for e in ex])
 
 
 def audit(run: Run, ctx: dict[str, Any]) -> dict[str, float] | None:
@@ -229,8 +299,8 @@ def figures(run: Run) -> list[tuple[str, Path]]:
 
 
 Section = Callable[[Run, dict[str, Any]], str]
-SECTIONS: list[Section] = [results_section, decisions_section, pseudo_section, audit_section,
-                           examples_section, label_issues_section]
+SECTIONS: list[Section] = [warnings_section, results_section, budget_section, decisions_section,
+                           pseudo_section, audit_section, examples_section, label_issues_section]
 
 
 def write_report(run_dir: str | Path, names: dict[str, str] | None = None,
@@ -243,6 +313,8 @@ def write_report(run_dir: str | Path, names: dict[str, str] | None = None,
                            "pseudo_labels": [pseudo_label_effect(run, s, truth)
                                              for s in run.of("pseudo-label")]}
     ctx["audit"] = audit(run, ctx)
+    ctx["budget"] = budget(run)
+    ctx["warnings"] = warnings(run, ctx)
     ctx["decisions"] = decisions(run)
     ctx["label_issues"] = label_issues(run, ctx)
     figs = figures(run)
@@ -255,8 +327,9 @@ img{{max-width:100%}} td img{{width:64px}}</style>
 </head><body><h1>{html.escape(title)}</h1><p>{html.escape(str(run.path))}: {len(run.steps)}
 steps. Accuracy in %.</p>{body}{plots}</body></html>"""
     write_atomic(run.path / "report.html", page)
-    md = [f"# {title}", "", "| model | top-1 | top-5 | balanced top-1 | balanced top-5 |",
-          "|---|---:|---:|---:|---:|"]
+    md = [f"# {title}", ""] + [f"**Warning**: {w}" for w in ctx["warnings"]]
+    md += ["", "| model | top-1 | top-5 | balanced top-1 | balanced top-5 |",
+           "|---|---:|---:|---:|---:|"]
     md += [f"| {r['model']} | " + " | ".join(f"{100 * r[k]:.1f}" for k in METRICS) + " |"
            for r in ctx["ablation"]]
     md += [""] + [f"Pseudo-labels ({p['step']}): {p['relabelled']} changed, {p['dropped']} "
@@ -273,4 +346,5 @@ steps. Accuracy in %.</p>{body}{plots}</body></html>"""
     return {"report": str(run.path / "report.html"), "ablation": ctx["ablation"],
             "pseudo_labels": ctx["pseudo_labels"][0] if ctx["pseudo_labels"] else {},
             "keyword_audit": ctx["audit"], "decisions": ctx["decisions"],
+            "warnings": ctx["warnings"], "budget": ctx["budget"],
             "label_issues": {k: v for k, v in (ctx["label_issues"] or {}).items() if k != "page"}}
