@@ -73,9 +73,6 @@ class Spec:
     extra_markdown: Callable[[dict[str, Any]], list[str]] | None = None
     options: Callable[[argparse.ArgumentParser], None] | None = None
 
-    def row(self, num: str) -> Row:
-        return next(r for r in self.rows if r.num == num)
-
     def role(self, role: str) -> str:
         """The number of the row playing `role` ("" where none does; the system: the last)."""
         assert role in ROLES, role
