@@ -45,7 +45,6 @@ from webly.training.config import (
     TrainConfig,
     autocast_dtype,
     check_resume_config,
-    loader_workers,
     lr_at,
     per_rank_batch,
 )
@@ -64,7 +63,7 @@ from webly.training.trainsets import (
     SparseTargets,
     TargetDataset,
     TrainData,
-    collate,
+    make_loader,
     sparse_targets,
     train_images,
     unlabeled_images,
@@ -103,9 +102,7 @@ def validate(model: nn.Module, data: TrainData, cfg: TrainConfig, d: Dist, fmt) 
     rows, labels = data.val_rows[ok][mine], data.val_labels[ok][mine]
     ds = TargetDataset(ImageFiles(data.manifest, rows), SparseTargets.from_labels(labels),
                        EvalTransform.of(checkpoints.preprocess_of(cfg)), substitute=False)
-    loader = torch.utils.data.DataLoader(ds, batch_size=max(1, cfg.batch_size // d.world_size),
-                                         num_workers=loader_workers(cfg.workers),
-                                         collate_fn=collate)
+    loader = make_loader(ds, max(1, cfg.batch_size // d.world_size), cfg.workers)
     model.eval()
     counts = torch.zeros(3, dtype=torch.float64, device=d.device)
     for x, i, _, bad_pos, _, _ in loader:  # bad validation images are left out of the counts
@@ -263,11 +260,9 @@ def wrap(s: TrainState) -> None:
 
 
 def _loader(s: TrainState):
-    workers = loader_workers(s.cfg.workers)
-    return torch.utils.data.DataLoader(
-        s.dataset, sampler=SeededSampler(s.sampler, s.cfg.seed), batch_size=s.per_rank,
-        drop_last=True, num_workers=workers, pin_memory=s.d.device.type == "cuda",
-        collate_fn=collate, prefetch_factor=4 if workers else None)
+    return make_loader(s.dataset, s.per_rank, s.cfg.workers, prefetch=4, drop_last=True,
+                       sampler=SeededSampler(s.sampler, s.cfg.seed),
+                       pin_memory=s.d.device.type == "cuda")
 
 
 def run_epoch(s: TrainState) -> bool:

@@ -33,6 +33,7 @@ from webly.data.folds import fold_of, parse_fold
 from webly.data.images import try_decode
 from webly.data.manifest import Manifest
 from webly.data.shards import ShardImages
+from webly.training.config import loader_workers
 from webly.training.sampling import groups_from_labels
 
 
@@ -182,6 +183,16 @@ def collate(batch: list[tuple]) -> tuple:
         ws[j, :len(b[2])] = torch.as_tensor(b[2], dtype=torch.float32)
     return (torch.stack([b[0] for b in batch]), ids, ws, torch.tensor([b[3] for b in batch]),
             [b[4] for b in batch], torch.tensor([b[5] for b in batch]))
+
+
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, *,
+                prefetch: int | None = None, **kw) -> torch.utils.data.DataLoader:
+    """A DataLoader of `collate`d batches, its workers as a config gives them (-1: what this
+    machine has, `loader_workers`); `prefetch` batches a worker keeps ready."""
+    n = loader_workers(workers)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=n,
+                                       collate_fn=collate, prefetch_factor=prefetch if n else None,
+                                       **kw)
 
 
 class TargetDataset(torch.utils.data.Dataset):
