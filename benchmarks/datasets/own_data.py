@@ -102,11 +102,14 @@ def score(run: Path, preds: str) -> dict[str, float]:
 def recipe_macs(run: Path) -> tuple[float, dict[str, float]]:
     """Multiply-adds of the recipe's training draws (x3: forward and backward) and of its
     labelling pass (each training image and its mirror)."""
+    from webly.inference import cost
+
     plan = json.loads((run / "own_plan.json").read_text())
     facts, p = plan["facts"], plan["plan"]
-    per = harness.macs_per_image(p["backbone"], p["size"], facts["classes"])
-    parts = {sid: s["epochs"] * s["draws"] * per * 3 for sid, s in p["steps"].items()}
-    parts["train_preds"] = facts["images"]["train"] * 2 * per
+    bb, size, classes = p["backbone"], p["size"], facts["classes"]
+    parts = {sid: cost.train_macs(bb, size, s["epochs"] * s["draws"], classes)
+             for sid, s in p["steps"].items()}
+    parts["train_preds"] = cost.predict_macs(bb, size, facts["images"]["train"], "flip", classes)
     return sum(parts.values()), parts
 
 
@@ -118,6 +121,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs/own_data")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/webly/data")
     args = ap.parse_args()
+    from webly.inference import cost
+
     root = common.find_root(args.data, args.cache, args.dataset)
     folders = make_folders(root, args.dataset, args.cache)
     run = args.out / args.dataset
@@ -127,8 +132,7 @@ def main() -> int:
     total, parts = recipe_macs(run)
     ce = CE_ROW[args.dataset]
     classes = plan["facts"]["classes"]
-    per_ce = harness.macs_per_image("cifar_resnet9", ce["img_size"], classes)
-    draws = total / (3 * per_ce)
+    draws = total / cost.train_macs("cifar_resnet9", ce["img_size"], 1, classes)
     n = plan["facts"]["images"]["train"]
     epochs = max(1, round(draws / n))
     ce_wall = timed(run / "ce_same_wall.json", lambda: webly(
