@@ -60,7 +60,8 @@ def test_a_fast_machine_keeps_the_images_size_and_fills_the_budget():
     used = own.seconds(plan.steps, rate, f, False)
     assert 0.95 * (1800 - 60) <= used <= 1800 - 60  # fills what is left, never more
     assert set(plan.steps) == {"ce", "final"}
-    assert plan.estimated_s == pytest.approx(60 + used, abs=1)
+    # the plan's own time (measuring, counting multiply-adds) is spent too: read, not assumed
+    assert plan.spent_s >= 60 and plan.estimated_s == pytest.approx(plan.spent_s + used, abs=0.15)
 
 
 def test_a_slow_machine_trades_size_for_passes_but_not_below_the_floor():
