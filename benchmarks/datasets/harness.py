@@ -224,26 +224,23 @@ def compute(spec: Spec, out: Path) -> dict[str, float]:
     from webly.core import decisions
     from webly.inference import cost
 
+    records = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/step.json")}
+    ran_here = {s for s, r in records.items() if not r.get("skipped")}  # as `ran`, read once
     res = {}
-    for step in spec.share:
-        if not ran(out, step):
-            continue
+    for step in (s for s in spec.share if s in ran_here):
         cfg = json.loads((out / step / "train.config.json").read_text())
         summary = json.loads((out / step / "train.summary.json").read_text())
         seen = summary["steps"] * cfg["batch_size"] * cfg["accum_steps"]
         res[step] = cost.train_macs(cfg["backbone"], cfg["img_size"], seen,
                                     draw_cost=draw_cost(cfg)) / 1e15
-    stage_of = {p.parent.name: json.loads(p.read_text()).get("stage", "")
-                for p in out.glob("*/step.json")}
-    for step in spec.passes(stage_of):
-        if not ran(out, step):
-            continue
+    passes = spec.passes({s: r.get("stage", "") for s, r in records.items()})
+    for step in (s for s in passes if s in ran_here):
         summary = json.loads((out / step / "predict.summary.json").read_text())
         cfg = json.loads((Path(summary["model"]) / "train.config.json").read_text())
         res[step] = cost.predict_macs(cfg["backbone"], summary["img_size"], summary["images"],
                                       summary["tta"]) / 1e15
-    for step, d in decisions.read_all([p.parent for p in out.glob("*/step.json")]).items():
-        if d.macs and ran(out, step):
+    for step, d in decisions.read_all([out / s for s in sorted(ran_here)]).items():
+        if d.macs:
             res[step] = res.get(step, 0.0) + d.macs / 1e15
     return res
 

@@ -165,6 +165,12 @@ def iter_predictions(preds_dir: str | Path, batch_rows: int = ROW_GROUP) -> Iter
         yield _batch(rb, info)
 
 
+def rows_of(preds_dir: str | Path) -> np.ndarray:
+    """The manifest rows a predictions file covers, in its order (the row column alone: 8 bytes
+    an image, no top-k decoded)."""
+    return _open(preds_dir).read(columns=["row"])["row"].to_numpy()
+
+
 def dense_predictions(preds_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Manifest rows and [n, C] probabilities of a whole file (analyses of a split; n x C floats
     in memory)."""

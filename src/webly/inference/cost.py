@@ -42,12 +42,17 @@ def train_macs(backbone: str, size: int, draws: float, classes: int = 10,
     return draws * draw_cost * TRAIN_FACTOR * macs_per_image(backbone, size, classes)
 
 
+@functools.cache  # read off real views (tensors): once per (tta, size), not per plan step
+def _views(tta: str, size: int) -> tuple[int, ...]:
+    from webly.inference.predict import view_sizes
+
+    return tuple(view_sizes(tta, size))
+
+
 def predict_macs(backbone: str, size: int, images: int, tta: str = "center",
                  classes: int = 10) -> float:
     """A prediction pass's multiply-adds: every image through every view `tta` predicts."""
-    from webly.inference.predict import view_sizes
-
-    return images * sum(macs_per_image(backbone, v, classes) for v in view_sizes(tta, size))
+    return images * sum(macs_per_image(backbone, v, classes) for v in _views(tta, size))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from webly.core.errors import WeblyError
-from webly.data.predictions import iter_predictions
+from webly.data.predictions import iter_predictions, rows_of
 
 
 def text_probs(tags: str | Path, preds_dir: str | Path, labels: np.ndarray, num_classes: int,
@@ -34,7 +34,7 @@ def text_probs(tags: str | Path, preds_dir: str | Path, labels: np.ndarray, num_
     if keywords.shape[0] != len(labels):
         raise WeblyError(f"{tags} has {keywords.shape[0]} rows but the manifest {len(labels)}: "
                          "tag this manifest")
-    rows = np.concatenate([p.rows for p in iter_predictions(preds_dir)])
+    rows = rows_of(preds_dir)
     probs = textclf.out_of_fold(keywords[rows], labels[rows], rows, num_classes, folds)
     return {"rows": rows, "probs": probs}  # type: ignore[dict-item]
 

@@ -28,7 +28,7 @@ import torch
 from webly.core import decisions
 from webly.core.decisions import Decision
 from webly.core.errors import WeblyError
-from webly.data.predictions import iter_predictions, load_features, read_info
+from webly.data.predictions import load_features, read_info, rows_of
 
 L2 = 1e-4  # on the standardised features: keeps the probe finite where classes separate
 
@@ -74,7 +74,7 @@ def probe_features(probe: list[str], rows: np.ndarray, train_rows: np.ndarray | 
     if train_rows is not None and not np.array_equal(train_rows, rows):
         raise WeblyError(f"{probe[0]} predicts other images than the {rows.size} training "
                          "images being labelled: predict the same manifest's train split")
-    holdout_rows = np.concatenate([p.rows for p in iter_predictions(probe[1])])
+    holdout_rows = rows_of(probe[1])
     info = [read_info(d) for d in probe]
     if info[1]["split"] != "val":
         raise WeblyError(f"{probe[1]} holds {info[1]['split']!r} predictions; the probe is "

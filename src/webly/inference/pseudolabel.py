@@ -50,7 +50,7 @@ from webly.core.errors import WeblyError
 from webly.core.files import write_atomic
 from webly.data.labels import LabelsWriter
 from webly.data.manifest import Manifest
-from webly.data.predictions import iter_predictions, read_info
+from webly.data.predictions import iter_predictions, read_info, rows_of
 from webly.inference.evidence import first_pass, text_probs
 from webly.inference.probe import choose_threshold, probe_features, sample
 
@@ -158,7 +158,7 @@ def _choose(manifest: Manifest, labels: np.ndarray, rows: np.ndarray, preds_dir:
             disagree: np.ndarray, cfg: PseudoLabelConfig) -> Decision:
     """The threshold the holdout chooses (webly.inference.probe), printed and returned."""
     same = Path(probe[0]).resolve() == Path(preds_dir).resolve()
-    train, holdout, holdout_rows = probe_features(probe, rows, None if same else _rows_of(probe[0]))
+    train, holdout, holdout_rows = probe_features(probe, rows, None if same else rows_of(probe[0]))
     # the labels each candidate gives, on the probe's sample only (never N x candidates)
     pick = sample(len(rows), cfg.probe_images)
     d, c, p, o = disagree[pick], conf[pick], pred[pick], original[pick]
@@ -178,10 +178,6 @@ def _decide(disagree: np.ndarray, confident: np.ndarray, pred: np.ndarray,
     relabel = disagree & confident
     drop = disagree & ~confident & drop_inconsistent
     return np.where(relabel, pred, np.where(drop, -1, original)), relabel, drop
-
-
-def _rows_of(preds_dir: str) -> np.ndarray:
-    return np.concatenate([p.rows for p in iter_predictions(preds_dir)])
 
 
 def _top_fraction(pred: np.ndarray, conf: np.ndarray, ok: np.ndarray,
