@@ -59,13 +59,13 @@ def test_a_fast_machine_keeps_the_images_size_and_fills_the_budget():
     rate = own.Measured("cifar_resnet9", 32, 1e-3, 1e-4)
     used = own.seconds(plan.steps, rate, f, False)
     assert 0.95 * (1800 - 60) <= used <= 1800 - 60  # fills what is left, never more
-    assert set(plan.steps) == {"ce", "final"}
+    assert set(plan.steps) == set(own.IMAGE_STEPS)  # CE, more CE, then one of two branches
     # the plan's own time (measuring, counting multiply-adds) is spent too: read, not assumed
     assert plan.spent_s >= 60 and plan.estimated_s == pytest.approx(plan.spent_s + used, abs=0.15)
 
 
 def test_a_slow_machine_trades_size_for_passes_but_not_below_the_floor():
-    slow = own.plan_for(facts(side=32), Path("m"), 1800, 0, measure_fn=fixed_rate(2e-2))
+    slow = own.plan_for(facts(side=32), Path("m"), 2700, 0, measure_fn=fixed_rate(2e-2))
     assert slow.size < 32 and slow.size >= own.MIN_SCALE * 32 and slow.passes >= own.MIN_PASSES
     slower = own.plan_for(facts(side=32), Path("m"), 300, 0, measure_fn=fixed_rate(2e-2))
     assert slower.size == 20 and slower.passes < own.MIN_PASSES  # the floor: 0.6 x 32
@@ -78,6 +78,40 @@ def test_large_images_get_the_larger_backbone_and_each_is_measured():
     plan = own.plan_for(facts(side=300), Path("m"), 3600, 0, measure_fn=m)
     assert plan.size == 224 and plan.backbone == "resnet18"
     assert m.asked[0] == 96 and m.asked[-1] == 224  # measured small, then at the chosen size
+
+
+def test_photos_go_below_their_own_size_to_afford_the_passes():
+    """512-px photos on a slow machine: the 0.6-of-the-images'-size floor (a thumbnail's rule)
+    would leave no affordable size; the photo floor is MIN_SIZE."""
+    m = fixed_rate(2e-3)
+    plan = own.plan_for(facts(train=3000, side=512), Path("m"), 300, 15, measure_fn=m)
+    assert own.MIN_SIZE <= plan.size <= 64 and plan.backbone == "cifar_resnet9"
+    assert plan.passes >= own.MIN_PASSES or plan.size == own.MIN_SIZE
+    assert plan.estimated_s == pytest.approx(300, rel=0.01)  # fills the budget
+
+
+def test_a_plan_never_trains_from_scratch_in_fewer_steps_than_the_engine_warns_of():
+    """A short budget: the batch halves until the steps that start from random weights have
+    MIN_STEPS optimizer steps; where even batch 16 cannot, the plan says so."""
+    from webly.training.plan import MIN_STEPS
+
+    f = facts(train=3000, side=32)
+    plan = own.plan_for(f, Path("m"), 300, 0, measure_fn=fixed_rate(2e-2))
+    assert plan.batch < own.batch_for(3000)
+    assert own.optimizer_steps(plan.steps, plan.batch) >= MIN_STEPS
+    assert any(f"at least {MIN_STEPS} optimizer steps" in n for n in plan.notes)
+    starved = own.plan_for(f, Path("m"), 40, 0, measure_fn=fixed_rate(2e-2))
+    assert starved.batch == 16 and own.optimizer_steps(starved.steps, 16) < MIN_STEPS
+    assert any("rarely learns" in n and "expect a weak model" in n for n in starved.notes)
+
+
+def test_the_branches_of_decision_1_are_counted_once():
+    rate = own.Measured("cifar_resnet9", 32, 1e-3, 1e-4)
+    f = facts()
+    steps = own.step_sizes(own.IMAGE_STEPS, 5.0, 10_000, 128)
+    both = own.seconds(steps, rate, f, False)
+    one = own.seconds({k: v for k, v in steps.items() if k != "ce_rest"}, rate, f, False)
+    assert both == pytest.approx(one)
 
 
 def test_text_decides_the_chain_and_a_huge_budget_is_capped():
@@ -119,10 +153,22 @@ def test_recipe_validates_and_reads_the_holdout(text, test, tmp_path):
     assert by_id[f"{scored}_ensemble"].options["fit_metric"] == "top1"  # a noisy holdout
     assert by_id[f"{scored}_ensemble"].options["fit_min_se"] == 2.0  # fitted only when clearly
     first = "ft_wt" if text else "ce"
-    for sid in (first, "final"):
+    for sid in plan.steps:
         opts = by_id[sid].options
-        assert opts["epochs"] == plan.steps[sid]["epochs"] and opts["export"] == "best"
+        assert opts["epochs"] == plan.steps[sid]["epochs"]
+        assert sid == "pre_wt" or opts["export"] == "best"
         assert opts["samples_per_epoch"] == plan.steps[sid]["draws"]
+    assert by_id["train_preds"].inputs["model"] == f"@{first}"
+    if not text:  # decision 1: more CE against CE on the holdout; one branch runs
+        gate = by_id["decide_longer"]
+        assert gate.inputs["preds"] == ["@val_ce", "@val_ce_more"]
+        assert gate.options["rule"] == "beats"
+        assert by_id["ce_more"].options["continue_from"] == "@ce"
+        assert by_id["ce_rest"].when == "@decide_longer"
+        assert by_id["final"].when == by_id["train_preds"].when == "not @decide_longer"
+        assert by_id["final"].options["seed"] == 1  # its own initial weights
+        assert by_id[f"{scored}_ensemble"].inputs["preds"] == [
+            f"@{scored}_{m}" for m in ("ce", "ce_more", "ce_rest", "final")]
 
 
 def test_bad_inputs(tmp_path):
@@ -196,3 +242,23 @@ def test_the_plan_says_what_it_chose():
     assert "final: " in text and "of a 30m00s budget" in text
     none = own.plan_for(facts(), Path("m"), None, 0, measure_fn=fixed_rate(1e-3))
     assert "time not estimated" in "\n".join(none.lines())
+
+
+@pytest.mark.slow
+def test_images_only_run_decides_on_the_holdout_and_reports_it(tmp_path):
+    """Class folders without text, a short budget: measured in seconds, decision 1 recorded, one
+    of its branches ran and the other is skipped with why, and the report names both."""
+    from webly.app.runs import Run, decided
+
+    data = make_folders(tmp_path / "photos", per_class=30, titles=False)
+    out = tmp_path / "run"
+    result = own.run_own(data, out, "1m")
+    plan = json.loads((out / "own_plan.json").read_text())["plan"]
+    assert not plan["text"] and plan["spent_s"] < 0.25 * 60  # indexing and measuring
+    found = decided(Run(out))
+    changed = found["decisions"]["decide_longer"]["changed"]
+    assert [b for b in own.BRANCHES if b not in found["skipped"]] == [
+        "ce_rest" if changed else "final"]
+    page = (out / "report.html").read_text()
+    assert "decide_longer" in page and "CE continued (+0.5 unit)" in page
+    assert result["scores"]

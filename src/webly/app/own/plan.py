@@ -17,13 +17,15 @@ from webly.core.errors import WeblyError
 from webly.core.progress import duration
 from webly.inference import cost
 from webly.training.config import SMALL_IMAGE
+from webly.training.plan import MIN_STEPS
 
 SIZES = (16, 20, 24, 32, 40, 48, 64, 96, 128, 160, 192, 224)
 # The size rule's two numbers come from the CIFAR-10N holdout sweep at equal compute (v6, in
 # configs/cifar10n/recipe.yaml): 24 px at 8.9 passes lost to 20 px at 13.8, and 16 px (half the
 # images' size) at 20 passes lost to 20 px too.
 MIN_PASSES = 10.0  # passes per unit below which a smaller image size buys more passes
-MIN_SCALE = 0.6  # ...but never smaller than this share of the images' own size
+MIN_SCALE = 0.6  # ...but never smaller than this share of a thumbnail's own size
+MIN_SIZE = 32  # px: the floor for photos (0.6 x 512 px would leave a CPU no affordable size)
 NO_BUDGET_PASSES = 30.0
 MAX_PASSES = 200.0  # a budget beyond this many passes per unit is left unspent (said so)
 HOLDOUT = 0.1
@@ -115,7 +117,12 @@ def facts_of(manifest_path: Path, sample: int = 200) -> Facts:
 
 
 TEXT_STEPS = {"pre_wt": 0.5, "ft_wt": 0.5, "final": 2.0}  # training step -> compute units
-IMAGE_STEPS = {"ce": 1.0, "final": 1.0}
+# images only: CE, half a unit more of it (decision 1 reads it against CE on the holdout), then
+# the rest either continues CE (ce_rest) or trains a new model on pseudo-labels (final): the two
+# branches cost the same units, so one plan fits either (`seconds` counts the longer)
+IMAGE_STEPS = {"ce": 1.0, "ce_more": 0.5, "ce_rest": 1.5, "final": 1.5}
+BRANCHES = ("ce_rest", "final")  # decision 1 runs one of them
+SCRATCH = ("pre_wt", "ce", "final")  # steps that start from random weights: MIN_STEPS applies
 
 
 def step_sizes(units: dict[str, float], passes: float, train_images: int,
@@ -132,8 +139,9 @@ def step_sizes(units: dict[str, float], passes: float, train_images: int,
 
 def seconds(steps: dict[str, dict[str, Any]], rate: Measured, facts: Facts, text: bool) -> float:
     """The recipe's time at `rate`: training draws, validation each epoch, decoding into memory,
-    the inference passes (training images with their mirrors; val and test per member) and each
-    step's start."""
+    the inference passes (the labeller's on the training images with their mirrors, when there
+    is a `final` step; val and test per member) and each step's start. Of decision 1's two
+    branches only `final` is counted (the same units, and the labelling pass besides)."""
     n_train, n_val = facts.images.get("train", 0), facts.images.get("val", 0)
     n_test = facts.images.get("test", 0)
     bb, size = rate.backbone, rate.size
@@ -142,14 +150,25 @@ def seconds(steps: dict[str, dict[str, Any]], rate: Measured, facts: Facts, text
     mirrored = macs_s.seconds(cost.predict_macs(bb, size, 1, "flip"))
     memory = size <= SMALL_IMAGE
     total = 0.0
-    for sid, s in steps.items():
-        total += s["epochs"] * s["draws"] * rate.train_s + STEP_OVERHEAD_S
+    branch = all(b in steps for b in BRANCHES)
+    members = [sid for sid in steps if not (branch and sid == BRANCHES[0])]
+    for sid in members:
+        s = steps[sid]
+        per_draw = rate.train_s + (0.0 if memory else rate.decode_s)  # files: a decode a draw
+        total += s["epochs"] * s["draws"] * per_draw + STEP_OVERHEAD_S
         total += n_train * rate.decode_s if memory else 0.0
         if sid != "pre_wt":  # WT-Set pretraining has no class labels to validate on
             total += s["epochs"] * n_val * (fwd + rate.decode_s)
-    total += n_train * (mirrored + rate.decode_s)  # the labeller's pass (with mirrors)
-    total += 2 * (n_val + n_test) * (fwd + rate.decode_s)  # both members on val and test
-    return total + STEP_OVERHEAD_S * (6 + 3 * bool(n_test) + int(text))
+    if "final" in steps:
+        total += n_train * (mirrored + rate.decode_s)  # the labeller's pass (with mirrors)
+    total += len(members) * (n_val + n_test) * (fwd + rate.decode_s)  # each member on val, test
+    return total + STEP_OVERHEAD_S * (2 * len(members) + 2 + 3 * bool(n_test) + int(text))
+
+
+def optimizer_steps(steps: dict[str, dict[str, Any]], batch: int) -> int:
+    """The fewest optimizer steps of a step that trains from random weights (0: none does)."""
+    return min([steps[s]["epochs"] * (steps[s]["draws"] // batch) for s in SCRATCH
+                if s in steps] or [0])
 
 
 def solve_passes(units: dict[str, float], rate: Measured, facts: Facts, text: bool, batch: int,
@@ -173,19 +192,21 @@ def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: floa
     measure_fn = measure_fn or measure
     text = facts.text_share >= MIN_TEXT_SHARE
     units = TEXT_STEPS if text else IMAGE_STEPS
-    batch = batch_for(facts.images["train"])
-    sizes = [s for s in SIZES if MIN_SCALE * facts.side <= s <= facts.side]
+    n = facts.images["train"]
+    batch = batch_for(n)
+    floor = min(MIN_SCALE * facts.side, MIN_SIZE)
+    sizes = [s for s in SIZES if floor <= s <= facts.side]
     sizes = sizes or [max([s for s in SIZES if s <= facts.side] or [SIZES[0]])]
     notes = [f"{facts.text_share:.0%} of the training images have text"
              + ("" if text else f" (under {MIN_TEXT_SHARE:.0%}: images only)")]
     if budget_s is None:
         size = sizes[-1]
-        steps = step_sizes(units, NO_BUDGET_PASSES, facts.images["train"], batch)
+        steps = step_sizes(units, NO_BUDGET_PASSES, n, batch)
         return Plan(None, spent_s, text, size, backbone_for(size), batch, NO_BUDGET_PASSES,
                     steps, 0.0, [], notes + ["no --budget: the images' own size, "
                                              f"{NO_BUDGET_PASSES:g} passes a unit"])
     t0 = time.monotonic()
-    measured: dict[str, Measured] = {}  # backbone -> a measurement at its smallest candidate size
+    measured: dict[str, Measured] = {}  # backbone -> a measurement at one of its sizes
 
     def rate_at(size: int) -> Measured:
         bb = backbone_for(size)
@@ -196,29 +217,34 @@ def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: floa
         macs_s = cost.Rate.of_training(bb, r.size, 1 / r.train_s, "measured")
         return replace(r, size=size, train_s=macs_s.seconds(cost.train_macs(bb, size, 1)))
 
-    def passes_at(rate: Measured) -> float:
+    def passes_at(rate: Measured, batch: int) -> float:
         left = budget_s - spent_s - (time.monotonic() - t0)
         return solve_passes(units, rate, facts, text, batch, left)
 
     size = sizes[0]
     for s in reversed(sizes):
-        if passes_at(rate_at(s)) >= MIN_PASSES:
+        if passes_at(rate_at(s), batch) >= MIN_PASSES:
             size = s
             break
     rate = rate_at(size)
-    rates = list(measured.values())
-    if measured[rate.backbone].size != size:
-        rate = measure_fn(manifest, size, batch)
-        rates.append(rate)
-    passes = passes_at(rate)
+    if measured[rate.backbone].size != size:  # measured where it trains (a short measurement)
+        rate = measured[f"{rate.backbone}@{size}"] = measure_fn(manifest, size, batch)
+    passes = passes_at(rate, batch)
+    while optimizer_steps(step_sizes(units, passes, n, batch), batch) < MIN_STEPS and batch > 16:
+        batch //= 2  # more optimizer steps for the same draws (a CPU's rate barely changes)
+        notes.append(f"batch {batch}: the budget's draws in at least {MIN_STEPS} optimizer steps")
+        passes = passes_at(rate, batch)
     spent = spent_s + time.monotonic() - t0
-    if passes < 1:
-        notes.append(f"the budget affords {passes:.2f} passes a unit at {size} px: expect a "
-                     "weak model; a longer --budget trains more")
+    steps = step_sizes(units, passes, n, batch)
+    fewest = optimizer_steps(steps, batch)
+    if fewest < MIN_STEPS:
+        notes.append(f"the budget affords {passes:.2f} passes a unit at {size} px: "
+                     f"{fewest} optimizer steps for a model trained from scratch, where a network "
+                     f"rarely learns in fewer than {MIN_STEPS}: expect a weak model; a longer "
+                     "--budget trains more")
     if passes >= MAX_PASSES:
         notes.append(f"the budget is more than {MAX_PASSES:g} passes a unit need: "
                      "the rest is left unspent")
-    steps = step_sizes(units, passes, facts.images["train"], batch)
     return Plan(budget_s, round(spent, 1), text, size, rate.backbone, batch, passes, steps,
                 round(spent + seconds(steps, rate, facts, text), 1),
-                [asdict(r) for r in rates], notes)
+                [asdict(r) for r in measured.values()], notes)

@@ -19,28 +19,43 @@ def _train_steps(plan: Plan, facts: Facts) -> list[dict[str, Any]]:
 
     def step(sid: str, **kw: Any) -> dict[str, Any]:
         s = plan.steps[sid]
-        return {"id": sid, "manifest": "@manifest", "sampler": "balanced", **kw, **base,
+        return {"id": sid, "manifest": "@manifest", "sampler": "balanced", **base, **kw,
                 "epochs": s["epochs"], "samples_per_epoch": s["draws"]}
 
     top_k = min(facts.classes, 100)
     workers = base["workers"]
+    text = {"text": "@tags"} if plan.text else {}
     if plan.text:
         first, labeller = "ft_wt", [
             step("pre_wt", stage="pretrain", set="wt", tags="@tags", normalise_targets=True),
             step("ft_wt", stage="finetune", pretrained="@pre_wt", export="best")]
-        final = step("final", stage="finetune", labels="@pl", pretrained="@pre_wt",
-                     export="best")
-    else:
-        first, labeller = "ce", [step("ce", stage="finetune", export="best")]
-        final = step("final", stage="finetune", labels="@pl", export="best")
-    text = {"text": "@tags"} if plan.text else {}
+        final = [step("final", stage="finetune", labels="@pl", pretrained="@pre_wt",
+                      export="best")]
+        when: dict[str, str] = {}
+    else:  # decision 1: half a unit more CE against CE on the holdout (the CIFAR-10N recipe's)
+        first, when = "ce", {"when": "not @decide_longer"}
+        labeller = [step("ce", stage="finetune", export="best"),
+                    step("ce_more", stage="finetune", continue_from="@ce", export="best"),
+                    *[{"id": f"val_{m}", "stage": "predict", "model": f"@{m}",
+                       "manifest": "@manifest", "split": "val", "batch_size": 500,
+                       "workers": workers} for m in ("ce", "ce_more")],
+                    {"id": "decide_longer", "stage": "gate", "rule": "beats",
+                     "preds": ["@val_ce", "@val_ce_more"], "labels": "@manifest", "min_se": 1.0},
+                    step("ce_rest", stage="finetune", continue_from="@ce_more", export="best",
+                         when="@decide_longer")]
+        final = [step("final", stage="finetune", labels="@pl", export="best", seed=1, **when)]
     return [*labeller,
             {"id": "train_preds", "stage": "predict", "model": f"@{first}",
              "manifest": "@manifest", "split": "train", "tta": "flip", "top_k": top_k,
-             "batch_size": 500, "workers": workers},
+             "batch_size": 500, "workers": workers, **when},
             {"id": "pl", "stage": "pseudo-label", "manifest": "@manifest",
              "preds": "@train_preds", **text, "threshold": 0.5, "drop_inconsistent": True},
-            final]
+            *final]
+
+
+def members(plan: Plan) -> list[str]:
+    """The models the answer averages (those a decision skipped drop out)."""
+    return ["ft_wt", "final"] if plan.text else ["ce", "ce_more", "ce_rest", "final"]
 
 
 def data_steps(data: Path, sidecar: Path | None, text: bool) -> list[dict[str, Any]]:
@@ -54,25 +69,27 @@ def data_steps(data: Path, sidecar: Path | None, text: bool) -> list[dict[str, A
 
 
 def recipe_for(plan: Plan, facts: Facts, data: Path, sidecar: Path | None) -> dict[str, Any]:
-    """The steps (module docstring): index [-> tag] -> the labeller -> pseudo-labels -> final ->
-    both members on val (and test), averaged with weights fitted on val, scored."""
+    """The steps (`webly.app.own`'s docstring): index [-> tag] -> the labeller [-> decision 1]
+    -> pseudo-labels -> final -> the members that ran on val (and test), averaged with weights
+    fitted on val, scored."""
     steps = data_steps(data, sidecar, plan.text)
     steps += _train_steps(plan, facts)
-    first = "ft_wt" if plan.text else "ce"
     workers = train_config(plan.size, plan.batch).workers  # the training steps' own rule
     splits = ["val"] + (["test"] if facts.images.get("test") else [])
+    done = {"val_ce", "val_ce_more"}  # decision 1's predictions
     for split in splits:
-        for member in (first, "final"):
-            steps.append({"id": f"{split}_{member}", "stage": "predict", "model": f"@{member}",
-                          "manifest": "@manifest", "split": split, "batch_size": 500,
-                          "workers": workers})
+        for member in members(plan):
+            if f"{split}_{member}" not in done:
+                steps.append({"id": f"{split}_{member}", "stage": "predict",
+                              "model": f"@{member}", "manifest": "@manifest", "split": split,
+                              "batch_size": 500, "workers": workers})
     for split in splits:
         steps.append({"id": f"{split}_ensemble", "stage": "ensemble",
-                      "preds": [f"@{split}_{first}", f"@{split}_final"],
-                      "fit": [f"@val_{first}", "@val_final"], "fit_labels": "@manifest",
+                      "preds": [f"@{split}_{m}" for m in members(plan)],
+                      "fit": [f"@val_{m}" for m in members(plan)], "fit_labels": "@manifest",
                       "fit_metric": "top1", "fit_min_se": 2.0})
     scored = splits[-1]
-    for member in (first, "final", "ensemble"):
+    for member in [*members(plan), "ensemble"]:
         steps.append({"id": f"score_{member}", "stage": "evaluate",
                       "preds": f"@{scored}_{member}", "manifest": "@manifest"})
     return {"description": f"own data {data}: written by webly run --data (webly.app.own)",
@@ -81,8 +98,13 @@ def recipe_for(plan: Plan, facts: Facts, data: Path, sidecar: Path | None) -> di
 
 def report_names(plan: Plan, facts: Facts) -> dict[str, str]:
     where = "test" if facts.images.get("test") else "the holdout (noisy labels)"
-    first = ("WT-Set pretraining -> finetune (the labeller)" if plan.text
-             else "CE (the labeller)")
-    return {f"score_{'ft_wt' if plan.text else 'ce'}": f"{first}, on {where}",
-            "score_final": f"final: trained on the kept pseudo-labels, on {where}",
-            "score_ensemble": f"both averaged, weights fitted on the holdout, on {where}"}
+    if plan.text:
+        names = {"ft_wt": "WT-Set pretraining -> finetune (the labeller)",
+                 "final": "final: trained on the kept pseudo-labels"}
+    else:
+        names = {"ce": "CE (1 unit; the labeller)", "ce_more": "CE continued (+0.5 unit)",
+                 "ce_rest": "CE continued (+1.5 units; decision 1: more CE paid)",
+                 "final": "final: trained on the kept pseudo-labels (decision 1: more CE did "
+                          "not pay)"}
+    names["ensemble"] = "the models that ran, averaged (weights fitted on the holdout)"
+    return {f"score_{k}": f"{v}, on {where}" for k, v in names.items()}
