@@ -417,6 +417,38 @@ def test_in_memory_counts_bad_images_and_refuses_mixed_sizes(data6, tmp_path):
     assert (small.pixels(3).float() - full).abs().mean() < 4
 
 
+def test_decoded_images_are_cached_by_the_files_identity(data6, tmp_path, monkeypatch):
+    """A second step needing the same images at the same size reads the cache (nothing is
+    decoded); a file changed in place, or another size, decodes again; bad images stay bad."""
+    import shutil
+
+    from webly.data import datasets
+
+    root = tmp_path / "wv"
+    shutil.copytree(data6 / "wv", root)
+    manifest = Manifest(data6 / "manifest.parquet")
+    manifest.root = root
+    rows = np.arange(5)
+    paths = [manifest.read(["path"]).column(0)[i].as_py() for i in rows]
+    (root / paths[1]).write_bytes(b"not an image")
+    cache = tmp_path / "cache"
+    first = datasets.MemoryImages(manifest, rows, size=16, cache=cache)
+    assert len(list(cache.glob("*.npy"))) == 1 and first.reason(1)
+
+    def no_decode(*a, **kw):
+        raise AssertionError("decoded although cached")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(datasets, "try_decode", no_decode)
+        again = datasets.MemoryImages(manifest, rows, size=16, cache=cache)
+    assert torch.equal(again.array, first.array) and again.reasons == first.reasons
+    (root / paths[0]).write_bytes((root / paths[2]).read_bytes())  # changed in place
+    changed = datasets.MemoryImages(manifest, rows, size=16, cache=cache)
+    assert torch.equal(changed.pixels(0), first.pixels(2))
+    datasets.MemoryImages(manifest, rows, size=8, cache=cache)
+    assert len(list(cache.glob("*.npy"))) == 3
+
+
 def test_leave_out_fold_trains_on_the_other_half(data6, tmp_path):
 
     m = str(data6 / "manifest.parquet")

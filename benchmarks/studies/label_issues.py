@@ -3,17 +3,20 @@ predictions (a benchmark-only comparison: `pip install "webly[bench]"`).
 
     python -m benchmarks.studies.label_issues runs/fashion53-default-shipped --preds train_wt
     python -m benchmarks.studies.label_issues runs/cifar10n-quick-worst --preds train_ce
+    python -m benchmarks.studies.label_issues runs/own_data/clothing10_15m --pl issues \
+        --preds train_preds_rest --audit /tmp/c10/clothing10/train_label_audit.csv
 
 RUN is a finished run folder whose data has clean training labels (the benchmarks' prepared copies:
-`info/train_clean_filelist.txt`, read here only to score). webly ranks by the pseudo-label step's
-`scores.parquet` (1 - p(label): the images' predictions and, where the run has text, the title's
-keyword classifier); cleanlab gets the same image predictions as full probability vectors (PREDS
-must keep every class: `predict --top-k C`) and the same noisy labels: its label quality score
-(self-confidence and normalised margin: AP over the whole ranking) and `find_label_issues`
-(the set it flags: precision, recall). Metrics: average precision against the clean labels
-and precision at k = the number of wrong labels. With --browser, also the time Chromium takes
-to load and run RUN/report.html (the explorer's page) against an empty page. Prints a table;
-writes RUN/label_issues.benchmark.json.
+`info/train_clean_filelist.txt`, read here only to score), or with --audit a curator's list of
+which training labels changed (clothing10's: a real list of label problems). webly ranks by the
+pseudo-label step's `scores.parquet` (1 - p(label): the images' predictions and, where the run has
+text, the title's keyword classifier); cleanlab gets the same image predictions as full probability
+vectors (PREDS must keep every class: `predict --top-k C`) and the same noisy labels: its label
+quality score (self-confidence and normalised margin: AP over the whole ranking) and
+`find_label_issues` (the set it flags: precision, recall). Metrics: average precision against the
+clean labels and precision at k = the number of wrong labels. With --browser, also the time
+Chromium takes to load and run RUN/report.html (the explorer's page) against an empty page. Prints
+a table; writes RUN/label_issues.benchmark.json.
 """
 
 from __future__ import annotations
@@ -35,13 +38,36 @@ from webly.app.report import Run, write_report
 from webly.data.predictions import dense_predictions, read_info
 
 
-def load(run: Path, pl: str, preds: str) -> dict[str, np.ndarray]:
+def audited(run: Run, audit: Path) -> np.ndarray:
+    """Per manifest row: 1 where a curator's audit (`path,raw_label,curated_label`: the label
+    moved to another class, or left out of the curated set) says the given label is wrong, 0
+    where it stands, -1 where the audit does not list the image. Paths match on their last two
+    parts (`class/file`), so the audit's root need not be the run's."""
+    import csv
+
+    with open(audit, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"path", "raw_label", "curated_label"} <= set(rows[0]):
+        sys.exit(f"{audit}: expected a CSV with path, raw_label and curated_label columns")
+    wrong = {"/".join(Path(r["path"]).parts[-2:]): int(r["curated_label"] != r["raw_label"])
+             for r in rows}
+    paths = run.manifest.read(["path"]).column(0).to_pylist()
+    return np.array([wrong.get("/".join(Path(q).parts[-2:]), -1) for q in paths])
+
+
+def load(run: Path, pl: str, preds: str, audit: Path | None = None) -> dict[str, np.ndarray]:
     r = Run(run)
-    truth = r.truth()
-    if truth is None:
-        sys.exit(f"{run}: its data has no clean training labels to score against")
     s = pq.read_table(run / pl / "scores.parquet").to_pydict()
     rows = np.asarray(s["row"])
+    label = np.asarray(s["label"])
+    if audit is not None:
+        is_wrong = audited(r, audit)[rows]
+        keep, wrong = (label >= 0) & (is_wrong >= 0), is_wrong == 1
+    else:
+        truth = r.truth()
+        if truth is None:
+            sys.exit(f"{run}: its data has no clean training labels to score against (--audit)")
+        keep, wrong = (label >= 0) & (truth[rows] >= 0), truth[rows] != label
     info = read_info(run / preds)
     if (k := info["k"]) < (C := info["num_classes"]):
         sys.exit(f"{run / preds} keeps {k} of {C} classes: cleanlab needs full probability "
@@ -49,9 +75,7 @@ def load(run: Path, pl: str, preds: str) -> dict[str, np.ndarray]:
     prow, probs = dense_predictions(run / preds)
     if not np.array_equal(prow, rows):
         sys.exit(f"{preds} and {pl} cover different images")
-    label = np.asarray(s["label"])
-    keep = (label >= 0) & (truth[rows] >= 0)
-    return {"label": label[keep], "wrong": (truth[rows] != label)[keep],
+    return {"label": label[keep], "wrong": wrong[keep],
             "p_label": np.asarray(s["p_label"], np.float64)[keep],
             "p_image": np.asarray(s["p_image"], np.float64)[keep], "probs": probs[keep]}
 
@@ -108,9 +132,12 @@ def main() -> int:
     ap.add_argument("run", type=Path)
     ap.add_argument("--pl", default="pl", help="the pseudo-label step")
     ap.add_argument("--preds", required=True, help="its train-split predictions step")
+    ap.add_argument("--audit", type=Path,
+                    help="a curator's audit of the training labels (clothing10's "
+                         "train_label_audit.csv) instead of the data's clean label file")
     ap.add_argument("--browser", action="store_true", help="time the report in Chromium")
     args = ap.parse_args()
-    d = load(args.run, args.pl, args.preds)
+    d = load(args.run, args.pl, args.preds, args.audit)
     res = {"run": str(args.run), "images": len(d["wrong"]), "wrong_labels": int(d["wrong"].sum()),
            "rankings": measure(d)}
     if args.browser:

@@ -119,6 +119,14 @@ def _own_out(args: argparse.Namespace) -> str:
     return args.output or f"runs/{Path(args.data).resolve().name or 'own'}"
 
 
+def _own_start_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--pretrained", help="with --data: finetune from these weights instead of "
+                    "training from scratch: a timm model name (resnet18.a1_in1k: fetched once "
+                    "through timm's hub support) or a local .safetensors / state dict file")
+    sp.add_argument("--backbone", help="with --data --pretrained FILE: the file's architecture "
+                    "(a timm model name)")
+
+
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     from webly.app.launch import Launch
     from webly.app.pipeline import run
@@ -128,9 +136,11 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     if args.data:
         from webly.app.own import run_own
 
-        return run_own(args.data, _own_out(args), args.budget, dry_run=args.dry_run)
-    if args.budget:
-        raise WeblyError("--budget plans your own data: webly run --data DIR --budget 30m")
+        return run_own(args.data, _own_out(args), args.budget, dry_run=args.dry_run,
+                       pretrained=args.pretrained, backbone=args.backbone)
+    if args.budget or args.pretrained or args.backbone:
+        raise WeblyError("--budget, --pretrained and --backbone plan your own data: webly run "
+                         "--data DIR --budget 30m [--pretrained resnet18.a1_in1k]")
     launch = Launch(args.nproc_per_node, args.nnodes, args.node_rank, args.master_addr,
                     args.master_port)
     return run(args.recipe, args.output, start=args.start, until=args.until, dry_run=args.dry_run,
@@ -145,7 +155,8 @@ def cmd_plan(args: argparse.Namespace) -> dict[str, Any]:
     if args.data:
         from webly.app.own import run_own
 
-        return run_own(args.data, _own_out(args), args.budget, dry_run=True)
+        return run_own(args.data, _own_out(args), args.budget, dry_run=True,
+                       pretrained=args.pretrained, backbone=args.backbone)
     images = dict(WEBVISION2)
     for part in (args.images or "").split(","):
         if part:
@@ -276,6 +287,7 @@ def add_commands(sub: Any) -> None:
                     "(epochs and image size chosen to fit, from a measured training rate)")
     sp.add_argument("-o", "--output", help="run directory (default: the recipe's run_dir; with "
                     "--data, runs/<data folder name>)")
+    _own_start_options(sp)
     sp.add_argument("--from", dest="start", help="(re)run from this step on")
     sp.add_argument("--until", help="stop after this step")
     sp.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
@@ -296,6 +308,7 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--budget", help="with --data: the whole run's time, e.g. 30m")
     sp.add_argument("-o", "--output", help="with --data: run directory (default: "
                     "runs/<data folder name>)")
+    _own_start_options(sp)
     sp.add_argument("--images", help="images per split, e.g. train=16000000,val=250000 "
                     "(default: WebVision 2.0's)")
     sp.add_argument("--throughput", help="measured rates, JSON {\"backbone@size\": img_s} "

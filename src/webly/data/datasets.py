@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import torch
 
 from webly.core.errors import WeblyError
+from webly.core.files import write_atomic
 from webly.core.progress import progress
 from webly.data.images import decode_tensor, resize_uint8, try_decode
 from webly.data.manifest import Manifest
@@ -66,15 +72,58 @@ class MemoryImages(ImageFiles):
     must all be one size; with it, each is resized to size x size once here (for an augmentation
     that resizes the whole image first, such as pad-crop: the same pixels, no resize a draw), and a
     JPEG at least twice that size is decoded at a reduced DCT scale (1/2, 1/4, 1/8), never below
-    `size`: a folder of phone photos costs a fraction of a full decode each, once."""
+    `size`: a folder of phone photos costs a fraction of a full decode each, once. With `cache`
+    (a folder) and `size`, the decoded array is kept there under a key of the files' identity
+    and the size, and read back by the next step that needs the same images at the same size
+    (a recipe's CE, its continuations and a sweep decode a folder of photos once)."""
 
     MAX_BYTES = 8 << 30
 
-    def __init__(self, manifest: Manifest, rows: np.ndarray, size: int | None = None) -> None:
+    def __init__(self, manifest: Manifest, rows: np.ndarray, size: int | None = None,
+                 cache: Path | None = None) -> None:
         super().__init__(manifest, rows)
         self.array: torch.Tensor | None = None
         self.reasons: dict[int, str] = {}
-        for pos in progress(range(len(rows)), desc="decode into memory", unit="img"):
+        key = self.key(size) if cache is not None and size else ""
+        if key and self._load(cache, key):
+            return
+        self._decode(size)
+        if key:
+            self._save(cache, key)
+
+    def key(self, size: int) -> str:
+        """The cache key: the size, and each file's path, byte size and modification time (a
+        file changed in place gets a new key; reading every byte of 16M files to hash them would
+        cost what the cache saves)."""
+        h = hashlib.sha256(f"v1 {size}".encode())
+        for pos in range(len(self)):
+            st = (self.root / self.name(pos)).stat()
+            h.update(f"\n{self.name(pos)} {st.st_size} {st.st_mtime_ns}".encode())
+        return h.hexdigest()[:32]
+
+    def _load(self, cache: Path, key: str) -> bool:
+        arr, meta = cache / f"{key}.npy", cache / f"{key}.json"
+        if not (arr.is_file() and meta.is_file()):
+            return False
+        self.array = torch.from_numpy(np.load(arr))
+        self.reasons = {int(k): v for k, v in json.loads(meta.read_text()).items()}
+        print(f"[webly] decoded images read from the cache: {arr}", file=sys.stderr, flush=True)
+        return True
+
+    def _save(self, cache: Path, key: str) -> None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = cache / f"{key}.npy.tmp{os.getpid()}"
+            with open(tmp, "wb") as f:
+                np.save(f, self.array.numpy())
+            os.replace(tmp, cache / f"{key}.npy")
+            write_atomic(cache / f"{key}.json", json.dumps(self.reasons))
+        except OSError as e:  # a read-only or full disk: the images are in memory all the same
+            print(f"[webly] could not cache the decoded images in {cache}: {e}", file=sys.stderr)
+
+    def _decode(self, size: int | None) -> None:
+        rows = len(self)
+        for pos in progress(range(rows), desc="decode into memory", unit="img"):
             img, reason = try_decode(self.root / self.name(pos), min_short_side=size)
             if img is None:
                 self.reasons[pos] = reason
@@ -82,11 +131,11 @@ class MemoryImages(ImageFiles):
             if size and img.shape[-2:] != (size, size):
                 img = resize_uint8(img, (size, size))
             if self.array is None:
-                nbytes = len(rows) * img.numel()
+                nbytes = rows * img.numel()
                 if nbytes > self.MAX_BYTES:
-                    raise WeblyError(f"in_memory: {len(rows)} images of {tuple(img.shape)} need "
+                    raise WeblyError(f"in_memory: {rows} images of {tuple(img.shape)} need "
                                      f"{nbytes / 2**30:.1f} GiB; train from files or shards")
-                self.array = torch.zeros((len(rows), *img.shape), dtype=torch.uint8)
+                self.array = torch.zeros((rows, *img.shape), dtype=torch.uint8)
             if img.shape != self.array.shape[1:]:
                 raise WeblyError(f"in_memory needs images of one size: {self.name(pos)} is "
                                  f"{tuple(img.shape)}, not {tuple(self.array.shape[1:])}")

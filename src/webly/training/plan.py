@@ -97,7 +97,7 @@ def plan_of(cfg: TrainConfig, images: int, classes: int, draws_per_epoch: int,
                   draws_per_epoch=draws_per_epoch, effective_batch=batch,
                   steps_per_epoch=per_epoch, optimizer_steps=steps,
                   schedule=schedule_shape(cfg, base_lr, max(per_epoch, 1), steps), quiet=quiet)
-    if steps < MIN_STEPS:
+    if steps < MIN_STEPS and not (cfg.pretrained or cfg.continue_from):  # from scratch only
         p.warnings.append(
             f"only {steps} optimizer steps (batch {cfg.batch_size} x {cfg.accum_steps} "
             f"accumulation over {draws_per_epoch} draws, {cfg.epochs} epochs): a network rarely "

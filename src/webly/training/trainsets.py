@@ -249,10 +249,12 @@ class TargetDataset(torch.utils.data.Dataset):
 def train_images(data: TrainData, shards: str | None, in_memory: bool = False,
                  size: int | None = None) -> ImageFiles | ShardImages:
     """The training rows' images: files, files decoded once into memory (resized to `size` once
-    there when given), or by index from `webly shard` tar shards."""
+    there when given, and cached beside the manifest for the next step: `MemoryImages`), or by
+    index from `webly shard` tar shards."""
     if shards:
         return ShardImages(shards, data.rows, "train")
-    return (MemoryImages(data.manifest, data.rows, size) if in_memory
+    cache = Path(data.manifest.path).parent / "decoded"
+    return (MemoryImages(data.manifest, data.rows, size, cache=cache) if in_memory
             else ImageFiles(data.manifest, data.rows))
 
 

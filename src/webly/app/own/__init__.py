@@ -55,6 +55,7 @@ from webly.app.own.plan import (
     IMAGE_STEPS,
     MAX_PASSES,
     MIN_PASSES,
+    MIN_PASSES_PRETRAINED,
     MIN_SCALE,
     MIN_SIZE,
     MIN_TEXT_SHARE,
@@ -78,11 +79,14 @@ from webly.core.errors import WeblyError
 from webly.core.files import write_atomic
 from webly.core.progress import duration
 
-__all__ = ["BRANCHES", "HOLDOUT", "IMAGE_STEPS", "MAX_PASSES", "MIN_PASSES", "MIN_SCALE",
-           "MIN_SIZE", "MIN_TEXT_SHARE", "NO_BUDGET_PASSES", "SIDECARS", "SIZES", "TEXT_STEPS",
+__all__ = ["BRANCHES", "HOLDOUT", "IMAGE_STEPS", "MAX_PASSES", "MIN_PASSES",
+           "MIN_PASSES_PRETRAINED", "MIN_SCALE", "MIN_SIZE", "MIN_TEXT_SHARE", "NO_BUDGET_PASSES",
+           "SIDECARS", "SIZES", "TEXT_STEPS",
            "Facts", "Measured", "Plan", "backbone_for", "batch_for", "data_steps", "facts_of",
            "measure", "optimizer_steps", "parse_budget", "plan_for", "prepare", "recipe_for",
-           "report_names", "run_own", "seconds", "solve_passes", "step_sizes", "train_config"]
+           "report_names", "run_own", "seconds", "solve_passes", "starting_weights",
+           "the_model",
+           "step_sizes", "train_config"]
 
 
 def _log(message: str) -> None:
@@ -94,8 +98,46 @@ def _sidecar(data: Path) -> Path | None:
     return found[0] if found else None
 
 
+def starting_weights(spec: str | None, backbone: str | None, out: Path,
+                     log: Any = _log) -> tuple[tuple[str, str] | None, str]:
+    """`--pretrained SPEC [--backbone NAME]` resolved once, before anything is measured: the
+    weights saved as RUN/pretrained.safetensors (every step loads that file, so a timm download
+    happens once), with their backbone, and where they came from. A timm name is its own
+    backbone; a weights file needs --backbone."""
+    if not spec:
+        if backbone:
+            raise WeblyError("--backbone with --data needs --pretrained (weights to start from); "
+                             "from scratch the plan chooses the backbone")
+        return None, ""
+    from webly.training.checkpoints import pretrained_weights
+
+    name = spec.removeprefix("timm:")
+    is_file = Path(spec).exists() or "/" in spec or Path(spec).suffix in (
+        ".pt", ".pth", ".bin", ".safetensors")
+    if is_file and not backbone:
+        raise WeblyError(f"--pretrained {spec}: a weights file needs --backbone naming its "
+                         "architecture (a timm model name, e.g. resnet18)")
+    backbone = backbone or name.split(".")[0]
+    target = out / "pretrained.safetensors"
+    if not target.is_file():
+        from safetensors.torch import save_file
+
+        from webly.training.models import create_backbone, load_all_but_head
+
+        weights, source = pretrained_weights(spec, backbone)
+        load_all_but_head(create_backbone(backbone, 2), weights)  # fits, or a one-line error
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(target))
+        (out / "pretrained.json").write_text(json.dumps({"spec": spec, "source": source,
+                                                         "backbone": backbone}) + "\n")
+        log(f"starting weights: {source} -> {target}")
+    return (str(target.resolve()), backbone), json.loads(
+        (out / "pretrained.json").read_text())["source"]
+
+
 def prepare(data: str | Path, out: str | Path, budget: str | None = None,
-            log: Any = _log) -> tuple[Plan, dict[str, Any]]:
+            log: Any = _log, pretrained: str | None = None,
+            backbone: str | None = None) -> tuple[Plan, dict[str, Any]]:
     """Index (and tag) the data, measure, plan: the recipe and its plan, written to `out` (or
     read back from there when an earlier run wrote them)."""
     from webly.app.pipeline import run
@@ -115,6 +157,7 @@ def prepare(data: str | Path, out: str | Path, budget: str | None = None,
         return Plan(**saved["plan"]), yaml.safe_load(recipe_file.read_text())
     budget_s = parse_budget(budget) if budget else None
     t0 = time.monotonic()
+    start, source = starting_weights(pretrained, backbone, out, log)
     sidecar = _sidecar(data)
     run({"steps": data_steps(data, sidecar, False)}, out, log=log)
     facts = facts_of(out / "manifest" / "manifest.parquet")
@@ -125,23 +168,50 @@ def prepare(data: str | Path, out: str | Path, budget: str | None = None,
     if budget_s:
         log("measuring the training loop on this machine's cores, with these images")
     plan = plan_for(facts, out / "manifest" / "manifest.parquet", budget_s,
-                    time.monotonic() - t0)
+                    time.monotonic() - t0, pretrained=start)
     recipe = recipe_for(plan, facts, data, sidecar)
     write_atomic(recipe_file, yaml.safe_dump(recipe, sort_keys=False))
     write_atomic(plan_file, json.dumps({"data": str(data.resolve()), "facts": asdict(facts),
-                                        "plan": asdict(plan)}, indent=1) + "\n")
+                                        "plan": asdict(plan), "pretrained_from": source},
+                                       indent=1) + "\n")
     return plan, recipe
 
 
+def the_model(out: Path, plan: Plan) -> Path:
+    """RUN/model: the last model the recipe trained (decision 1 chose which: `ce_rest` or
+    `final`), a link to its folder (a copy of its exported files where links are refused), so
+    that `webly classify RUN/model` is one command whatever was decided."""
+    import shutil
+
+    from webly.app.own.recipe import members
+
+    trained = [m for m in members(plan) if (out / m / "model.safetensors").is_file()]
+    if not trained:
+        raise WeblyError(f"{out}: no model was exported")
+    link = out / "model"
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.is_dir():
+        shutil.rmtree(link)
+    try:
+        link.symlink_to(trained[-1], target_is_directory=True)
+    except OSError:
+        link.mkdir()
+        for f in ("model.safetensors", "model.json"):
+            shutil.copy2(out / trained[-1] / f, link / f)
+    return link
+
+
 def run_own(data: str | Path, out: str | Path, budget: str | None = None, *,
-            dry_run: bool = False, log: Any = _log) -> dict[str, Any]:
+            dry_run: bool = False, log: Any = _log, pretrained: str | None = None,
+            backbone: str | None = None) -> dict[str, Any]:
     """`webly run --data DIR`: plan (once), run the recipe, write the report."""
     from webly.app.pipeline import run
     from webly.app.report import write_report
 
     t0 = time.time()
     out = Path(out)
-    plan, recipe = prepare(data, out, budget, log)
+    plan, recipe = prepare(data, out, budget, log, pretrained, backbone)
     for line in plan.lines():
         log(line)
     if dry_run:
@@ -149,7 +219,9 @@ def run_own(data: str | Path, out: str | Path, budget: str | None = None, *,
     result = run(out / "recipe.yaml", out, log=log)
     facts = Facts(**json.loads((out / "own_plan.json").read_text())["facts"])
     report = write_report(out, report_names(plan, facts), title=f"webly: {Path(data).name}")
-    log(f"done in {duration(time.time() - t0)} (this call); the model: {out / 'final'} "
-        f"(webly classify {out / 'final'} ...); report: {report['report']}")
+    model = the_model(out, plan)
+    log(f"done in {duration(time.time() - t0)} (this call); the model: {model} (webly classify "
+        f"{model} ...); report: {report['report']}")
     return {**result, "plan": str(out / "own_plan.json"), "report": report["report"],
+            "model": str(model),
             "scores": {r["model"]: round(100 * r["balanced_top1"], 2) for r in report["ablation"]}}

@@ -63,11 +63,12 @@ def decode_seconds(manifest_path: Path, size: int) -> float:
     return (time.perf_counter() - t0) / len(pick)
 
 
-def measure(manifest_path: Path, size: int, batch: int) -> Measured:
-    """Seconds a training draw and a decode cost at `size` with `batch` (module docstring)."""
+def measure(manifest_path: Path, size: int, batch: int, backbone: str = "") -> Measured:
+    """Seconds a training draw and a decode cost at `size` with `batch` on `backbone` (default:
+    the one the plan trains at that size) (module docstring)."""
     from webly.data.manifest import Manifest
 
-    backbone = backbone_for(size)
+    backbone = backbone or backbone_for(size)
     classes = Manifest(manifest_path).num_classes
     per_step = step_seconds(backbone, size, batch, classes)
     return Measured(backbone, size, per_step / batch, decode_seconds(manifest_path, size))

@@ -28,9 +28,16 @@ MIN_SCALE = 0.6  # ...but never smaller than this share of a thumbnail's own siz
 MIN_SIZE = 32  # px: the floor for photos (0.6 x 512 px would leave a CPU no affordable size)
 NO_BUDGET_PASSES = 30.0
 MAX_PASSES = 200.0  # a budget beyond this many passes per unit is left unspent (said so)
+# from pretrained weights: a few passes finetune (the seed finetunes for tens of epochs over 16M
+# images; unmeasured here, where no network fetches weights), at sizes the features were made at
+MIN_PASSES_PRETRAINED = 3.0
+PRETRAINED_SIZES = (64, 224)
 HOLDOUT = 0.1
 MIN_TEXT_SHARE = 0.5
 STEP_OVERHEAD_S = 3.0  # a step's start: manifest, model, loader
+# a backbone is measured only if it could fit at this many times another's measured multiply-add
+# rate (measuring a ResNet-18 costs seconds a short budget cannot spare)
+OPTIMISM = 2.0
 SIDECARS = ("text.jsonl", "text.csv")
 
 
@@ -72,10 +79,12 @@ class Plan:
     estimated_s: float
     rates: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    pretrained: str = ""  # the weights file every step that starts anew loads ("": none)
 
     def lines(self) -> list[str]:
+        start = f"from {self.pretrained}" if self.pretrained else "from scratch"
         lines = [f"own data: {'with text (WT-Set chain)' if self.text else 'images only'}; "
-                 f"{self.backbone} at {self.size} px, batch {self.batch}; "
+                 f"{self.backbone} at {self.size} px {start}, batch {self.batch}; "
                  f"{self.passes:.1f} passes a unit"]
         lines += [f"  {sid}: {s['epochs']} epochs of {s['draws']} draws ({s['units']:g} units)"
                   for sid, s in self.steps.items()]
@@ -186,58 +195,76 @@ def solve_passes(units: dict[str, float], rate: Measured, facts: Facts, text: bo
 
 
 def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: float,
-             measure_fn: Any = None) -> Plan:
+             measure_fn: Any = None, pretrained: tuple[str, str] | None = None) -> Plan:
     """Text or not, image size, backbone, batch and epochs (see the package docstring);
-    `measure_fn(manifest, size, batch) -> Measured` (default: `webly.app.own.measure.measure`)."""
+    `measure_fn(manifest, size, batch, backbone) -> Measured` (default:
+    `webly.app.own.measure.measure`); `pretrained`: (weights file, its backbone) to finetune
+    from instead of training from scratch."""
     measure_fn = measure_fn or measure
     text = facts.text_share >= MIN_TEXT_SHARE
     units = TEXT_STEPS if text else IMAGE_STEPS
     n = facts.images["train"]
     batch = batch_for(n)
-    floor = min(MIN_SCALE * facts.side, MIN_SIZE)
-    sizes = [s for s in SIZES if floor <= s <= facts.side]
-    sizes = sizes or [max([s for s in SIZES if s <= facts.side] or [SIZES[0]])]
+    weights, fixed = pretrained or ("", "")
+    lo, hi = (PRETRAINED_SIZES[0], min(facts.side, PRETRAINED_SIZES[1])) if weights else (
+        min(MIN_SCALE * facts.side, MIN_SIZE), facts.side)
+    sizes = [s for s in SIZES if lo <= s <= hi]
+    sizes = sizes or [max([s for s in SIZES if s <= hi] or [SIZES[0]])]
+    min_passes = MIN_PASSES_PRETRAINED if weights else MIN_PASSES
+    backbone_at = (lambda size: fixed) if weights else backbone_for
     notes = [f"{facts.text_share:.0%} of the training images have text"
              + ("" if text else f" (under {MIN_TEXT_SHARE:.0%}: images only)")]
     if budget_s is None:
         size = sizes[-1]
         steps = step_sizes(units, NO_BUDGET_PASSES, n, batch)
-        return Plan(None, spent_s, text, size, backbone_for(size), batch, NO_BUDGET_PASSES,
+        return Plan(None, spent_s, text, size, backbone_at(size), batch, NO_BUDGET_PASSES,
                     steps, 0.0, [], notes + ["no --budget: the images' own size, "
-                                             f"{NO_BUDGET_PASSES:g} passes a unit"])
+                                             f"{NO_BUDGET_PASSES:g} passes a unit"], weights)
     t0 = time.monotonic()
     measured: dict[str, Measured] = {}  # backbone -> a measurement at one of its sizes
 
+    def carried(r: Measured, bb: str, size: int, speedup: float = 1.0) -> Measured:
+        """`r`'s multiply-adds a second (x `speedup`) carried to `bb` at `size`."""
+        macs_s = cost.Rate.of_training(r.backbone, r.size, speedup / r.train_s, "measured")
+        return replace(r, backbone=bb, size=size,
+                       train_s=macs_s.seconds(cost.train_macs(bb, size, 1)))
+
     def rate_at(size: int) -> Measured:
-        bb = backbone_for(size)
+        bb = backbone_at(size)
         if bb not in measured:  # at its largest size, up to 96 px (a short measurement)
-            at = min(max(s for s in sizes if backbone_for(s) == bb), 96)
-            measured[bb] = measure_fn(manifest, at, batch)
-        r = measured[bb]  # the cost model carries it to `size`
-        macs_s = cost.Rate.of_training(bb, r.size, 1 / r.train_s, "measured")
-        return replace(r, size=size, train_s=macs_s.seconds(cost.train_macs(bb, size, 1)))
+            if measured:  # measure it only if it might fit at 2x another's multiply-add rate
+                hope = carried(next(iter(measured.values())), bb, size, OPTIMISM)
+                if passes_at(hope, batch) < min_passes:
+                    return hope
+            at = min(max(s for s in sizes if backbone_at(s) == bb), 96)
+            measured[bb] = measure_fn(manifest, at, batch, bb)
+        return carried(measured[bb], bb, size)  # the cost model carries it to `size`
 
     def passes_at(rate: Measured, batch: int) -> float:
         left = budget_s - spent_s - (time.monotonic() - t0)
         return solve_passes(units, rate, facts, text, batch, left)
 
+    rate_at(sizes[0])  # the cheapest backbone first: a costlier one may not need measuring
     size = sizes[0]
     for s in reversed(sizes):
-        if passes_at(rate_at(s), batch) >= MIN_PASSES:
+        if passes_at(rate_at(s), batch) >= min_passes:
             size = s
             break
     rate = rate_at(size)
     if measured[rate.backbone].size != size:  # measured where it trains (a short measurement)
-        rate = measured[f"{rate.backbone}@{size}"] = measure_fn(manifest, size, batch)
+        rate = measured[f"{rate.backbone}@{size}"] = measure_fn(manifest, size, batch,
+                                                                rate.backbone)
     passes = passes_at(rate, batch)
-    while optimizer_steps(step_sizes(units, passes, n, batch), batch) < MIN_STEPS and batch > 16:
+    scratch = not weights  # finetuning from pretrained weights needs no MIN_STEPS
+    while (scratch and optimizer_steps(step_sizes(units, passes, n, batch), batch) < MIN_STEPS
+           and batch > 16):
         batch //= 2  # more optimizer steps for the same draws (a CPU's rate barely changes)
         notes.append(f"batch {batch}: the budget's draws in at least {MIN_STEPS} optimizer steps")
         passes = passes_at(rate, batch)
     spent = spent_s + time.monotonic() - t0
     steps = step_sizes(units, passes, n, batch)
     fewest = optimizer_steps(steps, batch)
-    if fewest < MIN_STEPS:
+    if scratch and fewest < MIN_STEPS:
         notes.append(f"the budget affords {passes:.2f} passes a unit at {size} px: "
                      f"{fewest} optimizer steps for a model trained from scratch, where a network "
                      f"rarely learns in fewer than {MIN_STEPS}: expect a weak model; a longer "
@@ -247,4 +274,4 @@ def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: floa
                      "the rest is left unspent")
     return Plan(budget_s, round(spent, 1), text, size, rate.backbone, batch, passes, steps,
                 round(spent + seconds(steps, rate, facts, text), 1),
-                [asdict(r) for r in measured.values()], notes)
+                [asdict(r) for r in measured.values()], notes, weights)

@@ -12,10 +12,13 @@ from webly.app.own.settings import train_config
 
 
 def _train_steps(plan: Plan, facts: Facts) -> list[dict[str, Any]]:
-    base = {k: v for k, v in asdict(train_config(plan.size, plan.batch)).items()
+    cfg = train_config(plan.size, plan.batch, plan.backbone, bool(plan.pretrained))
+    base = {k: v for k, v in asdict(cfg).items()
             if k in ("backbone", "img_size", "augment", "in_memory", "crop_pct", "batch_size",
                      "accum_steps", "lr", "weight_decay", "schedule", "warmup_epochs",
                      "workers", "log_every", "seed")}
+
+    fresh = {"pretrained": plan.pretrained} if plan.pretrained else {}  # where a model starts
 
     def step(sid: str, **kw: Any) -> dict[str, Any]:
         s = plan.steps[sid]
@@ -27,14 +30,15 @@ def _train_steps(plan: Plan, facts: Facts) -> list[dict[str, Any]]:
     text = {"text": "@tags"} if plan.text else {}
     if plan.text:
         first, labeller = "ft_wt", [
-            step("pre_wt", stage="pretrain", set="wt", tags="@tags", normalise_targets=True),
+            step("pre_wt", stage="pretrain", set="wt", tags="@tags", normalise_targets=True,
+                 **fresh),
             step("ft_wt", stage="finetune", pretrained="@pre_wt", export="best")]
         final = [step("final", stage="finetune", labels="@pl", pretrained="@pre_wt",
                       export="best")]
         when: dict[str, str] = {}
     else:  # decision 1: half a unit more CE against CE on the holdout (the CIFAR-10N recipe's)
         first, when = "ce", {"when": "not @decide_longer"}
-        labeller = [step("ce", stage="finetune", export="best"),
+        labeller = [step("ce", stage="finetune", export="best", **fresh),
                     step("ce_more", stage="finetune", continue_from="@ce", export="best"),
                     *[{"id": f"val_{m}", "stage": "predict", "model": f"@{m}",
                        "manifest": "@manifest", "split": "val", "batch_size": 500,
@@ -42,8 +46,16 @@ def _train_steps(plan: Plan, facts: Facts) -> list[dict[str, Any]]:
                     {"id": "decide_longer", "stage": "gate", "rule": "beats",
                      "preds": ["@val_ce", "@val_ce_more"], "labels": "@manifest", "min_se": 1.0},
                     step("ce_rest", stage="finetune", continue_from="@ce_more", export="best",
-                         when="@decide_longer")]
-        final = [step("final", stage="finetune", labels="@pl", export="best", seed=1, **when)]
+                         when="@decide_longer"),
+                    # no pseudo-label round: the longest CE still ranks the label issues for
+                    # the report's explorer (the labelling pass the plan counts either way)
+                    {"id": "train_preds_rest", "stage": "predict", "model": "@ce_rest",
+                     "manifest": "@manifest", "split": "train", "tta": "flip", "top_k": top_k,
+                     "batch_size": 500, "workers": workers, "when": "@decide_longer"},
+                    {"id": "issues", "stage": "pseudo-label", "manifest": "@manifest",
+                     "preds": "@train_preds_rest", "threshold": 0.5, "drop_inconsistent": True}]
+        final = [step("final", stage="finetune", labels="@pl", export="best", seed=1, **fresh,
+                      **when)]
     return [*labeller,
             {"id": "train_preds", "stage": "predict", "model": f"@{first}",
              "manifest": "@manifest", "split": "train", "tta": "flip", "top_k": top_k,
@@ -74,7 +86,7 @@ def recipe_for(plan: Plan, facts: Facts, data: Path, sidecar: Path | None) -> di
     fitted on val, scored."""
     steps = data_steps(data, sidecar, plan.text)
     steps += _train_steps(plan, facts)
-    workers = train_config(plan.size, plan.batch).workers  # the training steps' own rule
+    workers = train_config(plan.size, plan.batch, plan.backbone).workers  # the steps' own rule
     splits = ["val"] + (["test"] if facts.images.get("test") else [])
     done = {"val_ce", "val_ce_more"}  # decision 1's predictions
     for split in splits:

@@ -31,14 +31,20 @@ class Measured:
     decode_s: float
 
 
-def train_config(size: int, batch: int, **over: Any) -> Any:
+FINETUNE_LR = 0.01  # at batch 128, from pretrained weights: the seed's finetune lr
+
+
+def train_config(size: int, batch: int, backbone: str = "", pretrained: bool = False,
+                 **over: Any) -> Any:
     """The training options every step of the own-data recipe shares (the benchmarks' proven
-    settings for small-image training, lr scaled linearly from 0.1 at batch 128)."""
+    settings for small-image training, lr scaled linearly from 0.1 at batch 128; from
+    pretrained weights the seed's finetune lr, 0.01 at batch 128, on `backbone`)."""
     small = size <= SMALL_IMAGE
-    base = {"backbone": backbone_for(size), "img_size": size,
+    lr = (FINETUNE_LR if pretrained else 0.1) * batch / 128
+    base = {"backbone": backbone or backbone_for(size), "img_size": size,
             "augment": "pad_crop" if small else "resized_crop", "in_memory": small,
             "crop_pct": 1.0 if small else 0.875, "batch_size": batch, "accum_steps": 1,
-            "lr": round(0.1 * batch / 128, 6), "weight_decay": 5e-4, "schedule": "cosine",
+            "lr": round(lr, 6), "weight_decay": 5e-4, "schedule": "cosine",
             "warmup_epochs": 0.5, "workers": 0 if small else -1,
             "log_every": 50, "seed": 0, "export": "best"}
     return replace(TrainConfig(), **{**base, **over})
