@@ -155,8 +155,9 @@ def test_recipe_validates_and_reads_the_holdout(text, test, tmp_path):
     assert by_id[f"{scored}_ensemble"].options["fit_min_se"] == 2.0  # fitted only when clearly
     first = "ft_wt" if text else "ce"
     for sid in plan.steps:
-        opts = by_id[sid].options
-        assert opts["epochs"] == plan.steps[sid]["epochs"]
+        opts = by_id[sid].options  # budgeted: the loop ends on the step's planned time
+        assert opts["epochs"] == own.EPOCH_CAP * plan.steps[sid]["epochs"]
+        assert opts["time_budget_s"] == plan.steps[sid]["seconds"] > 0
         assert sid == "pre_wt" or opts["export"] == "best"
         assert opts["samples_per_epoch"] == plan.steps[sid]["draws"]
     assert by_id["train_preds"].inputs["model"] == f"@{first}"

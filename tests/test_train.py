@@ -596,3 +596,42 @@ def test_loader_workers_default_to_what_the_machine_has(monkeypatch):
     assert loader_workers(3) == 3 and TrainConfig().workers == -1
     with pytest.raises(WeblyError, match="counts must not be negative"):
         replace(TrainConfig(), workers=-2).validate()
+
+
+def test_the_schedule_follows_a_time_budget_whichever_is_further():
+    from webly.training.config import TrainConfig
+    from webly.training.plan import out_of_time, schedule_step
+
+    off = TrainConfig()
+    assert schedule_step(off, 7, 100, 1e9) == 7 and not out_of_time(off, 1e9)
+    cfg = TrainConfig(time_budget_s=60.0)
+    assert schedule_step(cfg, 10, 100, 30.0) == 50.0  # half the time: half the schedule
+    assert schedule_step(cfg, 80, 100, 30.0) == 80  # a faster machine: the steps lead
+    assert schedule_step(cfg, 10, 100, 600.0) == 100.0  # never past the end
+    assert not out_of_time(cfg, 59.9) and out_of_time(cfg, 60.0)
+    with pytest.raises(WeblyError, match="must not be negative"):
+        TrainConfig(time_budget_s=-1).validate()
+
+
+def test_a_time_budget_ends_the_run_and_its_schedule_on_time(data6, tmp_path, monkeypatch):
+    """A clock that advances a fixed amount a call (no real timing): the run stops when its budget
+    is spent, well before its epochs, with the lr annealed to the end; a resumed run counts the
+    time before it."""
+    from webly.training import engine
+
+    clock = {"t": 0.0}
+
+    def tick() -> float:
+        clock["t"] += 0.05
+        return clock["t"]
+
+    monkeypatch.setattr(engine.time, "time", tick)
+    m = str(data6 / "manifest.parquet")
+    args = ["--backbone", "test_resnet", "--epochs", "50", "--samples-per-epoch", "64",
+            "--schedule", "cosine", "--warmup-epochs", "0", *TINY, "--no-tensorboard"]
+    assert main(["finetune", m, "-o", str(tmp_path / "t"), *args, "--time-budget-s", "3"]) == 0
+    s = json.loads((tmp_path / "t/train.summary.json").read_text())
+    assert 0 < s["steps"] < 50 * 4 and s["final_lr"] < 1e-3 * 0.05
+    assert "stops after 3s of training" in s["plan"]["schedule"]
+    ck = torch.load(tmp_path / "t/ckpt/last.pt", weights_only=False)
+    assert ck["trained_s"] >= 3.0

@@ -151,9 +151,10 @@ def plain_ce(run: Path, name: str, opts: list[str], epochs: int, draws_per_epoch
 
 def sweep(run: Path, points: list[str], budget_s: float, split: str) -> list[dict[str, Any]]:
     """Hindsight: each fixed plain-CE setting ('SIZE' with the planner's backbone for it, or
-    'SIZE:BACKBONE') given the whole budget. Its epochs fill the budget by the planner's own time
-    model at a rate measured for that setting (`webly.app.own.measure`); the wall time each
-    took is recorded beside it, so a point that over- or under-ran shows."""
+    'SIZE:BACKBONE') given the whole budget, as the recipe's own steps are: its loop ends on the
+    budget less what the planner's time model gives decoding, starting and predicting (at a rate
+    measured for that setting, `webly.app.own.measure`), its epochs (twice those the rate
+    affords) only a bound. The wall time each took is recorded beside it."""
     from webly.app import own
 
     saved = json.loads((run / "own_plan.json").read_text())
@@ -164,20 +165,18 @@ def sweep(run: Path, points: list[str], budget_s: float, split: str) -> list[dic
         size_s, _, bb = point.partition(":")
         size = int(size_s)
         bb = bb or own.backbone_for(size)
-        rate = own.measure(run / "manifest/manifest.parquet", size, batch)
-        if bb != rate.backbone:
-            from webly.app.own.measure import step_seconds
-
-            classes = facts.classes
-            rate = own.Measured(bb, size, step_seconds(bb, size, batch, classes) / batch,
-                                rate.decode_s)
+        rate = own.measure(run / "manifest/manifest.parquet", size, batch, bb)
         passes = own.solve_passes({"ce": 1.0}, rate, facts, False, batch, budget_s)
         steps = own.step_sizes({"ce": 1.0}, passes, facts.images["train"], batch)["ce"]
-        wall, scores = plain_ce(run, f"sweep_{size}_{bb}", ce_options(size, batch, "balanced", bb),
-                                steps["epochs"], steps["draws"], split)
+        loop_s = own.train_seconds("ce", steps, rate, facts)
+        opts = [*ce_options(size, batch, "balanced", bb), "--time-budget-s", f"{loop_s:.1f}"]
+        wall, scores = plain_ce(run, f"sweep_{size}_{bb}", opts, own.EPOCH_CAP * steps["epochs"],
+                                steps["draws"], split)
+        summary = json.loads((run / f"sweep_{size}_{bb}" / "train.summary.json").read_text())
         rows.append({"setting": f"{bb} at {size} px", "size": size, "backbone": bb,
-                     "passes": round(passes, 2), "epochs": steps["epochs"],
-                     "draws": steps["draws"], "wall_s": round(wall, 1),
+                     "planned_passes": round(passes, 2), "loop_budget_s": round(loop_s, 1),
+                     "epochs_run": summary["epochs_done"], "steps": summary["steps"],
+                     "draws_per_epoch": steps["draws"], "wall_s": round(wall, 1),
                      "wall_vs_budget": round(wall / budget_s, 3), **scores})
     return rows
 

@@ -121,6 +121,11 @@ class TrainConfig:
                                 "also checkpoint every this many optimizer steps (0: epochs only)")
     keep_last: int = opt(3, "step checkpoints kept")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: no limit)")
+    time_budget_s: float = opt(0.0, "train for this many seconds (validation included; a resumed "
+                                    "run counts the time before it) and stop: the lr schedule "
+                                    "follows the share of it spent, or of the epochs run, "
+                                    "whichever is further; epochs is the most it may run (0: "
+                                    "off; the schedule then depends on the machine's speed)")
     max_bad_fraction: float = opt(0.01,
                                   "stop when more than this fraction of the images cannot be "
                                   "decoded")
@@ -168,7 +173,8 @@ class TrainConfig:
             (0 <= self.drop_high_loss < 1 and self.drop_ramp_epochs >= 0,
              "drop_high_loss must be within [0, 1) and drop_ramp_epochs not negative"),
             (not (self.in_memory and self.shards), "in_memory reads image files: not with shards"),
-            (min(self.samples_per_epoch, self.max_steps, self.ckpt_every_steps) >= 0
+            (min(self.samples_per_epoch, self.max_steps, self.ckpt_every_steps,
+                 self.time_budget_s) >= 0
              and self.workers >= -1, "counts must not be negative (workers -1: automatic)"),
         ]
         for ok, msg in checks:
@@ -185,7 +191,7 @@ def per_rank_batch(batch_size: int, world_size: int) -> int:
     return batch_size // world_size
 
 
-def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int, base_lr: float) -> float:
+def lr_at(cfg: TrainConfig, step: float, steps_per_epoch: int, base_lr: float) -> float:
     """Learning rate for optimizer step `step` (0-based), a pure function (resumption needs no
     state)."""
     epoch = step / steps_per_epoch

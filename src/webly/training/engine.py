@@ -32,10 +32,8 @@ from webly.core import faults
 from webly.core.errors import WeblyError
 from webly.core.files import write_atomic
 from webly.core.progress import progress
-from webly.data.datasets import ImageFiles
 from webly.data.images import (
     BadImages,
-    EvalTransform,
     PadCropTransform,
     TrainTransform,
     normalize_batch,
@@ -56,11 +54,10 @@ from webly.training.models import (
     param_groups,
     uses_channels_last,
 )
-from webly.training.plan import TrainPlan, plan_of
+from webly.training.plan import TrainPlan, out_of_time, plan_of, schedule_step
 from webly.training.sampling import BalancedSampler, SeededSampler, ShuffleSampler
 from webly.training.tasks import Batch, Task, make_task
 from webly.training.trainsets import (
-    SparseTargets,
     TargetDataset,
     TrainData,
     make_loader,
@@ -68,6 +65,7 @@ from webly.training.trainsets import (
     train_images,
     unlabeled_images,
 )
+from webly.training.validation import validate
 
 
 def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_format
@@ -91,30 +89,6 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_f
     if cfg.sync_bn and d.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(d.device, memory_format=fmt), report
-
-
-@torch.no_grad()
-def validate(model: nn.Module, data: TrainData, cfg: TrainConfig, d: Dist, fmt) -> dict[str, float]:
-    """top-1/top-5 on the labelled validation rows (this rank's share, summed over ranks)."""
-    if not (ok := data.val_labels >= 0).any():
-        return {}
-    mine = slice(d.rank, None, d.world_size)
-    rows, labels = data.val_rows[ok][mine], data.val_labels[ok][mine]
-    ds = TargetDataset(ImageFiles(data.manifest, rows), SparseTargets.from_labels(labels),
-                       EvalTransform.of(checkpoints.preprocess_of(cfg)), substitute=False)
-    loader = make_loader(ds, max(1, cfg.batch_size // d.world_size), cfg.workers)
-    model.eval()
-    counts = torch.zeros(3, dtype=torch.float64, device=d.device)
-    for x, i, _, bad_pos, _, _ in loader:  # bad validation images are left out of the counts
-        x = normalize_batch(x.to(d.device)).contiguous(memory_format=fmt)
-        good = bad_pos < 0
-        top5 = model(x).float().topk(min(5, data.num_classes), dim=1).indices.cpu()[good]
-        i = i[good][:, :1]
-        counts += torch.tensor([(top5[:, :1] == i).sum(), (top5 == i).any(1).sum(), len(i)],
-                               dtype=torch.float64, device=d.device)
-    model.train()
-    all_reduce_sum(counts, d)
-    return {"val_top1": float(counts[0] / counts[2]), "val_top5": float(counts[1] / counts[2])}
 
 
 @dataclass
@@ -152,7 +126,12 @@ class TrainState:
     lr: float = 0.0
     last_loss: float = float("nan")
     metrics: dict[str, float] = field(default_factory=dict)
-    t_start: float = field(default_factory=time.time)
+    t_start: float = field(default_factory=lambda: time.time())
+    trained_s: float = 0.0  # seconds trained before this process (a resumed run's)
+
+    def elapsed(self) -> float:
+        """Seconds this run has trained, validation included, across resumptions."""
+        return self.trained_s + time.time() - self.t_start
 
     @property
     def config(self) -> dict[str, Any]:
@@ -169,6 +148,7 @@ class TrainState:
                 "stream_start": self.stream_start,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.step, "best": self.best,
                 "last_lr": self.lr, "rng": rng, "config": self.config,
+                "trained_s": self.elapsed(),
                 "bad_images": self.bad_images.seen,
                 "classes": list(self.data.class_names), "num_classes": self.data.num_classes}
 
@@ -241,6 +221,7 @@ def restore(s: TrainState, ck: dict[str, Any], force: bool = False) -> None:
     s.objective.load_state_dict(ck.get("task_state", {}))
     s.epoch, s.step_in_epoch, s.step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
     s.best = ck["best"]
+    s.trained_s = float(ck.get("trained_s", 0.0))
     s.bad_images.seen.update(ck.get("bad_images", {}))
     torch.set_rng_state(ck["rng"]["torch"])
     if s.d.device.type == "cuda" and "cuda" in ck["rng"]:
@@ -266,7 +247,7 @@ def _loader(s: TrainState):
 
 
 def run_epoch(s: TrainState) -> bool:
-    """Train to the end of the current epoch (or max_steps: then True)."""
+    """Train to the end of the current epoch (or to max_steps, or out of time: then True)."""
     cfg, d = s.cfg, s.d
     s.sampler.set_epoch(s.stream_start + s.epoch,
                         start=s.step_in_epoch * cfg.accum_steps * s.per_rank)
@@ -286,7 +267,8 @@ def run_epoch(s: TrainState) -> bool:
         batch = Batch(x, ti, tw, pos, epoch=s.step / s.steps_per_epoch,
                       micro_step=s.step * cfg.accum_steps + micro % cfg.accum_steps)
         last_micro = (micro + 1) % cfg.accum_steps == 0
-        s.lr = lr_at(cfg, s.step, s.steps_per_epoch, s.base_lr)
+        at = schedule_step(cfg, s.step, cfg.epochs * s.steps_per_epoch, s.elapsed())
+        s.lr = lr_at(cfg, at, s.steps_per_epoch, s.base_lr)
         for g in s.optimizer.param_groups:
             g["lr"] = s.lr
         sync = s.net.no_sync() if d.enabled and not last_micro else contextlib.nullcontext()
@@ -299,7 +281,7 @@ def run_epoch(s: TrainState) -> bool:
         seen += x.shape[0] * d.world_size
         if last_micro:
             optimizer_step(s, loss, nonfinite, seen / (time.time() - t0))
-            if cfg.max_steps and s.step >= cfg.max_steps:
+            if (cfg.max_steps and s.step >= cfg.max_steps) or out_of_time(cfg, s.elapsed()):
                 return True
     if micro < micro_left:  # a sampler must fill its epoch; never spin on empty ones
         raise WeblyError(f"epoch {s.epoch + 1} ended after {micro} of {micro_left} micro-steps")

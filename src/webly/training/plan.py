@@ -71,6 +71,19 @@ class TrainPlan:
                   "validation not counted)", file=sys.stderr, flush=True)
 
 
+def schedule_step(cfg: TrainConfig, step: int, total_steps: int, elapsed_s: float) -> float:
+    """The step the lr schedule reads: the optimizer step, or with a time budget the share of the
+    budget spent times the run's steps when that is further, so that the schedule ends when the
+    time does on any machine (and when the steps do on one faster than planned)."""
+    if not cfg.time_budget_s:
+        return step
+    return max(float(step), min(elapsed_s / cfg.time_budget_s, 1.0) * total_steps)
+
+
+def out_of_time(cfg: TrainConfig, elapsed_s: float) -> bool:
+    return bool(cfg.time_budget_s) and elapsed_s >= cfg.time_budget_s
+
+
 def schedule_shape(cfg: TrainConfig, base_lr: float, steps_per_epoch: int, steps: int) -> str:
     """The lr schedule in words, with the lr it ends at (read off `lr_at`, so it cannot drift)."""
     end = lr_at(cfg, max(steps - 1, 0), steps_per_epoch, base_lr)
@@ -93,10 +106,13 @@ def plan_of(cfg: TrainConfig, images: int, classes: int, draws_per_epoch: int,
     steps = per_epoch * cfg.epochs
     if cfg.max_steps:
         steps = min(steps, cfg.max_steps)
+    shape = schedule_shape(cfg, base_lr, max(per_epoch, 1), steps)
+    if cfg.time_budget_s:
+        shape += (f"; stops after {duration(cfg.time_budget_s)} of training (validation "
+                  "included), the schedule following the time spent (at most these steps)")
     p = TrainPlan(images=images, classes=classes, epochs=cfg.epochs,
                   draws_per_epoch=draws_per_epoch, effective_batch=batch,
-                  steps_per_epoch=per_epoch, optimizer_steps=steps,
-                  schedule=schedule_shape(cfg, base_lr, max(per_epoch, 1), steps), quiet=quiet)
+                  steps_per_epoch=per_epoch, optimizer_steps=steps, schedule=shape, quiet=quiet)
     if steps < MIN_STEPS and not (cfg.pretrained or cfg.continue_from):  # from scratch only
         p.warnings.append(
             f"only {steps} optimizer steps (batch {cfg.batch_size} x {cfg.accum_steps} "

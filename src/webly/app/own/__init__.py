@@ -51,6 +51,7 @@ import yaml
 from webly.app.own.measure import measure
 from webly.app.own.plan import (
     BRANCHES,
+    EPOCH_CAP,
     HOLDOUT,
     IMAGE_STEPS,
     MAX_PASSES,
@@ -72,6 +73,7 @@ from webly.app.own.plan import (
     seconds,
     solve_passes,
     step_sizes,
+    train_seconds,
 )
 from webly.app.own.recipe import data_steps, recipe_for, report_names
 from webly.app.own.settings import Measured, backbone_for, batch_for, train_config
@@ -79,14 +81,14 @@ from webly.core.errors import WeblyError
 from webly.core.files import write_atomic
 from webly.core.progress import duration
 
-__all__ = ["BRANCHES", "HOLDOUT", "IMAGE_STEPS", "MAX_PASSES", "MIN_PASSES",
+__all__ = ["BRANCHES", "EPOCH_CAP", "HOLDOUT", "IMAGE_STEPS", "MAX_PASSES", "MIN_PASSES",
            "MIN_PASSES_PRETRAINED", "MIN_SCALE", "MIN_SIZE", "MIN_TEXT_SHARE", "NO_BUDGET_PASSES",
            "SIDECARS", "SIZES", "TEXT_STEPS",
            "Facts", "Measured", "Plan", "backbone_for", "batch_for", "data_steps", "facts_of",
            "measure", "optimizer_steps", "parse_budget", "plan_for", "prepare", "recipe_for",
            "report_names", "run_own", "seconds", "solve_passes", "starting_weights",
            "the_model",
-           "step_sizes", "train_config"]
+           "step_sizes", "train_config", "train_seconds"]
 
 
 def _log(message: str) -> None:

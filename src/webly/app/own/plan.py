@@ -35,6 +35,7 @@ PRETRAINED_SIZES = (64, 224)
 HOLDOUT = 0.1
 MIN_TEXT_SHARE = 0.5
 STEP_OVERHEAD_S = 3.0  # a step's start: manifest, model, loader
+EPOCH_CAP = 2  # a budgeted step's epochs bound: twice the planned (its time ends it first)
 # a backbone is measured only if it could fit at this many times another's measured multiply-add
 # rate (measuring a ResNet-18 costs seconds a short budget cannot spare)
 OPTIMISM = 2.0
@@ -146,32 +147,39 @@ def step_sizes(units: dict[str, float], passes: float, train_images: int,
     return out
 
 
+def _fwd(rate: Measured, tta: str = "none") -> float:
+    """Seconds one image's inference costs at `rate` (the cost model's forward share)."""
+    macs_s = cost.Rate.of_training(rate.backbone, rate.size, 1 / rate.train_s, "measured")
+    return macs_s.seconds(cost.predict_macs(rate.backbone, rate.size, 1, tta))
+
+
+def train_seconds(sid: str, s: dict[str, Any], rate: Measured, facts: Facts) -> float:
+    """A training step's time in its loop: its draws (a decode each when it reads files) and
+    validation after each epoch; the step's `time_budget_s` (the loop ends on it)."""
+    per_draw = rate.train_s + (0.0 if rate.size <= SMALL_IMAGE else rate.decode_s)
+    total = s["epochs"] * s["draws"] * per_draw
+    if sid != "pre_wt":  # WT-Set pretraining has no class labels to validate on
+        total += s["epochs"] * facts.images.get("val", 0) * (_fwd(rate) + rate.decode_s)
+    return total
+
+
 def seconds(steps: dict[str, dict[str, Any]], rate: Measured, facts: Facts, text: bool) -> float:
-    """The recipe's time at `rate`: training draws, validation each epoch, decoding into memory,
-    the inference passes (the labeller's on the training images with their mirrors, when there
-    is a `final` step; val and test per member) and each step's start. Of decision 1's two
-    branches only `final` is counted (the same units, and the labelling pass besides)."""
+    """The recipe's time at `rate`: each training step's loop (`train_seconds`) and start,
+    decoding into memory (once: the decoded images are cached, except for the pseudo-labelled
+    subset `final` trains on), the inference passes (the labeller's on the training images with
+    their mirrors; val and test per member). Of decision 1's two branches only `final` is
+    counted (the same units; both make a labelling pass)."""
     n_train, n_val = facts.images.get("train", 0), facts.images.get("val", 0)
     n_test = facts.images.get("test", 0)
-    bb, size = rate.backbone, rate.size
-    macs_s = cost.Rate.of_training(bb, size, 1 / rate.train_s, "measured")
-    fwd = macs_s.seconds(cost.predict_macs(bb, size, 1))  # one view
-    mirrored = macs_s.seconds(cost.predict_macs(bb, size, 1, "flip"))
-    memory = size <= SMALL_IMAGE
-    total = 0.0
     branch = all(b in steps for b in BRANCHES)
     members = [sid for sid in steps if not (branch and sid == BRANCHES[0])]
-    for sid in members:
-        s = steps[sid]
-        per_draw = rate.train_s + (0.0 if memory else rate.decode_s)  # files: a decode a draw
-        total += s["epochs"] * s["draws"] * per_draw + STEP_OVERHEAD_S
-        total += n_train * rate.decode_s if memory else 0.0
-        if sid != "pre_wt":  # WT-Set pretraining has no class labels to validate on
-            total += s["epochs"] * n_val * (fwd + rate.decode_s)
+    total = sum(train_seconds(sid, steps[sid], rate, facts) for sid in members)
+    if rate.size <= SMALL_IMAGE:
+        total += n_train * rate.decode_s * (1 + ("final" in steps))
     if "final" in steps:
-        total += n_train * (mirrored + rate.decode_s)  # the labeller's pass (with mirrors)
-    total += len(members) * (n_val + n_test) * (fwd + rate.decode_s)  # each member on val, test
-    return total + STEP_OVERHEAD_S * (2 * len(members) + 2 + 3 * bool(n_test) + int(text))
+        total += n_train * (_fwd(rate, "flip") + rate.decode_s)  # the labelling pass
+    total += len(members) * (n_val + n_test) * (_fwd(rate) + rate.decode_s)  # val, test
+    return total + STEP_OVERHEAD_S * (3 * len(members) + 2 + 3 * bool(n_test) + int(text))
 
 
 def optimizer_steps(steps: dict[str, dict[str, Any]], batch: int) -> int:
@@ -263,6 +271,8 @@ def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: floa
         passes = passes_at(rate, batch)
     spent = spent_s + time.monotonic() - t0
     steps = step_sizes(units, passes, n, batch)
+    for sid, st in steps.items():  # each step's loop ends on its time (`time_budget_s`)
+        st["seconds"] = round(train_seconds(sid, st, rate, facts), 1)
     fewest = optimizer_steps(steps, batch)
     if scratch and fewest < MIN_STEPS:
         notes.append(f"the budget affords {passes:.2f} passes a unit at {size} px: "

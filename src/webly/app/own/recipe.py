@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from webly.app.own.plan import HOLDOUT, Facts, Plan
+from webly.app.own.plan import EPOCH_CAP, HOLDOUT, Facts, Plan
 from webly.app.own.settings import train_config
 
 
@@ -22,8 +22,12 @@ def _train_steps(plan: Plan, facts: Facts) -> list[dict[str, Any]]:
 
     def step(sid: str, **kw: Any) -> dict[str, Any]:
         s = plan.steps[sid]
+        # budgeted: the loop ends on its planned time, whatever the machine's speed does
+        # meanwhile; its epochs are then only a bound (a machine much faster than measured)
+        timed = ({"epochs": EPOCH_CAP * s["epochs"], "time_budget_s": s["seconds"]}
+                 if s.get("seconds") else {"epochs": s["epochs"]})
         return {"id": sid, "manifest": "@manifest", "sampler": "balanced", **base, **kw,
-                "epochs": s["epochs"], "samples_per_epoch": s["draws"]}
+                **timed, "samples_per_epoch": s["draws"]}
 
     top_k = min(facts.classes, 100)
     workers = base["workers"]
