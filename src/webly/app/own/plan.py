@@ -202,6 +202,16 @@ def solve_passes(units: dict[str, float], rate: Measured, facts: Facts, text: bo
     return round(lo, 3)
 
 
+def candidate_sizes(side: int, pretrained: bool) -> list[int]:
+    """The sizes the plan may train at, smallest first: from scratch, up to the images' own
+    (median short side) and down to 0.6 of a thumbnail's or `MIN_SIZE` for photos; from
+    pretrained weights, `PRETRAINED_SIZES` (and not above the images' own)."""
+    lo, hi = ((PRETRAINED_SIZES[0], min(side, PRETRAINED_SIZES[1])) if pretrained
+              else (min(MIN_SCALE * side, MIN_SIZE), side))
+    sizes = [s for s in SIZES if lo <= s <= hi]
+    return sizes or [max([s for s in SIZES if s <= hi] or [SIZES[0]])]
+
+
 def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: float,
              measure_fn: Any = None, pretrained: tuple[str, str] | None = None) -> Plan:
     """Text or not, image size, backbone, batch and epochs (see the package docstring);
@@ -214,10 +224,7 @@ def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: floa
     n = facts.images["train"]
     batch = batch_for(n)
     weights, fixed = pretrained or ("", "")
-    lo, hi = (PRETRAINED_SIZES[0], min(facts.side, PRETRAINED_SIZES[1])) if weights else (
-        min(MIN_SCALE * facts.side, MIN_SIZE), facts.side)
-    sizes = [s for s in SIZES if lo <= s <= hi]
-    sizes = sizes or [max([s for s in SIZES if s <= hi] or [SIZES[0]])]
+    sizes = candidate_sizes(facts.side, bool(weights))
     min_passes = MIN_PASSES_PRETRAINED if weights else MIN_PASSES
     backbone_at = (lambda size: fixed) if weights else backbone_for
     notes = [f"{facts.text_share:.0%} of the training images have text"
