@@ -264,6 +264,8 @@ def where_time_went(run: Path) -> dict[str, float]:
     """Each step's wall seconds, from its step.json (where the budget went)."""
     out = {}
     for rec in sorted(run.glob("*/step.json")):
+        if rec.parent.is_symlink():  # RUN/model: a step's folder under another name
+            continue
         r = json.loads(rec.read_text())
         if not r.get("skipped") and r.get("seconds") is not None:
             out[rec.parent.name] = round(float(r["seconds"]), 1)
