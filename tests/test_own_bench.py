@@ -69,10 +69,10 @@ def test_an_audit_marks_the_changed_labels_by_class_and_file(tmp_path):
     audit.write_text("path,raw_label,curated_label,sender_id\n"
                      f"{kept},{kept.split('/')[0]},{kept.split('/')[0]},1\n"
                      f"{moved},{moved.split('/')[0]},other,2\n"
-                     f"{dropped},{dropped.split('/')[0]},,3\n")
+                     f"{dropped},{dropped.split('/')[0]},REMOVED_IN_CURATED_SUBSET,3\n")
     wrong = bench.audited(run, audit)
     by_path = dict(zip(paths, wrong.tolist(), strict=True))
-    assert [by_path[p] for p in train] == [0, 1, 1]
+    assert [by_path[p] for p in train] == [0, 1, 2]  # kept, moved, left out
     assert sum(w == -1 for w in wrong) == len(paths) - 3  # unlisted: not scored
     bad = tmp_path / "bad.csv"
     bad.write_text("file,label\nx.jpg,1\n")

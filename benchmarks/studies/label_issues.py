@@ -37,22 +37,26 @@ from webly.app.explorer import average_precision, precision_at_k
 from webly.app.report import Run, write_report
 from webly.data.predictions import dense_predictions, read_info
 
+REMOVED = "REMOVED_IN_CURATED_SUBSET"  # clothing10's audit: left out of the curated set
+
 
 def audited(run: Run, audit: Path) -> np.ndarray:
-    """Per manifest row: 1 where a curator's audit (`path,raw_label,curated_label`: the label
-    moved to another class, or left out of the curated set) says the given label is wrong, 0
-    where it stands, -1 where the audit does not list the image. Paths match on their last two
-    parts (`class/file`), so the audit's root need not be the run's."""
+    """Per manifest row, what a curator's audit (`path,raw_label,curated_label`) did with its
+    label: 0 kept it, 1 moved it to another class, 2 left the image out of the curated set
+    (curated_label empty or `REMOVED`: wrong, unclear or unusable), -1 the audit does not list
+    it. Paths match on their last two parts (`class/file`), so the audit's root need not be the
+    run's."""
     import csv
 
     with open(audit, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"path", "raw_label", "curated_label"} <= set(rows[0]):
         sys.exit(f"{audit}: expected a CSV with path, raw_label and curated_label columns")
-    wrong = {"/".join(Path(r["path"]).parts[-2:]): int(r["curated_label"] != r["raw_label"])
-             for r in rows}
+    kind = {"/".join(Path(r["path"]).parts[-2:]):
+            0 if r["curated_label"] == r["raw_label"] else
+            2 if r["curated_label"] in ("", REMOVED) else 1 for r in rows}
     paths = run.manifest.read(["path"]).column(0).to_pylist()
-    return np.array([wrong.get("/".join(Path(q).parts[-2:]), -1) for q in paths])
+    return np.array([kind.get("/".join(Path(q).parts[-2:]), -1) for q in paths])
 
 
 def load(run: Path, pl: str, preds: str, audit: Path | None = None) -> dict[str, np.ndarray]:
@@ -60,9 +64,10 @@ def load(run: Path, pl: str, preds: str, audit: Path | None = None) -> dict[str,
     s = pq.read_table(run / pl / "scores.parquet").to_pydict()
     rows = np.asarray(s["row"])
     label = np.asarray(s["label"])
+    kind = None
     if audit is not None:
-        is_wrong = audited(r, audit)[rows]
-        keep, wrong = (label >= 0) & (is_wrong >= 0), is_wrong == 1
+        kind = audited(r, audit)[rows]
+        keep, wrong = (label >= 0) & (kind >= 0), kind > 0
     else:
         truth = r.truth()
         if truth is None:
@@ -76,6 +81,7 @@ def load(run: Path, pl: str, preds: str, audit: Path | None = None) -> dict[str,
     if not np.array_equal(prow, rows):
         sys.exit(f"{preds} and {pl} cover different images")
     return {"label": label[keep], "wrong": wrong[keep],
+            **({"kind": kind[keep]} if kind is not None else {}),
             "p_label": np.asarray(s["p_label"], np.float64)[keep],
             "p_image": np.asarray(s["p_image"], np.float64)[keep], "probs": probs[keep]}
 
@@ -95,6 +101,11 @@ def measure(d: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     for name, score in rankings.items():
         out[name] = {"ap": round(average_precision(score, wrong), 4),
                      "precision_at_k": round(precision_at_k(score, wrong), 4)}
+        if "kind" in d:  # an audit: the labels moved to a class apart from the images left out
+            for k, what in ((1, "moved"), (2, "left_out")):
+                part = np.isin(d["kind"], [0, k])
+                out[name][f"ap_{what}"] = round(average_precision(score[part],
+                                                                  d["kind"][part] == k), 4)
     t0 = time.time()
     flagged = find_label_issues(d["label"], probs)
     out["cleanlab find_label_issues (its flagged set)"] = {
@@ -139,6 +150,8 @@ def main() -> int:
     args = ap.parse_args()
     d = load(args.run, args.pl, args.preds, args.audit)
     res = {"run": str(args.run), "images": len(d["wrong"]), "wrong_labels": int(d["wrong"].sum()),
+           **({"moved": int((d["kind"] == 1).sum()), "left_out": int((d["kind"] == 2).sum())}
+              if "kind" in d else {}),
            "rankings": measure(d)}
     if args.browser:
         report = write_report(args.run)["label_issues"]
@@ -150,10 +163,13 @@ def main() -> int:
     (args.run / "label_issues.benchmark.json").write_text(json.dumps(res, indent=1) + "\n")
     print(f"{res['images']} training labels, {res['wrong_labels']} wrong "
           f"({100 * res['wrong_labels'] / res['images']:.1f}%)")
-    print(f"{'ranking':48s} {'AP':>7s} {'P@k':>7s}")
+    print(f"{'ranking':48s} {'AP':>7s} {'P@k':>7s}" + ("  AP moved  AP left out" if args.audit
+                                                         else ""))
     for name, m in res["rankings"].items():
         if "ap" in m:
-            print(f"{name:48s} {m['ap']:7.3f} {m['precision_at_k']:7.3f}")
+            parts = (f"  {m['ap_moved']:8.3f}  {m['ap_left_out']:11.3f}" if "ap_moved" in m
+                     else "")
+            print(f"{name:48s} {m['ap']:7.3f} {m['precision_at_k']:7.3f}{parts}")
         else:
             print(f"{name:48s} flagged {m['flagged']}: precision {m['precision']:.3f}, "
                   f"recall {m['recall']:.3f}")
