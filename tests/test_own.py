@@ -158,6 +158,8 @@ def test_recipe_validates_and_reads_the_holdout(text, test, tmp_path):
         opts = by_id[sid].options  # budgeted: the loop ends on the step's planned time
         assert opts["epochs"] == own.EPOCH_CAP * plan.steps[sid]["epochs"]
         assert opts["time_budget_s"] == plan.steps[sid]["seconds"] > 0
+        per_epoch = opts["samples_per_epoch"] // opts["batch_size"]  # warmup: >= 100 steps
+        assert opts["warmup_epochs"] == max(0.5, round(100 / per_epoch, 3))
         assert sid == "pre_wt" or opts["export"] == "best"
         assert opts["samples_per_epoch"] == plan.steps[sid]["draws"]
     assert by_id["train_preds"].inputs["model"] == f"@{first}"

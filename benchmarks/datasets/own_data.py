@@ -119,17 +119,21 @@ def recipe_macs(run: Path) -> tuple[float, dict[str, float]]:
     return sum(parts.values()), parts
 
 
-def ce_options(size: int, batch: int, sampler: str, backbone: str | None = None) -> list[str]:
+def ce_options(size: int, batch: int, sampler: str, backbone: str | None = None,
+               draws: int = 0) -> list[str]:
     """`webly finetune` options of a plain CE run: the own-data recipe's settings at `size`
-    (`webly.app.own.train_config`), the sampler given, export the best holdout epoch."""
+    (`webly.app.own.train_config`; with `draws` an epoch, its warmup rule), the sampler given,
+    export the best holdout epoch."""
     from webly.app.own import train_config
+    from webly.app.own.settings import warmup_for
 
     cfg = train_config(size, batch)
+    warmup = warmup_for(draws, batch) if draws else cfg.warmup_epochs
     return ["--backbone", backbone or cfg.backbone, "--img-size", str(size), "--augment",
             cfg.augment, *(["--in-memory"] if cfg.in_memory else []), "--crop-pct",
             str(cfg.crop_pct), "--batch-size", str(batch), "--lr", str(cfg.lr),
             "--weight-decay", str(cfg.weight_decay), "--schedule", "cosine", "--warmup-epochs",
-            str(cfg.warmup_epochs), "--workers", str(cfg.workers), "--log-every", "100",
+            str(warmup), "--workers", str(cfg.workers), "--log-every", "100",
             "--export", "best", "--sampler", sampler]
 
 
@@ -169,7 +173,8 @@ def sweep(run: Path, points: list[str], budget_s: float, split: str) -> list[dic
         passes = own.solve_passes({"ce": 1.0}, rate, facts, False, batch, budget_s)
         steps = own.step_sizes({"ce": 1.0}, passes, facts.images["train"], batch)["ce"]
         loop_s = own.train_seconds("ce", steps, rate, facts)
-        opts = [*ce_options(size, batch, "balanced", bb), "--time-budget-s", f"{loop_s:.1f}"]
+        opts = [*ce_options(size, batch, "balanced", bb, steps["draws"]), "--time-budget-s",
+                f"{loop_s:.1f}"]
         wall, scores = plain_ce(run, f"sweep_{size}_{bb}", opts, own.EPOCH_CAP * steps["epochs"],
                                 steps["draws"], split)
         summary = json.loads((run / f"sweep_{size}_{bb}" / "train.summary.json").read_text())
@@ -228,8 +233,9 @@ def main() -> int:
     ce_wall = 0.0
     if not args.no_ce:
         ce_wall, rows["CE, same compute"] = plain_ce(
-            run, "ce_same", ce_options(ce["img_size"], batch, ce["sampler"], bb), epochs,
-            round(draws / epochs), split)
+            run, "ce_same", ce_options(ce["img_size"], batch, ce["sampler"], bb,
+                                       0 if args.dataset else round(draws / epochs)),
+            epochs, round(draws / epochs), split)
     for member in ("ce", "ce_more", "ce_rest", "final"):
         if harness.ran(run, f"{split}_{member}"):
             rows[f"recipe member {member}"] = score(run, f"{split}_{member}")

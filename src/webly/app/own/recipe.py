@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from webly.app.own.plan import EPOCH_CAP, HOLDOUT, Facts, Plan
-from webly.app.own.settings import train_config
+from webly.app.own.settings import train_config, warmup_for
 
 
 def _train_steps(plan: Plan, facts: Facts) -> list[dict[str, Any]]:
@@ -27,7 +27,8 @@ def _train_steps(plan: Plan, facts: Facts) -> list[dict[str, Any]]:
         timed = ({"epochs": EPOCH_CAP * s["epochs"], "time_budget_s": s["seconds"]}
                  if s.get("seconds") else {"epochs": s["epochs"]})
         return {"id": sid, "manifest": "@manifest", "sampler": "balanced", **base, **kw,
-                **timed, "samples_per_epoch": s["draws"]}
+                **timed, "samples_per_epoch": s["draws"],
+                "warmup_epochs": warmup_for(s["draws"], plan.batch)}
 
     top_k = min(facts.classes, 100)
     workers = base["workers"]
