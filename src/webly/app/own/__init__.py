@@ -18,8 +18,11 @@ DIR is class folders (`DIR/<class>/...`, or `DIR/train/<class>/...` with optiona
    of the backbone at the batch it trains with, and a few of the real images decoded at the
    size: `measure`); each step's epochs (and draws per epoch, so a fraction of an epoch counts)
    fill the budget left after indexing, tagging and measuring, counting validation, inference
-   passes and decoding too. A step that trains from random weights gets at least `MIN_STEPS`
-   optimizer steps (the batch halves, down to 16, until it does); a plan that cannot says so.
+   passes and decoding too. Each training step's loop then ends on its planned time
+   (`time_budget_s`: its lr schedule follows the time spent), so the call ends on the budget
+   when the machine's speed drifts from what was measured. A step that trains from random
+   weights gets at least `MIN_STEPS` optimizer steps (the batch halves, down to 16, until it
+   does; a plan that cannot says so) and a warmup of at least 100 (`settings.warmup_for`).
 
 The recipe (`RUN/recipe.yaml`) and the plan behind it (`RUN/own_plan.json`) are written once; a
 rerun reads them back (nothing is measured again) and resumes, like any recipe.
