@@ -97,6 +97,38 @@ def test_fitted_weights_prefer_the_better_model(tmp_path):
     assert load_predictions(tmp_path / "e").info["weights"][0] > 0.9
 
 
+def test_the_last_member_stands_unless_an_average_beats_it_on_the_holdout(tmp_path):
+    """`fit_default: last`: a recipe's longest-trained model is the answer; the plain average of
+    it with weaker members (worse on the holdout) does not replace it, and neither do weights
+    that gain less than the SE bar; an average that clearly beats it does."""
+    from webly.inference.ensemble import fitted_or_plain
+
+    rng = np.random.default_rng(0)
+    n, y = 400, np.arange(400) % 4
+
+    def member(acc: float) -> np.ndarray:
+        p = np.full((n, 4), 0.1)
+        hit = rng.random(n) < acc
+        p[np.arange(n), np.where(hit, y, (y + 1) % 4)] = 0.7
+        return p
+
+    ids = [f"v{i}" for i in range(n)]
+    weak, strong = member(0.4), member(0.8)
+    preds = [load_predictions(_write(tmp_path / name, ids, p))
+             for name, p in (("w1", weak), ("w2", member(0.4)), ("s", strong))]
+    w, d = fitted_or_plain(preds, y, np.full(3, 1 / 3), 2.0, default="last")
+    assert d.default == "last" and d.choice == "last" and w.tolist() == [0, 0, 1]
+    assert d.scores["plain"] < d.scores["last"] and set(d.detail) == {"last", "plain", "fitted"}
+    # two weak members that err differently, and a last one as weak: their average wins clearly
+    a, b = member(0.55), member(0.55)
+    preds = [load_predictions(_write(tmp_path / name, ids, p))
+             for name, p in (("a", a), ("b", b), ("c", member(0.3)))]
+    w, d = fitted_or_plain(preds, y, np.array([0.5, 0.5, 0.0]), 2.0, default="last")
+    assert d.choice in ("plain", "fitted") and d.changed
+    _, old = fitted_or_plain(preds, y, np.array([0.5, 0.5, 0.0]), 2.0)  # the default: plain
+    assert old.default == "plain" and set(old.detail) == {"plain", "fitted"}
+
+
 def test_pseudo_labels_threshold_fraction_and_drop(tmp_path):
     recs = [Record(id=f"t{i}", path=f"{i}.jpg", split="train", label=lab)
             for i, lab in enumerate([0, 0, 1, 1, 2])]

@@ -153,6 +153,7 @@ def test_recipe_validates_and_reads_the_holdout(text, test, tmp_path):
     assert by_id[f"{scored}_ensemble"].inputs["fit_labels"] == "@manifest"
     assert by_id[f"{scored}_ensemble"].options["fit_metric"] == "top1"  # a noisy holdout
     assert by_id[f"{scored}_ensemble"].options["fit_min_se"] == 2.0  # fitted only when clearly
+    assert by_id[f"{scored}_ensemble"].options["fit_default"] == "last"  # ... better than it
     first = "ft_wt" if text else "ce"
     for sid in plan.steps:
         opts = by_id[sid].options  # budgeted: the loop ends on the step's planned time

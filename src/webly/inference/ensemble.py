@@ -61,6 +61,11 @@ class EnsembleConfig:
              "plain average's by more than this many paired standard errors (the grid's best is "
              "the maximum over dozens of weightings scored on the same noisy images)")
 
+    fit_default: Literal["plain", "last"] = opt(
+        "plain", "--fit-metric top1: what the fitted weights (and the plain average) must beat: "
+                 "the plain average, or the last member alone (a recipe's longest-trained model: "
+                 "the others join only where averaging them in beats it on the holdout)")
+
     def validate(self) -> None:
         if self.model_weights is not None and (min(self.model_weights, default=0) < 0
                                                or sum(self.model_weights) <= 0):
@@ -71,6 +76,8 @@ class EnsembleConfig:
             raise WeblyError(f"ensemble.fit_metric: nll or top1, got {self.fit_metric!r}")
         if self.fit_min_se < 0:
             raise WeblyError("ensemble.fit_min_se must not be negative")
+        if self.fit_default not in ("plain", "last"):
+            raise WeblyError(f"ensemble.fit_default: plain or last, got {self.fit_default!r}")
 
 
 def average_topk(members: list[Predictions], weights: np.ndarray, k: int
@@ -133,29 +140,35 @@ def fit_top1(val_preds: list[Predictions], labels: np.ndarray) -> tuple[np.ndarr
 
 
 def fitted_or_plain(val_preds: list[Predictions], labels: np.ndarray, w: np.ndarray,
-                    min_se: float, rule: str = "beats") -> tuple[np.ndarray, Decision]:
-    """The fitted weights `w` when their holdout top-1 beats the plain average's by more than
-    `min_se` paired standard errors (rule "beats"), else the plain average; with rule "nll" (a
-    clean holdout's likelihood fitted them) the fitted weights. The decision records both."""
+                    min_se: float, rule: str = "beats",
+                    default: str = "plain") -> tuple[np.ndarray, Decision]:
+    """The fitted weights `w` when their holdout top-1 beats the default's by more than `min_se`
+    paired standard errors (rule "beats"), else the default: the plain average, or (`default`
+    "last") the last member alone, which the plain average must beat as well; with rule "nll" (a
+    clean holdout's likelihood fitted them) the fitted weights. The decision records them all."""
     plain = np.full(len(w), 1 / len(w))
-    right = {name: average_topk(val_preds, v, 1)[0][:, 0] == labels
-             for name, v in (("plain", plain), ("fitted", w))}
-    detail = {"plain": plain.round(4).tolist(), "fitted": w.round(4).tolist()}
+    last = np.eye(len(w))[-1]
+    pool = (("last", last), ("plain", plain), ("fitted", w)) if default == "last" else (
+        ("plain", plain), ("fitted", w))
+    right = {name: average_topk(val_preds, v, 1)[0][:, 0] == labels for name, v in pool}
+    detail = {name: v.round(4).tolist() for name, v in pool}
     if rule == "nll":
         scores = {k: round(100 * float(v.mean()), 3) for k, v in right.items()}
         return w, Decision("ensemble weights", "nll", "plain", "fitted", scores,
                            round(scores["fitted"] - scores["plain"], 3),
                            why="weights fitted by the likelihood of the holdout's labels",
                            detail=detail)
-    d = decisions.beats(right, "plain", name="ensemble weights", min_se=min_se, detail=detail)
-    if np.allclose(w, plain):
+    if rule == "beats" and default == "plain" and np.allclose(w, plain):
+        d = decisions.beats(right, "plain", name="ensemble weights", min_se=min_se, detail=detail)
         d.why = "the best weights on the holdout are the plain average's"
-    return (w if d.changed else plain), d
+        return plain, d
+    d = decisions.beats(right, default, name="ensemble weights", min_se=min_se, detail=detail)
+    return dict(pool)[d.choice], d
 
 
 def _weights(pred_dirs: list[str], weights: list[float] | None, fit_dirs: list[str] | None,
              fit_labels: dict[str, int] | None, metric: str = "nll",
-             min_se: float = 0.0) -> tuple[np.ndarray, Decision | None]:
+             min_se: float = 0.0, default: str = "plain") -> tuple[np.ndarray, Decision | None]:
     """The members' weights and, when fitted on the holdout, the decision behind them."""
     if fit_dirs:
         if len(fit_dirs) != len(pred_dirs):
@@ -168,7 +181,7 @@ def _weights(pred_dirs: list[str], weights: list[float] | None, fit_dirs: list[s
         y = align(val[0], fit_labels or {})
         if metric != "top1":
             return fitted_or_plain(val, y, fit_weights(val, y), min_se, rule="nll")
-        return fitted_or_plain(val, y, fit_top1(val, y)[0], min_se)
+        return fitted_or_plain(val, y, fit_top1(val, y)[0], min_se, default=default)
     if weights:
         if len(weights) != len(pred_dirs) or min(weights) < 0 or sum(weights) <= 0:
             raise WeblyError("model_weights needs one non-negative weight per model, not all zero")
@@ -191,7 +204,7 @@ def out_of_fold(members: list[Predictions], k: int) -> tuple[np.ndarray, np.ndar
 def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | None = None,
              fit_dirs: list[str] | None = None, fit_labels: dict[str, int] | None = None,
              top_k: int = 50, oof: bool = False, fit_metric: str = "nll",
-             fit_min_se: float = 0.0) -> dict[str, Any]:
+             fit_min_se: float = 0.0, fit_default: str = "plain") -> dict[str, Any]:
     """Average (or, out of fold, pick) the members' predictions into `out_dir`. One member is
     allowed: a recipe's decisions may leave one (its predictions pass through)."""
     if not pred_dirs:
@@ -202,7 +215,8 @@ def ensemble(pred_dirs: list[str], out_dir: str | Path, weights: list[float] | N
             raise WeblyError(f"{d} and {pred_dirs[0]} predict different images or class counts")
     if oof and (weights or fit_dirs):
         raise WeblyError("an out-of-fold ensemble picks one member per image: no weights or --fit")
-    w, decision = _weights(pred_dirs, weights, fit_dirs, fit_labels, fit_metric, fit_min_se)
+    w, decision = _weights(pred_dirs, weights, fit_dirs, fit_labels, fit_metric, fit_min_se,
+                           fit_default)
     if decision is not None:
         print(f"[webly] ensemble weights ({decision.rule}): {decision.why}", flush=True)
     # an average has as many distinct classes as its widest member; a pick, its narrowest
@@ -266,4 +280,5 @@ def run_ensemble(*, preds: list[str], cfg: EnsembleConfig, out: Path, fit: list[
                          "info/val_filelist.txt, or the manifest)")
     return ensemble(list(preds), out, cfg.model_weights, list(fit) if fit else None,
                     fit_labels_of(fit_labels, fit[0]) if fit else None, top_k=cfg.top_k,
-                    oof=cfg.out_of_fold, fit_metric=cfg.fit_metric, fit_min_se=cfg.fit_min_se)
+                    oof=cfg.out_of_fold, fit_metric=cfg.fit_metric, fit_min_se=cfg.fit_min_se,
+                    fit_default=cfg.fit_default)

@@ -104,7 +104,7 @@ def recipe_for(plan: Plan, facts: Facts, data: Path, sidecar: Path | None) -> di
         steps.append({"id": f"{split}_ensemble", "stage": "ensemble",
                       "preds": [f"@{split}_{m}" for m in members(plan)],
                       "fit": [f"@val_{m}" for m in members(plan)], "fit_labels": "@manifest",
-                      "fit_metric": "top1", "fit_min_se": 2.0})
+                      "fit_metric": "top1", "fit_min_se": 2.0, "fit_default": "last"})
     scored = splits[-1]
     for member in [*members(plan), "ensemble"]:
         steps.append({"id": f"score_{member}", "stage": "evaluate",
