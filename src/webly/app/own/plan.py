@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from webly.app.own.measure import measure
-from webly.app.own.settings import Measured, backbone_for, batch_for
+from webly.app.own.settings import Measured, backbone_for, batch_for, in_memory
 from webly.core.errors import WeblyError
 from webly.core.progress import duration
 from webly.inference import cost
-from webly.training.config import SMALL_IMAGE
 from webly.training.plan import MIN_STEPS
 
 SIZES = (16, 20, 24, 32, 40, 48, 64, 96, 128, 160, 192, 224)
@@ -159,7 +158,7 @@ def _fwd(rate: Measured, tta: str = "none") -> float:
 def train_seconds(sid: str, s: dict[str, Any], rate: Measured, facts: Facts) -> float:
     """A training step's time in its loop: its draws (a decode each when it reads files) and
     validation after each epoch; the step's `time_budget_s` (the loop ends on it)."""
-    per_draw = rate.train_s + (0.0 if rate.size <= SMALL_IMAGE else rate.decode_s)
+    per_draw = rate.train_s + (0.0 if in_memory(rate.size) else rate.decode_s)
     total = s["epochs"] * s["draws"] * per_draw
     if sid != "pre_wt":  # WT-Set pretraining has no class labels to validate on
         total += s["epochs"] * facts.images.get("val", 0) * (_fwd(rate) + rate.decode_s)
@@ -177,7 +176,7 @@ def seconds(steps: dict[str, dict[str, Any]], rate: Measured, facts: Facts, text
     branch = all(b in steps for b in BRANCHES)
     members = [sid for sid in steps if not (branch and sid == BRANCHES[0])]
     total = sum(train_seconds(sid, steps[sid], rate, facts) for sid in members)
-    if rate.size <= SMALL_IMAGE:
+    if in_memory(rate.size):
         total += n_train * rate.decode_s * (1 + ("final" in steps))
     if "final" in steps:
         total += n_train * (_fwd(rate, "flip") + rate.decode_s)  # the labelling pass

@@ -43,12 +43,17 @@ def warmup_for(draws_per_epoch: int, batch: int) -> float:
     return round(max(0.5, WARMUP_STEPS / max(draws_per_epoch // batch, 1)), 3)
 
 
+def in_memory(size: int) -> bool:
+    """Small images train decoded once into memory (pad-crop); larger ones from their files."""
+    return size <= SMALL_IMAGE
+
+
 def train_config(size: int, batch: int, backbone: str = "", pretrained: bool = False,
                  **over: Any) -> Any:
     """The training options every step of the own-data recipe shares (the benchmarks' proven
     settings for small-image training, lr scaled linearly from 0.1 at batch 128; from
     pretrained weights the seed's finetune lr, 0.01 at batch 128, on `backbone`)."""
-    small = size <= SMALL_IMAGE
+    small = in_memory(size)
     lr = (FINETUNE_LR if pretrained else 0.1) * batch / 128
     base = {"backbone": backbone or backbone_for(size), "img_size": size,
             "augment": "pad_crop" if small else "resized_crop", "in_memory": small,
