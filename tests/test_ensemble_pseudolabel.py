@@ -364,3 +364,85 @@ def test_threshold_choice_bad_inputs(tmp_path):
     with pytest.raises(WeblyError, match="tta must match"):
         pseudo_label(m, train, tmp_path / "x", PseudoLabelConfig(thresholds=[0.7]),
                      probe=[train, flipped])
+
+
+def _text_case(tmp_path, says: bool):
+    """The holdout decides what the text is worth. Three classes; class 0 has two looks: 40
+    images of one (features at e0) labelled right, 20 of another (e3) labelled 1, wrong (the
+    labeller half believes it: 0.4 / 0.5). Every image's one keyword names its true class
+    (`says`) or is drawn at random. The holdout: 10 images of each look of class 0, 20 of each
+    other class, labelled right."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1, 2], 60)
+    look_b = np.zeros(180, bool)
+    look_b[40:60] = True
+    given = np.where(look_b, 1, truth)
+    probs = np.eye(3, dtype=np.float32)[given] * 0.75 + 0.125
+    probs[look_b] = [0.4, 0.5, 0.1]
+    vtruth = np.repeat([0, 1, 2], 20)
+    vlook_b = np.zeros(60, bool)
+    vlook_b[10:20] = True
+    recs = [Record(id=f"t{i}", path=f"{i}.jpg", split="train", label=int(y))
+            for i, y in enumerate(given)]
+    recs += [Record(id=f"v{i}", path=f"v{i}.jpg", split="val", label=int(y))
+             for i, y in enumerate(vtruth)]
+    m = tmp_path / "m.parquet"
+    write_manifest(m, recs, {"root": str(tmp_path), "classes": ["n1", "n2", "n3"],
+                             "class_names": ["a", "b", "c"]})
+    train = _write(tmp_path / "train", [r.id for r in recs[:180]], probs, split="train")
+    val = _write(tmp_path / "val", [r.id for r in recs[180:]], np.eye(3)[vtruth], split="val",
+                 rows=np.arange(180, 240))
+    centres = np.eye(4, 8, dtype=np.float32) * 4
+    for d, y, b in ((train, truth, look_b), (val, vtruth, vlook_b)):
+        feats = centres[np.where(b, 3, y)] + rng.normal(0, 0.5, (len(y), 8))
+        np.save(f"{d}/features.npy", feats.astype(np.float16))
+    word = truth if says else rng.integers(0, 3, 180)
+    tags = tmp_path / "tags"
+    tags.mkdir()
+    x = sp.csr_matrix((np.ones(180, np.uint8), (np.arange(180), word)), shape=(240, 3))
+    sp.save_npz(tags / "keywords.npz", x)
+    (tags / "vocab.tsv").write_text("keyword\tdoc_frequency\n" + "".join(
+        f"w{c}\t60\n" for c in range(3)))
+    (tags / "stats.json").write_text("{}")
+    return m, train, val, tags, given
+
+
+@pytest.mark.parametrize("says", [True, False])
+def test_the_holdout_decides_what_the_text_is_worth(tmp_path, says):
+    """Text that names the class fixes the wrong look's labels and its pseudo-labels beat the
+    given ones on the holdout; random text changes nothing worth it, and labels.parquet keeps
+    every given label (the round then trains on what CE trains on)."""
+    m, train, val, tags, given = _text_case(tmp_path, says)
+    cfg = PseudoLabelConfig(threshold=0.5, thresholds=[0.3], text_weight=1.0,
+                            text_weights=[0, 0.5], against_given=True, drop_inconsistent=True,
+                            probe_metric="balanced_top1")
+    s = pseudo_label(m, train, tmp_path / "pl", cfg, text=str(tags), probe=[train, val])
+    d = s["decision"]
+    assert d["default"] == "given" and d["name"] == "pseudo-labels"
+    assert set(d["scores"]) == {"given"} | {f"w{w:g} t{t:g}" for w in (0, 0.5, 1)
+                                            for t in (0.3, 0.5)}
+    assert d["detail"]["metric"] == "balanced_top1"
+    labels = pq.read_table(tmp_path / "pl/labels.parquet")["label"].to_numpy()
+    if says:
+        assert d["choice"] != "given" and not d["choice"].startswith("w0 ")
+        assert s["text"]["weight"] > 0 and s["labels"] == "pseudo"
+        assert (labels[40:60] == 0).all() and d["gain"] > 2 * d["se"]
+    else:
+        assert d["choice"] == "given" and s["labels"] == "given"
+        assert (labels == given).all() and s["relabelled"] == s["dropped"] == 0
+
+
+def test_text_candidates_bad_inputs(tmp_path):
+    m, train, val, tags, _ = _text_case(tmp_path, True)
+    cases = [(dict(text_weights=[0.5]), None, tags, "need --thresholds"),
+             (dict(against_given=True), None, tags, "need --thresholds"),
+             (dict(thresholds=[0.3], text_weights=[]), [train, val], tags, "one or more"),
+             (dict(thresholds=[0.3], text_weights=[11]), [train, val], tags, "within"),
+             (dict(thresholds=[0.3], text_weights=[0.5]), [train, val], None, "need --text"),
+             (dict(thresholds=[0.3], probe_metric="f1"), [train, val], tags, "probe_metric")]
+    for kw, probe, text, match in cases:
+        with pytest.raises(WeblyError, match=match):
+            pseudo_label(m, train, tmp_path / "x", PseudoLabelConfig(**kw),
+                         text=str(text) if text else None, probe=probe)

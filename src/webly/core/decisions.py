@@ -57,28 +57,49 @@ class Decision:
         return {**asdict(self), "changed": self.changed}
 
 
-def paired_se(base: np.ndarray, cand: np.ndarray) -> float:
-    """Standard error (points) of the top-1 difference of two models scored on the same images.
+def paired_se(base: np.ndarray, cand: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Standard error (points) of the top-1 difference of two models scored on the same images
+    (with `weights`, summing to 1: of the weighted mean, e.g. balanced top-1's 1 / (C x n_c)).
 
     Pairing matters: two models agree on most images, so only those where one is right and the
     other wrong carry the difference's noise."""
     d = np.asarray(cand, np.float64) - np.asarray(base, np.float64)
-    return float(100 * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    if len(d) < 2:
+        return float("inf")
+    if weights is None:
+        return float(100 * d.std(ddof=1) / np.sqrt(len(d)))
+    w = np.asarray(weights, np.float64)
+    mean = float(w @ d)
+    return float(100 * np.sqrt(np.sum(w**2 * (d - mean) ** 2) * len(d) / (len(d) - 1)))
+
+
+def class_weights(labels: np.ndarray) -> np.ndarray:
+    """Each image's weight in balanced top-1 (the mean of the per-class top-1s): 1 / (C x n_c)."""
+    labels = np.asarray(labels)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return 1.0 / (len(classes) * counts[inverse])
 
 
 def beats(right: dict[str, np.ndarray], default: str, *, name: str, margin: float = 0.0,
-          min_se: float = 0.0, macs: int = 0, detail: dict[str, Any] | None = None) -> Decision:
+          min_se: float = 0.0, macs: int = 0, detail: dict[str, Any] | None = None,
+          weights: np.ndarray | None = None) -> Decision:
     """The rule. `right`: candidate -> which holdout images it gets right (the same images for
-    all, in preference order: among equal scores the earlier challenger is tried). The best
-    challenger replaces `default` only when its gain exceeds `margin` points and `min_se` paired
-    standard errors."""
+    all, in preference order: among equal scores the earlier challenger is tried); `weights`
+    (summing to 1, e.g. `class_weights`): each image's share of the score, uniform by default.
+    The best challenger replaces `default` only when its gain exceeds `margin` points and
+    `min_se` paired standard errors."""
     if default not in right or len(right) < 2:
         raise WeblyError(f"{name}: a decision needs the default {default!r} and a challenger")
-    scores = {c: round(100 * float(np.mean(r)), 3) for c, r in right.items()}
+
+    def mean(r: np.ndarray) -> float:
+        r = np.asarray(r, np.float64)
+        return float(np.mean(r)) if weights is None else float(weights @ r)
+
+    scores = {c: round(100 * mean(r), 3) for c, r in right.items()}
     others = [c for c in right if c != default]
-    best = max(others, key=lambda c: (100 * float(np.mean(right[c])), -others.index(c)))
-    gain = 100 * float(np.mean(right[best]) - np.mean(right[default]))
-    se = paired_se(right[default], right[best])
+    best = max(others, key=lambda c: (100 * mean(right[c]), -others.index(c)))
+    gain = 100 * (mean(right[best]) - mean(right[default]))
+    se = paired_se(right[default], right[best], weights)
     need = max(margin, min_se * se)
     won = gain > need
     if gain <= 0:

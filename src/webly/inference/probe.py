@@ -92,11 +92,26 @@ def probe_features(probe: list[str], rows: np.ndarray, train_rows: np.ndarray | 
 
 def choose_threshold(train_feats: np.ndarray, labels_of: dict[float, np.ndarray],
                      holdout_feats: np.ndarray, holdout_labels: np.ndarray, num_classes: int,
-                     default: float, min_se: float) -> Decision:
+                     default: float, min_se: float, metric: str = "top1") -> Decision:
     """The threshold the holdout chooses among `labels_of` (threshold -> the training labels it
     gives, -1: dropped, aligned with `train_feats`' rows: the `sample`; `default` among them):
     `default` unless beaten by more than `min_se` paired SEs (`webly.core.decisions.beats`;
     among equal scores the threshold nearer the default). The candidates are named f"{t:g}"."""
+    order = sorted(labels_of, key=lambda t: (abs(t - default), t))
+    return choose_labels(train_feats, {f"{t:g}": labels_of[t] for t in order}, holdout_feats,
+                         holdout_labels, num_classes, f"{default:g}", min_se, name="threshold",
+                         metric=metric)
+
+
+def choose_labels(train_feats: np.ndarray, labels_of: dict[str, np.ndarray],
+                  holdout_feats: np.ndarray, holdout_labels: np.ndarray, num_classes: int,
+                  default: str, min_se: float, name: str = "labels",
+                  metric: str = "top1") -> Decision:
+    """The label set the holdout chooses among `labels_of` (candidate -> the training labels it
+    gives, -1: dropped, aligned with `train_feats`' rows; in preference order: among equal
+    scores the earlier wins): a linear probe learns each, the holdout scores it (`metric`: top1
+    or balanced_top1, the mean of the classes' top-1s, where a recipe is judged by it), and the
+    best replaces `default` only when it beats it by more than `min_se` paired SEs."""
     x = np.asarray(train_feats, np.float32)
     mu, sd = x.mean(0), x.std(0) + 1e-6
     x = torch.from_numpy((x - mu) / sd)
@@ -104,14 +119,15 @@ def choose_threshold(train_feats: np.ndarray, labels_of: dict[float, np.ndarray]
     v = torch.from_numpy((np.asarray(holdout_feats, np.float32)[known] - mu) / sd)
     vy = holdout_labels[known]
     right, kept, macs = {}, {}, 0
-    for t in sorted(labels_of, key=lambda t: (abs(t - default), t)):
-        lab = labels_of[t]
+    for cand, lab in labels_of.items():
         keep = lab >= 0
         lin, evals = fit_probe(x[keep], torch.from_numpy(lab[keep].astype(np.int64)),
                                num_classes)
         macs += 3 * evals * int(keep.sum()) * x.shape[1] * num_classes  # forward + backward
         with torch.no_grad():
-            right[f"{t:g}"] = lin(v).argmax(1).numpy() == vy
-        kept[f"{t:g}"] = int(keep.sum())
-    return decisions.beats(right, f"{default:g}", name="threshold", min_se=min_se, macs=macs,
-                           detail={"probe_images": kept, "holdout_images": int(known.sum())})
+            right[cand] = lin(v).argmax(1).numpy() == vy
+        kept[cand] = int(keep.sum())
+    weights = decisions.class_weights(vy) if metric == "balanced_top1" else None
+    return decisions.beats(right, default, name=name, min_se=min_se, macs=macs, weights=weights,
+                           detail={"probe_images": kept, "holdout_images": int(known.sum()),
+                                   "metric": metric})

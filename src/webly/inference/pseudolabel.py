@@ -39,7 +39,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -52,7 +52,7 @@ from webly.data.labels import LabelsWriter
 from webly.data.manifest import Manifest
 from webly.data.predictions import iter_predictions, read_info, rows_of
 from webly.inference.evidence import first_pass, text_probs
-from webly.inference.probe import choose_threshold, probe_features, sample
+from webly.inference.probe import choose_labels, choose_threshold, probe_features, sample
 
 
 @dataclass
@@ -74,6 +74,17 @@ class PseudoLabelConfig:
                                    "probe must beat the default's by on the holdout")
     probe_images: int = opt(100_000, "with --thresholds: training images (a fixed sample) each "
                                      "probe learns from")
+    text_weights: list[float] | None = opt(None, "with --text and --thresholds: candidate text "
+                                                 "weights (0 allowed: the images alone), each "
+                                                 "with each threshold; text_weight is the "
+                                                 "default")
+    probe_metric: Literal["top1", "balanced_top1"] = opt(
+        "top1", "with --thresholds: what the holdout scores each probe by (balanced_top1: the "
+                "mean of the classes' top-1s, where the recipe is judged by it)")
+    against_given: bool = opt(False, "with --thresholds: the given labels, unchanged, are a "
+                                     "candidate and the default: the pseudo-labels replace "
+                                     "them only where their probe beats the given labels' by "
+                                     "probe_min_se SEs, else labels.parquet keeps them all")
 
     def validate(self) -> None:
         if not 0 <= self.threshold <= 1 or not 0 <= self.top_fraction <= 1:
@@ -91,6 +102,16 @@ class PseudoLabelConfig:
                                  "combined with --top-fraction")
             if self.probe_min_se < 0 or self.probe_images < 100:
                 raise WeblyError("pseudo-label: probe_min_se >= 0, probe_images >= 100")
+            if self.probe_metric not in ("top1", "balanced_top1"):
+                raise WeblyError(f"pseudo-label: probe_metric top1 or balanced_top1, got "
+                                 f"{self.probe_metric!r}")
+        elif self.text_weights is not None or self.against_given:
+            raise WeblyError("pseudo-label: text_weights and against_given are candidates the "
+                             "holdout chooses among: they need --thresholds and --probe")
+        if self.text_weights is not None and (
+                not self.text_weights or not all(0 <= w <= 10 for w in self.text_weights)):
+            raise WeblyError("pseudo-label: text_weights must be one or more values within "
+                             "[0, 10]")
 
 
 def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str | Path,
@@ -114,21 +135,27 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     if cfg.soft_k > info["k"]:
         raise WeblyError(f"soft_k {cfg.soft_k} > the {info['k']} classes the predictions keep")
     labels = np.asarray(manifest.read(["label"])["label"].fill_null(-1).to_numpy(), np.int64)
+    if cfg.text_weights is not None and text is None:
+        raise WeblyError("pseudo-label: text_weights are weights of the text's evidence: they "
+                         "need --text")
     from_text = None
     if text is not None:
         from_text = text_probs(text, preds_dir, labels, manifest.num_classes, cfg.text_folds)
-    rows, pred, conf, ok, given = first_pass(preds_dir, labels, from_text, cfg.text_weight)
+    weights = sorted({cfg.text_weight, *(cfg.text_weights or [])})
+    passes = {w: first_pass(preds_dir, labels, from_text, w) for w in weights}
+    decision, weight, threshold = None, cfg.text_weight, cfg.threshold
+    if probe is not None:
+        decision = _choose(manifest, labels, passes, preds_dir, probe, cfg)
+        weight, threshold = _candidate(decision.choice, cfg)
+    rows, pred, conf, ok, given = passes[weight]
     original = labels[rows]
     ok &= original >= 0
     disagree = ok & (pred != original)
-    decision, threshold = None, cfg.threshold
-    if probe is not None:
-        decision = _choose(manifest, labels, rows, preds_dir, probe, pred, conf, original,
-                           disagree, cfg)
-        threshold = float(decision.choice)
     confident = _top_fraction(pred, conf, ok, cfg.top_fraction) if cfg.top_fraction > 0 \
         else conf >= threshold
     new, relabel, drop = _decide(disagree, confident, pred, original, cfg.drop_inconsistent)
+    if decision is not None and decision.choice == GIVEN:  # the round would not pay
+        new, relabel, drop = original.copy(), np.zeros_like(relabel), np.zeros_like(drop)
     source = np.where(relabel, "pseudo", np.where(drop, "dropped", "original"))
     suspects = np.flatnonzero(disagree)  # the given label's probability low, another's high
     suspects = suspects[np.argsort(-conf[suspects], kind="stable")][: cfg.suspects]
@@ -138,6 +165,8 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     report = _report(manifest, original, pred, ok, disagree, relabel, drop)
     if cfg.top_fraction == 0:
         report["threshold"] = threshold
+    report["labels"] = "given" if decision is not None and decision.choice == GIVEN \
+        else "pseudo"
     if decision is not None:
         decisions.write(out, decision)
     write_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
@@ -149,24 +178,64 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     if decision is not None:
         report["decision"] = decision.to_json()
     if text is not None:
-        report["text"] = {"tags": str(text), "weight": cfg.text_weight, "folds": cfg.text_folds}
+        report["text"] = {"tags": str(text), "weight": weight, "folds": cfg.text_folds}
     return report
 
 
-def _choose(manifest: Manifest, labels: np.ndarray, rows: np.ndarray, preds_dir: str | Path,
-            probe: list[str], pred: np.ndarray, conf: np.ndarray, original: np.ndarray,
-            disagree: np.ndarray, cfg: PseudoLabelConfig) -> Decision:
-    """The threshold the holdout chooses (webly.inference.probe), printed and returned."""
+GIVEN = "given"  # the candidate that keeps every given label (against_given)
+
+
+def _name(weight: float, threshold: float, cfg: PseudoLabelConfig) -> str:
+    """A candidate's name: its threshold, with text weights 'w{weight} t{threshold}'."""
+    return f"w{weight:g} t{threshold:g}" if cfg.text_weights is not None else f"{threshold:g}"
+
+
+def _candidate(name: str, cfg: PseudoLabelConfig) -> tuple[float, float]:
+    """(text weight, threshold) of a candidate's name (the given labels: the defaults')."""
+    if name == GIVEN:
+        return cfg.text_weight, cfg.threshold
+    if cfg.text_weights is None:
+        return cfg.text_weight, float(name)
+    w, t = name.split()
+    return float(w[1:]), float(t[1:])
+
+
+def _choose(manifest: Manifest, labels: np.ndarray, passes: dict[float, tuple],
+            preds_dir: str | Path, probe: list[str], cfg: PseudoLabelConfig) -> Decision:
+    """The label set the holdout chooses (webly.inference.probe): each text weight's product
+    with each threshold, and with `against_given` the given labels (the default then); printed
+    and returned."""
+    rows = next(iter(passes.values()))[0]
     same = Path(probe[0]).resolve() == Path(preds_dir).resolve()
     train, holdout, holdout_rows = probe_features(probe, rows, None if same else rows_of(probe[0]))
     # the labels each candidate gives, on the probe's sample only (never N x candidates)
     pick = sample(len(rows), cfg.probe_images)
-    d, c, p, o = disagree[pick], conf[pick], pred[pick], original[pick]
-    labels_of = {t: _decide(d, c >= t, p, o, cfg.drop_inconsistent)[0]
-                 for t in sorted({cfg.threshold, *cfg.thresholds})}
-    res = choose_threshold(train[pick], labels_of, holdout, labels[holdout_rows],
-                           manifest.num_classes, cfg.threshold, cfg.probe_min_se)
-    print(f"[webly] pseudo-label: threshold {res.choice}: {res.why}", flush=True)
+    original = labels[rows][pick]
+    thresholds = sorted({cfg.threshold, *(cfg.thresholds or [])})
+    if cfg.text_weights is None and not cfg.against_given:  # the threshold alone
+        _, pred, conf, ok, _ = passes[cfg.text_weight]
+        p, c = pred[pick], conf[pick]
+        d = ok[pick] & (original >= 0) & (p != original)
+        labels_of = {t: _decide(d, c >= t, p, original, cfg.drop_inconsistent)[0]
+                     for t in thresholds}
+        res = choose_threshold(train[pick], labels_of, holdout, labels[holdout_rows],
+                               manifest.num_classes, cfg.threshold, cfg.probe_min_se,
+                               cfg.probe_metric)
+    else:
+        default = (cfg.text_weight, cfg.threshold)
+        cands: dict[str, np.ndarray] = {GIVEN: original} if cfg.against_given else {}
+        for w, t in sorted(((w, t) for w in passes for t in thresholds),
+                           key=lambda c: (abs(c[0] - default[0]), abs(c[1] - default[1]), c)):
+            _, pred, conf, ok, _ = passes[w]
+            p, c = pred[pick], conf[pick]
+            d = ok[pick] & (original >= 0) & (p != original)
+            cands[_name(w, t, cfg)] = _decide(d, c >= t, p, original, cfg.drop_inconsistent)[0]
+        res = choose_labels(train[pick], cands, holdout, labels[holdout_rows],
+                            manifest.num_classes,
+                            GIVEN if cfg.against_given else _name(*default, cfg),
+                            cfg.probe_min_se, name="pseudo-labels", metric=cfg.probe_metric)
+    what = "labels" if res.name == "pseudo-labels" else "threshold"
+    print(f"[webly] pseudo-label: {what} {res.choice}: {res.why}", flush=True)
     return res
 
 
