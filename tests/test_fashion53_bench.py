@@ -91,6 +91,59 @@ def test_noises_are_made_from_the_clean_labels_as_named(tmp_path):
     assert ((a != clean) | (a == clean)).all() and (a[a != clean] != clean[a != clean]).all()
 
 
+def test_title_variants_fail_the_way_web_text_does(tmp_path):
+    """Each `--titles` variant, made from the shipped titles with a fixed seed: class words gone
+    (brand and colour stay), titles swapped within a noisy label, another product's title, a
+    tag list; prepared copies of two variants never share a cache and val/test stay as given."""
+    bench = _bench()
+    root = make_fashion_like(tmp_path / "fashion53", 300, 6)
+    labels = bench.make_noise(root, "shipped")
+    given = bench._titles(root)
+    words = bench.class_words(root)
+    assert {"shirt", "shoe", "wallet", "earring", "handbag"} <= words
+    assert not words & {"nike", "black", "men"}
+    nameless = bench.make_titles(root, "nameless", labels)
+    for before, after in zip(given, nameless, strict=True):
+        brand, _, colour, _ = before.split()
+        assert after == f"{brand} Men {colour}"  # "T-shirt" goes whole
+    swapped = bench.make_titles(root, "swapped", labels)
+    assert swapped != given and sorted(swapped) == sorted(given)
+    for y in np.unique(labels):  # a permutation within each noisy label
+        idx = np.flatnonzero(labels == y)
+        assert sorted(swapped[i] for i in idx) == sorted(given[i] for i in idx)
+    other = bench.make_titles(root, "other", labels)
+    assert sorted(other) == sorted(given) and np.mean([a == b for a, b in zip(
+        other, given, strict=True)]) < 0.5
+    tags = bench.make_titles(root, "tags", labels)
+    assert all(", " in t and t == t.lower() for t in tags)
+    assert all(len(t.split(", ")) >= 3 for t in tags)
+    assert tags == bench.make_titles(root, "tags", labels)  # a fixed seed
+    with pytest.raises(SystemExit, match="unknown --titles"):
+        bench.make_titles(root, "poetry", labels)
+    cache = tmp_path / "cache"
+    a = bench.prepare(root, cache, "shipped", titles="nameless")
+    b = bench.prepare(root, cache, "shipped", titles="other")
+    assert a != b and a != bench.prepare(root, cache, "shipped")
+    assert bench._titles(a) == nameless and bench._titles(b) == other
+    assert json.loads((a / "info/noise.json").read_text())["titles"] == "nameless"
+    assert (a / "info/val_filelist.txt").read_text() == (
+        root / "info/val_filelist.txt").read_text()
+
+
+def test_rows_cut_the_recipe_to_what_they_need(tmp_path):
+    bench = _bench()
+    data = make_fashion_like(tmp_path / "fashion53", 60, 6)
+    roots = bench._prepare(data, tmp_path / "cache", "shipped", None)
+    recipe = bench.harness.recipe_for(bench.SPEC, roots, epochs=2, batch_size=60)
+    cut = bench.harness.only_rows(bench.SPEC, recipe, ["1", "5", "6"])
+    ids = [s["id"] for s in cut["steps"]]
+    assert {"ce", "pl", "final", "ce_long", "score_system", "tags", "manifest"} <= set(ids)
+    assert not {"pre_wt", "ft_wt", "pre_lw", "ce_clean", "manifest_clean"} & set(ids)
+    assert ids == [s["id"] for s in recipe["steps"] if s["id"] in ids]  # the order kept
+    with pytest.raises(SystemExit, match="no row 9"):
+        bench.harness.only_rows(bench.SPEC, recipe, ["1", "9"])
+
+
 def test_prepare_keeps_val_and_test_clean_and_is_keyed_by_content(tmp_path):
     bench = _bench()
     root = make_fashion_like(tmp_path / "a" / "fashion53", 60, 6)

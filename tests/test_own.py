@@ -115,9 +115,9 @@ def test_the_branches_of_decision_1_are_counted_once():
     assert both == pytest.approx(one)
 
 
-def test_text_decides_the_chain_and_a_huge_budget_is_capped():
+def test_text_plans_ce_then_final_and_a_huge_budget_is_capped():
     plan = own.plan_for(facts(text=0.9), Path("m"), 10**7, 0, measure_fn=fixed_rate(1e-4))
-    assert plan.text and set(plan.steps) == {"pre_wt", "ft_wt", "final"}
+    assert plan.text and set(plan.steps) == {"ce", "final"}
     assert plan.passes == own.MAX_PASSES and any("unspent" in n for n in plan.notes)
     assert plan.steps["final"]["units"] == 2.0
 
@@ -144,7 +144,7 @@ def test_recipe_validates_and_reads_the_holdout(text, test, tmp_path):
     recipe = own.recipe_for(plan, f, tmp_path, tmp_path / "text.jsonl" if text else None)
     _, steps = load_recipe(recipe)  # every stage, option and reference is valid
     by_id = {s.id: s for s in steps}
-    assert ("tags" in by_id) == text and ("pre_wt" in by_id) == text
+    assert ("tags" in by_id) == text and ("val_probe" in by_id) == text
     assert by_id["manifest"].inputs["root"] == str(tmp_path.resolve())
     assert by_id["manifest"].options["holdout"] == own.HOLDOUT
     assert (by_id["pl"].inputs.get("text") == "@tags") == text
@@ -154,16 +154,22 @@ def test_recipe_validates_and_reads_the_holdout(text, test, tmp_path):
     assert by_id[f"{scored}_ensemble"].options["fit_metric"] == "top1"  # a noisy holdout
     assert by_id[f"{scored}_ensemble"].options["fit_min_se"] == 2.0  # fitted only when clearly
     assert by_id[f"{scored}_ensemble"].options["fit_default"] == "last"  # ... better than it
-    first = "ft_wt" if text else "ce"
+    first = "ce"
     for sid in plan.steps:
         opts = by_id[sid].options  # budgeted: the loop ends on the step's planned time
         assert opts["epochs"] == own.EPOCH_CAP * plan.steps[sid]["epochs"]
         assert opts["time_budget_s"] == plan.steps[sid]["seconds"] > 0
         per_epoch = opts["samples_per_epoch"] // opts["batch_size"]  # warmup: >= 100 steps
         assert opts["warmup_epochs"] == max(0.5, round(100 / per_epoch, 3))
-        assert sid == "pre_wt" or opts["export"] == "best"
+        assert opts["export"] == "best"
         assert opts["samples_per_epoch"] == plan.steps[sid]["draws"]
     assert by_id["train_preds"].inputs["model"] == f"@{first}"
+    if text:  # the holdout chooses the labels final continues CE on: given unless beaten
+        pl = by_id["pl"].options
+        assert pl["against_given"] and 0 in pl["text_weights"]
+        assert by_id["pl"].inputs["probe"] == ["@train_preds", "@val_probe"]
+        assert by_id["final"].options["continue_from"] == "@ce"
+        assert by_id["final"].inputs["labels"] == "@pl"
     if not text:  # decision 1: more CE against CE on the holdout; one branch runs
         gate = by_id["decide_longer"]
         assert gate.inputs["preds"] == ["@val_ce", "@val_ce_more"]
@@ -234,7 +240,7 @@ def test_a_webvision_tree_keeps_its_val_and_a_rerun_reads_the_plan_back(synth_sm
     saved = json.loads((out / "own_plan.json").read_text())
     assert saved["facts"]["layout"] == "webvision" and saved["facts"]["images"]["val"] > 0
     assert plan.text and (out / "tags").is_dir() and plan.passes == own.NO_BUDGET_PASSES
-    assert {s["id"] for s in recipe["steps"]} >= {"manifest", "tags", "pre_wt", "final"}
+    assert {s["id"] for s in recipe["steps"]} >= {"manifest", "tags", "ce", "pl", "final"}
     said = []
     again, recipe2 = own.prepare(root, out, "5m", log=said.append)
     assert again == plan and recipe2 == recipe
@@ -244,7 +250,7 @@ def test_a_webvision_tree_keeps_its_val_and_a_rerun_reads_the_plan_back(synth_sm
 def test_the_plan_says_what_it_chose():
     plan = own.plan_for(facts(text=0.9), Path("m"), 1800, 30, measure_fn=fixed_rate(1e-3))
     text = "\n".join(plan.lines())
-    assert "with text (WT-Set chain)" in text and "cifar_resnet9 at 32 px" in text
+    assert "with text (the holdout decides what it is worth)" in text and "cifar_resnet9 at 32 px" in text
     assert "final: " in text and "of a 30m00s budget" in text
     none = own.plan_for(facts(), Path("m"), None, 0, measure_fn=fixed_rate(1e-3))
     assert "time not estimated" in "\n".join(none.lines())

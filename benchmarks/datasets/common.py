@@ -83,12 +83,12 @@ def link(src: Path, dst: Path) -> None:
         shutil.copy(src, dst)
 
 
-def seal(target: Path, noise: str, labels: np.ndarray, clean: np.ndarray) -> Path:
-    """Finish a prepared copy: the share of wrong training labels in `info/noise.json`, then the
-    `.complete` mark (a copy without it is rebuilt)."""
+def seal(target: Path, noise: str, labels: np.ndarray, clean: np.ndarray, **extra: Any) -> Path:
+    """Finish a prepared copy: the share of wrong training labels (and `extra`, e.g. the title
+    variant) in `info/noise.json`, then the `.complete` mark (a copy without it is rebuilt)."""
     wrong = float(np.mean(labels != clean))
     (target / "info/noise.json").write_text(json.dumps(
-        {"noise": noise, "train_images": len(labels), "wrong": round(wrong, 4)}) + "\n")
+        {"noise": noise, "train_images": len(labels), "wrong": round(wrong, 4), **extra}) + "\n")
     (target / ".complete").write_text("")
     return target
 

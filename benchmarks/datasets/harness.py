@@ -72,6 +72,8 @@ class Spec:
     extra: Callable[..., dict[str, Any]] | None = None  # (out, root, res) -> more results
     extra_markdown: Callable[[dict[str, Any]], list[str]] | None = None
     options: Callable[[argparse.ArgumentParser], None] | None = None
+    # the run's name beyond mode and noise, from its options ("" for none): e.g. a title variant
+    variant: Callable[[argparse.Namespace], str] | None = None
 
     def role(self, role: str) -> str:
         """The number of the row playing `role` ("" where none does; the system: the last)."""
@@ -145,6 +147,32 @@ def recipe_for(spec: Spec, roots: dict[str, Path], epochs: int, batch_size: int 
     return recipe
 
 
+def only_rows(spec: Spec, recipe: dict[str, Any], rows: list[str]) -> dict[str, Any]:
+    """The recipe cut to what the given rows need: their score steps and every step these refer
+    to, through inputs, options and gates (`when`), and nothing else. A row left out is left out
+    of the results; the rows that run are the same steps as in the whole recipe."""
+    unknown = sorted(set(rows) - {r.num for r in spec.rows})
+    if unknown:
+        raise SystemExit(f"--rows: no row {', '.join(unknown)} in {spec.name} "
+                         f"({', '.join(r.num for r in spec.rows)})")
+    by_id = {st["id"]: st for st in recipe["steps"]}
+
+    def refs(value: Any) -> list[str]:
+        if isinstance(value, str):
+            name = value.removeprefix("not ").strip()
+            return [name[1:]] if name.startswith("@") else []
+        return [r for v in value for r in refs(v)] if isinstance(value, list) else []
+
+    keep: set[str] = set()
+    todo = [r.score for r in spec.rows if r.num in rows]
+    while todo:
+        sid = todo.pop()
+        if sid not in keep:
+            keep.add(sid)
+            todo += [r for v in by_id[sid].values() for r in refs(v)]
+    return {**recipe, "steps": [st for st in recipe["steps"] if st["id"] in keep]}
+
+
 def shares(spec: Spec, recipe: dict[str, Any], epochs: int) -> dict[str, float]:
     """Each training step's units; a `match` step's from the steps it matches, their inference
     passes over the training images included (a pass of v views at size s: sum of the views'
@@ -177,11 +205,15 @@ def run_recipe(recipe: dict[str, Any], out: Path, spec: Spec | None = None) -> N
 
     if spec is not None and spec.late_match and spec.match:
         ids = [st["id"] for st in recipe["steps"]]
-        run(recipe, out, until=ids[min(ids.index(t) for t in spec.match) - 1])
+        targets = [t for t in spec.match if t in ids]  # --rows may leave a target out
+        if not targets:
+            run(recipe, out)
+            return
+        run(recipe, out, until=ids[min(ids.index(t) for t in targets) - 1])
         flops = compute(spec, out)
         by_id = {st["id"]: st for st in recipe["steps"]}
         ce, macs = by_id["ce"], {}
-        for target, steps in spec.match.items():
+        for target, steps in ((t, spec.match[t]) for t in targets):
             units = sum(flops.get(st, 0.0) for st in steps) / flops["ce"]
             step = by_id[target]
             for st in (ce, step):
@@ -288,7 +320,7 @@ def collect(spec: Spec, out: Path, root: Path, mode: str, noise: str,
     system = spec.role("system") if spec.role("system") in by else rows[-1]["row"]
     same, ce, clean = spec.role("same_compute"), spec.role("ce"), spec.role("clean")
     key = "balanced_top1" if clean else "top1"  # the metric the dataset is judged on
-    if clean:
+    if clean and clean in by:  # --rows may leave the ceiling out
         floor, ceiling = by[ce][key], by[clean][key]
         for r in rows:
             r["damage_recovered"] = round((r[key] - floor) / (ceiling - floor), 3) \
@@ -384,6 +416,8 @@ def main(spec: Spec, argv: list[str] | None = None, doc: str = "") -> int:
     ap.add_argument("--workers", type=int,
                     help="override: DataLoader workers of every step (0 in the recipes: on 2 "
                          "CPU cores the main process loads in-memory images fastest)")
+    ap.add_argument("--rows", help="only these rows, e.g. 1,5,6 (and the steps they need): a "
+                                   "cheaper run of the rows a comparison needs")
     ap.add_argument("--recipe", type=Path,
                     help=f"a variant of {spec.recipe.relative_to(REPO)} to run instead (an "
                          "experiment: e.g. one decision forced; recorded in the command)")
@@ -397,14 +431,19 @@ def main(spec: Spec, argv: list[str] | None = None, doc: str = "") -> int:
 
     name = "quick" if args.quick else "full" if args.full else "default"
     epochs = args.epochs or spec.epochs[name]
+    variant = spec.variant(args) if spec.variant else ""
     out = args.out or REPO / (f"runs/{spec.name}-{name}-{args.noise}"
+                              + (f"-{variant}" if variant else "")
                               + (f"-seed{args.seed}" if args.seed else ""))
     t0 = time.time()
     roots = spec.prepare(args.data, args.cache, args.noise, args)
     recipe = recipe_for(spec, roots, epochs, args.batch_size, args.workers, args.seed)
+    if args.rows:
+        recipe = only_rows(spec, recipe, [r.strip() for r in args.rows.split(",") if r.strip()])
     run_recipe(recipe, out, spec)
     res = collect(spec, out, roots["DATA"], name, args.noise, time.time() - t0)
     res["seed"] = args.seed
+    res["variant"] = variant
     res["command"] = f"python -m benchmarks.datasets.{spec.name} " + " ".join(
         argv if argv is not None else sys.argv[1:])
     (out / "benchmark.json").write_text(json.dumps(res, indent=1) + "\n")

@@ -7,8 +7,8 @@ DIR is class folders (`DIR/<class>/...`, or `DIR/train/<class>/...` with optiona
 
 1. index the data (`RUN/manifest`); without a val split, 10% of each class's training images
    are held out with their labels (a noisy holdout): every choice below is read there.
-2. the text: with titles/tags on at least half the training images, tag them (`RUN/tags`) and
-   use the WT-Set chain; otherwise the images alone.
+2. the text: with titles/tags on at least half the training images, tag them (`RUN/tags`): the
+   holdout then decides what the text is worth (below); otherwise the images alone.
 3. the image size: the largest of `SIZES` up to the images' own (median short side) at which the
    budget still affords `MIN_PASSES` passes over the training images per compute unit, and not
    below `MIN_SCALE` of a thumbnail's size nor, for photos, `MIN_SIZE` (the smallest such size
@@ -27,17 +27,19 @@ DIR is class folders (`DIR/<class>/...`, or `DIR/train/<class>/...` with optiona
 The recipe (`RUN/recipe.yaml`) and the plan behind it (`RUN/own_plan.json`) are written once; a
 rerun reads them back (nothing is measured again) and resumes, like any recipe.
 
-The steps. With text (the fashion53 system, BENCHMARKS.md): WT-Set pretraining (1/2 unit) ->
-new head, class-balanced finetune (1/2) -> it labels the training images with the title's
-evidence (`pseudo-label --text`) -> a new head on the WT-Set backbone finetunes on what is kept
-(2 units) -> the two averaged with weights fitted on the holdout by top-1. Without text, the
+The steps. With text (the fashion53 system, BENCHMARKS.md): CE (1 unit) labels the training
+images; the text joins as evidence (`pseudo-label --text`) and the holdout chooses the labels the
+rest trains on, by a linear probe on CE's features per candidate: the given labels unless the
+pseudo-labels of a text weight (0: the images alone) x threshold beat them by two paired SEs;
+final continues CE on them (2 units: on the given labels it is CE continued, so text that says
+nothing costs nothing). Without text, the
 CIFAR-10N recipe's decision 1: CE (1 unit) -> half a unit more of it (ce_more); where it beat CE
 on the holdout by a paired standard error, CE still learns from its labels and the rest (1.5
 units) continues it (ce_rest); otherwise CE labels the training images, pseudo-labels keep what
-it agrees with, and a new model trains on them (final, 1.5 units). The models that ran are
-averaged with weights fitted on the holdout by top-1 (or plainly, where the fit does not beat
-the plain average by two paired standard errors). LW-Set pretraining is left out: on the
-real-text benchmark it did not beat plain CE.
+it agrees with, and a new model trains on them (final, 1.5 units). The answer is the last model
+trained unless an average of the models that ran, weights fitted on the holdout by top-1, beats
+it there by two paired standard errors. The WT-Set and LW-Set chains are left out: on the
+real-text benchmark neither beat plain CE as a labeller or a row (BENCHMARKS.md).
 """
 
 from __future__ import annotations

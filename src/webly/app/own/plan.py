@@ -86,7 +86,7 @@ class Plan:
 
     def lines(self) -> list[str]:
         start = f"from {self.pretrained}" if self.pretrained else "from scratch"
-        lines = [f"own data: {'with text (WT-Set chain)' if self.text else 'images only'}; "
+        lines = [f"own data: {'with text (the holdout decides what it is worth)' if self.text else 'images only'}; "
                  f"{self.backbone} at {self.size} px {start}, batch {self.batch}; "
                  f"{self.passes:.1f} passes a unit"]
         lines += [f"  {sid}: {s['epochs']} epochs of {s['draws']} draws ({s['units']:g} units)"
@@ -128,13 +128,15 @@ def facts_of(manifest_path: Path, sample: int = 200) -> Facts:
                  m.meta.get("layout", ""))
 
 
-TEXT_STEPS = {"pre_wt": 0.5, "ft_wt": 0.5, "final": 2.0}  # training step -> compute units
+# with text: CE (the labeller), then final continues it on the labels the holdout chose (the
+# given ones, or the text's pseudo-labels where they pay): training step -> compute units
+TEXT_STEPS = {"ce": 1.0, "final": 2.0}
 # images only: CE, half a unit more of it (decision 1 reads it against CE on the holdout), then
 # the rest either continues CE (ce_rest) or trains a new model on pseudo-labels (final): the two
 # branches cost the same units, so one plan fits either (`seconds` counts the longer)
 IMAGE_STEPS = {"ce": 1.0, "ce_more": 0.5, "ce_rest": 1.5, "final": 1.5}
 BRANCHES = ("ce_rest", "final")  # decision 1 runs one of them
-SCRATCH = ("pre_wt", "ce", "final")  # steps that start from random weights: MIN_STEPS applies
+SCRATCH = ("ce", "final")  # steps that may start from random weights: MIN_STEPS applies
 
 
 def step_sizes(units: dict[str, float], passes: float, train_images: int,
@@ -160,8 +162,7 @@ def train_seconds(sid: str, s: dict[str, Any], rate: Measured, facts: Facts) -> 
     validation after each epoch; the step's `time_budget_s` (the loop ends on it)."""
     per_draw = rate.train_s + (0.0 if in_memory(rate.size) else rate.decode_s)
     total = s["epochs"] * s["draws"] * per_draw
-    if sid != "pre_wt":  # WT-Set pretraining has no class labels to validate on
-        total += s["epochs"] * facts.images.get("val", 0) * (_fwd(rate) + rate.decode_s)
+    total += s["epochs"] * facts.images.get("val", 0) * (_fwd(rate) + rate.decode_s)
     return total
 
 
@@ -180,6 +181,8 @@ def seconds(steps: dict[str, dict[str, Any]], rate: Measured, facts: Facts, text
         total += n_train * rate.decode_s * (1 + ("final" in steps))
     if "final" in steps:
         total += n_train * (_fwd(rate, "flip") + rate.decode_s)  # the labelling pass
+    if text:  # the holdout's pass with features (the probe; its fits are seconds)
+        total += n_val * (_fwd(rate, "flip") + rate.decode_s)
     total += len(members) * (n_val + n_test) * (_fwd(rate) + rate.decode_s)  # val, test
     return total + STEP_OVERHEAD_S * (3 * len(members) + 2 + 3 * bool(n_test) + int(text))
 

@@ -33,14 +33,14 @@ def _train_steps(plan: Plan, facts: Facts) -> list[dict[str, Any]]:
     top_k = min(facts.classes, 100)
     workers = base["workers"]
     text = {"text": "@tags"} if plan.text else {}
-    if plan.text:
-        first, labeller = "ft_wt", [
-            step("pre_wt", stage="pretrain", set="wt", tags="@tags", normalise_targets=True,
-                 **fresh),
-            step("ft_wt", stage="finetune", pretrained="@pre_wt", export="best")]
-        final = [step("final", stage="finetune", labels="@pl", pretrained="@pre_wt",
+    if plan.text:  # CE labels; the holdout decides whether the text's pseudo-labels pay
+        first, when = "ce", {}
+        labeller = [step("ce", stage="finetune", export="best", **fresh),
+                    {"id": "val_probe", "stage": "predict", "model": "@ce",
+                     "manifest": "@manifest", "split": "val", "tta": "flip", "top_k": top_k,
+                     "features": True, "batch_size": 500, "workers": workers}]
+        final = [step("final", stage="finetune", labels="@pl", continue_from="@ce",
                       export="best")]
-        when: dict[str, str] = {}
     else:  # decision 1: half a unit more CE against CE on the holdout (the CIFAR-10N recipe's)
         first, when = "ce", {"when": "not @decide_longer"}
         labeller = [step("ce", stage="finetune", export="best", **fresh),
@@ -61,18 +61,26 @@ def _train_steps(plan: Plan, facts: Facts) -> list[dict[str, Any]]:
                      "preds": "@train_preds_rest", "threshold": 0.5, "drop_inconsistent": True}]
         final = [step("final", stage="finetune", labels="@pl", export="best", seed=1, **fresh,
                       **when)]
+    # with text, the holdout chooses the labels final trains on (the decision of `pl`): the given
+    # ones (final is then CE continued) unless a text weight x threshold's pseudo-labels beat
+    # them by 2 paired SEs, by a linear probe on CE's features per candidate
+    choose = ({"thresholds": [0.3, 0.7, 0.9], "text_weight": 1.0, "text_weights": [0, 0.5, 2],
+               "against_given": True, "probe": ["@train_preds", "@val_probe"]}
+              if plan.text else {})
     return [*labeller,
             {"id": "train_preds", "stage": "predict", "model": f"@{first}",
              "manifest": "@manifest", "split": "train", "tta": "flip", "top_k": top_k,
-             "batch_size": 500, "workers": workers, **when},
+             "batch_size": 500, "workers": workers, **({"features": True} if plan.text else {}),
+             **when},
             {"id": "pl", "stage": "pseudo-label", "manifest": "@manifest",
-             "preds": "@train_preds", **text, "threshold": 0.5, "drop_inconsistent": True},
+             "preds": "@train_preds", **text, "threshold": 0.5, "drop_inconsistent": True,
+             **choose},
             *final]
 
 
 def members(plan: Plan) -> list[str]:
     """The models the answer averages (those a decision skipped drop out)."""
-    return ["ft_wt", "final"] if plan.text else ["ce", "ce_more", "ce_rest", "final"]
+    return ["ce", "final"] if plan.text else ["ce", "ce_more", "ce_rest", "final"]
 
 
 def data_steps(data: Path, sidecar: Path | None, text: bool) -> list[dict[str, Any]]:
@@ -93,7 +101,7 @@ def recipe_for(plan: Plan, facts: Facts, data: Path, sidecar: Path | None) -> di
     steps += _train_steps(plan, facts)
     workers = train_config(plan.size, plan.batch, plan.backbone).workers  # the steps' own rule
     splits = ["val"] + (["test"] if facts.images.get("test") else [])
-    done = {"val_ce", "val_ce_more"}  # decision 1's predictions
+    done = set() if plan.text else {"val_ce", "val_ce_more"}  # decision 1's predictions
     for split in splits:
         for member in members(plan):
             if f"{split}_{member}" not in done:
@@ -116,8 +124,9 @@ def recipe_for(plan: Plan, facts: Facts, data: Path, sidecar: Path | None) -> di
 def report_names(plan: Plan, facts: Facts) -> dict[str, str]:
     where = "test" if facts.images.get("test") else "the holdout (noisy labels)"
     if plan.text:
-        names = {"ft_wt": "WT-Set pretraining -> finetune (the labeller)",
-                 "final": "final: trained on the kept pseudo-labels"}
+        names = {"ce": "CE (1 unit; the labeller)",
+                 "final": "final: CE continued on the labels the holdout chose (the given ones "
+                          "or the text's pseudo-labels)"}
     else:
         names = {"ce": "CE (1 unit; the labeller)", "ce_more": "CE continued (+0.5 unit)",
                  "ce_rest": "CE continued (+1.5 units; decision 1: more CE paid)",
