@@ -63,7 +63,7 @@ CLEAN_STEPS = ("manifest_clean", "ce_clean", "test_ce_clean", "score_ce_clean")
 SHARE = {"ce": 1.0, "pre_ce": 0.5, "ft_ce": 0.5, "pre_lw": 0.5, "ft_lw": 0.5, "pre_wt": 0.5,
          "ft_wt": 0.5, "final": 2.0, "ce_long": 3.0, "ce_clean": 1.0}
 # ce_long's share is what the system's steps spent, measured after they ran (Spec.late_match): CE
-# and final (3 units), the labelling passes (each training image and its mirror: 2 / (3 x epochs)
+# and final (3 units), the labelling passes (each training image once: 1 / (3 x epochs)
 # of a unit; val's too) and the probes' multiply-adds
 EPOCHS = {  # epochs of one unit; ~10 units a run (fp32 on 2 cores: ~400 img/s at 32 px)
     "quick": 1,  # v3: 8.2 min measured (one thread, beside another run on the other core)

@@ -179,10 +179,10 @@ def seconds(steps: dict[str, dict[str, Any]], rate: Measured, facts: Facts, text
     total = sum(train_seconds(sid, steps[sid], rate, facts) for sid in members)
     if in_memory(rate.size):
         total += n_train * rate.decode_s * (1 + ("final" in steps))
-    if "final" in steps:
-        total += n_train * (_fwd(rate, "flip") + rate.decode_s)  # the labelling pass
+    if "final" in steps:  # the labelling pass (with text one view, else with the mirror)
+        total += n_train * (_fwd(rate, "center" if text else "flip") + rate.decode_s)
     if text:  # the holdout's pass with features (the probe; its fits are seconds)
-        total += n_val * (_fwd(rate, "flip") + rate.decode_s)
+        total += n_val * (_fwd(rate, "center") + rate.decode_s)
     total += len(members) * (n_val + n_test) * (_fwd(rate) + rate.decode_s)  # val, test
     return total + STEP_OVERHEAD_S * (3 * len(members) + 2 + 3 * bool(n_test) + int(text))
 

@@ -37,7 +37,7 @@ def _train_steps(plan: Plan, facts: Facts) -> list[dict[str, Any]]:
         first, when = "ce", {}
         labeller = [step("ce", stage="finetune", export="best", **fresh),
                     {"id": "val_probe", "stage": "predict", "model": "@ce",
-                     "manifest": "@manifest", "split": "val", "tta": "flip", "top_k": top_k,
+                     "manifest": "@manifest", "split": "val", "tta": "center", "top_k": top_k,
                      "features": True, "batch_size": 500, "workers": workers}]
         final = [step("final", stage="finetune", labels="@pl", continue_from="@ce",
                       export="best")]
@@ -68,8 +68,10 @@ def _train_steps(plan: Plan, facts: Facts) -> list[dict[str, Any]]:
                "against_given": True, "probe": ["@train_preds", "@val_probe"]}
               if plan.text else {})
     return [*labeller,
+            # with text one view: where the text does not pay, the pass is compute final lacks
             {"id": "train_preds", "stage": "predict", "model": f"@{first}",
-             "manifest": "@manifest", "split": "train", "tta": "flip", "top_k": top_k,
+             "manifest": "@manifest", "split": "train", "tta": "center" if plan.text else "flip",
+             "top_k": top_k,
              "batch_size": 500, "workers": workers, **({"features": True} if plan.text else {}),
              **when},
             {"id": "pl", "stage": "pseudo-label", "manifest": "@manifest",
