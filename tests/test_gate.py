@@ -253,3 +253,23 @@ def test_the_rule_prefers_the_default_then_the_earlier_challenger():
     assert "scored best" in decisions.beats(right, "b", name="t").why
     with pytest.raises(WeblyError, match="needs the default"):
         decisions.beats({"a": right["a"]}, "a", name="t")
+
+
+def test_balanced_weights_score_each_class_alike():
+    """With `class_weights` the score is balanced top-1 (the mean of the classes' top-1s) and its
+    paired SE the weighted one: equal to the plain SE where the classes are equal in size."""
+    from webly.core import decisions
+
+    y = np.array([0] * 8 + [1] * 2)
+    w = decisions.class_weights(y)
+    assert w.sum() == pytest.approx(1) and w[0] == pytest.approx(1 / 16) and w[-1] == 0.25
+    big = np.array([True] * 8 + [False] * 2)  # right on the large class only: 80% top-1
+    small = np.array([False] * 6 + [True] * 4)  # 40% top-1, but 100% of the small class
+    plain = decisions.beats({"big": big, "small": small}, "big", name="t")
+    assert plain.choice == "big" and plain.scores == {"big": 80.0, "small": 40.0}
+    bal = decisions.beats({"big": big, "small": small}, "big", name="t", weights=w)
+    assert bal.scores == {"big": 50.0, "small": 62.5} and bal.choice == "small"
+    even = np.array([0, 1] * 5)
+    a, b = np.arange(10) % 3 == 0, np.arange(10) % 2 == 0
+    assert decisions.paired_se(a, b, decisions.class_weights(even)) == pytest.approx(
+        decisions.paired_se(a, b))

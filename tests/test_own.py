@@ -228,6 +228,11 @@ def test_readme_own_data_lines_run(tmp_path, monkeypatch):
         assert main(argv[1:]) == 0, line
     plan = json.loads((tmp_path / "runs/my_photos/own_plan.json").read_text())
     assert plan["plan"]["text"] and plan["facts"]["images"]["val"] > 0
+    # with text the holdout chose the labels final continued CE on, and said why
+    chose = json.loads((tmp_path / "runs/my_photos/pl/decision.json").read_text())
+    assert chose["default"] == "given" and chose["why"] and "given" in chose["scores"]
+    assert "continued_from" in json.loads(
+        (tmp_path / "runs/my_photos/final/train.summary.json").read_text()).get("transfer", {})
     assert (tmp_path / "runs/my_photos/report.html").is_file()
     rows = (tmp_path / "new_photos.csv").read_text().splitlines()
     assert len(rows) == 1 + 12  # a header, then one row an image
