@@ -86,7 +86,8 @@ class Plan:
 
     def lines(self) -> list[str]:
         start = f"from {self.pretrained}" if self.pretrained else "from scratch"
-        lines = [f"own data: {'with text (the holdout decides what it is worth)' if self.text else 'images only'}; "
+        what = "with text (the holdout decides what it is worth)" if self.text else "images only"
+        lines = [f"own data: {what}; "
                  f"{self.backbone} at {self.size} px {start}, batch {self.batch}; "
                  f"{self.passes:.1f} passes a unit"]
         lines += [f"  {sid}: {s['epochs']} epochs of {s['draws']} draws ({s['units']:g} units)"
