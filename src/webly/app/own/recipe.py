@@ -65,8 +65,7 @@ def _train_steps(plan: Plan, facts: Facts) -> list[dict[str, Any]]:
     # ones (final is then CE continued) unless a text weight x threshold's pseudo-labels beat
     # them by 2 paired SEs, by a linear probe on CE's features per candidate
     choose = ({"thresholds": [0.3, 0.7, 0.9], "text_weight": 1.0, "text_weights": [0, 0.5, 2],
-               "against_given": True, "probe_images": 10_000,
-               "probe": ["@train_preds", "@val_probe"]}
+               "against_given": True, "probe": ["@train_preds", "@val_probe"]}
               if plan.text else {})
     return [*labeller,
             # with text one view: where the text does not pay, the pass is compute final lacks
