@@ -17,6 +17,12 @@ images and on the holdout (the manifest's val split, noisy or clean); a linear p
 candidate learns the labels that candidate gives and the holdout scores it; `threshold` is the
 default the best candidate must beat by `probe_min_se` paired standard errors
 (`webly.inference.probe`). The choice is a `webly.core.decisions.Decision` in `decision.json`.
+With `--text-weights 0,0.5,2` the candidates are each text weight x each threshold (what the
+text is worth, 0 being the images alone), and with `--against-given` the given labels as they are
+join as the default: a round whose labels do not beat them keeps every given label (the report
+says `"labels": "given"`), so a recipe that continues training on them spends nothing on text
+that says nothing. `--probe-metric balanced_top1` scores the probes as a long-tailed benchmark is
+judged: by top-1 the text's class prior alone can look like evidence.
 
 Outputs in the folder:
     labels.parquet   row, id, label (new; -1 = dropped), original_label, source
