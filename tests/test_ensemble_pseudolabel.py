@@ -428,6 +428,8 @@ def test_the_holdout_decides_what_the_text_is_worth(tmp_path, says):
     if says:
         assert d["choice"] != "given" and not d["choice"].startswith("w0 ")
         assert s["text"]["weight"] > 0 and s["labels"] == "pseudo"
+        saved = json.loads((tmp_path / "pl/report.json").read_text())  # the file says it too
+        assert saved["text"]["weight"] == s["text"]["weight"] and saved["labels"] == "pseudo"
         assert (labels[40:60] == 0).all() and d["gain"] > 2 * d["se"]
     else:
         assert d["choice"] == "given" and s["labels"] == "given"

@@ -173,6 +173,8 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
         report["threshold"] = threshold
     report["labels"] = "given" if decision is not None and decision.choice == GIVEN \
         else "pseudo"
+    if text is not None:  # the weight used: the holdout's choice where it chose
+        report["text"] = {"tags": str(text), "weight": weight, "folds": cfg.text_folds}
     if decision is not None:
         decisions.write(out, decision)
     write_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
@@ -183,8 +185,6 @@ def pseudo_label(manifest_path: str | Path, preds_dir: str | Path, out_dir: str 
     report = {k: v for k, v in report.items() if k not in ("per_class",)}
     if decision is not None:
         report["decision"] = decision.to_json()
-    if text is not None:
-        report["text"] = {"tags": str(text), "weight": weight, "folds": cfg.text_folds}
     return report
 
 
