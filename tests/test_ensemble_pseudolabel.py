@@ -251,6 +251,18 @@ def test_leave_out_fold_trains_on_the_other_folds(synth_manifest):
         TrainConfig(leave_out_fold="0/1").validate()
 
 
+def _three_classes(tmp_path, given, vtruth):
+    """A manifest of three classes: training images labelled `given`, val images `vtruth`."""
+    recs = [Record(id=f"t{i}", path=f"{i}.jpg", split="train", label=int(y))
+            for i, y in enumerate(given)]
+    recs += [Record(id=f"v{i}", path=f"v{i}.jpg", split="val", label=int(y))
+             for i, y in enumerate(vtruth)]
+    m = tmp_path / "m.parquet"
+    write_manifest(m, recs, {"root": str(tmp_path), "classes": ["n1", "n2", "n3"],
+                             "class_names": ["a", "b", "c"]})
+    return m, recs
+
+
 def _probe_case(tmp_path, wrong_pred: bool):
     """Three classes as three clusters of features. Forty of class 0's sixty training images are
     predicted class 1 at p 0.6: `wrong_pred` with their right label 0 (relabelling them at 0.5
@@ -265,13 +277,7 @@ def _probe_case(tmp_path, wrong_pred: bool):
     if not wrong_pred:
         given[odd] = 1
     vtruth = np.repeat([0, 1, 2], 20)
-    recs = [Record(id=f"t{i}", path=f"{i}.jpg", split="train", label=int(y))
-            for i, y in enumerate(given)]
-    recs += [Record(id=f"v{i}", path=f"v{i}.jpg", split="val", label=int(y))
-             for i, y in enumerate(vtruth)]
-    m = tmp_path / "m.parquet"
-    write_manifest(m, recs, {"root": str(tmp_path), "classes": ["n1", "n2", "n3"],
-                             "class_names": ["a", "b", "c"]})
+    m, recs = _three_classes(tmp_path, given, vtruth)
     n = len(truth)
     train = _write(tmp_path / "train", [r.id for r in recs[:n]], probs, split="train")
     val = _write(tmp_path / "val", [r.id for r in recs[n:]], np.eye(3)[vtruth], split="val",
@@ -384,13 +390,7 @@ def _text_case(tmp_path, says: bool):
     vtruth = np.repeat([0, 1, 2], 20)
     vlook_b = np.zeros(60, bool)
     vlook_b[10:20] = True
-    recs = [Record(id=f"t{i}", path=f"{i}.jpg", split="train", label=int(y))
-            for i, y in enumerate(given)]
-    recs += [Record(id=f"v{i}", path=f"v{i}.jpg", split="val", label=int(y))
-             for i, y in enumerate(vtruth)]
-    m = tmp_path / "m.parquet"
-    write_manifest(m, recs, {"root": str(tmp_path), "classes": ["n1", "n2", "n3"],
-                             "class_names": ["a", "b", "c"]})
+    m, recs = _three_classes(tmp_path, given, vtruth)
     train = _write(tmp_path / "train", [r.id for r in recs[:180]], probs, split="train")
     val = _write(tmp_path / "val", [r.id for r in recs[180:]], np.eye(3)[vtruth], split="val",
                  rows=np.arange(180, 240))
