@@ -70,3 +70,17 @@ def test_flags_win_over_file_and_config_is_saved(tmp_path):
     assert main(["synth", "-o", str(out), "--config", str(f), "--seed", "4"]) == 0
     saved = yaml.safe_load((out / "synth.config.yaml").read_text())["synth"]
     assert saved["seed"] == 4 and saved["families"] == 1 and saved["images"] is False
+
+
+def test_a_checkpoint_older_than_an_option_resumes_at_its_default():
+    """A run checkpointed before `lookahead` existed trained without it: resuming is the same
+    config; asking for it now is a change the checkpoint cannot continue."""
+    from dataclasses import asdict
+
+    from webly.training.config import TrainConfig, check_resume_config
+
+    now = {"task": "finetune", **asdict(TrainConfig())}
+    old = {k: v for k, v in now.items() if k != "lookahead"}
+    assert check_resume_config(old, now, 10, 10, force=False) == []
+    with pytest.raises(WeblyError, match="lookahead 0.0 -> 0.95"):
+        check_resume_config(old, {**now, "lookahead": 0.95}, 10, 10, force=False)

@@ -93,7 +93,7 @@ def trained(synth_small, synth_manifest, tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("tta", ["center", "flip", "multiscale"])
+@pytest.mark.parametrize("tta", ["center", "flip", "flip_shift", "multiscale"])
 def test_view_sizes_are_the_views_predicted(tta):
     """Compute is counted from view_sizes: it must be what _views feeds the model."""
     import torch
@@ -101,8 +101,28 @@ def test_view_sizes_are_the_views_predicted(tta):
     for size in (16, 20, 23, 32, 224, 299, 380):
         got = [v.shape[-1] for v in _views(torch.zeros(1, 3, size, size), tta, size)]
         assert got == view_sizes(tta, size), (tta, size)
-    expected = {"center": [20], "flip": [20, 20], "multiscale": [20, 20, 23, 23]}[tta]
+    expected = {"center": [20], "flip": [20, 20], "flip_shift": [20] * 6,
+                "multiscale": [20, 20, 23, 23]}[tta]
     assert view_sizes(tta, 20) == expected  # the benchmark's labeller: two views at 20 px
+
+
+def test_flip_shift_weighs_the_image_pair_as_much_as_the_shifted_pairs():
+    """airbench's mirror + translate views: the unshifted pair half the vote, each shifted pair
+    a quarter; a view-blind model gets its own probabilities back."""
+    import torch
+
+    from webly.inference.predict import Preprocess, probabilities
+
+    class Column(torch.nn.Module):  # class: the brightest of the first three columns
+        def forward(self, x):
+            return 50 * torch.nn.functional.one_hot(x[:, 0].sum(1)[:, :3].argmax(1), 3).float()
+
+    x = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    x[0, :, 3, 1] = 255  # a bright pixel in column 1: only the unshifted, unmirrored view says 1
+    pre = Preprocess(size=8, crop_pct=1.0, mean=(0.0,) * 3, std=(1.0,) * 3)
+    p = probabilities(Column(), x, pre, "flip_shift", torch.device("cpu"))
+    assert torch.allclose(p.sum(1), torch.ones(1))
+    assert p[0, 1] == pytest.approx(2 / 8, abs=1e-4)  # 2 of 8 (equal weights: 1 of 6)
 
 
 @pytest.mark.parametrize("tta", ["center", "multiscale"])

@@ -635,3 +635,57 @@ def test_a_time_budget_ends_the_run_and_its_schedule_on_time(data6, tmp_path, mo
     assert "stops after 3s of training" in s["plan"]["schedule"]
     ck = torch.load(tmp_path / "t/ckpt/last.pt", weights_only=False)
     assert ck["trained_s"] >= 3.0
+
+
+def test_whitened_first_layer_is_set_from_the_training_images_and_stays(data6, tmp_path):
+    """cifar_airbench's first layer whitens 2x2 patches of the images it trains on (through it
+    their covariance is diagonal, each variance l / (l + eps) for the direction's own l: about
+    one but where the images hardly vary) and is not trained."""
+    from webly.data.images import normalize_batch
+    from webly.training.engine import WHITEN_IMAGES, setup
+
+    data = finetune_data(Manifest(data6 / "manifest.parquet"))
+    cfg = TrainConfig(backbone="cifar_airbench_w32", img_size=32, batch_size=16, accum_steps=1,
+                      workers=0, epochs=1, max_steps=3, tensorboard=False, lr=0.05,
+                      augment="pad_crop", in_memory=True)
+    s = setup(data, cfg, tmp_path / "probe", task="finetune")
+    n = min(WHITEN_IMAGES, len(s.dataset))
+    x = normalize_batch(torch.stack([s.dataset[(i, i)][0] for i in range(n)]))
+    w = s.model.whiten.weight.detach()
+    out = torch.nn.functional.conv2d(x, w[:12]).permute(0, 2, 3, 1).reshape(-1, 12).double()
+    cov = out.T @ out / len(out)
+    patches = x.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)
+    lam = torch.linalg.eigvalsh(patches.double().T @ patches.double() / len(patches))
+    off = cov - torch.diag(torch.diag(cov))
+    assert off.abs().max() < 1e-3
+    assert torch.allclose(torch.diag(cov).sort().values, (lam / (lam + 5e-4)).sort().values,
+                          atol=1e-3)
+    train(data, cfg, tmp_path / "run", task="finetune")
+    ck = checkpoints.load(tmp_path / "run/ckpt/last.pt")
+    assert torch.equal(ck["model"]["whiten.weight"], w)
+
+
+def test_lookahead_ends_on_its_average_and_a_cut_run_resumes_exactly(data6, tmp_path):
+    data = finetune_data(Manifest(data6 / "manifest.parquet"))
+    common = dict(backbone="cifar_airbench_w32", img_size=24, batch_size=16, accum_steps=1,
+                  workers=0, epochs=2, samples_per_epoch=96, lookahead=0.95, nesterov=True,
+                  norm_lr=8.0, label_smoothing=0.2, tensorboard=False, lr=0.05,
+                  augment="pad_crop", in_memory=True)
+    train(data, TrainConfig(**common), tmp_path / "whole", task="finetune")
+    train(data, TrainConfig(**common, max_steps=7), tmp_path / "cut", task="finetune")
+    train(data, TrainConfig(**common), tmp_path / "cut", task="finetune", resume=True)
+    a, b = (checkpoints.load(tmp_path / r / "ckpt/last.pt") for r in ("whole", "cut"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # the last step put the average into the model: the two are one
+    assert a["lookahead"] and all(torch.equal(a["model"][k], v) for k, v in a["lookahead"].items())
+    exported = load_file(tmp_path / "whole/model.safetensors")
+    assert all(torch.equal(exported[k], a["model"][k]) for k in exported)
+
+
+def test_lookahead_and_norm_lr_are_checked():
+    with pytest.raises(WeblyError, match="choose one"):
+        TrainConfig(ema=0.9, lookahead=0.95).validate()
+    with pytest.raises(WeblyError, match="lookahead must be within"):
+        TrainConfig(lookahead=1.0).validate()
+    with pytest.raises(WeblyError, match="norm_lr positive"):
+        TrainConfig(norm_lr=0).validate()

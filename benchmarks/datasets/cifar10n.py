@@ -6,7 +6,8 @@
     python -m benchmarks.datasets.cifar10n --data DIR --full  # for a GPU
 
 `--data` is the tarball (extracted once into a cache) or any folder in its layout. The data are
-prepared into a cached folder of hard links: `--noise worst` keeps the given labels; `symmetric40`
+prepared into a cached folder of hard links: `--noise worst` keeps the given labels (`clean`: the
+true ones, the ceiling); `symmetric40`
 flips 40% of the images to a uniformly chosen other class and `asym40` maps truck->automobile,
 bird->airplane, deer->horse, cat->dog, dog->cat with probability 0.4, both from the clean labels
 with a fixed seed. 5,000 training images are held out with their *noisy* labels as the `val`
@@ -64,7 +65,7 @@ EPOCHS = {  # epochs of one unit
 HOLDOUT = 5000
 NATIVE_SIZE = 32  # CIFAR's images: one unit is `epochs` passes over them at this size
 ASYM = {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog", "dog": "cat"}
-NOISES = ("worst", "symmetric40", "asym40")
+NOISES = ("worst", "symmetric40", "asym40", "clean")
 
 
 def make_noise(clean: np.ndarray, given: np.ndarray, noise: str, names: list[str],
@@ -73,6 +74,8 @@ def make_noise(clean: np.ndarray, given: np.ndarray, noise: str, names: list[str
     rng = np.random.default_rng(seed)
     if noise == "worst":
         return given.copy()
+    if noise == "clean":  # the ceiling, and benchmarks/limit.py's clean-label rows
+        return clean.copy()
     if noise == "symmetric40":
         return common.to_other_class(clean, common.choose_flips(len(clean), 0.4, rng),
                                       len(names), rng)

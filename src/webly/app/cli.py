@@ -244,7 +244,8 @@ def _add_after_training(sub: Any) -> None:
     sp.add_argument("--top-k", type=int, default=5, help="classes written per image")
     sp.add_argument("--batch-size", type=int, default=64)
     sp.add_argument("--workers", type=int, default=2, help="processes decoding images")
-    sp.add_argument("--tta", default="center", choices=["center", "flip", "multiscale"],
+    sp.add_argument("--tta", default="center",
+                    choices=["center", "flip", "flip_shift", "multiscale"],
                     help="test-time augmentation, as predict's")
     sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 

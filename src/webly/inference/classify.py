@@ -199,8 +199,9 @@ class ClassifyConfig:
     def validate(self) -> None:
         if min(self.top_k, self.batch_size) < 1 or self.workers < 0:
             raise WeblyError("classify: --top-k and --batch-size >= 1, --workers >= 0")
-        if self.tta not in ("center", "flip", "multiscale"):
-            raise WeblyError(f"classify: unknown --tta {self.tta!r} (center, flip, multiscale)")
+        if self.tta not in ("center", "flip", "flip_shift", "multiscale"):
+            raise WeblyError(f"classify: unknown --tta {self.tta!r} (center, flip, flip_shift, "
+                             "multiscale)")
 
 
 class _Rows:

@@ -50,7 +50,10 @@ from webly.training.models import create_backbone, head_prefix
 @dataclass
 class PredictConfig:
     split: Literal["train", "val", "test"] = opt("test", "manifest split to predict")
-    tta: Literal["center", "flip", "multiscale"] = opt("center", "test-time augmentation")
+    tta: Literal["center", "flip", "flip_shift", "multiscale"] = opt(
+        "center", "test-time augmentation: the image; and its mirror (flip); and both shifted a "
+                  "pixel up-left and down-right, weighted half as much (flip_shift: airbench's); "
+                  "and both 1.15x larger (multiscale)")
     batch_size: int = opt(128, "images per batch per process")
     top_k: int = opt(50, "classes kept per image, with the leftover mass (all of them when top_k "
                          ">= classes: ensembles are then exact)")
@@ -105,8 +108,13 @@ class _Images(torch.utils.data.Dataset):
 
 def _views(x: torch.Tensor, tta: str, size: int) -> list[torch.Tensor]:
     views = [x]
-    if tta in ("flip", "multiscale"):
+    if tta in ("flip", "flip_shift", "multiscale"):
         views.append(x.flip(-1))
+    if tta == "flip_shift":
+        p = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        s = x.shape[-1]
+        for shifted in (p[..., :s, :s], p[..., 2:, 2:]):
+            views += [shifted, shifted.flip(-1)]
     if tta == "multiscale":
         big = torch.nn.functional.interpolate(x, scale_factor=1.15, mode="bilinear", antialias=True)
         views += [big, big.flip(-1)]
@@ -128,12 +136,14 @@ def probabilities(model: torch.nn.Module, x: torch.Tensor, pre: Preprocess, tta:
     so they cannot disagree."""
     x = normalize_batch(x.to(device), pre.mean, pre.std).contiguous(memory_format=fmt)
     views = _views(x, tta, pre.size)
+    # flip_shift: the image's pair weighs as much as the two shifted pairs together
+    weights = [2.0, 2.0, 1.0, 1.0, 1.0, 1.0] if tta == "flip_shift" else [1.0] * len(views)
     p = None
-    for v in views:
+    for v, w in zip(views, weights, strict=True):
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            q = model(v).float().softmax(1)
+            q = model(v).float().softmax(1) * w
         p = q if p is None else p + q
-    return p / len(views)
+    return p / sum(weights)
 
 
 @torch.no_grad()

@@ -85,6 +85,9 @@ class TrainConfig:
     lr: float = opt(0.0, "base learning rate (0: 0.1 x effective batch / 256, the linear "
                          "scaling rule; the WebVision recipes: the seed's 0.01)")
     momentum: float = opt(0.9, "SGD momentum")
+    nesterov: bool = opt(False, "Nesterov momentum (airbench's)")
+    norm_lr: float = opt(1.0, "learning rate of norms and biases, as a multiple of the weights' "
+                              "(airbench: 64 for its BatchNorm biases)")
     weight_decay: float = opt(1e-4, "weight decay (not on norms and biases)")
     schedule: Literal["step", "cosine", "constant"] = opt(
         "cosine", "lr schedule: cosine ends at 0 where the run ends (the WebVision recipes: step)")
@@ -112,6 +115,11 @@ class TrainConfig:
                 "with the best val_top1 (a run that memorises wrong labels peaks before its end; "
                 "with noisy validation labels, the choice a user can make)")
     ema: float = opt(0.0, "EMA decay of the weights (0: off)")
+    lookahead: float = opt(0.0, "lookahead weight averaging (airbench's: 0.95): every "
+                                "5 optimizer steps the weights move into a running average "
+                                "of themselves and carry on from it, its decay this to the 5th "
+                                "times the share of the run done, cubed; the run ends on the "
+                                "average (0: off)")
     sync_bn: bool = opt(False, "SyncBatchNorm across ranks")
     drop_rate: float = opt(0.0, "dropout before the classifier")
     workers: int = opt(-1, "DataLoader worker processes per rank (-1: what this machine has, "
@@ -159,6 +167,10 @@ class TrainConfig:
             (self.lr >= 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0,
              "lr >= 0 (0: automatic), 0 <= momentum < 1"),
             (0 <= self.balance <= 1 and 0 <= self.ema < 1, "balance in [0, 1], ema in [0, 1)"),
+            (0 <= self.lookahead < 1 and self.norm_lr > 0,
+             "lookahead must be within [0, 1) and norm_lr positive"),
+            (not (self.ema and self.lookahead), "ema and lookahead are two weight averages: "
+                                                "choose one"),
             (self.mixup >= 0, "mixup (alpha) must not be negative"),
             (0 <= self.soft_labels <= 1, "soft_labels must be within [0, 1]"),
             (self.elr >= 0 and 0 <= self.elr_beta < 1, "elr >= 0 and elr_beta in [0, 1)"),
@@ -217,6 +229,7 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 RESUME_MUST_MATCH = ("task", "backbone", "img_size", "batch_size", "accum_steps",
                      "samples_per_epoch",
                      "sampler", "balance", "seed", "max_targets", "shards", "loss", "ema",
+                     "lookahead",
                      "leave_out_fold", "elr",
                      "unlabeled_weight", "unlabeled_ratio")
 
@@ -224,7 +237,12 @@ RESUME_MUST_MATCH = ("task", "backbone", "img_size", "batch_size", "accum_steps"
 def check_resume_config(saved: dict[str, Any], now: dict[str, Any], num_classes: int,
                         saved_classes: int, force: bool) -> list[str]:
     """Differences between a checkpoint's config and this run's: an error for incompatible ones
-    (unless `force`), returned as warnings otherwise."""
+    (unless `force`), returned as warnings otherwise. An option the checkpoint predates counts
+    as its default (what that run trained with)."""
+    from dataclasses import MISSING, fields
+
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    saved = {**{k: v for k, v in defaults.items() if k in now}, **saved}
     diffs = {k: (saved.get(k),
                  now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
     if saved_classes != num_classes:

@@ -91,6 +91,36 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_f
     return model.to(d.device, memory_format=fmt), report
 
 
+LOOKAHEAD_EVERY = 5  # optimizer steps between lookahead's pulls (airbench's)
+WHITEN_IMAGES = 5000  # training images a whitening first layer is set from (airbench's)
+
+
+def averaged_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()
+            if v.dtype.is_floating_point}
+
+
+@torch.no_grad()
+def pull_to_average(model: nn.Module, average: dict[str, torch.Tensor], decay: float) -> None:
+    """Lookahead: the average moves towards the weights by 1 - decay, then the weights (and the
+    BatchNorm statistics) become the average; decay 1 puts the average into the model."""
+    for k, v in model.state_dict().items():
+        if k in average:
+            average[k].lerp_(v, 1 - decay)
+            v.copy_(average[k])
+
+
+@torch.no_grad()
+def init_from_data(model: nn.Module, dataset: TargetDataset, device: torch.device,
+                   fmt: torch.memory_format) -> None:
+    """A backbone whose first layer is set from the data (`init_from_images`: airbench's
+    whitening) gets the first WHITEN_IMAGES training images as the training transform shows them,
+    normalised: the same on every rank."""
+    n = min(WHITEN_IMAGES, len(dataset))
+    x = torch.stack([dataset[(i, i)][0] for i in range(n)])
+    model.init_from_images(normalize_batch(x.to(device)).contiguous(memory_format=fmt))
+
+
 @dataclass
 class TrainState:
     """Everything a run holds. The counters and what `checkpoint()` returns are all a resume needs:
@@ -116,6 +146,7 @@ class TrainState:
     base_lr: float
     transfer: dict[str, Any]
     plan: TrainPlan | None = None  # what the run will do, printed before it starts
+    lookahead: dict[str, torch.Tensor] | None = None  # the running average (cfg.lookahead)
     net: nn.Module | None = None  # the model as run: compiled and/or DDP-wrapped (`wrap`)
     log: MetricsLog | None = None
     stream_start: int = 0  # the data epoch at this run's epoch 0 (checkpoints.stream_after)
@@ -144,6 +175,7 @@ class TrainState:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else {},
+                "lookahead": self.lookahead or {},
                 "task_state": self.objective.state_dict(), "epoch": self.epoch,
                 "stream_start": self.stream_start,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.step, "best": self.best,
@@ -168,8 +200,8 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
     last = uses_channels_last(cfg.backbone, cfg.channels_last)
     fmt = torch.channels_last if last else torch.contiguous_format
     model, transfer = build_model(cfg, data.num_classes, d, fmt)
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                momentum=cfg.momentum)
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.norm_lr), lr=cfg.lr,
+                                momentum=cfg.momentum, nesterov=cfg.nesterov)
     dtype = autocast_dtype(cfg, d.device)
     swa = torch.optim.swa_utils
     ema = (swa.AveragedModel(model, multi_avg_fn=swa.get_ema_multi_avg_fn(cfg.ema))
@@ -184,6 +216,8 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
     size = cfg.img_size if cfg.augment == "pad_crop" else None
     dataset = TargetDataset(train_images(data, cfg.shards, cfg.in_memory, size), targets,
                             transform)
+    if hasattr(model, "init_from_images") and not (cfg.pretrained or cfg.continue_from):
+        init_from_data(model, dataset, d.device, fmt)
     unlabeled = unlabeled_images(data, cfg.img_size) if cfg.unlabeled_weight else None
     run.mkdir(parents=True, exist_ok=True)
     sampler: BalancedSampler | ShuffleSampler
@@ -201,6 +235,7 @@ def setup(data: TrainData, cfg: TrainConfig, run: Path, task: str) -> TrainState
         sampler=sampler,
         bad_images=BadImages(len(data.rows), cfg.max_bad_fraction,
                              run / "bad_images.tsv" if d.is_primary else None),
+        lookahead=averaged_copy(model) if cfg.lookahead else None,
         fmt=fmt, dtype=dtype, per_rank=per_rank, steps_per_epoch=steps_per_epoch, base_lr=base_lr,
         transfer=transfer, lr=base_lr, stream_start=transfer.get("stream_start", 0),
         plan=plan_of(cfg, len(data.rows), data.num_classes, n_samples, base_lr,
@@ -218,6 +253,8 @@ def restore(s: TrainState, ck: dict[str, Any], force: bool = False) -> None:
     s.scaler.load_state_dict(ck["scaler"])
     if s.ema is not None and ck.get("ema"):
         s.ema.load_state_dict(ck["ema"])
+    if s.lookahead is not None and ck.get("lookahead"):
+        s.lookahead = {k: v.to(s.d.device) for k, v in ck["lookahead"].items()}
     s.objective.load_state_dict(ck.get("task_state", {}))
     s.epoch, s.step_in_epoch, s.step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
     s.best = ck["best"]
@@ -270,7 +307,7 @@ def run_epoch(s: TrainState) -> bool:
         at = schedule_step(cfg, s.step, cfg.epochs * s.steps_per_epoch, s.elapsed())
         s.lr = lr_at(cfg, at, s.steps_per_epoch, s.base_lr)
         for g in s.optimizer.param_groups:
-            g["lr"] = s.lr
+            g["lr"] = s.lr * g.get("lr_scale", 1.0)
         sync = s.net.no_sync() if d.enabled and not last_micro else contextlib.nullcontext()
         with sync, torch.autocast(d.device.type, dtype=s.dtype or torch.float32,
                                   enabled=s.dtype is not None):
@@ -304,6 +341,13 @@ def optimizer_step(s: TrainState, loss: torch.Tensor, nonfinite: torch.Tensor,
     if s.ema is not None:
         s.ema.update_parameters(s.model)
     s.step += 1
+    if s.lookahead is not None:
+        total = cfg.epochs * s.steps_per_epoch  # the schedule's length (a cut run: in finish)
+        if s.step >= total:
+            pull_to_average(s.model, s.lookahead, 1.0)
+        elif s.step % LOOKAHEAD_EVERY == 0:
+            pull_to_average(s.model, s.lookahead,
+                            cfg.lookahead ** LOOKAHEAD_EVERY * (s.step / total) ** 3)
     s.step_in_epoch += 1
     s.plan.tick(s.step)
     faults.point("train.step")
@@ -331,6 +375,8 @@ def end_epoch(s: TrainState) -> None:
 
 def finish(s: TrainState) -> dict[str, Any]:
     """Export the model for prediction, close the logs, plot, and return the summary."""
+    if s.lookahead is not None:  # a run cut short (time budget) ends on the average too
+        pull_to_average(s.model, s.lookahead, 1.0)
     summary = {"task": s.task, "epochs_done": s.epoch, "steps": s.step, "final_lr": s.lr,
                **s.metrics,
                "best": s.best, "bad_images": s.bad_images.counts(),
