@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also both at the reference's own 9.9 epochs")
     ap.add_argument("--train-images", type=int, default=0, help="fewer training images (tests)")
     ap.add_argument("--test-images", type=int, default=0, help="fewer test images (tests)")
+    ap.add_argument("--holdout", type=int, default=cifar10n.HOLDOUT,
+                    help="training images held out, with their labels, to choose the epoch by")
     ap.add_argument("--epochs", type=int, help="override: epochs of one unit (tests)")
     args = ap.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant]
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs = args.epochs or EPOCHS[mode]
     root = common.find_root(args.data, args.cache, "cifar10n")
     folder = cifar10n.prepare(root, args.cache, args.labels, args.train_images,
-                              args.test_images)
+                              args.test_images, args.holdout)
     n_train = len((folder / "info/train_filelist.txt").read_text().splitlines())
     unit = unit_pflop(epochs, n_train)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -136,7 +136,8 @@ def train(images: torch.Tensor, labels: torch.Tensor, draws: int, hyp: Hyp = Hyp
     """Train on uint8 images (N, 3, 32, 32) for `draws` images (whole batches), as published."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    n, bs = len(images), hyp.batch_size
+    n = len(images)
+    bs = min(hyp.batch_size, n)  # the published 1024, or all of a smaller set (tests)
     x_all = normalise(images)
     net = Net(hyp, int(labels.max()) + 1)
     net.init_whitening(x_all[:5000], hyp.whiten_eps)
