@@ -24,6 +24,7 @@ def _guarded(fn):
     return run
 
 
+@pytest.mark.slow
 def test_limit_rows_spend_the_same_compute_and_never_read_the_clean_labels(tmp_path, capsys,
                                                                           monkeypatch):
     data = make_cifar10n_like(tmp_path / "cifar10n", 900, 100)

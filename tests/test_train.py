@@ -642,7 +642,8 @@ def test_whitened_first_layer_is_set_from_the_training_images_and_stays(data6, t
     their covariance is diagonal, each variance l / (l + eps) for the direction's own l: about
     one but where the images hardly vary) and is not trained."""
     from webly.data.images import normalize_batch
-    from webly.training.engine import WHITEN_IMAGES, setup
+    from webly.training.engine import setup
+    from webly.training.weights import WHITEN_IMAGES
 
     data = finetune_data(Manifest(data6 / "manifest.parquet"))
     cfg = TrainConfig(backbone="cifar_airbench_w32", img_size=32, batch_size=16, accum_steps=1,

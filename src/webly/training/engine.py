@@ -66,6 +66,7 @@ from webly.training.trainsets import (
     unlabeled_images,
 )
 from webly.training.validation import validate
+from webly.training.weights import LOOKAHEAD_EVERY, averaged_copy, init_from_data, pull_to_average
 
 
 def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_format
@@ -89,36 +90,6 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist, fmt: torch.memory_f
     if cfg.sync_bn and d.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(d.device, memory_format=fmt), report
-
-
-LOOKAHEAD_EVERY = 5  # optimizer steps between lookahead's pulls (airbench's)
-WHITEN_IMAGES = 5000  # training images a whitening first layer is set from (airbench's)
-
-
-def averaged_copy(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()
-            if v.dtype.is_floating_point}
-
-
-@torch.no_grad()
-def pull_to_average(model: nn.Module, average: dict[str, torch.Tensor], decay: float) -> None:
-    """Lookahead: the average moves towards the weights by 1 - decay, then the weights (and the
-    BatchNorm statistics) become the average; decay 1 puts the average into the model."""
-    for k, v in model.state_dict().items():
-        if k in average:
-            average[k].lerp_(v, 1 - decay)
-            v.copy_(average[k])
-
-
-@torch.no_grad()
-def init_from_data(model: nn.Module, dataset: TargetDataset, device: torch.device,
-                   fmt: torch.memory_format) -> None:
-    """A backbone whose first layer is set from the data (`init_from_images`: airbench's
-    whitening) gets the first WHITEN_IMAGES training images as the training transform shows them,
-    normalised: the same on every rank."""
-    n = min(WHITEN_IMAGES, len(dataset))
-    x = torch.stack([dataset[(i, i)][0] for i in range(n)])
-    model.init_from_images(normalize_batch(x.to(device)).contiguous(memory_format=fmt))
 
 
 @dataclass
