@@ -10,6 +10,7 @@ from test_cifar10n_bench import make_cifar10n_like
 
 from benchmarks import limit
 from benchmarks.reference import airbench94 as ab
+from benchmarks.studies import tta_views
 
 
 def _guarded(fn):
@@ -54,6 +55,13 @@ def test_limit_rows_spend_the_same_compute_and_never_read_the_clean_labels(tmp_p
                 str(tmp_path / "cache"), "--epochs", "2", "--holdout", "200", "--only",
                 "reference"])
     assert (out / "reference.json").read_text() == before
+    # test-time views on the finished model: its centre view is the row's score
+    tta_views.main([str(out / "webly"), "--views", "center,flip", "--out",
+                    str(tmp_path / "t.json")])
+    views = {r["views"]: r for r in json.loads((tmp_path / "t.json").read_text())["rows"]}
+    assert views["center"]["test_top1"] == rows["webly"]["top1"]
+    assert views["center"]["holdout_top1"] == rows["webly"]["holdout_top1"]
+    assert 0 <= views["flip"]["test_top1"] <= 100
 
 
 def test_reference_whitening_lookahead_and_schedule():
