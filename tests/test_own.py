@@ -19,6 +19,12 @@ from webly.core.errors import WeblyError
 REPO = Path(__file__).resolve().parents[1]
 
 
+def plan_for(*args, **kwargs) -> own.Plan:
+    """`own.plan_for` on a clock that does not move: the plan's own time is then what the test
+    gives it, not how fast this machine runs the test."""
+    return own.plan_for(*args, clock=lambda: 0.0, **kwargs)
+
+
 def facts(train=10_000, val=1_000, test=0, classes=10, text=0.0, side=32):
     images = {"train": train, "val": val, **({"test": test} if test else {})}
     return own.Facts(images, classes, text, side, "folder")
@@ -53,7 +59,7 @@ def test_parse_budget_rejects(text):
 def test_a_fast_machine_keeps_the_images_size_and_fills_the_budget():
     f = facts(side=32)
     m = fixed_rate(1e-3)
-    plan = own.plan_for(f, Path("m.parquet"), 1800, 60, measure_fn=m)
+    plan = plan_for(f, Path("m.parquet"), 1800, 60, measure_fn=m)
     assert plan.size == 32 and plan.backbone == "cifar_resnet9" and not plan.text
     assert plan.passes >= own.MIN_PASSES and m.asked == [32]
     rate = own.Measured("cifar_resnet9", 32, 1e-3, 1e-4)
@@ -65,17 +71,17 @@ def test_a_fast_machine_keeps_the_images_size_and_fills_the_budget():
 
 
 def test_a_slow_machine_trades_size_for_passes_but_not_below_the_floor():
-    slow = own.plan_for(facts(side=32), Path("m"), 2700, 0, measure_fn=fixed_rate(2e-2))
+    slow = plan_for(facts(side=32), Path("m"), 2700, 0, measure_fn=fixed_rate(2e-2))
     assert slow.size < 32 and slow.size >= own.MIN_SCALE * 32 and slow.passes >= own.MIN_PASSES
-    slower = own.plan_for(facts(side=32), Path("m"), 300, 0, measure_fn=fixed_rate(2e-2))
+    slower = plan_for(facts(side=32), Path("m"), 300, 0, measure_fn=fixed_rate(2e-2))
     assert slower.size == 20 and slower.passes < own.MIN_PASSES  # the floor: 0.6 x 32
-    starved = own.plan_for(facts(side=32), Path("m"), 60, 0, measure_fn=fixed_rate(2e-2))
+    starved = plan_for(facts(side=32), Path("m"), 60, 0, measure_fn=fixed_rate(2e-2))
     assert starved.passes < 1 and any("expect a weak model" in n for n in starved.notes)
 
 
 def test_large_images_get_the_larger_backbone_and_each_is_measured():
     m = fixed_rate(1e-6)
-    plan = own.plan_for(facts(side=300), Path("m"), 3600, 0, measure_fn=m)
+    plan = plan_for(facts(side=300), Path("m"), 3600, 0, measure_fn=m)
     assert plan.size == 224 and plan.backbone == "resnet18"
     assert m.asked == [64, 96, 224]  # each backbone small, then at the chosen size
 
@@ -84,7 +90,7 @@ def test_photos_go_below_their_own_size_to_afford_the_passes():
     """512-px photos on a slow machine: the 0.6-of-the-images'-size floor (a thumbnail's rule)
     would leave no affordable size; the photo floor is MIN_SIZE."""
     m = fixed_rate(2e-3)
-    plan = own.plan_for(facts(train=3000, side=512), Path("m"), 300, 15, measure_fn=m)
+    plan = plan_for(facts(train=3000, side=512), Path("m"), 300, 15, measure_fn=m)
     assert own.MIN_SIZE <= plan.size <= 64 and plan.backbone == "cifar_resnet9"
     assert max(m.asked) <= 64  # ResNet-18 could not fit even at twice the rate: not measured
     assert plan.passes >= own.MIN_PASSES or plan.size == own.MIN_SIZE
@@ -97,11 +103,11 @@ def test_a_plan_never_trains_from_scratch_in_fewer_steps_than_the_engine_warns_o
     from webly.training.plan import MIN_STEPS
 
     f = facts(train=3000, side=32)
-    plan = own.plan_for(f, Path("m"), 300, 0, measure_fn=fixed_rate(2e-2))
+    plan = plan_for(f, Path("m"), 300, 0, measure_fn=fixed_rate(2e-2))
     assert plan.batch < own.batch_for(3000)
     assert own.optimizer_steps(plan.steps, plan.batch) >= MIN_STEPS
     assert any(f"at least {MIN_STEPS} optimizer steps" in n for n in plan.notes)
-    starved = own.plan_for(f, Path("m"), 40, 0, measure_fn=fixed_rate(2e-2))
+    starved = plan_for(f, Path("m"), 40, 0, measure_fn=fixed_rate(2e-2))
     assert starved.batch == 16 and own.optimizer_steps(starved.steps, 16) < MIN_STEPS
     assert any("rarely learns" in n and "expect a weak model" in n for n in starved.notes)
 
@@ -116,7 +122,7 @@ def test_the_branches_of_decision_1_are_counted_once():
 
 
 def test_text_plans_ce_then_final_and_a_huge_budget_is_capped():
-    plan = own.plan_for(facts(text=0.9), Path("m"), 10**7, 0, measure_fn=fixed_rate(1e-4))
+    plan = plan_for(facts(text=0.9), Path("m"), 10**7, 0, measure_fn=fixed_rate(1e-4))
     assert plan.text and set(plan.steps) == {"ce", "final"}
     assert plan.passes == own.MAX_PASSES and any("unspent" in n for n in plan.notes)
     assert plan.steps["final"]["units"] == 2.0
@@ -124,7 +130,7 @@ def test_text_plans_ce_then_final_and_a_huge_budget_is_capped():
 
 def test_no_budget_measures_nothing():
     m = fixed_rate(1.0)
-    plan = own.plan_for(facts(side=60), Path("m"), None, 0, measure_fn=m)
+    plan = plan_for(facts(side=60), Path("m"), None, 0, measure_fn=m)
     assert m.asked == [] and plan.size == 48 and plan.passes == own.NO_BUDGET_PASSES
 
 
@@ -140,7 +146,7 @@ def test_step_sizes_spend_fractions_of_an_epoch():
 @pytest.mark.parametrize("text,test", [(False, 0), (True, 500)])
 def test_recipe_validates_and_reads_the_holdout(text, test, tmp_path):
     f = facts(text=0.9 if text else 0.0, test=test)
-    plan = own.plan_for(f, Path("m"), 1800, 0, measure_fn=fixed_rate(1e-4))
+    plan = plan_for(f, Path("m"), 1800, 0, measure_fn=fixed_rate(1e-4))
     recipe = own.recipe_for(plan, f, tmp_path, tmp_path / "text.jsonl" if text else None)
     _, steps = load_recipe(recipe)  # every stage, option and reference is valid
     by_id = {s.id: s for s in steps}
@@ -253,12 +259,12 @@ def test_a_webvision_tree_keeps_its_val_and_a_rerun_reads_the_plan_back(synth_sm
 
 
 def test_the_plan_says_what_it_chose():
-    plan = own.plan_for(facts(text=0.9), Path("m"), 1800, 30, measure_fn=fixed_rate(1e-3))
+    plan = plan_for(facts(text=0.9), Path("m"), 1800, 30, measure_fn=fixed_rate(1e-3))
     text = "\n".join(plan.lines())
     assert "with text (the holdout decides what it is worth)" in text
     assert "cifar_resnet9 at 32 px" in text
     assert "final: " in text and "of a 30m00s budget" in text
-    none = own.plan_for(facts(), Path("m"), None, 0, measure_fn=fixed_rate(1e-3))
+    none = plan_for(facts(), Path("m"), None, 0, measure_fn=fixed_rate(1e-3))
     assert "time not estimated" in "\n".join(none.lines())
 
 
@@ -290,8 +296,8 @@ def test_pretrained_weights_plan_a_finetune_of_their_backbone(tmp_path):
     passes suffice (no MIN_STEPS from scratch), the seed's finetune lr, every step that starts
     anew loads the weights; the plan says so."""
     f = facts(train=3000, side=400)
-    plan = own.plan_for(f, Path("m"), 600, 0, measure_fn=fixed_rate(1e-4),
-                        pretrained=("/w/pretrained.safetensors", "test_resnet"))
+    plan = plan_for(f, Path("m"), 600, 0, measure_fn=fixed_rate(1e-4),
+                    pretrained=("/w/pretrained.safetensors", "test_resnet"))
     assert plan.backbone == "test_resnet" and plan.size >= 64
     assert plan.passes >= own.MIN_PASSES_PRETRAINED and plan.pretrained.endswith(".safetensors")
     assert "test_resnet at" in plan.lines()[0] and "from /w/pretrained" in plan.lines()[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -219,11 +220,11 @@ def candidate_sizes(side: int, pretrained: bool) -> list[int]:
 
 
 def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: float,
-             measure_fn: Any = None, pretrained: tuple[str, str] | None = None) -> Plan:
-    """Text or not, image size, backbone, batch and epochs (see the package docstring);
-    `measure_fn(manifest, size, batch, backbone) -> Measured` (default:
-    `webly.app.own.measure.measure`); `pretrained`: (weights file, its backbone) to finetune
-    from instead of training from scratch."""
+             measure_fn: Any = None, pretrained: tuple[str, str] | None = None,
+             clock: Callable[[], float] = time.monotonic) -> Plan:
+    """Text or not, image size, backbone, batch and epochs (the package docstring says how);
+    `measure_fn(manifest, size, batch, backbone) -> Measured` (default: `measure`); `pretrained`:
+    (weights, their backbone) to finetune; `clock` times the planning itself (tests stop it)."""
     measure_fn = measure_fn or measure
     text = facts.text_share >= MIN_TEXT_SHARE
     units = TEXT_STEPS if text else IMAGE_STEPS
@@ -241,7 +242,7 @@ def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: floa
         return Plan(None, spent_s, text, size, backbone_at(size), batch, NO_BUDGET_PASSES,
                     steps, 0.0, [], notes + ["no --budget: the images' own size, "
                                              f"{NO_BUDGET_PASSES:g} passes a unit"], weights)
-    t0 = time.monotonic()
+    t0 = clock()
     measured: dict[str, Measured] = {}  # backbone -> a measurement at one of its sizes
 
     def carried(r: Measured, bb: str, size: int, speedup: float = 1.0) -> Measured:
@@ -262,7 +263,7 @@ def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: floa
         return carried(measured[bb], bb, size)  # the cost model carries it to `size`
 
     def passes_at(rate: Measured, batch: int) -> float:
-        left = budget_s - spent_s - (time.monotonic() - t0)
+        left = budget_s - spent_s - (clock() - t0)
         return solve_passes(units, rate, facts, text, batch, left)
 
     rate_at(sizes[0])  # the cheapest backbone first: a costlier one may not need measuring
@@ -282,7 +283,7 @@ def plan_for(facts: Facts, manifest: Path, budget_s: float | None, spent_s: floa
         batch //= 2  # more optimizer steps for the same draws (a CPU's rate barely changes)
         notes.append(f"batch {batch}: the budget's draws in at least {MIN_STEPS} optimizer steps")
         passes = passes_at(rate, batch)
-    spent = spent_s + time.monotonic() - t0
+    spent = spent_s + clock() - t0
     steps = step_sizes(units, passes, n, batch)
     for sid, st in steps.items():  # each step's loop ends on its time (`time_budget_s`)
         st["seconds"] = round(train_seconds(sid, st, rate, facts), 1)
